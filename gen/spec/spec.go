@@ -1,0 +1,86 @@
+// Package spec is the parsed, validated form of a collectives spec
+// (spec/collectives.yaml). Generators read only this; they never look at YAML.
+package spec
+
+// Spec is a whole collectives spec.
+type Spec struct {
+	Package     string       // Go package name of the generated typed API
+	DTypes      []DType      // in file order
+	Ops         []Op         // in file order
+	Collectives []Collective // in file order
+}
+
+// DType is one element type.
+type DType struct {
+	Name  string   // spec name: "bfloat16"
+	ID    int      // wire id, 1..255
+	Size  int      // bytes per element
+	Go    string   // Go type: "float32", "BFloat16"
+	Accum string   // Go type reductions accumulate in: "float32"
+	Class string   // "float", "int" or "uint"
+	Ops   []string // names of the ops it supports
+}
+
+// Op is one reduce operation.
+type Op struct {
+	Name   string // "sum"
+	ID     int
+	Doc    string
+	Finish string // "" or "divide": applied once to the final result
+}
+
+// Collective is one collective, described by its shape.
+type Collective struct {
+	Name    string // "reduce_scatter"
+	ID      int
+	Doc     string
+	Buffers []Buffer
+	Op      bool // takes a reduce op
+	Root    bool // takes a root rank
+	Peer    bool // takes a peer rank (point to point)
+	Result  Result
+}
+
+// Buffer is one buffer argument of a collective.
+type Buffer struct {
+	Name  string // Go parameter name
+	Role  string // "send", "recv" or "inout"
+	Count string // "count" or "count*size"
+	On    string // "all" or "root": which ranks pass it
+}
+
+// Result says what each rank's output holds after the collective.
+type Result struct {
+	Kind string // none, reduce, concat, root, reduce_block, root_block, transpose, peer
+	On   string // "all" or "root"
+}
+
+// DType returns the dtype named name.
+func (s *Spec) DType(name string) (DType, bool) {
+	for _, d := range s.DTypes {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return DType{}, false
+}
+
+// Op returns the op named name.
+func (s *Spec) Op(name string) (Op, bool) {
+	for _, o := range s.Ops {
+		if o.Name == name {
+			return o, true
+		}
+	}
+	return Op{}, false
+}
+
+// Supports reports whether d lists op.
+func (d DType) Supports(op string) bool {
+	for _, o := range d.Ops {
+		if o == op {
+			return true
+		}
+	}
+	return false
+}
