@@ -4,6 +4,7 @@ package spec
 
 // Spec is a whole collectives spec.
 type Spec struct {
+	Path        string       // the file it was read from, as given to Load or Parse
 	Package     string       // Go package name of the generated typed API
 	DTypes      []DType      // in file order
 	Ops         []Op         // in file order
@@ -83,4 +84,69 @@ func (d DType) Supports(op string) bool {
 		}
 	}
 	return false
+}
+
+// Title is the dtype's name in Go identifiers (DTypeBFloat16,
+// AllreduceBFloat16): its Go type when that is an exported type, otherwise
+// its name with the first letter upper-cased ("float32" -> "Float32").
+func (d DType) Title() string {
+	if d.Go != "" && d.Go[0] >= 'A' && d.Go[0] <= 'Z' {
+		return d.Go
+	}
+	return camel(d.Name)
+}
+
+// Half reports whether d is a 16-bit float type that reduces in float32.
+func (d DType) Half() bool { return d.Go == "BFloat16" || d.Go == "Float16" }
+
+// opTitles names the ops whose Go names are not simply capitalised.
+var opTitles = map[string]string{"band": "BAnd", "bor": "BOr", "bxor": "BXor"}
+
+// Title is the op's name in Go identifiers (OpSum, OpBAnd).
+func (o Op) Title() string {
+	if t, ok := opTitles[o.Name]; ok {
+		return t
+	}
+	return camel(o.Name)
+}
+
+// Title is the collective's name in Go identifiers: reduce_scatter ->
+// ReduceScatter.
+func (c Collective) Title() string { return camel(c.Name) }
+
+// CountFrom returns the index of the buffer the element count is inferred
+// from: the first buffer every rank passes whose count is "count", else
+// the first every rank passes ("count*size", divided by the size); -1 if
+// no buffer is on all ranks.
+func (c Collective) CountFrom() int {
+	for i, b := range c.Buffers {
+		if b.On == "all" && b.Count == "count" {
+			return i
+		}
+	}
+	for i, b := range c.Buffers {
+		if b.On == "all" {
+			return i
+		}
+	}
+	return -1
+}
+
+// camel turns lower_snake into CamelCase.
+func camel(s string) string {
+	out := make([]byte, 0, len(s))
+	up := true
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if ch == '_' {
+			up = true
+			continue
+		}
+		if up && ch >= 'a' && ch <= 'z' {
+			ch -= 'a' - 'A'
+		}
+		up = false
+		out = append(out, ch)
+	}
+	return string(out)
 }
