@@ -152,6 +152,15 @@ func TestRanksMeetThroughStore(t *testing.T) {
 	}
 }
 
+func TestStoreAddr(t *testing.T) {
+	res := Run(t, "meet", 2, StoreAddr("0.0.0.0:0", "localhost"))
+	for _, x := range res {
+		if x.Failed() {
+			t.Errorf("rank %d: %s", x.Rank, x.Err)
+		}
+	}
+}
+
 func TestEnvAndWrapper(t *testing.T) {
 	Run(t, "env", 3,
 		Env("PROCTEST_ALL=yes"),
