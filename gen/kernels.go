@@ -16,6 +16,8 @@ func kernelFiles(s *spec.Spec) []genFile {
 		{name: "tables.go", jen: kernelTables(s)},
 		{name: "generic.go", jen: genericKernels(s)},
 		{name: "api.go", jen: kernelTypedAPI(s)},
+		{name: "kernels_test.go", text: kernelsTest(s)},
+		{name: "bench_test.go", text: kernelsBench(s)},
 	}
 	if src := floatOps(s); src != "" {
 		files = append(files, genFile{name: "floatops.go", text: src})
