@@ -1,0 +1,143 @@
+package shm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/proctest"
+)
+
+// Benchmarks run the ranks as real processes (proctest): rank 0 times the
+// loop itself and prints the result, which the parent reports as custom
+// metrics: "us/coll" (median over 5 timed repetitions of the loop) and
+// "busGB/s" (nccl-tests' bus bandwidth for allreduce, bytes*2(n-1)/n per
+// second). The framework's own ns/op includes process start-up; ignore it.
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+func benchBody(ctx context.Context, r *proctest.Rank) error {
+	bytes := envInt("SHMB_BYTES", 8)
+	iters := envInt("SHMB_ITERS", 100)
+	zc := envInt("SHMB_ZC", 0) == 1
+	dt := core.DType(envInt("SHMB_DTYPE", int(coll.DTypeFloat32)))
+	var opts []Option
+	if zc {
+		opts = append(opts, WithHeapSize(bytes))
+	}
+	b, err := newProcBackend(ctx, r, opts...)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	es := dt.Size()
+	count := bytes / es
+	var send []byte
+	if zc {
+		if send, err = b.Alloc(count * es); err != nil {
+			return err
+		}
+	} else {
+		send = make([]byte, count*es)
+	}
+	for i := range send {
+		send[i] = byte(i % 7) // small values: no NaN or Inf for either dtype
+	}
+	recv := make([]byte, count*es)
+	req := &core.Request{Kind: coll.KindAllreduce, DType: dt, Op: coll.OpSum, Count: count, Send: send, Recv: recv}
+	run := func(k int) error {
+		for i := 0; i < k; i++ {
+			if err := b.Do(ctx, req); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := run(max(2, iters/10)); err != nil { // warm up
+		return err
+	}
+	var per []float64
+	for rep := 0; rep < 5; rep++ {
+		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := run(iters); err != nil {
+			return err
+		}
+		per = append(per, float64(time.Since(t0).Nanoseconds())/float64(iters))
+	}
+	sort.Float64s(per)
+	if r.Rank == 0 {
+		fmt.Printf("SHMBENCH ns=%.1f\n", per[len(per)/2])
+	}
+	return nil
+}
+
+func benchAllreduce(b *testing.B, np, dtype, bytes int, zc bool) {
+	iters := max(b.N, 1)
+	// Keep each timed repetition near a tenth of a second at most.
+	if lim := int(100e6 / (float64(bytes)/1e3 + 1000)); iters > lim && bytes > 4096 {
+		iters = max(lim, 3)
+	}
+	z := 0
+	if zc {
+		z = 1
+	}
+	res := proctest.Run(b, "bench", np, proctest.Timeout(5*time.Minute), proctest.Env(
+		"SHMB_BYTES="+strconv.Itoa(bytes), "SHMB_ITERS="+strconv.Itoa(iters),
+		"SHMB_ZC="+strconv.Itoa(z), "SHMB_DTYPE="+strconv.Itoa(dtype)))
+	for _, r := range res {
+		if r.Rank != 0 {
+			continue
+		}
+		i := strings.Index(r.Output, "SHMBENCH ns=")
+		if i < 0 {
+			b.Fatalf("no result in rank 0's output:\n%s", r.Output)
+		}
+		var ns float64
+		fmt.Sscanf(r.Output[i+len("SHMBENCH ns="):], "%f", &ns)
+		b.ReportMetric(ns/1e3, "us/coll")
+		bus := float64(bytes) * 2 * float64(np-1) / float64(np) / ns // bytes per ns = GB/s
+		b.ReportMetric(bus, "busGB/s")
+	}
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20:
+		return strconv.Itoa(n>>20) + "MiB"
+	case n >= 1<<10:
+		return strconv.Itoa(n>>10) + "KiB"
+	}
+	return strconv.Itoa(n) + "B"
+}
+
+// BenchmarkAllreduce: np=2 float32 and bfloat16 from 8 B to 64 MiB, with
+// heap (zero-copy) inputs beside copied ones for the large sizes.
+func BenchmarkAllreduce(b *testing.B) {
+	sizes := []int{8, 64, 512, 4 << 10, 8 << 10, 64 << 10, 512 << 10, 2 << 20, 16 << 20, 64 << 20}
+	for _, dt := range []core.DType{coll.DTypeFloat32, coll.DTypeBFloat16} {
+		for _, sz := range sizes {
+			b.Run(fmt.Sprintf("np2/%v/%s", dt, sizeName(sz)), func(b *testing.B) { benchAllreduce(b, 2, int(dt), sz, false) })
+			if sz >= 512<<10 {
+				b.Run(fmt.Sprintf("np2/%v/%s/zerocopy", dt, sizeName(sz)), func(b *testing.B) { benchAllreduce(b, 2, int(dt), sz, true) })
+			}
+		}
+	}
+	for _, sz := range []int{8, 8 << 10, 2 << 20} {
+		b.Run(fmt.Sprintf("np4/float32/%s", sizeName(sz)), func(b *testing.B) { benchAllreduce(b, 4, int(coll.DTypeFloat32), sz, false) })
+	}
+}

@@ -1,0 +1,463 @@
+package shm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/generated/kernels"
+)
+
+// Do implements core.Comm: it runs one collective (or a send/recv).
+func (b *Backend) Do(ctx context.Context, req *core.Request) error {
+	if req == nil {
+		return errors.New("shm: nil request")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.closing.Load() {
+		return core.ErrClosed
+	}
+	if b.failed != nil {
+		return fmt.Errorf("shm: an earlier call failed and left the ranks out of step; build a new communicator: %w", b.failed)
+	}
+	switch req.Kind {
+	case coll.KindSend:
+		return b.send(ctx, req)
+	case coll.KindRecv:
+		return b.recv(ctx, req)
+	}
+	b.coll++
+	o := &op{ctx: ctx, kind: req.Kind, coll: b.coll, p2p: -1}
+	es, verr := b.validate(req)
+	d := describe(b.coll, req, verr != nil)
+	if verr != nil {
+		// Take part in the first round anyway, so that peers get a
+		// mismatch error at once instead of a timeout.
+		if err := b.first(o, d); err != nil {
+			var me *core.MismatchError
+			if !errors.As(err, &me) {
+				return err
+			}
+		}
+		return verr
+	}
+	n := req.Count
+	switch req.Kind {
+	case coll.KindAllreduce:
+		return b.allreduce(o, d, req, es, true)
+	case coll.KindReduce:
+		return b.allreduce(o, d, req, es, false)
+	case coll.KindBroadcast:
+		buf := req.Recv
+		if buf == nil {
+			buf = req.Send
+		}
+		return b.broadcast(o, d, buf[:n*es], req.Root, es)
+	case coll.KindAllgather:
+		return b.allgather(o, d, req, es, true)
+	case coll.KindGather:
+		return b.allgather(o, d, req, es, false)
+	case coll.KindReduceScatter:
+		return b.blocks(o, d, req, es)
+	case coll.KindScatter:
+		return b.blocks(o, d, req, es)
+	case coll.KindAlltoall:
+		return b.blocks(o, d, req, es)
+	case coll.KindBarrier:
+		return b.first(o, d)
+	}
+	panic("unreachable: validate accepted kind " + req.Kind.String())
+}
+
+// describe makes this rank's descriptor of req. Fields a kind does not use
+// are zeroed so that they cannot cause spurious mismatches.
+func describe(seq uint64, req *core.Request, invalid bool) desc {
+	var o core.Op
+	var root int
+	switch req.Kind {
+	case coll.KindAllreduce, coll.KindReduceScatter:
+		o = req.Op
+	case coll.KindReduce:
+		o, root = req.Op, req.Root
+	case coll.KindBroadcast, coll.KindGather, coll.KindScatter:
+		root = req.Root
+	}
+	var dt core.DType
+	count := 0
+	if req.Kind != coll.KindBarrier {
+		dt, count = req.DType, req.Count
+	}
+	w := uint64(req.Kind) | uint64(dt)<<8 | uint64(o)<<16
+	if invalid {
+		w |= 1 << 24
+	}
+	return desc{coll: seq, what: w, count: uint64(count), root: uint64(root)}
+}
+
+// validate checks a request locally and returns the element size.
+func (b *Backend) validate(req *core.Request) (int, error) {
+	k := req.Kind
+	if k < coll.KindAllreduce || k > coll.KindBarrier {
+		return 0, fmt.Errorf("shm: collective %v: %w", k, core.ErrUnsupported)
+	}
+	if k == coll.KindBarrier {
+		return 0, nil
+	}
+	es := req.DType.Size()
+	if es == 0 {
+		return 0, fmt.Errorf("shm: %v: dtype %v is not registered (import generated/coll): %w", k, req.DType, core.ErrUnsupported)
+	}
+	if req.Count < 0 || req.Count > (1<<46)/es/b.size {
+		return 0, fmt.Errorf("shm: %v: count %d is out of range", k, req.Count)
+	}
+	switch k {
+	case coll.KindAllreduce, coll.KindReduce, coll.KindReduceScatter:
+		if !coll.Supports(req.DType, req.Op) {
+			return 0, fmt.Errorf("shm: %v: op %v on %v: %w", k, req.Op, req.DType, core.ErrUnsupported)
+		}
+	}
+	switch k {
+	case coll.KindReduce, coll.KindBroadcast, coll.KindGather, coll.KindScatter:
+		if req.Root < 0 || req.Root >= b.size {
+			return 0, fmt.Errorf("shm: %v: root %d is not a rank of this group of %d", k, req.Root, b.size)
+		}
+	}
+	one, all := req.Count*es, req.Count*es*b.size
+	isRoot := b.rank == req.Root
+	need := func(name string, buf []byte, n int) error {
+		if len(buf) < n {
+			return fmt.Errorf("shm: %v: %s buffer holds %d bytes, count %d of %v needs %d", k, name, len(buf), req.Count, req.DType, n)
+		}
+		return nil
+	}
+	var err error
+	switch k {
+	case coll.KindAllreduce:
+		err = errors.Join(need("send", req.Send, one), need("recv", req.Recv, one))
+	case coll.KindReduce:
+		err = need("send", req.Send, one)
+		if isRoot {
+			err = errors.Join(err, need("recv", req.Recv, one))
+		}
+	case coll.KindBroadcast:
+		buf := req.Recv
+		if buf == nil {
+			buf = req.Send
+		}
+		err = need("buf", buf, one)
+	case coll.KindAllgather:
+		err = errors.Join(need("send", req.Send, one), need("recv", req.Recv, all))
+	case coll.KindGather:
+		err = need("send", req.Send, one)
+		if isRoot {
+			err = errors.Join(err, need("recv", req.Recv, all))
+		}
+	case coll.KindReduceScatter:
+		err = errors.Join(need("send", req.Send, all), need("recv", req.Recv, one))
+	case coll.KindScatter:
+		err = need("recv", req.Recv, one)
+		if isRoot {
+			err = errors.Join(err, need("send", req.Send, all))
+		}
+	case coll.KindAlltoall:
+		err = errors.Join(need("send", req.Send, all), need("recv", req.Recv, all))
+	}
+	return es, err
+}
+
+// parity is the buffer the next round writes.
+func (b *Backend) parity() int { return int((b.round + 1) & 1) }
+
+// step publishes the next round and waits until every peer reached it.
+func (b *Backend) step(o *op) error {
+	k := b.round + 1
+	me := b.ctrl[b.rank]
+	publish(&me.seq, &me.sleepers, k)
+	b.round = k
+	for _, j := range b.peers {
+		c := b.ctrl[j]
+		if err := b.waitFor(o, j, &c.seq, &c.sleepers, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// first runs a collective's first round: it publishes d with it and checks
+// every peer's descriptor against d. Every rank compares all peers with
+// itself, so if any two ranks disagree every rank sees a difference and
+// returns a *core.MismatchError after this same round: they stay in step.
+func (b *Backend) first(o *op, d desc) error {
+	p := b.parity()
+	b.ctrl[b.rank].desc[p] = d
+	if err := b.step(o); err != nil {
+		return err
+	}
+	for _, j := range b.peers {
+		pd := b.ctrl[j].desc[p]
+		b.zc[j] = pd.zc
+		pd.zc = d.zc
+		if pd != d {
+			return b.mismatch(d, pd, j)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) mismatch(mine, theirs desc, peer int) error {
+	e := &core.MismatchError{Seq: b.coll, Rank: b.rank, Peer: peer}
+	kind := func(w uint64) core.Kind { return core.Kind(w) }
+	dt := func(w uint64) core.DType { return core.DType(w >> 8) }
+	opOf := func(w uint64) core.Op { return core.Op(w >> 16) }
+	inv := func(w uint64) string {
+		if w&(1<<24) != 0 {
+			return "invalid arguments"
+		}
+		return "valid arguments"
+	}
+	switch {
+	case mine.coll != theirs.coll:
+		e.Field, e.Mine, e.Theirs = "sequence", "collective #"+strconv.FormatUint(mine.coll, 10), "collective #"+strconv.FormatUint(theirs.coll, 10)
+	case kind(mine.what) != kind(theirs.what):
+		e.Field, e.Mine, e.Theirs = "kind", kind(mine.what).String(), kind(theirs.what).String()
+	case (mine.what^theirs.what)&(1<<24) != 0:
+		e.Field, e.Mine, e.Theirs = "arguments", inv(mine.what), inv(theirs.what)
+	case dt(mine.what) != dt(theirs.what):
+		e.Field, e.Mine, e.Theirs = "dtype", dt(mine.what).String(), dt(theirs.what).String()
+	case opOf(mine.what) != opOf(theirs.what):
+		e.Field, e.Mine, e.Theirs = "op", opOf(mine.what).String(), opOf(theirs.what).String()
+	case mine.count != theirs.count:
+		e.Field, e.Mine, e.Theirs = "count", strconv.FormatUint(mine.count, 10), strconv.FormatUint(theirs.count, 10)
+	default:
+		e.Field, e.Mine, e.Theirs = "root", strconv.FormatUint(mine.root, 10), strconv.FormatUint(theirs.root, 10)
+	}
+	return e
+}
+
+// firstOr runs the first round with d, later rounds plainly.
+func (b *Backend) firstOr(o *op, d desc, isFirst bool) error {
+	if isFirst {
+		return b.first(o, d)
+	}
+	return b.step(o)
+}
+
+// chunks is the number of rounds for count elements moved chunk at a time;
+// at least one, so that empty collectives still synchronise.
+func chunks(count, chunk int) int {
+	if count == 0 {
+		return 1
+	}
+	return (count + chunk - 1) / chunk
+}
+
+// split is rank j's share [lo, hi) of c elements, cut at 64-byte units so
+// that ranks never write the same cache line.
+func split(c, es, n, j int) (lo, hi int) {
+	unit := max(1, 64/es)
+	units := (c + unit - 1) / unit
+	per, rem := units/n, units%n
+	start := j*per + min(j, rem)
+	cnt := per
+	if j < rem {
+		cnt++
+	}
+	return min(start*unit, c), min((start+cnt)*unit, c)
+}
+
+func (b *Backend) reduce(dt core.DType, o core.Op, dst []byte, srcs [][]byte) error {
+	if err := kernels.Reduce(dt, o, dst, srcs); err != nil {
+		return fmt.Errorf("shm: reduce %v %v: %w", dt, o, err)
+	}
+	if err := kernels.Finish(dt, o, dst, b.size); err != nil {
+		return fmt.Errorf("shm: finishing %v %v: %w", dt, o, err)
+	}
+	return nil
+}
+
+// allreduce runs allreduce (toAll) or reduce (the root gets the result).
+func (b *Backend) allreduce(o *op, d desc, req *core.Request, es int, toAll bool) error {
+	n, me := b.size, b.rank
+	bytes := req.Count * es
+	send := req.Send[:bytes]
+	out := toAll || me == req.Root
+	var recv []byte
+	if out {
+		recv = req.Recv[:bytes]
+	}
+	srcs := b.srcs[:n]
+	if n == 1 {
+		if err := b.first(o, d); err != nil {
+			return err
+		}
+		srcs[0] = send
+		return b.reduce(req.DType, req.Op, recv, srcs)
+	}
+	if bytes <= b.lay.smallThreshold {
+		// One round: everyone's input side by side, each output rank
+		// reduces all of them in rank order.
+		p := b.parity()
+		copy(b.slot(me, p), send)
+		if err := b.first(o, d); err != nil {
+			return err
+		}
+		if out {
+			for j := range srcs {
+				srcs[j] = b.slot(j, p)[:bytes]
+			}
+			return b.reduce(req.DType, req.Op, recv, srcs)
+		}
+		return nil
+	}
+	// Two rounds per chunk: reduce my slice of everyone's chunk into my
+	// other buffer, then copy every rank's reduced slice out. Inputs that
+	// live in a rank's heap are read in place (no copy-in).
+	chunk := b.lay.bufferSize / es
+	d.zc = b.heapOffset(send)
+	for i := 0; i < chunks(req.Count, chunk); i++ {
+		off := i * chunk
+		c := min(chunk, req.Count-off)
+		p := b.parity()
+		if d.zc == 0 {
+			copy(b.slot(me, p), send[off*es:(off+c)*es])
+		}
+		if err := b.firstOr(o, d, i == 0); err != nil {
+			return err
+		}
+		if i == 0 {
+			if err := b.checkZC(bytes); err != nil {
+				return err
+			}
+		}
+		lo, hi := split(c, es, n, me)
+		for j := range srcs {
+			if z := b.zc[j]; z != 0 {
+				h := b.heapOf(j)
+				base := int(z-1) + off*es
+				srcs[j] = h[base+lo*es : base+hi*es]
+			} else {
+				srcs[j] = b.slot(j, p)[lo*es : hi*es]
+			}
+		}
+		if d.zc != 0 {
+			srcs[me] = send[(off+lo)*es : (off+hi)*es]
+		}
+		q := 1 - p
+		if err := b.reduce(req.DType, req.Op, b.slot(me, q)[lo*es:hi*es], srcs); err != nil {
+			return b.fail(err)
+		}
+		if err := b.step(o); err != nil {
+			return err
+		}
+		if out {
+			dst := recv[off*es : (off+c)*es]
+			for j := 0; j < n; j++ {
+				l, h := split(c, es, n, j)
+				copy(dst[l*es:h*es], b.slot(j, q)[l*es:h*es])
+			}
+		}
+	}
+	return nil
+}
+
+// checkZC validates the heap offsets peers published for an input of bytes.
+func (b *Backend) checkZC(bytes int) error {
+	for _, j := range b.peers {
+		if z := b.zc[j]; z != 0 && (z-1 > uint64(b.lay.heapSize) || uint64(bytes) > uint64(b.lay.heapSize)-(z-1)) {
+			return b.fail(fmt.Errorf("shm: rank %d published a heap buffer at %d of %d bytes outside its %d-byte heap", j, z-1, bytes, b.lay.heapSize))
+		}
+	}
+	return nil
+}
+
+// broadcast: the root copies a chunk in, every other rank copies it out.
+func (b *Backend) broadcast(o *op, d desc, buf []byte, root, es int) error {
+	chunk := b.lay.bufferSize / max(es, 1)
+	count := len(buf) / max(es, 1)
+	for i := 0; i < chunks(count, chunk); i++ {
+		off := i * chunk
+		c := min(chunk, count-off)
+		p := b.parity()
+		if b.rank == root {
+			copy(b.slot(b.rank, p), buf[off*es:(off+c)*es])
+		}
+		if err := b.firstOr(o, d, i == 0); err != nil {
+			return err
+		}
+		if b.rank != root {
+			copy(buf[off*es:(off+c)*es], b.slot(root, p)[:c*es])
+		}
+	}
+	return nil
+}
+
+// allgather: everyone copies a chunk in; everyone (or the root) copies
+// every rank's chunk out.
+func (b *Backend) allgather(o *op, d desc, req *core.Request, es int, toAll bool) error {
+	count := req.Count
+	chunk := b.lay.bufferSize / es
+	out := toAll || b.rank == req.Root
+	for i := 0; i < chunks(count, chunk); i++ {
+		off := i * chunk
+		c := min(chunk, count-off)
+		p := b.parity()
+		copy(b.slot(b.rank, p), req.Send[off*es:(off+c)*es])
+		if err := b.firstOr(o, d, i == 0); err != nil {
+			return err
+		}
+		if out {
+			for j := 0; j < b.size; j++ {
+				at := (j*count + off) * es
+				copy(req.Recv[at:at+c*es], b.slot(j, p)[:c*es])
+			}
+		}
+	}
+	return nil
+}
+
+// blocks runs the collectives whose send holds one block per rank:
+// reduce_scatter, scatter and alltoall. A round carries a chunk of every
+// block, laid out block after block in the sender's buffer.
+func (b *Backend) blocks(o *op, d desc, req *core.Request, es int) error {
+	n, me, count := b.size, b.rank, req.Count
+	chunk := b.lay.bufferSize / (n * es)
+	srcs := b.srcs[:n]
+	for i := 0; i < chunks(count, chunk); i++ {
+		off := i * chunk
+		c := min(chunk, count-off)
+		cb := c * es
+		p := b.parity()
+		if req.Kind != coll.KindScatter || me == req.Root {
+			mine := b.slot(me, p)
+			for blk := 0; blk < n; blk++ {
+				at := (blk*count + off) * es
+				copy(mine[blk*cb:(blk+1)*cb], req.Send[at:at+cb])
+			}
+		}
+		if err := b.firstOr(o, d, i == 0); err != nil {
+			return err
+		}
+		dst := req.Recv[off*es : (off+c)*es]
+		switch req.Kind {
+		case coll.KindReduceScatter:
+			for j := range srcs {
+				srcs[j] = b.slot(j, p)[me*cb : (me+1)*cb]
+			}
+			if err := b.reduce(req.DType, req.Op, dst, srcs); err != nil {
+				return b.fail(err)
+			}
+		case coll.KindScatter:
+			copy(dst, b.slot(req.Root, p)[me*cb:(me+1)*cb])
+		case coll.KindAlltoall:
+			for j := 0; j < n; j++ {
+				at := (j*count + off) * es
+				copy(req.Recv[at:at+cb], b.slot(j, p)[me*cb:(me+1)*cb])
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,174 @@
+package shm
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+)
+
+// The workspace, one shared mapping laid out as:
+//
+//	header      4 KiB: magic, geometry, algorithm parameters
+//	ctrl        one 128-byte line per rank (sequence word, state, descriptors)
+//	chans       two 128-byte lines per ordered pair of ranks (send/recv)
+//	data        two buffers per rank, bufferSize each
+//	p2p data    two buffers per ordered pair, p2pSize each
+//	heaps       heapSize per rank (Alloc)
+//
+// Each control line has a single writer (its owner) except the sleepers
+// counter, which waiters touch only on the slow path; lines are 128 bytes
+// apart so that the adjacent-line prefetcher does not make neighbours share.
+const (
+	lineSize   = 128
+	pageSize   = 4096
+	headerSize = pageSize
+	magic      = 0x4c4f43434f474d53 // "SMGOCCOL" little-endian
+	version    = 1
+)
+
+// header is the first bytes of the workspace, written by rank 0 before any
+// peer maps it.
+type header struct {
+	magic          uint64
+	version        uint64
+	size           uint64 // ranks
+	total          uint64 // bytes of the whole workspace
+	bufferSize     uint64
+	smallThreshold uint64
+	p2pSize        uint64
+	heapSize       uint64
+	nonce          [4]uint64
+}
+
+// desc is what a rank publishes about the collective a round belongs to, so
+// that peers detect disagreement before they touch its data.
+type desc struct {
+	coll  uint64 // collective number on this backend (1-based)
+	what  uint64 // kind | dtype<<8 | op<<16 | invalid<<24
+	count uint64
+	root  uint64
+	zc    uint64 // 1 + offset of the send buffer in the rank's heap, or 0
+}
+
+// ctrlLine is a rank's control line.
+type ctrlLine struct {
+	seq      uint64 // last round published; futex on its low 32 bits
+	sleepers uint32 // waiters asleep on seq
+	state    uint32 // stateLive, stateClosed, stateFailed
+	failed   uint64 // 1 + the rank this one saw fail
+	cause    uint64 // why: one of the causes in wait.go
+	desc     [2]desc
+}
+
+// chanLine is one side of a send/recv channel between two ranks: the
+// sender's line counts published chunks and describes them, the receiver's
+// counts consumed chunks and flags a mismatch.
+type chanLine struct {
+	seq      uint64
+	sleepers uint32
+	flag     uint32     // receiver: 1 = the message did not match
+	hdr      [2][3]uint64 // sender: per buffer {message, dtype, count}; receiver: hdr[0] = its {message, dtype, count} on mismatch
+}
+
+const (
+	stateLive   = 0
+	stateClosed = 1
+	stateFailed = 2
+)
+
+func init() {
+	if unsafe.Sizeof(ctrlLine{}) > lineSize || unsafe.Sizeof(chanLine{}) > lineSize || unsafe.Sizeof(header{}) > headerSize {
+		panic("shm: control structures outgrew their lines")
+	}
+}
+
+// layout holds the workspace geometry, identical on every rank.
+type layout struct {
+	n              int
+	bufferSize     int
+	smallThreshold int
+	p2pSize        int
+	heapSize       int
+
+	ctrlOff, chanOff, dataOff, p2pOff, heapOff, total int
+}
+
+func roundUp(x, m int) int { return (x + m - 1) / m * m }
+
+// newLayout computes the geometry for n ranks from cfg.
+func newLayout(n int, cfg config) (layout, error) {
+	l := layout{
+		n:          n,
+		bufferSize: roundUp(cfg.bufferSize, pageSize),
+		heapSize:   roundUp(cfg.heapSize, pageSize),
+	}
+	l.smallThreshold = min(cfg.smallThreshold, l.bufferSize)
+	// n² channels: keep their total near 16 MiB for large groups.
+	p := cfg.p2pSize
+	if n > 1 {
+		p = min(p, max(pageSize, (16<<20)/(2*n*n)))
+	}
+	l.p2pSize = roundUp(p, pageSize)
+	if err := l.place(); err != nil {
+		return layout{}, err
+	}
+	return l, nil
+}
+
+func (l *layout) place() error {
+	const maxTotal = 1 << 46
+	n := l.n
+	if n < 1 || n > 1<<16 || l.bufferSize > maxTotal || l.heapSize > maxTotal || l.p2pSize > maxTotal {
+		return fmt.Errorf("shm: workspace geometry out of range (%d ranks, buffers %d, heap %d)", n, l.bufferSize, l.heapSize)
+	}
+	l.ctrlOff = headerSize
+	l.chanOff = l.ctrlOff + n*lineSize
+	l.dataOff = roundUp(l.chanOff+2*n*n*lineSize, pageSize)
+	l.p2pOff = l.dataOff + 2*n*l.bufferSize
+	pairs := 0
+	if n > 1 {
+		pairs = n * n
+	}
+	l.heapOff = l.p2pOff + 2*pairs*l.p2pSize
+	total := float64(l.heapOff) + float64(n)*float64(l.heapSize)
+	if total > maxTotal || total > math.MaxInt/2 {
+		return fmt.Errorf("shm: workspace of %.0f bytes is too large", total)
+	}
+	l.total = l.heapOff + n*l.heapSize
+	return nil
+}
+
+func (l *layout) header() header {
+	return header{
+		magic: magic, version: version, size: uint64(l.n), total: uint64(l.total),
+		bufferSize: uint64(l.bufferSize), smallThreshold: uint64(l.smallThreshold),
+		p2pSize: uint64(l.p2pSize), heapSize: uint64(l.heapSize),
+	}
+}
+
+// layoutFromHeader rebuilds rank 0's geometry on a peer and checks it fits
+// the mapping of total bytes.
+func layoutFromHeader(h *header, n int, total int) (layout, error) {
+	if h.magic != magic || h.version != version {
+		return layout{}, fmt.Errorf("shm: workspace has magic %#x version %d, want %#x version %d: ranks run different gocoll versions", h.magic, h.version, uint64(magic), version)
+	}
+	if h.size != uint64(n) {
+		return layout{}, fmt.Errorf("shm: rank 0 built the workspace for %d ranks, this rank was told %d", h.size, n)
+	}
+	l := layout{n: n, bufferSize: int(h.bufferSize), smallThreshold: int(h.smallThreshold),
+		p2pSize: int(h.p2pSize), heapSize: int(h.heapSize)}
+	if err := l.place(); err != nil {
+		return layout{}, err
+	}
+	if l.total != int(h.total) || l.total != total {
+		return layout{}, fmt.Errorf("shm: workspace header says %d bytes, geometry gives %d, mapping has %d", h.total, l.total, total)
+	}
+	return l, nil
+}
+
+func (l *layout) ctrl(r int) int        { return l.ctrlOff + r*lineSize }
+func (l *layout) chanSend(s, d int) int { return l.chanOff + (2*(s*l.n+d))*lineSize }
+func (l *layout) chanRecv(s, d int) int { return l.chanOff + (2*(s*l.n+d)+1)*lineSize }
+func (l *layout) slot(r, p int) int     { return l.dataOff + (2*r+p)*l.bufferSize }
+func (l *layout) p2p(s, d, h int) int   { return l.p2pOff + (2*(s*l.n+d)+h)*l.p2pSize }
+func (l *layout) heap(r int) int        { return l.heapOff + r*l.heapSize }

@@ -1,0 +1,117 @@
+package shm
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults, chosen by measurement on a 2-core Zen 3 (see bench_test.go and
+// the package documentation). Every one can be overridden with an Option.
+const (
+	// DefaultBufferSize is the size of each of a rank's two data buffers:
+	// the chunk a large collective moves per step. 1 MiB chunks keep a
+	// pipelined allreduce's intermediate data in the caches.
+	DefaultBufferSize = 1 << 20
+	// DefaultSmallThreshold is the largest allreduce or reduce (in bytes)
+	// that uses the one-step algorithm in which every rank reduces every
+	// input itself.
+	DefaultSmallThreshold = 32 << 10
+	// DefaultP2PBufferSize is the size of each of the two buffers a pair of
+	// ranks has for send/recv in each direction (shrunk for large groups).
+	DefaultP2PBufferSize = 64 << 10
+	// DefaultSpin is how long a waiter spins before it sleeps on a futex
+	// when the node has at least as many CPUs as ranks.
+	DefaultSpin = 50 * time.Microsecond
+	// DefaultOversubscribedSpin is the spin time when ranks outnumber CPUs:
+	// a spinning rank then steals the CPU the awaited rank needs.
+	DefaultOversubscribedSpin = 5 * time.Microsecond
+)
+
+// Option configures New. The sizes and thresholds of rank 0 are the ones
+// the group uses (they are part of the shared workspace's header), so that
+// every rank picks the same algorithm for the same call; the spin settings
+// are per rank.
+type Option func(*config) error
+
+type config struct {
+	bufferSize     int
+	smallThreshold int
+	p2pSize        int
+	heapSize       int
+	spin           time.Duration
+	spinSet        bool
+}
+
+func defaultConfig() config {
+	return config{
+		bufferSize:     DefaultBufferSize,
+		smallThreshold: DefaultSmallThreshold,
+		p2pSize:        DefaultP2PBufferSize,
+	}
+}
+
+// WithBufferSize sets the size in bytes of each of a rank's two data
+// buffers (rounded up to a multiple of 4 KiB). Collectives larger than it
+// are cut into chunks of this size and pipelined. The workspace holds
+// 2 × size × ranks of these plus the send/recv buffers and the zero-copy
+// heaps.
+func WithBufferSize(n int) Option {
+	return func(c *config) error {
+		if n < 64 {
+			return fmt.Errorf("shm: buffer size %d is too small: use at least 64 bytes", n)
+		}
+		c.bufferSize = n
+		return nil
+	}
+}
+
+// WithSmallThreshold sets the largest allreduce/reduce, in bytes, that takes
+// the one-step algorithm (every rank reduces all inputs); larger ones take
+// the two-step algorithm (each rank reduces a 1/n slice, then all copy
+// out). It is capped at the buffer size.
+func WithSmallThreshold(n int) Option {
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("shm: small threshold %d is negative", n)
+		}
+		c.smallThreshold = n
+		return nil
+	}
+}
+
+// WithP2PBufferSize sets the size of each of the two buffers a pair of ranks
+// uses for send/recv in each direction (rounded up to 4 KiB).
+func WithP2PBufferSize(n int) Option {
+	return func(c *config) error {
+		if n < 64 {
+			return fmt.Errorf("shm: p2p buffer size %d is too small: use at least 64 bytes", n)
+		}
+		c.p2pSize = n
+		return nil
+	}
+}
+
+// WithHeapSize reserves n bytes per rank in the shared workspace for Alloc:
+// buffers that live in shared memory, so that a collective on them skips
+// the copy into the workspace (like MPI_Win_allocate_shared). Default 0.
+func WithHeapSize(n int) Option {
+	return func(c *config) error {
+		if n < 0 {
+			return fmt.Errorf("shm: heap size %d is negative", n)
+		}
+		c.heapSize = n
+		return nil
+	}
+}
+
+// WithSpin sets how long a waiting rank spins before it sleeps on a futex.
+// The default depends on whether ranks outnumber the CPUs.
+func WithSpin(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("shm: spin duration %v is negative", d)
+		}
+		c.spin, c.spinSet = d, true
+		return nil
+	}
+}

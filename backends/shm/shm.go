@@ -1,0 +1,260 @@
+// Package shm is gocoll's intra-node backend: the ranks of one node run
+// every collective through a shared-memory workspace, with SIMD reduction
+// (generated/kernels) and a per-rank sequence-number state machine.
+//
+// # Workspace
+//
+// Rank 0 creates an anonymous memfd, reserves all of it with fallocate (a
+// shortage of memory is an error from New that says how much is needed,
+// never a SIGBUS), seals its size and passes it to the other local ranks
+// over an abstract unix socket (SCM_RIGHTS). Nothing of a job is ever
+// visible in /dev/shm, so a kill -9 at any moment leaves no garbage and no
+// stale segment can confuse a later job.
+//
+// # Synchronisation
+//
+// Every collective is a sequence of rounds. In round k a rank writes its
+// data into its buffer k%2, publishes k in its control line, and waits until
+// every peer has published k; then it reads its peers' buffers k%2. Since a
+// rank publishes k+1 only after it finished reading round k's data, and
+// writes buffer k%2 again only in round k+2 (after it saw everyone publish
+// k+1), two buffers per rank make back-to-back collectives safe without a
+// closing barrier. Waiters spin briefly, then sleep on a shared futex,
+// checking their context, a deadline and their peers' liveness (pidfds) so
+// that a dead rank is named in a *core.PeerError instead of a hang.
+//
+// Every collective's first round carries a descriptor (kind, dtype, op,
+// count, root) that each rank compares with its peers' before touching data:
+// a disagreement gives every rank a *core.MismatchError.
+//
+// # Algorithms
+//
+// Allreduce and reduce up to WithSmallThreshold bytes: one round, after
+// which every rank reduces all inputs in rank order. Larger: per chunk of
+// the buffer size, each rank reduces its 1/n slice of all inputs, then all
+// copy the slices out; chunks pipeline through the two buffers. Other
+// collectives take one round per chunk. Buffers from Alloc live in the
+// workspace, and a large allreduce or reduce reads them in place.
+package shm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gocoll/gocoll/core"
+)
+
+// Backend runs collectives among the ranks of one node through shared
+// memory. Its methods must not be called concurrently except Close.
+type Backend struct {
+	rank, size int
+	peers      []int // every rank but this one
+	lay        layout
+	mem        []byte
+	ctrl       []*ctrlLine
+	pids       []int
+	pidfds     []int // -1 where none; nil if pidfd_open is unavailable
+	timeout    time.Duration
+	spin       time.Duration
+	oversub    bool
+
+	mu      sync.Mutex // one call at a time; Close waits for it
+	closing atomic.Bool
+	closed  bool
+	failed  error // fatal error: ranks are out of step
+
+	round uint64 // last round this rank published
+	coll  uint64 // collectives started
+
+	sent  []uint64 // per destination: chunks published
+	recvd []uint64 // per source: chunks consumed
+	msgs  []uint64 // per destination: messages sent
+	rmsgs []uint64 // per source: messages received
+	bad   []error  // per peer: a broken send/recv channel
+
+	srcs [][]byte  // scratch list of reduce inputs
+	zc   []uint64  // peers' heap offsets (+1) of the current collective's input
+
+	heap heapAlloc
+}
+
+var _ core.Backend = (*Backend)(nil)
+
+// New builds the shared-memory backend for the ranks of one node. g.Rank
+// and g.Size are node-local; every local rank must call New. g.Store (a
+// namespaced store) carries rank 0's socket address, g.JobID names the
+// workspace and g.Timeout bounds every wait whose context has no earlier
+// deadline.
+func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
+	if g.Size < 1 || g.Rank < 0 || g.Rank >= g.Size {
+		return nil, fmt.Errorf("shm: rank %d of %d is not a valid position in the group", g.Rank, g.Size)
+	}
+	if g.Size > 1 && g.Store == nil {
+		return nil, errors.New("shm: the group has no store to meet through")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	timeout := g.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Minute
+	}
+	sctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	var seg *segment
+	var lay layout
+	var err error
+	if g.Rank == 0 {
+		if lay, err = newLayout(g.Size, cfg); err != nil {
+			return nil, err
+		}
+		seg, err = setupRoot(sctx, g, lay)
+	} else {
+		seg, err = setupPeer(sctx, g)
+		if err == nil {
+			h := (*header)(unsafe.Pointer(&seg.mem[0]))
+			if lay, err = layoutFromHeader(h, g.Size, len(seg.mem)); err != nil {
+				unix.Munmap(seg.mem)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{
+		rank: g.Rank, size: g.Size, lay: lay, mem: seg.mem, pids: seg.pids,
+		timeout: timeout,
+		sent:    make([]uint64, g.Size), recvd: make([]uint64, g.Size),
+		msgs: make([]uint64, g.Size), rmsgs: make([]uint64, g.Size),
+		bad: make([]error, g.Size),
+		srcs: make([][]byte, g.Size), zc: make([]uint64, g.Size),
+	}
+	for j := 0; j < g.Size; j++ {
+		b.ctrl = append(b.ctrl, (*ctrlLine)(unsafe.Pointer(&b.mem[lay.ctrl(j)])))
+		if j != g.Rank {
+			b.peers = append(b.peers, j)
+		}
+	}
+	b.oversub = g.Size > runtime.NumCPU()
+	b.spin = DefaultSpin
+	if b.oversub {
+		b.spin = DefaultOversubscribedSpin
+	}
+	if cfg.spinSet {
+		b.spin = cfg.spin
+	}
+	b.openPidfds()
+	b.heap.init(lay.heapSize)
+	return b, nil
+}
+
+// openPidfds takes a pidfd for every peer process, so that liveness checks
+// cannot be fooled by pid reuse. Peers in this same process (goroutine
+// ranks in tests) get none.
+func (b *Backend) openPidfds() {
+	b.pidfds = make([]int, b.size)
+	me := os.Getpid()
+	for j := range b.pidfds {
+		b.pidfds[j] = -1
+		if j == b.rank || b.pids[j] <= 0 || b.pids[j] == me {
+			continue
+		}
+		fd, err := unix.PidfdOpen(b.pids[j], 0)
+		if err == unix.ENOSYS || err == unix.EPERM {
+			b.closePidfds()
+			b.pidfds = nil // fall back to kill(pid, 0)
+			return
+		}
+		if err == nil {
+			unix.CloseOnExec(fd)
+			b.pidfds[j] = fd
+		}
+		// ESRCH: it is already gone; the kill check below would say so,
+		// and the first wait on it will time out naming it.
+	}
+}
+
+func (b *Backend) closePidfds() {
+	for _, fd := range b.pidfds {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// Rank implements core.Comm.
+func (b *Backend) Rank() int { return b.rank }
+
+// Size implements core.Comm.
+func (b *Backend) Size() int { return b.size }
+
+// Name implements core.Backend.
+func (b *Backend) Name() string { return "shm" }
+
+// WorkspaceBytes reports the size of the shared workspace.
+func (b *Backend) WorkspaceBytes() int { return b.lay.total }
+
+// BufferSize reports the size of each of a rank's two data buffers, the
+// chunk size of large collectives.
+func (b *Backend) BufferSize() int { return b.lay.bufferSize }
+
+// Close releases the workspace. It does not wait for peers: a peer blocked
+// on this rank gets a *core.PeerError at once. A call in progress in another
+// goroutine returns core.ErrClosed within a few milliseconds.
+func (b *Backend) Close() error {
+	b.closing.Store(true)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	me := b.ctrl[b.rank]
+	if atomic.LoadUint32(&me.state) == stateLive {
+		atomic.StoreUint32(&me.state, stateClosed)
+	}
+	b.wakeMine()
+	b.closePidfds()
+	b.ctrl = nil
+	err := unix.Munmap(b.mem)
+	b.mem = nil
+	if err != nil {
+		return fmt.Errorf("shm: unmapping the workspace: %w", err)
+	}
+	return nil
+}
+
+func (b *Backend) chanS(s, d int) *chanLine {
+	return (*chanLine)(unsafe.Pointer(&b.mem[b.lay.chanSend(s, d)]))
+}
+
+func (b *Backend) chanR(s, d int) *chanLine {
+	return (*chanLine)(unsafe.Pointer(&b.mem[b.lay.chanRecv(s, d)]))
+}
+
+// slot is rank r's data buffer p.
+func (b *Backend) slot(r, p int) []byte {
+	o := b.lay.slot(r, p)
+	return b.mem[o : o+b.lay.bufferSize : o+b.lay.bufferSize]
+}
+
+func (b *Backend) p2pBuf(s, d, h int) []byte {
+	o := b.lay.p2p(s, d, h)
+	return b.mem[o : o+b.lay.p2pSize : o+b.lay.p2pSize]
+}

@@ -1,0 +1,270 @@
+package shm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gocoll/gocoll/core"
+)
+
+// Waiting: a waiter first spins on the peer's word (a cross-core round trip
+// is ~80 ns, a futex wake ~90 us), then registers as a sleeper on the
+// peer's line and sleeps in FUTEX_WAIT on the word's low 32 bits. The
+// futex is the shared (not private) kind: the word lives in memory mapped by
+// several processes. A publisher stores its new value, then wakes only if a
+// sleeper is registered; both sides use sequentially consistent atomics, so
+// either the publisher sees the sleeper or the sleeper sees the value (and
+// FUTEX_WAIT rechecks the value in the kernel). Sleeps are bounded so that
+// the sleeper rechecks its context, the deadline and its peers' liveness.
+
+const (
+	futexWait = 0 // FUTEX_WAIT, deliberately without FUTEX_PRIVATE_FLAG
+	futexWake = 1
+	// sleepSlice bounds one futex sleep: how often a blocked rank checks
+	// for a dead peer, a cancelled context or a passed deadline.
+	sleepSlice = 20 * time.Millisecond
+)
+
+var (
+	errPeerDied   = errors.New("the process exited")
+	errPeerClosed = errors.New("the rank closed its shm backend")
+)
+
+func futexSleep(addr *uint32, val uint32, d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWait, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+}
+
+func futexWakeAll(addr *uint32) {
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, uintptr(1<<31-1), 0, 0, 0)
+}
+
+// low32 is the futex word of a 64-bit sequence (little-endian: its low half).
+func low32(p *uint64) *uint32 { return (*uint32)(unsafe.Pointer(p)) }
+
+// publish stores v in *word and wakes whoever sleeps on it.
+func publish(word *uint64, sleepers *uint32, v uint64) {
+	atomic.StoreUint64(word, v)
+	if atomic.LoadUint32(sleepers) != 0 {
+		futexWakeAll(low32(word))
+	}
+}
+
+func yield() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
+
+// op is the collective a wait belongs to, for errors and deadlines.
+type op struct {
+	ctx      context.Context
+	kind     core.Kind
+	coll     uint64
+	deadline time.Time // set on first sleep
+	p2p      int       // the peer of a send/recv, -1 for collectives
+}
+
+func (o *op) name() string {
+	if o.p2p >= 0 {
+		return fmt.Sprintf("%v with rank %d", o.kind, o.p2p)
+	}
+	return fmt.Sprintf("%v #%d", o.kind, o.coll)
+}
+
+// waitFor returns once *word >= target; peer owns word and the sleepers
+// counter beside it.
+func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, target uint64) error {
+	if atomic.LoadUint64(word) >= target {
+		return nil
+	}
+	start := time.Now()
+	for i := 1; ; i++ {
+		if atomic.LoadUint64(word) >= target {
+			return nil
+		}
+		if b.oversub {
+			yield()
+		}
+		if i&63 == 0 && time.Since(start) > b.spin {
+			break
+		}
+	}
+	atomic.AddUint32(sleepers, 1)
+	defer atomic.AddUint32(sleepers, ^uint32(0))
+	for {
+		v := atomic.LoadUint64(word)
+		if v >= target {
+			return nil
+		}
+		if err := b.health(o, peer, target); err != nil {
+			return err
+		}
+		d := sleepSlice
+		if rem := time.Until(o.deadline); rem < d {
+			d = max(rem, time.Millisecond)
+		}
+		futexSleep(low32(word), uint32(v), d)
+	}
+}
+
+// health checks everything that can end a wait early: this backend closing,
+// the context, a peer that closed, failed or died, the deadline.
+func (b *Backend) health(o *op, peer int, target uint64) error {
+	if b.closing.Load() {
+		return core.ErrClosed
+	}
+	scope := b.peers
+	if o.p2p >= 0 {
+		scope = []int{o.p2p}
+	}
+	if dead := b.dead(scope); len(dead) > 0 {
+		return b.fail(&core.PeerError{Op: o.name(), Ranks: dead, Err: errPeerDied})
+	}
+	for _, j := range scope {
+		c := b.ctrl[j]
+		switch atomic.LoadUint32(&c.state) {
+		case stateClosed:
+			return b.fail(&core.PeerError{Op: o.name(), Ranks: []int{j}, Err: errPeerClosed})
+		case stateFailed:
+			f := int(atomic.LoadUint64(&c.failed)) - 1
+			if f < 0 || f >= b.size || f == b.rank {
+				f = j
+			}
+			return b.fail(&core.PeerError{Op: o.name(), Ranks: []int{f}, Err: fmt.Errorf("rank %d gave up on it: %w", j, causeErr(atomic.LoadUint64(&c.cause)))})
+		}
+	}
+	if err := o.ctx.Err(); err != nil {
+		return b.fail(&core.PeerError{Op: o.name(), Ranks: b.missing(o, peer, target), Err: err})
+	}
+	now := time.Now()
+	if o.deadline.IsZero() {
+		o.deadline = now.Add(b.timeout)
+		if dl, ok := o.ctx.Deadline(); ok && dl.Before(o.deadline) {
+			o.deadline = dl
+		}
+	}
+	if !now.Before(o.deadline) {
+		return b.fail(&core.PeerError{Op: o.name(), Ranks: b.missing(o, peer, target), Err: context.DeadlineExceeded})
+	}
+	return nil
+}
+
+// Causes a rank records beside its failed state, so that peers that learn
+// of the failure from it report the same cause.
+const (
+	causeOther = iota
+	causeDeadline
+	causeCanceled
+	causeDied
+	causeClosed
+)
+
+func causeOf(err error) uint64 {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return causeDeadline
+	case errors.Is(err, context.Canceled):
+		return causeCanceled
+	case errors.Is(err, errPeerDied):
+		return causeDied
+	case errors.Is(err, errPeerClosed):
+		return causeClosed
+	}
+	return causeOther
+}
+
+func causeErr(c uint64) error {
+	switch c {
+	case causeDeadline:
+		return context.DeadlineExceeded
+	case causeCanceled:
+		return context.Canceled
+	case causeDied:
+		return errPeerDied
+	case causeClosed:
+		return errPeerClosed
+	}
+	return errors.New("it failed")
+}
+
+// missing lists the ranks that have not reached target (a collective's
+// round) or just peer (send/recv).
+func (b *Backend) missing(o *op, peer int, target uint64) []int {
+	if o.p2p >= 0 {
+		return []int{peer}
+	}
+	var m []int
+	for _, j := range b.peers {
+		if atomic.LoadUint64(&b.ctrl[j].seq) < target {
+			m = append(m, j)
+		}
+	}
+	if len(m) == 0 {
+		m = []int{peer}
+	}
+	return m
+}
+
+// dead lists the ranks in scope whose process has exited.
+func (b *Backend) dead(scope []int) []int {
+	var out []int
+	if b.pidfds != nil {
+		fds := make([]unix.PollFd, 0, len(scope))
+		ranks := make([]int, 0, len(scope))
+		for _, j := range scope {
+			if fd := b.pidfds[j]; fd >= 0 {
+				fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+				ranks = append(ranks, j)
+			}
+		}
+		if len(fds) > 0 {
+			if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+				for i, f := range fds {
+					if f.Revents != 0 {
+						out = append(out, ranks[i])
+					}
+				}
+			}
+		}
+		return out
+	}
+	for _, j := range scope {
+		if p := b.pids[j]; p > 0 && p != b.pids[b.rank] {
+			if err := unix.Kill(p, 0); err == unix.ESRCH {
+				out = append(out, j)
+			}
+		}
+	}
+	return out
+}
+
+// fail records a fatal error: the ranks are out of step, so every later
+// call returns it, and peers waiting on this rank learn of it at once.
+func (b *Backend) fail(err error) error {
+	if b.failed == nil {
+		b.failed = err
+		me := b.ctrl[b.rank]
+		var pe *core.PeerError
+		if errors.As(err, &pe) && len(pe.Ranks) > 0 {
+			atomic.StoreUint64(&me.failed, uint64(pe.Ranks[0])+1)
+		}
+		atomic.StoreUint64(&me.cause, causeOf(err))
+		atomic.StoreUint32(&me.state, stateFailed)
+		b.wakeMine()
+	}
+	return err
+}
+
+// wakeMine wakes every waiter on any of this rank's words, so that they
+// notice a state change.
+func (b *Backend) wakeMine() {
+	me := b.ctrl[b.rank]
+	futexWakeAll(low32(&me.seq))
+	for _, j := range b.peers {
+		futexWakeAll(low32(&b.chanS(b.rank, j).seq))
+		futexWakeAll(low32(&b.chanR(j, b.rank).seq))
+	}
+}
