@@ -23,8 +23,8 @@ type span struct{ off, size int }
 type heapAlloc struct {
 	mu   sync.Mutex
 	size int
-	free []span       // sorted by off, never adjacent
-	used map[int]int  // off -> size
+	free []span      // sorted by off, never adjacent
+	used map[int]int // off -> size
 }
 
 func (h *heapAlloc) init(size int) {

@@ -66,7 +66,7 @@ type ctrlLine struct {
 type chanLine struct {
 	seq      uint64
 	sleepers uint32
-	flag     uint32     // receiver: 1 = the message did not match
+	flag     uint32       // receiver: 1 = the message did not match
 	hdr      [2][3]uint64 // sender: per buffer {message, dtype, count}; receiver: hdr[0] = its {message, dtype, count} on mismatch
 }
 

@@ -81,8 +81,8 @@ type Backend struct {
 	rmsgs []uint64 // per source: messages received
 	bad   []error  // per peer: a broken send/recv channel
 
-	srcs [][]byte  // scratch list of reduce inputs
-	zc   []uint64  // peers' heap offsets (+1) of the current collective's input
+	srcs [][]byte // scratch list of reduce inputs
+	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap heapAlloc
 }
@@ -142,7 +142,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		timeout: timeout,
 		sent:    make([]uint64, g.Size), recvd: make([]uint64, g.Size),
 		msgs: make([]uint64, g.Size), rmsgs: make([]uint64, g.Size),
-		bad: make([]error, g.Size),
+		bad:  make([]error, g.Size),
 		srcs: make([][]byte, g.Size), zc: make([]uint64, g.Size),
 	}
 	for j := 0; j < g.Size; j++ {
