@@ -28,8 +28,9 @@ type caseKey struct {
 
 // Medians folds the repetitions in files into one file per tool, case and
 // np whose rows hold, per size, the median time over repetitions (and the
-// bandwidths of that median). A size some repetition lacks is kept with the
-// repetitions that have it. The result is sorted by case, np and label.
+// bandwidths of that median); a row's Iters is the number of repetitions
+// it folds. A size some repetition lacks is kept with the repetitions that
+// have it. The result is sorted by case, np and label.
 func Medians(files []*File) []*File {
 	type key struct {
 		caseKey
