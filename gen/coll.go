@@ -14,6 +14,7 @@ func collFiles(s *spec.Spec) []genFile {
 		{name: "ids.go", jen: collIDs(s)},
 		{name: "api.go", jen: collAPI(s)},
 		{name: "tables.go", jen: collTables(s)},
+		{name: "coll_test.go", text: collTest(s)},
 	}
 	if src := halfTypes(s, s.Package, true); src != "" {
 		files = append(files, genFile{name: "half.go", text: src})
@@ -24,8 +25,8 @@ func collFiles(s *spec.Spec) []genFile {
 
 func qCore(name string) *jen.Statement { return jen.Qual(CorePath, name) }
 
-func dtConst(d spec.DType) string     { return "DType" + d.Title() }
-func opConst(o spec.Op) string        { return "Op" + o.Title() }
+func dtConst(d spec.DType) string        { return "DType" + d.Title() }
+func opConst(o spec.Op) string           { return "Op" + o.Title() }
 func kindConst(c spec.Collective) string { return "Kind" + c.Title() }
 
 // goType is the element type as the generated package spells it.

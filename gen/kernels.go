@@ -145,7 +145,7 @@ func foldStep(d spec.DType, op string) jen.Code {
 			bits = "64"
 		}
 		helper := map[string]string{"sum": "add", "prod": "mul", "min": "min", "max": "max"}[op]
-		return jen.Id("acc").Op("=").Id(helper + bits).Call(acc, x)
+		return jen.Id("acc").Op("=").Id(helper+bits).Call(acc, x)
 	}
 	switch op {
 	case "sum":
