@@ -120,8 +120,18 @@ func (b *Backend) health(o *op, peer int, target uint64) error {
 	if o.p2p >= 0 {
 		scope = []int{o.p2p}
 	}
+	// A rank that died while live is the news; one that had failed or
+	// closed before it exited has left a better account in its line.
 	if dead := b.dead(scope); len(dead) > 0 {
-		return b.fail(&core.PeerError{Op: o.name(), Ranks: dead, Err: errPeerDied})
+		var live []int
+		for _, j := range dead {
+			if atomic.LoadUint32(&b.ctrl[j].state) == stateLive {
+				live = append(live, j)
+			}
+		}
+		if len(live) > 0 {
+			return b.fail(&core.PeerError{Op: o.name(), Ranks: live, Err: errPeerDied})
+		}
 	}
 	for _, j := range scope {
 		c := b.ctrl[j]
@@ -133,7 +143,7 @@ func (b *Backend) health(o *op, peer int, target uint64) error {
 			if f < 0 || f >= b.size || f == b.rank {
 				f = j
 			}
-			return b.fail(&core.PeerError{Op: o.name(), Ranks: []int{f}, Err: fmt.Errorf("rank %d gave up on it: %w", j, causeErr(atomic.LoadUint64(&c.cause)))})
+			return b.fail(&core.PeerError{Op: o.name(), Ranks: []int{f}, Err: fmt.Errorf("%w (reported by rank %d)", causeErr(atomic.LoadUint64(&c.cause)), j)})
 		}
 	}
 	if err := o.ctx.Err(); err != nil {
