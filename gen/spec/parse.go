@@ -166,6 +166,33 @@ func Parse(filename string, data []byte) (*Spec, error) {
 type parse struct {
 	file string
 	errs ErrorList
+	// opNames is every op name the spec defines, valid or not, so that a
+	// broken op is reported once, not again by each dtype that lists it.
+	opNames []string
+}
+
+// peekName is the name: of mapping n, if it has a string one, for naming
+// the mapping in messages before it is validated.
+func peekName(n ast.Node) string {
+	for {
+		a, ok := n.(*ast.AnchorNode)
+		if !ok {
+			break
+		}
+		n = a.Value
+	}
+	m, ok := n.(*ast.MappingNode)
+	if !ok {
+		return ""
+	}
+	for _, mv := range m.Values {
+		k, ok1 := mv.Key.(*ast.StringNode)
+		v, ok2 := mv.Value.(*ast.StringNode)
+		if ok1 && ok2 && k.Value == "name" && snakeName.MatchString(v.Value) {
+			return v.Value
+		}
+	}
+	return ""
 }
 
 func (p *parse) pos(t *ytoken.Token) Pos {
@@ -180,6 +207,12 @@ func (p *parse) errAt(t *ytoken.Token, format string, args ...any) {
 }
 
 func (p *parse) errNode(n ast.Node, format string, args ...any) {
+	// A mapping is reported at its first key: its own token is a brace or
+	// the first colon.
+	if m, ok := n.(*ast.MappingNode); ok && len(m.Values) > 0 {
+		p.errAt(m.Values[0].Key.GetToken(), format, args...)
+		return
+	}
 	p.errAt(n.GetToken(), format, args...)
 }
 
@@ -242,9 +275,13 @@ func (p *parse) mapping(n ast.Node, what string, required, optional []string) (m
 		}
 		fields[k.Value] = field{k.GetToken(), mv.Value}
 	}
+	at := m.GetToken()
+	if len(m.Values) > 0 {
+		at = m.Values[0].Key.GetToken()
+	}
 	for _, r := range required {
 		if _, ok := fields[r]; !ok {
-			p.errAt(m.GetToken(), "%s: missing key %q; add %s: <%s>", what, r, r, hint(r))
+			p.errAt(at, "%s: missing key %q; add %s: <%s>", what, r, r, hint(r))
 		}
 	}
 	return fields, true
@@ -413,8 +450,13 @@ func (p *parse) spec(body ast.Node) *Spec {
 	if f, ok := top["ops"]; ok {
 		names, ids := map[string]Pos{}, map[int]Pos{}
 		items := p.seq(f, "ops")
-		if len(items) == 0 && p.unwrap(f.value) != nil {
+		if _, isSeq := f.value.(*ast.SequenceNode); isSeq && len(items) == 0 {
 			p.errNode(f.value, "ops must list at least one reduce op, e.g. - {name: sum, id: 1, doc: ...}")
+		}
+		for _, n := range items {
+			if name := peekName(n); name != "" && !contains(p.opNames, name) {
+				p.opNames = append(p.opNames, name)
+			}
 		}
 		for i, n := range items {
 			o, ok := p.op(n, i)
@@ -437,7 +479,7 @@ func (p *parse) spec(body ast.Node) *Spec {
 	if f, ok := top["dtypes"]; ok {
 		names, ids := map[string]Pos{}, map[int]Pos{}
 		items := p.seq(f, "dtypes")
-		if len(items) == 0 && p.unwrap(f.value) != nil {
+		if _, isSeq := f.value.(*ast.SequenceNode); isSeq && len(items) == 0 {
 			p.errNode(f.value, "dtypes must list at least one element type")
 		}
 		for i, n := range items {
@@ -491,6 +533,9 @@ func (p *parse) spec(body ast.Node) *Spec {
 
 func (p *parse) op(n ast.Node, i int) (Op, bool) {
 	what := fmt.Sprintf("ops[%d]", i)
+	if name := peekName(n); name != "" {
+		what = fmt.Sprintf("op %q", name)
+	}
 	fs, ok := p.mapping(n, what, []string{"name", "id", "doc"}, []string{"finish"})
 	if !ok {
 		return Op{}, false
@@ -525,6 +570,9 @@ func (p *parse) op(n ast.Node, i int) (Op, bool) {
 
 func (p *parse) dtype(n ast.Node, i int, s *Spec) (DType, bool) {
 	what := fmt.Sprintf("dtypes[%d]", i)
+	if name := peekName(n); name != "" {
+		what = fmt.Sprintf("dtype %q", name)
+	}
 	fs, ok := p.mapping(n, what, []string{"name", "id", "size", "go", "accum", "class", "ops"}, nil)
 	if !ok {
 		return DType{}, false
@@ -577,7 +625,7 @@ func (p *parse) dtype(n ast.Node, i int, s *Spec) (DType, bool) {
 	if f, ok := fs["ops"]; ok {
 		seen := map[string]bool{}
 		items := p.seq(f, what+" ops")
-		if len(items) == 0 && p.unwrap(f.value) != nil {
+		if _, isSeq := f.value.(*ast.SequenceNode); isSeq && len(items) == 0 {
 			p.errNode(f.value, "%s ops must list at least one op, e.g. [sum]", what)
 		}
 		for _, on := range items {
@@ -587,11 +635,9 @@ func (p *parse) dtype(n ast.Node, i int, s *Spec) (DType, bool) {
 				continue
 			}
 			if _, ok := s.Op(name); !ok {
-				var defined []string
-				for _, o := range s.Ops {
-					defined = append(defined, o.Name)
+				if !contains(p.opNames, name) {
+					p.errNode(on, "%s lists unknown op %q; define it under ops: or use one of %s%s", what, name, strings.Join(p.opNames, ", "), suggest(name, p.opNames))
 				}
-				p.errNode(on, "%s lists unknown op %q; define it under ops: or use one of %s%s", what, name, strings.Join(defined, ", "), suggest(name, defined))
 				good = false
 				continue
 			}
@@ -614,6 +660,9 @@ func (p *parse) dtype(n ast.Node, i int, s *Spec) (DType, bool) {
 
 func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 	what := fmt.Sprintf("collectives[%d]", i)
+	if name := peekName(n); name != "" {
+		what = fmt.Sprintf("collective %q", name)
+	}
 	fs, ok := p.mapping(n, what, []string{"name", "id", "doc", "buffers", "result"}, []string{"op", "root", "peer"})
 	if !ok {
 		return Collective{}, false
@@ -722,6 +771,7 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 			good = false
 		}
 	}
+	buffersOK := good
 	if f, ok := fs["result"]; ok {
 		rfs, ok := p.mapping(f.value, what+" result", []string{"kind", "on"}, nil)
 		if ok {
@@ -738,7 +788,7 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 						case "peer":
 							have = c.Peer
 						case "recv":
-							have = recvish != nil
+							have = recvish != nil || !buffersOK // a broken buffer is reported already
 						}
 						if !have {
 							fix := "add " + need + ": true"
