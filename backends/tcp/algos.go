@@ -1,0 +1,593 @@
+package tcp
+
+// The algorithms. Each runs on every rank of the group with the running
+// call's expected header in b.cur; frames go through post (queued for the
+// peer's sender goroutine, so sending overlaps receiving and reducing) and
+// recv (read by the calling goroutine straight into their destination).
+//
+// Bitwise agreement: wherever two ranks compute the same element (recursive
+// doubling), they combine the same two operands in the same order (the
+// lower ranks' partial result first); wherever one rank computes an element
+// (ring, halving, trees), the others receive its bytes. So every rank ends
+// with identical bits, NaN payloads included.
+
+// maxChunksPerSegment keeps the jobs a pipelined algorithm posts ahead of
+// its receives well below jobQueue: the ring cannot deadlock on full queues.
+const maxChunksPerSegment = jobQueue / 4
+
+// chunkElems is the chunk size in elements for segments of segElems.
+func (b *Backend) chunkElems(segElems int) int {
+	es := b.cur.dtype.Size()
+	ce := max(1, b.cfg.chunk/es)
+	if need := (segElems + maxChunksPerSegment - 1) / maxChunksPerSegment; need > ce {
+		ce = need
+	}
+	return ce
+}
+
+// chunks calls f for each chunk [c, e) of [lo, hi), at least once (an empty
+// range is one empty chunk, so that headers are still exchanged).
+func chunks(lo, hi, ce int, f func(c, e int) error) error {
+	for c := lo; ; {
+		e := min(c+ce, hi)
+		if err := f(c, e); err != nil {
+			return err
+		}
+		c = e
+		if c >= hi {
+			return nil
+		}
+	}
+}
+
+// allreduceRing: reduce-scatter then allgather around the ring, each
+// segment cut into chunks that flow through without waiting for the whole
+// segment. Rank r finishes segment r+1 and every other rank copies it.
+func (b *Backend) allreduceRing(send, recv []byte, count int) error {
+	n, r := b.size, b.rank
+	es := b.cur.dtype.Size()
+	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
+	ce := b.chunkElems((count + n - 1) / n)
+	in := b.buffer(ce * es)
+
+	lo, hi := blockRange(count, n, r)
+	if err := chunks(lo, hi, ce, func(c, e int) error {
+		return b.post(right, &b.cur, send[c*es:e*es])
+	}); err != nil {
+		return err
+	}
+	b.segSent[r] = right.posted
+	for k := 0; k < n-1; k++ {
+		s := mod(r-k-1, n)
+		lo, hi := blockRange(count, n, s)
+		last := k == n-2
+		if err := chunks(lo, hi, ce, func(c, e int) error {
+			t := in[:(e-c)*es]
+			if err := b.recv(left, &b.cur, t); err != nil {
+				return err
+			}
+			dst := recv[c*es : e*es]
+			if err := b.reduce(dst, t, send[c*es:e*es]); err != nil {
+				return err
+			}
+			if last {
+				if err := b.finish(dst); err != nil {
+					return err
+				}
+			}
+			return b.post(right, &b.cur, dst)
+		}); err != nil {
+			return err
+		}
+		b.segSent[s] = right.posted
+	}
+	for k := 0; k < n-1; k++ {
+		s := mod(r-k, n)
+		lo, hi := blockRange(count, n, s)
+		// The segment's earlier send must be out before it is overwritten.
+		if err := b.waitSent(right, b.segSent[s]); err != nil {
+			return err
+		}
+		forward := k < n-2
+		if err := chunks(lo, hi, ce, func(c, e int) error {
+			dst := recv[c*es : e*es]
+			if err := b.recv(left, &b.cur, dst); err != nil {
+				return err
+			}
+			if forward {
+				return b.post(right, &b.cur, dst)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return b.flush(right)
+}
+
+// fold parameters for a group that is not a power of two: the first 2*rem
+// ranks pair up, the even one of each pair handing its data to the odd one
+// and sitting out, so that p = n - rem ranks (a power of two) remain.
+func (b *Backend) foldParams() (p, rem int) {
+	p = 1
+	for p*2 <= b.size {
+		p *= 2
+	}
+	return p, b.size - p
+}
+
+// realRank maps a rank among the p remaining ones back to the group.
+func realRank(nr, rem int) int {
+	if nr < rem {
+		return 2*nr + 1
+	}
+	return nr + rem
+}
+
+// foldIn hands data to the pair's odd rank. It returns this rank's number
+// among the remaining p ranks, or -1 if it sits out.
+func (b *Backend) foldIn(data []byte, rem int) (int, error) {
+	r := b.rank
+	if r >= 2*rem {
+		return r - rem, nil
+	}
+	if r%2 == 0 {
+		return -1, b.send(b.peers[r+1], &b.cur, data)
+	}
+	t := b.buffer(len(data))
+	if err := b.recv(b.peers[r-1], &b.cur, t); err != nil {
+		return 0, err
+	}
+	return r / 2, b.reduce(data, t, data) // the lower rank's data first
+}
+
+// foldOut returns the result to the ranks that sat out.
+func (b *Backend) foldOut(data []byte, rem int) error {
+	r := b.rank
+	if r >= 2*rem {
+		return nil
+	}
+	if r%2 == 1 {
+		return b.send(b.peers[r-1], &b.cur, data)
+	}
+	return b.recv(b.peers[r+1], &b.cur, data)
+}
+
+// allreduceRD: recursive doubling, log2(p) exchanges of the whole vector.
+// Both partners compute lower op higher, so they agree bit for bit.
+func (b *Backend) allreduceRD(send, recv []byte) error {
+	copyIfDistinct(recv, send)
+	p, rem := b.foldParams()
+	nr, err := b.foldIn(recv, rem)
+	if err != nil {
+		return err
+	}
+	if nr >= 0 {
+		t := b.buffer(len(recv))
+		for mask := 1; mask < p; mask <<= 1 {
+			pn := nr ^ mask
+			q := b.peers[realRank(pn, rem)]
+			if err := b.post(q, &b.cur, recv); err != nil {
+				return err
+			}
+			if err := b.recv(q, &b.cur, t); err != nil {
+				return err
+			}
+			if err := b.flush(q); err != nil {
+				return err
+			}
+			if pn < nr {
+				err = b.reduce(recv, t, recv)
+			} else {
+				err = b.reduce(recv, recv, t)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if err := b.finish(recv); err != nil {
+			return err
+		}
+	}
+	return b.foldOut(recv, rem)
+}
+
+// allreduceRabenseifner: reduce-scatter by recursive halving, then allgather
+// by recursive doubling, on the p remaining ranks; each block of the result
+// is computed by one rank.
+func (b *Backend) allreduceRabenseifner(send, recv []byte, count int) error {
+	copyIfDistinct(recv, send)
+	es := b.cur.dtype.Size()
+	p, rem := b.foldParams()
+	nr, err := b.foldIn(recv, rem)
+	if err != nil {
+		return err
+	}
+	if nr >= 0 {
+		at := func(blk int) int { lo, _ := blockRange(count, p, blk); return lo * es }
+		t := b.buffer(len(recv))
+		lo, hi := 0, p
+		for mask := p / 2; mask >= 1; mask /= 2 {
+			pn := nr ^ mask
+			q := b.peers[realRank(pn, rem)]
+			mid := lo + (hi-lo)/2
+			keepLo, keepHi, sendLo, sendHi := lo, mid, mid, hi
+			if nr&mask != 0 {
+				keepLo, keepHi, sendLo, sendHi = mid, hi, lo, mid
+			}
+			if err := b.post(q, &b.cur, recv[at(sendLo):at(sendHi)]); err != nil {
+				return err
+			}
+			keep := recv[at(keepLo):at(keepHi)]
+			in := t[:len(keep)]
+			if err := b.recv(q, &b.cur, in); err != nil {
+				return err
+			}
+			if pn < nr {
+				err = b.reduce(keep, in, keep)
+			} else {
+				err = b.reduce(keep, keep, in)
+			}
+			if err != nil {
+				return err
+			}
+			// The sent half is overwritten in the allgather: it must be out.
+			if err := b.flush(q); err != nil {
+				return err
+			}
+			lo, hi = keepLo, keepHi
+		}
+		if err := b.finish(recv[at(nr):at(nr+1)]); err != nil {
+			return err
+		}
+		for mask := 1; mask < p; mask <<= 1 {
+			pn := nr ^ mask
+			q := b.peers[realRank(pn, rem)]
+			plo := lo ^ mask
+			if err := b.post(q, &b.cur, recv[at(lo):at(hi)]); err != nil {
+				return err
+			}
+			if err := b.recv(q, &b.cur, recv[at(plo):at(plo+mask)]); err != nil {
+				return err
+			}
+			if err := b.flush(q); err != nil {
+				return err
+			}
+			lo = min(lo, plo)
+			hi = lo + 2*mask
+		}
+	}
+	return b.foldOut(recv, rem)
+}
+
+// broadcastTree: binomial tree from the root, log2(n) rounds.
+func (b *Backend) broadcastTree(buf []byte, root int) error {
+	n := b.size
+	vr := mod(b.rank-root, n)
+	mask := 1
+	for mask < n {
+		if vr&mask != 0 {
+			if err := b.recv(b.peers[mod(vr-mask+root, n)], &b.cur, buf); err != nil {
+				return err
+			}
+			break
+		}
+		mask <<= 1
+	}
+	for mask >>= 1; mask > 0; mask >>= 1 {
+		if vr+mask < n {
+			if err := b.post(b.peers[mod(vr+mask+root, n)], &b.cur, buf); err != nil {
+				return err
+			}
+		}
+	}
+	return b.flushAll()
+}
+
+// broadcastChain: a pipelined chain root -> root+1 -> ...; each chunk is
+// forwarded as soon as it arrives.
+func (b *Backend) broadcastChain(buf []byte, root int) error {
+	n := b.size
+	vr := mod(b.rank-root, n)
+	es := b.cur.dtype.Size()
+	count := len(buf) / es
+	ce := b.chunkElems(count)
+	var prev, next *peer
+	if vr > 0 {
+		prev = b.peers[mod(b.rank-1, n)]
+	}
+	if vr < n-1 {
+		next = b.peers[mod(b.rank+1, n)]
+	}
+	if err := chunks(0, count, ce, func(c, e int) error {
+		part := buf[c*es : e*es]
+		if prev != nil {
+			if err := b.recv(prev, &b.cur, part); err != nil {
+				return err
+			}
+		}
+		if next != nil {
+			return b.post(next, &b.cur, part)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if next != nil {
+		return b.flush(next)
+	}
+	return nil
+}
+
+// reduceTree: binomial tree towards the root; each rank combines its
+// partial result (lower relative ranks) with its child's (higher) in that
+// order.
+func (b *Backend) reduceTree(send, recv []byte, root int) error {
+	n := b.size
+	vr := mod(b.rank-root, n)
+	acc := send // read-only until the first combination
+	var work []byte
+	if vr == 0 {
+		work = recv
+	}
+	var in []byte
+	for mask := 1; mask < n; mask <<= 1 {
+		if vr&mask != 0 {
+			return b.send(b.peers[mod(vr-mask+root, n)], &b.cur, acc)
+		}
+		if vr+mask >= n {
+			continue
+		}
+		if in == nil {
+			// Scratch: the child's data, then (non-root) this rank's sums.
+			t := b.buffer(2 * len(send))
+			in = t[:len(send)]
+			if work == nil {
+				work = t[len(send):]
+			}
+		}
+		if err := b.recv(b.peers[mod(vr+mask+root, n)], &b.cur, in); err != nil {
+			return err
+		}
+		if err := b.reduce(work, acc, in); err != nil {
+			return err
+		}
+		acc = work
+	}
+	// Only the root gets here.
+	copyIfDistinct(recv, acc)
+	return b.finish(recv)
+}
+
+// slotCount is the number of chunk buffers a pipelined reduction cycles
+// through: a buffer is reused only once the send reading it is out.
+const slotCount = 4
+
+// reduceChain: a pipelined chain towards the root, root+n-1 -> ... ->
+// root+1 -> root; each rank adds its chunk to the partial sum passing by.
+func (b *Backend) reduceChain(send, recv []byte, count, root int) error {
+	n := b.size
+	vr := mod(b.rank-root, n)
+	es := b.cur.dtype.Size()
+	ce := b.chunkElems(count)
+	var prev, next *peer // prev sends to this rank, next receives from it
+	if vr < n-1 {
+		prev = b.peers[mod(b.rank+1, n)]
+	}
+	if vr > 0 {
+		next = b.peers[mod(b.rank-1, n)]
+	}
+	var slots []byte
+	var slotJob [slotCount]uint64
+	slot := 0
+	if prev != nil {
+		slots = b.buffer(slotCount * ce * es)
+	}
+	if err := chunks(0, count, ce, func(c, e int) error {
+		mine := send[c*es : e*es]
+		if prev == nil { // the chain's far end: its own data starts the sum
+			return b.post(next, &b.cur, mine)
+		}
+		if next != nil {
+			if err := b.waitSent(next, slotJob[slot]); err != nil {
+				return err
+			}
+		}
+		t := slots[slot*ce*es : slot*ce*es+len(mine)]
+		if err := b.recv(prev, &b.cur, t); err != nil {
+			return err
+		}
+		if next == nil { // the root
+			dst := recv[c*es : e*es]
+			if err := b.reduce(dst, t, mine); err != nil {
+				return err
+			}
+			return b.finish(dst)
+		}
+		if err := b.reduce(t, t, mine); err != nil {
+			return err
+		}
+		if err := b.post(next, &b.cur, t); err != nil {
+			return err
+		}
+		slotJob[slot] = next.posted
+		slot = (slot + 1) % slotCount
+		return nil
+	}); err != nil {
+		return err
+	}
+	if next != nil {
+		return b.flush(next)
+	}
+	return nil
+}
+
+// allgatherRing: n-1 steps; each block travels the ring, chunk by chunk.
+func (b *Backend) allgatherRing(send, recv []byte, count int) error {
+	n, r := b.size, b.rank
+	es := b.cur.dtype.Size()
+	bs := count * es
+	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
+	ce := b.chunkElems(count)
+	copyIfDistinct(recv[r*bs:(r+1)*bs], send)
+	if err := chunks(0, count, ce, func(c, e int) error {
+		return b.post(right, &b.cur, recv[r*bs+c*es:r*bs+e*es])
+	}); err != nil {
+		return err
+	}
+	for k := 0; k < n-1; k++ {
+		s := mod(r-k-1, n)
+		forward := k < n-2
+		if err := chunks(0, count, ce, func(c, e int) error {
+			dst := recv[s*bs+c*es : s*bs+e*es]
+			if err := b.recv(left, &b.cur, dst); err != nil {
+				return err
+			}
+			if forward {
+				return b.post(right, &b.cur, dst)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return b.flush(right)
+}
+
+// reduceScatterRing: the ring's reduce-scatter, shifted so that rank r ends
+// with block r; partial sums travel in scratch chunks.
+func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
+	n, r := b.size, b.rank
+	es := b.cur.dtype.Size()
+	bs := count * es
+	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
+	ce := b.chunkElems(count)
+	slots := b.buffer(slotCount * ce * es)
+	var slotJob [slotCount]uint64
+	slot := 0
+	s0 := mod(r-1, n)
+	if err := chunks(0, count, ce, func(c, e int) error {
+		return b.post(right, &b.cur, send[s0*bs+c*es:s0*bs+e*es])
+	}); err != nil {
+		return err
+	}
+	for k := 0; k < n-1; k++ {
+		s := mod(r-k-2, n)
+		last := k == n-2
+		if err := chunks(0, count, ce, func(c, e int) error {
+			mine := send[s*bs+c*es : s*bs+e*es]
+			if err := b.waitSent(right, slotJob[slot]); err != nil {
+				return err
+			}
+			t := slots[slot*ce*es : slot*ce*es+len(mine)]
+			if err := b.recv(left, &b.cur, t); err != nil {
+				return err
+			}
+			if last {
+				dst := recv[c*es : e*es]
+				if err := b.reduce(dst, t, mine); err != nil {
+					return err
+				}
+				return b.finish(dst)
+			}
+			if err := b.reduce(t, t, mine); err != nil {
+				return err
+			}
+			if err := b.post(right, &b.cur, t); err != nil {
+				return err
+			}
+			slotJob[slot] = right.posted
+			slot = (slot + 1) % slotCount
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return b.flush(right)
+}
+
+// gather: every rank sends its block straight to the root.
+func (b *Backend) gather(send, recv []byte, root int) error {
+	if b.rank != root {
+		return b.send(b.peers[root], &b.cur, send)
+	}
+	bs := len(send)
+	copyIfDistinct(recv[root*bs:(root+1)*bs], send)
+	for i, p := range b.peers {
+		if p != nil {
+			if err := b.recv(p, &b.cur, recv[i*bs:(i+1)*bs]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scatter: the root sends every rank its block, all at once.
+func (b *Backend) scatter(send, recv []byte, root int) error {
+	if b.rank != root {
+		return b.recv(b.peers[root], &b.cur, recv)
+	}
+	bs := len(recv)
+	for i, p := range b.peers {
+		if p != nil {
+			if err := b.post(p, &b.cur, send[i*bs:(i+1)*bs]); err != nil {
+				return err
+			}
+		}
+	}
+	copyIfDistinct(recv, send[root*bs:(root+1)*bs])
+	return b.flushAll()
+}
+
+// alltoall: pairwise exchange; every send is queued at once (each peer has
+// its own sender), and blocks are received from r-1, r-2, ... in turn.
+func (b *Backend) alltoall(send, recv []byte) error {
+	n, r := b.size, b.rank
+	bs := len(send) / n
+	if sameStart(send, recv) {
+		t := b.buffer(len(send))
+		copy(t, send)
+		send = t
+	}
+	copy(recv[r*bs:(r+1)*bs], send[r*bs:(r+1)*bs])
+	for k := 1; k < n; k++ {
+		j := mod(r+k, n)
+		if err := b.post(b.peers[j], &b.cur, send[j*bs:(j+1)*bs]); err != nil {
+			return err
+		}
+	}
+	for k := 1; k < n; k++ {
+		j := mod(r-k, n)
+		if err := b.recv(b.peers[j], &b.cur, recv[j*bs:(j+1)*bs]); err != nil {
+			return err
+		}
+	}
+	return b.flushAll()
+}
+
+// barrier: dissemination, ceil(log2 n) rounds of empty frames.
+func (b *Backend) barrier() error {
+	n, r := b.size, b.rank
+	for k := 1; k < n; k <<= 1 {
+		if err := b.post(b.peers[mod(r+k, n)], &b.cur, nil); err != nil {
+			return err
+		}
+		if err := b.recv(b.peers[mod(r-k, n)], &b.cur, nil); err != nil {
+			return err
+		}
+	}
+	return b.flushAll()
+}
+
+// flushAll waits for every posted send.
+func (b *Backend) flushAll() error {
+	for _, p := range b.peers {
+		if p != nil {
+			if err := b.flush(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

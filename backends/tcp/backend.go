@@ -1,0 +1,518 @@
+package tcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gocoll/gocoll/core"
+)
+
+// Backend runs the spec's collectives over TCP between the ranks of a
+// group. It implements core.Backend. Collectives on one Backend run one at a
+// time, in the order every rank calls them.
+type Backend struct {
+	rank, size int
+	cfg        config
+	timeout    time.Duration
+	peers      []*peer // by rank; nil at this rank
+	rejected   *int64  // connections dropped during setup (tests)
+
+	mu      sync.Mutex // one call at a time
+	seq     uint64     // collectives started; the next one is seq+1
+	dl      time.Time  // the running call's deadline
+	cur     header     // the running call's expected header
+	scratch []byte
+	srcs    [2][]byte // kernel arguments, kept here so that calls do not allocate
+	segSent []uint64  // ring: per segment, the send job that last read it
+
+	running atomic.Uint64 // seq of the collective running or about to run
+	calls   atomic.Uint64 // Do calls started
+	active  atomic.Uint64 // the running Do call's number, 0 when idle
+	failure atomic.Pointer[failure]
+
+	closed    atomic.Bool
+	quit      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	logf      func(string, ...any)
+}
+
+// failure poisons the backend: the collective numbered seq and every later
+// call fail with it. The streams between ranks are out of step after a
+// failure, so the group must be rebuilt (as after any lost peer).
+type failure struct {
+	seq    uint64
+	local  error      // this rank's error, when it found the failure itself
+	remote *abortInfo // else what a peer reported
+}
+
+// peer is this rank's end of the connections to one other rank.
+type peer struct {
+	rank int
+	data *net.TCPConn
+	ctl  *net.TCPConn
+
+	jobs   chan sendJob  // to the sender goroutine
+	notify chan struct{} // the sender finished a job (cap 1)
+	posted uint64        // jobs handed to the sender (caller's goroutine only)
+	done   atomic.Uint64 // jobs the sender finished
+	errMu  sync.Mutex
+	sndErr error // the sender's first write error
+
+	rhdr     [hdrSize]byte // receive header buffer (caller's goroutine)
+	sendSeq  uint64        // point-to-point messages sent to this peer
+	recvSeq  uint64        // and received from it
+	deadline time.Time     // deadline last set on data
+
+	ctlMu sync.Mutex  // writes on ctl
+	bye   atomic.Bool // the peer closed in good order
+	gone  atomic.Pointer[error]
+}
+
+type sendJob struct {
+	h       header
+	payload []byte
+}
+
+// jobQueue bounds the sends one connection holds; pipelined algorithms keep
+// their chunks per segment well below it (see ring.go).
+const jobQueue = 256
+
+// New connects this rank to the other ranks of g and returns its Backend.
+// Every rank of g calls New at about the same time; it returns when this
+// rank holds an authenticated connection to every other rank, or fails
+// naming the ranks it could not reach when ctx ends or g.Timeout passes.
+func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
+	if g.Size < 1 || g.Rank < 0 || g.Rank >= g.Size {
+		return nil, fmt.Errorf("tcp: rank %d of %d is not a valid group position", g.Rank, g.Size)
+	}
+	cfg := defaultConfig()
+	if err := cfg.fromEnv(); err != nil {
+		return nil, err
+	}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	timeout := g.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	b := &Backend{
+		rank: g.Rank, size: g.Size, cfg: cfg, timeout: timeout,
+		peers:   make([]*peer, g.Size),
+		segSent: make([]uint64, g.Size),
+		quit:    make(chan struct{}),
+		logf:    log.New(os.Stderr, "gocoll/tcp: ", log.LstdFlags).Printf,
+	}
+	var zero int64
+	b.rejected = &zero
+	b.running.Store(1)
+	if g.Size == 1 {
+		return b, nil
+	}
+	if g.Store == nil {
+		return nil, errors.New("tcp: the group has no store to exchange addresses through")
+	}
+	if len(g.Secret) == 0 {
+		return nil, errors.New("tcp: the group has no secret; connections between ranks must prove they hold one (set GOCOLL_SECRET or pass a secret to dispatch)")
+	}
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	data, ctl, rejected, err := connect(ctx, g, &cfg, deadline, b.logf)
+	if err != nil {
+		return nil, err
+	}
+	b.rejected = rejected
+	for j := range g.Size {
+		if j == g.Rank {
+			continue
+		}
+		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1)}
+		b.peers[j] = p
+		b.wg.Add(2)
+		go b.sendLoop(p)
+		go b.ctlLoop(p)
+	}
+	return b, nil
+}
+
+// Rank implements core.Comm.
+func (b *Backend) Rank() int { return b.rank }
+
+// Size implements core.Comm.
+func (b *Backend) Size() int { return b.size }
+
+// Name implements core.Backend.
+func (b *Backend) Name() string { return "tcp" }
+
+// Close says goodbye to every peer, closes every connection and waits for
+// this backend's goroutines to end. It does not wait for peers. A call in
+// progress on another goroutine returns core.ErrClosed.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		b.closed.Store(true)
+		b.fail(&failure{seq: 0, local: core.ErrClosed}, false)
+		var h header
+		h.typ = frameBye
+		var buf [hdrSize]byte
+		h.put(buf[:])
+		for _, p := range b.peers {
+			if p == nil {
+				continue
+			}
+			p.ctlMu.Lock()
+			_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = p.ctl.Write(buf[:])
+			p.ctlMu.Unlock()
+		}
+		close(b.quit)
+		for _, p := range b.peers {
+			if p != nil {
+				p.data.Close()
+				p.ctl.Close()
+			}
+		}
+		b.wg.Wait()
+	})
+	return nil
+}
+
+// sendLoop writes the jobs queued for p, header and payload in one vectored
+// write, until the backend closes. It allocates nothing per job.
+func (b *Backend) sendLoop(p *peer) {
+	defer b.wg.Done()
+	hbuf := make([]byte, hdrSize)
+	iov := make([][]byte, 2)
+	var bufs net.Buffers
+	for {
+		select {
+		case j := <-p.jobs:
+			if !b.failedNow() && p.err() == nil {
+				j.h.put(hbuf)
+				iov[0], iov[1] = hbuf, j.payload
+				bufs = iov[:2]
+				if len(j.payload) == 0 {
+					bufs = iov[:1]
+				}
+				if _, err := bufs.WriteTo(p.data); err != nil {
+					p.errMu.Lock()
+					if p.sndErr == nil {
+						p.sndErr = err
+					}
+					p.errMu.Unlock()
+				}
+				iov[1] = nil
+			}
+			p.done.Add(1)
+			select {
+			case p.notify <- struct{}{}:
+			default:
+			}
+		case <-b.quit:
+			return
+		}
+	}
+}
+
+func (p *peer) err() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.sndErr
+}
+
+// ctlLoop reads p's control connection: aborts from p fail this rank's
+// collectives, a goodbye marks p as closed in good order.
+func (b *Backend) ctlLoop(p *peer) {
+	defer b.wg.Done()
+	var hb [hdrSize]byte
+	for {
+		if _, err := io.ReadFull(p.ctl, hb[:]); err != nil {
+			if !p.bye.Load() && !b.closed.Load() {
+				p.gone.Store(&err)
+			}
+			return
+		}
+		var h header
+		if err := h.get(hb[:]); err != nil || h.length > 1<<20 {
+			err = fmt.Errorf("rank %d sent a malformed control frame", p.rank)
+			p.gone.Store(&err)
+			return
+		}
+		payload := make([]byte, h.length)
+		if _, err := io.ReadFull(p.ctl, payload); err != nil {
+			p.gone.Store(&err)
+			return
+		}
+		switch h.typ {
+		case frameBye:
+			p.bye.Store(true)
+		case frameAbort:
+			a := new(abortInfo)
+			if err := a.unmarshal(payload); err != nil {
+				a = &abortInfo{reason: abortPeer, ranks: []int{p.rank}, msg: "sent a malformed abort"}
+			}
+			a.seq = h.seq
+			b.fail(&failure{seq: h.seq, remote: a}, false)
+		}
+	}
+}
+
+// fail records f unless a failure is already recorded, tells every peer when
+// broadcast is set, and interrupts the running collective if f applies to
+// it. It returns the failure in force.
+func (b *Backend) fail(f *failure, broadcast bool) *failure {
+	if !b.failure.CompareAndSwap(nil, f) {
+		return b.failure.Load()
+	}
+	if broadcast {
+		a := f.remote
+		if a == nil {
+			a = b.describe(f)
+		}
+		payload := a.marshal()
+		h := header{typ: frameAbort, seq: f.seq, length: uint32(len(payload))}
+		buf := make([]byte, hdrSize+len(payload))
+		h.put(buf)
+		copy(buf[hdrSize:], payload)
+		for _, p := range b.peers {
+			if p == nil {
+				continue
+			}
+			p.ctlMu.Lock()
+			_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = p.ctl.Write(buf)
+			p.ctlMu.Unlock()
+		}
+	}
+	if f.seq <= b.running.Load() {
+		b.interrupt()
+	}
+	return f
+}
+
+// interrupt makes every blocked read and write on the data connections
+// return at once.
+func (b *Backend) interrupt() {
+	past := time.Unix(1, 0)
+	for _, p := range b.peers {
+		if p != nil {
+			_ = p.data.SetDeadline(past)
+		}
+	}
+}
+
+// describe turns a local failure into what peers are told.
+func (b *Backend) describe(f *failure) *abortInfo {
+	var me *core.MismatchError
+	var pe *core.PeerError
+	switch {
+	case errors.As(f.local, &me):
+		return &abortInfo{reason: abortMismatch, field: me.Field, rankA: me.Rank, valA: me.Mine, rankB: me.Peer, valB: me.Theirs}
+	case errors.As(f.local, &pe):
+		return &abortInfo{reason: abortPeer, ranks: pe.Ranks, msg: fmt.Sprintf("rank %d: %v", b.rank, pe.Err)}
+	default:
+		return &abortInfo{reason: abortPeer, ranks: []int{b.rank}, msg: fmt.Sprintf("rank %d abandoned the collective: %v", b.rank, f.local)}
+	}
+}
+
+// failureError is the error this rank returns for f in the call op (the
+// running collective, whose expected header is b.cur).
+func (b *Backend) failureError(f *failure, op string) error {
+	if f.local != nil {
+		return f.local
+	}
+	a := f.remote
+	switch a.reason {
+	case abortMismatch:
+		e := &core.MismatchError{Seq: a.seq, Field: a.field, Rank: b.rank}
+		mine := ""
+		if b.cur.seq == a.seq {
+			mine = b.cur.field(a.field)
+		}
+		e.Mine = mine
+		switch {
+		case b.rank == a.rankB || (mine != "" && mine == a.valB && b.rank != a.rankA):
+			e.Peer, e.Theirs = a.rankA, a.valA
+			if mine == "" {
+				e.Mine = a.valB
+			}
+		default:
+			e.Peer, e.Theirs = a.rankB, a.valB
+			if mine == "" {
+				e.Mine = a.valA
+			}
+		}
+		return e
+	default:
+		return &core.PeerError{Op: op, Ranks: a.ranks, Err: errors.New(a.msg)}
+	}
+}
+
+// opName names the running collective for errors ("allreduce #12").
+func (b *Backend) opName() string {
+	if b.cur.kind == 0 {
+		return "tcp collective"
+	}
+	return fmt.Sprintf("%v #%d", b.cur.kind, b.cur.seq)
+}
+
+// failedNow reports whether a failure applies to the running collective.
+func (b *Backend) failedNow() bool {
+	f := b.failure.Load()
+	return f != nil && f.seq <= b.running.Load()
+}
+
+// check returns the error of a failure in force for the running call.
+func (b *Backend) check() error {
+	if f := b.failure.Load(); f != nil && f.seq <= b.running.Load() {
+		return b.failureError(f, b.opName())
+	}
+	return nil
+}
+
+// use prepares p's data connection for the running call: its deadline.
+func (b *Backend) use(p *peer) error {
+	if !p.deadline.Equal(b.dl) {
+		if err := p.data.SetDeadline(b.dl); err != nil {
+			return b.ioError(p, err)
+		}
+		p.deadline = b.dl
+	}
+	// After the deadline is set: an interrupt that came before is seen here,
+	// one that comes after overrides the deadline.
+	return b.check()
+}
+
+// ioError turns a read or write error on p's data connection into the
+// call's error and fails the backend, telling the other ranks.
+func (b *Backend) ioError(p *peer, err error) error {
+	if e := b.check(); e != nil {
+		return e
+	}
+	if b.closed.Load() {
+		return core.ErrClosed
+	}
+	var cause error
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		cause = fmt.Errorf("no data from or to rank %d before the deadline: %w", p.rank, context.DeadlineExceeded)
+	case p.bye.Load():
+		cause = fmt.Errorf("rank %d closed its backend: %w", p.rank, err)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		cause = fmt.Errorf("rank %d's connection broke (did it die?): %w", p.rank, err)
+	default:
+		cause = fmt.Errorf("connection to rank %d: %w", p.rank, err)
+	}
+	if g := p.gone.Load(); g != nil && !p.bye.Load() {
+		cause = fmt.Errorf("%w (its control connection failed first: %v)", cause, *g)
+	}
+	e := &core.PeerError{Op: b.opName(), Ranks: []int{p.rank}, Err: cause}
+	f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
+	return b.failureError(f, b.opName())
+}
+
+// post queues buf for p, cut into frames of at most maxFrame bytes, all with
+// header h (whose length is set per frame). It does not wait.
+func (b *Backend) post(p *peer, h *header, buf []byte) error {
+	if err := b.use(p); err != nil {
+		return err
+	}
+	for {
+		n := min(len(buf), maxFrame)
+		j := sendJob{h: *h, payload: buf[:n]}
+		j.h.length = uint32(n)
+		select {
+		case p.jobs <- j:
+		case <-b.quit:
+			return core.ErrClosed
+		}
+		p.posted++
+		buf = buf[n:]
+		if len(buf) == 0 {
+			return nil
+		}
+	}
+}
+
+// waitSent waits until p's sender has finished job number upTo.
+func (b *Backend) waitSent(p *peer, upTo uint64) error {
+	for p.done.Load() < upTo {
+		select {
+		case <-p.notify:
+		case <-b.quit:
+			return core.ErrClosed
+		}
+	}
+	if err := p.err(); err != nil {
+		return b.ioError(p, err)
+	}
+	return nil
+}
+
+// flush waits for every job posted to p.
+func (b *Backend) flush(p *peer) error { return b.waitSent(p, p.posted) }
+
+// send posts buf to p and waits until it is written.
+func (b *Backend) send(p *peer, h *header, buf []byte) error {
+	if err := b.post(p, h, buf); err != nil {
+		return err
+	}
+	return b.flush(p)
+}
+
+// recv reads what p sent with the matching send or post into dst, checking
+// every frame's header against h.
+func (b *Backend) recv(p *peer, h *header, dst []byte) error {
+	if err := b.use(p); err != nil {
+		return err
+	}
+	for {
+		n := min(len(dst), maxFrame)
+		if _, err := io.ReadFull(p.data, p.rhdr[:]); err != nil {
+			return b.ioError(p, err)
+		}
+		var got header
+		if err := got.get(p.rhdr[:]); err != nil {
+			return b.ioError(p, err)
+		}
+		exp := *h
+		exp.typ = frameData
+		exp.length = uint32(n)
+		if field, mine, theirs := mismatch(&exp, &got); field != "" {
+			e := &core.MismatchError{Seq: b.cur.seq, Field: field, Rank: b.rank, Mine: mine, Peer: p.rank, Theirs: theirs}
+			f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
+			return b.failureError(f, b.opName())
+		}
+		if n > 0 {
+			if _, err := io.ReadFull(p.data, dst[:n]); err != nil {
+				return b.ioError(p, err)
+			}
+		}
+		dst = dst[n:]
+		if len(dst) == 0 {
+			return nil
+		}
+	}
+}
+
+// buffer returns scratch space of n bytes, grown only when a call needs more
+// than any before.
+func (b *Backend) buffer(n int) []byte {
+	if cap(b.scratch) < n {
+		b.scratch = make([]byte, n)
+	}
+	return b.scratch[:n]
+}

@@ -1,0 +1,212 @@
+package tcp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/gocoll/gocoll/core"
+)
+
+// Every frame on a connection starts with a fixed header:
+//
+//	0  magic   uint16  'G','C'
+//	2  type    uint8   data, abort, bye
+//	3  kind    uint8   core.Kind
+//	4  dtype   uint8   core.DType
+//	5  op      uint8   core.Op
+//	6  algo    uint8   Algorithm
+//	7  -       uint8   zero
+//	8  seq     uint64  collective number (send/recv: per-pair message number)
+//	16 count   uint64  the collective's Count
+//	24 root    int32   Root for rooted collectives, else 0
+//	28 length  uint32  payload bytes that follow
+//
+// A data frame's receiver compares every field with what its own call
+// expects before a byte of payload is read.
+const (
+	hdrSize  = 32
+	magic    = 0x4347 // "GC" little-endian
+	maxFrame = 1 << 30
+)
+
+type frameType uint8
+
+const (
+	frameData  frameType = 1
+	frameAbort frameType = 2 // control: a rank failed a collective (payload: abortInfo)
+	frameBye   frameType = 3 // control: the sender is closing in good order
+)
+
+type header struct {
+	typ    frameType
+	kind   core.Kind
+	dtype  core.DType
+	op     core.Op
+	algo   Algorithm
+	seq    uint64
+	count  uint64
+	root   int32
+	length uint32
+}
+
+func (h *header) put(b []byte) {
+	_ = b[hdrSize-1]
+	binary.LittleEndian.PutUint16(b[0:], magic)
+	b[2] = byte(h.typ)
+	b[3] = byte(h.kind)
+	b[4] = byte(h.dtype)
+	b[5] = byte(h.op)
+	b[6] = byte(h.algo)
+	b[7] = 0
+	binary.LittleEndian.PutUint64(b[8:], h.seq)
+	binary.LittleEndian.PutUint64(b[16:], h.count)
+	binary.LittleEndian.PutUint32(b[24:], uint32(h.root))
+	binary.LittleEndian.PutUint32(b[28:], h.length)
+}
+
+var errBadMagic = errors.New("frame does not start with the gocoll magic: the stream is out of step or not from gocoll")
+
+func (h *header) get(b []byte) error {
+	_ = b[hdrSize-1]
+	if binary.LittleEndian.Uint16(b[0:]) != magic {
+		return errBadMagic
+	}
+	h.typ = frameType(b[2])
+	h.kind = core.Kind(b[3])
+	h.dtype = core.DType(b[4])
+	h.op = core.Op(b[5])
+	h.algo = Algorithm(b[6])
+	h.seq = binary.LittleEndian.Uint64(b[8:])
+	h.count = binary.LittleEndian.Uint64(b[16:])
+	h.root = int32(binary.LittleEndian.Uint32(b[24:]))
+	h.length = binary.LittleEndian.Uint32(b[28:])
+	return nil
+}
+
+// mismatch compares a received data header with the expected one and names
+// the first field that differs, with both values as text; "" when they
+// agree. Fields are compared in the order that best explains a user error.
+func mismatch(exp, got *header) (field, mine, theirs string) {
+	switch {
+	case got.typ != frameData:
+		return "frame type", "data", fmt.Sprint(got.typ)
+	case got.kind != exp.kind:
+		return "kind", exp.kind.String(), got.kind.String()
+	case got.dtype != exp.dtype:
+		return "dtype", exp.dtype.String(), got.dtype.String()
+	case got.op != exp.op:
+		return "op", opString(exp.op), opString(got.op)
+	case got.count != exp.count:
+		return "count", strconv.FormatUint(exp.count, 10), strconv.FormatUint(got.count, 10)
+	case got.root != exp.root:
+		return "root", strconv.Itoa(int(exp.root)), strconv.Itoa(int(got.root))
+	case got.seq != exp.seq:
+		return "seq", strconv.FormatUint(exp.seq, 10), strconv.FormatUint(got.seq, 10)
+	case got.algo != exp.algo:
+		return "algorithm", exp.algo.String(), got.algo.String()
+	case got.length != exp.length:
+		return "frame length", strconv.FormatUint(uint64(exp.length), 10), strconv.FormatUint(uint64(got.length), 10)
+	}
+	return "", "", ""
+}
+
+// field returns h's value of a field named by mismatch, as mismatch prints it.
+func (h *header) field(name string) string {
+	switch name {
+	case "kind":
+		return h.kind.String()
+	case "dtype":
+		return h.dtype.String()
+	case "op":
+		return opString(h.op)
+	case "count":
+		return strconv.FormatUint(h.count, 10)
+	case "root":
+		return strconv.Itoa(int(h.root))
+	case "seq":
+		return strconv.FormatUint(h.seq, 10)
+	case "algorithm":
+		return h.algo.String()
+	}
+	return ""
+}
+
+func opString(o core.Op) string {
+	if o == 0 {
+		return "none"
+	}
+	return o.String()
+}
+
+// Abort reasons.
+const (
+	abortMismatch = 1 // ranks a and b disagree on field
+	abortPeer     = 2 // ranks failed or did not take part
+)
+
+// abortInfo is the payload of an abort frame: why a collective failed, in
+// enough detail that every rank returns the same kind of error.
+type abortInfo struct {
+	seq    uint64 // the collective (the header's seq field carries it)
+	reason uint8
+	field  string // mismatch: the field
+	rankA  int    // mismatch: the detecting rank ...
+	valA   string // ... and its value
+	rankB  int    // mismatch: the rank it disagrees with ...
+	valB   string // ... and that rank's value
+	ranks  []int  // peer: the ranks that failed
+	msg    string // peer: the cause as text
+}
+
+func (a *abortInfo) marshal() []byte {
+	b := []byte{a.reason}
+	b = binary.LittleEndian.AppendUint32(b, uint32(int32(a.rankA)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(int32(a.rankB)))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(a.ranks)))
+	for _, r := range a.ranks {
+		b = binary.LittleEndian.AppendUint32(b, uint32(int32(r)))
+	}
+	for _, s := range []string{a.field, a.valA, a.valB, a.msg} {
+		if len(s) > 1024 {
+			s = s[:1024]
+		}
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+var errShortAbort = errors.New("malformed abort frame")
+
+func (a *abortInfo) unmarshal(b []byte) error {
+	if len(b) < 11 {
+		return errShortAbort
+	}
+	a.reason = b[0]
+	a.rankA = int(int32(binary.LittleEndian.Uint32(b[1:])))
+	a.rankB = int(int32(binary.LittleEndian.Uint32(b[5:])))
+	n := int(binary.LittleEndian.Uint16(b[9:]))
+	b = b[11:]
+	if len(b) < 4*n {
+		return errShortAbort
+	}
+	a.ranks = make([]int, n)
+	for i := range a.ranks {
+		a.ranks[i] = int(int32(binary.LittleEndian.Uint32(b[4*i:])))
+	}
+	b = b[4*n:]
+	for _, s := range []*string{&a.field, &a.valA, &a.valB, &a.msg} {
+		if len(b) < 2 {
+			return errShortAbort
+		}
+		l := int(binary.LittleEndian.Uint16(b))
+		if len(b) < 2+l {
+			return errShortAbort
+		}
+		*s = string(b[2 : 2+l])
+		b = b[2+l:]
+	}
+	return nil
+}

@@ -1,0 +1,572 @@
+package tcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gocoll/gocoll/backends/tcp/tcptest"
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/memstore"
+)
+
+var testSecret = []byte("tcp backend test secret")
+
+// group starts n ranks as goroutines of this process over loopback, meeting
+// through an in-memory store, and closes them when the test ends.
+func group(t testing.TB, n int, opts ...Option) []*Backend {
+	t.Helper()
+	st := memstore.New()
+	bs := make([]*Backend, n)
+	errs := make([]error, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Go(func() {
+			g := core.Group{Rank: r, Size: n, Store: core.WithPrefix(st, "tcp/"), JobID: "test", Secret: testSecret, Timeout: 30 * time.Second}
+			bs[r], errs[r] = New(ctx, g, append([]Option{WithAddress("127.0.0.1")}, opts...)...)
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			for _, b := range bs {
+				if b != nil {
+					b.Close()
+				}
+			}
+			t.Fatalf("rank %d: New: %v", r, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, b := range bs {
+			b.Close()
+		}
+	})
+	return bs
+}
+
+// each runs f on every rank concurrently and returns the errors by rank.
+func each(bs []*Backend, f func(b *Backend) error) []error {
+	errs := make([]error, len(bs))
+	var wg sync.WaitGroup
+	for r, b := range bs {
+		wg.Go(func() { errs[r] = f(b) })
+	}
+	wg.Wait()
+	return errs
+}
+
+func noErrors(t testing.TB, errs []error) {
+	t.Helper()
+	for r, err := range errs {
+		if err != nil {
+			t.Errorf("rank %d: %v", r, err)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// smallAlgos makes small test sizes take every algorithm: recursive
+// doubling up to 64 bytes, Rabenseifner up to 512, the ring above with
+// 64-byte chunks; trees up to 256 bytes, chains above.
+var smallAlgos = []Option{WithThresholds(64, 512, 256), WithChunkSize(64)}
+
+func TestConformanceLoopback(t *testing.T) {
+	maxNP := 8
+	if testing.Short() {
+		maxNP = 4
+	}
+	for np := 1; np <= maxNP; np++ {
+		t.Run(fmt.Sprintf("np=%d", np), func(t *testing.T) {
+			bs := group(t, np, smallAlgos...)
+			ctx := context.Background()
+			noErrors(t, each(bs, func(b *Backend) error {
+				return tcptest.Conformance(ctx, b, uint64(np), nil)
+			}))
+		})
+	}
+}
+
+// TestAllreduceAlgorithms forces each allreduce algorithm over sizes that
+// do not divide evenly, at group sizes that are and are not powers of two.
+func TestAllreduceAlgorithms(t *testing.T) {
+	for _, algo := range []Algorithm{RecursiveDoubling, Rabenseifner, Ring} {
+		for _, np := range []int{2, 3, 5, 6} {
+			t.Run(fmt.Sprintf("%v/np=%d", algo, np), func(t *testing.T) {
+				bs := group(t, np, WithAllreduceAlgorithm(algo), WithChunkSize(256))
+				noErrors(t, each(bs, func(b *Backend) error {
+					for _, count := range []int{0, 1, np - 1, 1000, 4099} {
+						for _, op := range []core.Op{coll.OpSum, coll.OpMax, coll.OpAvg} {
+							if err := checkAllreduceF32(b, count, op); err != nil {
+								return fmt.Errorf("count %d op %v: %w", count, op, err)
+							}
+						}
+					}
+					return nil
+				}))
+			})
+		}
+	}
+}
+
+// checkAllreduceF32 runs one float32 allreduce of small integers and checks
+// it exactly.
+func checkAllreduceF32(b *Backend, count int, op core.Op) error {
+	n := b.Size()
+	send := make([]float32, count)
+	for i := range send {
+		send[i] = float32((i*7+b.Rank()*3)%9 - 4)
+	}
+	recv := make([]float32, count)
+	if err := coll.AllreduceFloat32(context.Background(), b, send, recv, op); err != nil {
+		return err
+	}
+	for i := range recv {
+		var want float32
+		for r := range n {
+			v := float32((i*7+r*3)%9 - 4)
+			switch {
+			case r == 0:
+				want = v
+			case op == coll.OpMax:
+				want = max(want, v)
+			default:
+				want += v
+			}
+		}
+		if op == coll.OpAvg {
+			want /= float32(n)
+		}
+		if recv[i] != want {
+			return fmt.Errorf("element %d = %v, want %v", i, recv[i], want)
+		}
+	}
+	return nil
+}
+
+func TestBroadcastReduceAlgorithms(t *testing.T) {
+	for _, algo := range []Algorithm{BinomialTree, Chain} {
+		for _, np := range []int{2, 3, 7} {
+			t.Run(fmt.Sprintf("%v/np=%d", algo, np), func(t *testing.T) {
+				bs := group(t, np, WithBroadcastAlgorithm(algo), WithReduceAlgorithm(algo), WithChunkSize(128))
+				noErrors(t, each(bs, func(b *Backend) error {
+					ctx := context.Background()
+					for _, count := range []int{0, 1, 100, 5000} {
+						for root := range np {
+							buf := make([]int32, count)
+							for i := range buf {
+								buf[i] = int32(i + 1000*b.Rank())
+							}
+							if err := coll.BroadcastInt32(ctx, b, buf, root); err != nil {
+								return err
+							}
+							for i, v := range buf {
+								if v != int32(i+1000*root) {
+									return fmt.Errorf("broadcast count %d root %d: element %d = %d", count, root, i, v)
+								}
+							}
+							send := make([]int32, count)
+							for i := range send {
+								send[i] = int32(i * (b.Rank() + 1))
+							}
+							var recv []int32
+							if b.Rank() == root {
+								recv = make([]int32, count)
+							}
+							if err := coll.ReduceInt32(ctx, b, send, recv, coll.OpSum, root); err != nil {
+								return err
+							}
+							for i, v := range recv {
+								if want := int32(i * np * (np + 1) / 2); v != want {
+									return fmt.Errorf("reduce count %d root %d: element %d = %d, want %d", count, root, i, v, want)
+								}
+							}
+						}
+					}
+					return nil
+				}))
+			})
+		}
+	}
+}
+
+// TestLargeAllreduce moves enough data that the ring pipelines many chunks
+// per segment and the kernel's socket buffers fill.
+func TestLargeAllreduce(t *testing.T) {
+	np := 3
+	bs := group(t, np)
+	count := 3<<20 + 5 // 12 MiB of float32
+	noErrors(t, each(bs, func(b *Backend) error {
+		send := make([]float32, count)
+		for i := range send {
+			send[i] = float32(i%1000 + b.Rank())
+		}
+		recv := make([]float32, count)
+		if err := coll.AllreduceFloat32(context.Background(), b, send, recv, coll.OpSum); err != nil {
+			return err
+		}
+		for i, v := range recv {
+			if want := float32(np*(i%1000) + 3); v != want {
+				return fmt.Errorf("element %d = %v, want %v", i, v, want)
+			}
+		}
+		return nil
+	}))
+}
+
+// TestMismatch: ranks passing different counts, dtypes, ops or roots get a
+// MismatchError, on every rank, and no result.
+func TestMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		field string
+		req   func(r int) *core.Request
+	}{
+		{"count", "count", func(r int) *core.Request {
+			c := 16
+			if r == 1 {
+				c = 17
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: c, Send: make([]byte, 4*c), Recv: make([]byte, 4*c)}
+		}},
+		{"dtype", "dtype", func(r int) *core.Request {
+			dt := coll.DTypeInt32
+			if r == 2 {
+				dt = coll.DTypeUint32
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: dt, Op: coll.OpSum, Count: 8, Send: make([]byte, 32), Recv: make([]byte, 32)}
+		}},
+		{"op", "op", func(r int) *core.Request {
+			op := coll.OpSum
+			if r == 0 {
+				op = coll.OpMax
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeInt32, Op: op, Count: 8, Send: make([]byte, 32), Recv: make([]byte, 32)}
+		}},
+		{"kind", "kind", func(r int) *core.Request {
+			if r == 3 {
+				return &core.Request{Kind: coll.KindBarrier}
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeInt32, Op: coll.OpSum, Count: 8, Send: make([]byte, 32), Recv: make([]byte, 32)}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bs := group(t, 4)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			errs := each(bs, func(b *Backend) error { return b.Do(ctx, tc.req(b.Rank())) })
+			for r, err := range errs {
+				var me *core.MismatchError
+				if !errors.As(err, &me) {
+					t.Errorf("rank %d: got %v, want a MismatchError", r, err)
+					continue
+				}
+				if me.Field != tc.field || me.Rank != r || me.Mine == me.Theirs {
+					t.Errorf("rank %d: %+v, want field %q, rank %d, differing values", r, me, tc.field, r)
+				}
+			}
+			// The backend stays failed.
+			errs = each(bs, func(b *Backend) error { return b.Do(ctx, &core.Request{Kind: coll.KindBarrier}) })
+			for r, err := range errs {
+				if err == nil {
+					t.Errorf("rank %d: barrier after a mismatch succeeded", r)
+				}
+			}
+		})
+	}
+}
+
+// TestPeerDies: a rank that vanishes mid-collective (its connections reset)
+// makes every other rank fail with a PeerError naming it, well before the
+// timeout.
+func TestPeerDies(t *testing.T) {
+	np := 4
+	bs := group(t, np)
+	const victim = 2
+	ctx := context.Background()
+	start := time.Now()
+	errs := each(bs, func(b *Backend) error {
+		if b.Rank() == victim {
+			time.Sleep(100 * time.Millisecond)
+			for _, p := range b.peers {
+				if p != nil {
+					p.data.SetLinger(0) // reset, as a killed process's would
+					p.data.Close()
+					p.ctl.SetLinger(0)
+					p.ctl.Close()
+				}
+			}
+			return nil
+		}
+		buf := make([]float32, 1<<16)
+		return coll.AllreduceFloat32(ctx, b, buf, buf, coll.OpSum)
+	})
+	for r, err := range errs {
+		if r == victim {
+			continue
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) {
+			t.Errorf("rank %d: got %v, want a PeerError", r, err)
+			continue
+		}
+		if len(pe.Ranks) != 1 || pe.Ranks[0] != victim {
+			t.Errorf("rank %d: %v names ranks %v, want [%d]", r, err, pe.Ranks, victim)
+		}
+	}
+	t.Logf("all ranks failed within %v; rank 0's error: %v", time.Since(start), errs[0])
+}
+
+// TestTimeoutNamesMissingRank: a rank that never calls the collective is
+// named when the deadline passes.
+func TestTimeoutNamesMissingRank(t *testing.T) {
+	bs := group(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := coll.Barrier(ctx, bs[0])
+	var pe *core.PeerError
+	if !errors.As(err, &pe) || len(pe.Ranks) != 1 || pe.Ranks[0] != 1 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want a PeerError naming rank 1 with DeadlineExceeded", err)
+	}
+	// Rank 1 is told: once the news is in, its next call fails at once,
+	// naming rank 1 itself as the straggler.
+	for i := 0; bs[1].failure.Load() == nil; i++ {
+		if i > 500 {
+			t.Fatal("rank 1 never heard of rank 0's timeout")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	err = coll.Barrier(context.Background(), bs[1])
+	if !errors.As(err, &pe) {
+		t.Fatalf("rank 1 after rank 0's timeout: got %v, want a PeerError", err)
+	}
+}
+
+// TestCancel: cancelling one rank's context ends its call, and the others
+// learn of it.
+func TestCancel(t *testing.T) {
+	bs := group(t, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	errs := each(bs, func(b *Backend) error {
+		if b.Rank() == 0 {
+			return coll.Barrier(ctx, b) // waits for rank 2, which never comes
+		}
+		if b.Rank() == 1 {
+			return coll.Barrier(context.Background(), b)
+		}
+		return nil
+	})
+	if !errors.Is(errs[0], context.Canceled) {
+		t.Errorf("rank 0: got %v, want context.Canceled", errs[0])
+	}
+	var pe *core.PeerError
+	if !errors.As(errs[1], &pe) {
+		t.Errorf("rank 1: got %v, want a PeerError", errs[1])
+	}
+}
+
+// TestUnauthenticatedDropped: a connection that does not prove it holds the
+// secret is closed before it can send a byte anywhere, and the group forms
+// anyway.
+func TestUnauthenticatedDropped(t *testing.T) {
+	st := memstore.New()
+	ps := core.WithPrefix(st, "tcp/")
+	n := 2
+	bs := make([]*Backend, n)
+	errs := make([]error, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		bs[0], errs[0] = New(ctx, core.Group{Rank: 0, Size: n, Store: ps, JobID: "j", Secret: testSecret, Timeout: 30 * time.Second}, WithAddress("127.0.0.1"))
+	})
+	// Rank 0 is listening and waiting for rank 1. An intruder connects
+	// first, with the wrong secret, pretending to be rank 1.
+	addr, err := ps.Get(ctx, "addr/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", string(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	derr := dialHandshake(c, []byte("wrong secret"), "j", 0, 1, connData)
+	if derr == nil {
+		t.Fatal("handshake with the wrong secret succeeded")
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the intruder's connection was not closed: read returned %v", err)
+	}
+	c.Close()
+	// A second intruder speaks garbage.
+	c2, err := net.Dial("tcp", string(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Write([]byte(strings.Repeat("GET / HTTP/1.0\r\n", 20)))
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, c2) // returns when rank 0 closes it
+	c2.Close()
+
+	wg.Go(func() {
+		bs[1], errs[1] = New(ctx, core.Group{Rank: 1, Size: n, Store: ps, JobID: "j", Secret: testSecret, Timeout: 30 * time.Second}, WithAddress("127.0.0.1"))
+	})
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	defer bs[0].Close()
+	defer bs[1].Close()
+	t.Logf("intruder's handshake error: %v", derr)
+	if got := *bs[0].rejected; got < 2 {
+		t.Errorf("rank 0 counted %d dropped connections, want 2", got)
+	}
+	noErrors(t, each(bs, func(b *Backend) error { return coll.Barrier(ctx, b) }))
+}
+
+// TestWrongSecretRank: a whole rank with the wrong secret cannot join.
+func TestWrongSecretRank(t *testing.T) {
+	st := memstore.New()
+	ps := core.WithPrefix(st, "tcp/")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			secret := testSecret
+			if r == 1 {
+				secret = []byte("not the secret")
+			}
+			b, err := New(ctx, core.Group{Rank: r, Size: 2, Store: ps, JobID: "j", Secret: secret, Timeout: time.Second}, WithAddress("127.0.0.1"))
+			if err == nil {
+				b.Close()
+			}
+			errs[r] = err
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err == nil {
+			t.Errorf("rank %d joined a group with a mismatched secret", r)
+		}
+	}
+	t.Logf("rank 0: %v\nrank 1: %v", errs[0], errs[1])
+}
+
+// TestCloseLeavesNoGoroutine: New and Close, and a call in flight during
+// Close, leave no goroutine behind.
+func TestCloseLeavesNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	st := memstore.New()
+	n := 3
+	bs := make([]*Backend, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Go(func() {
+			var err error
+			bs[r], err = New(context.Background(), core.Group{Rank: r, Size: n, Store: st, JobID: "j", Secret: testSecret, Timeout: 10 * time.Second}, WithAddress("127.0.0.1"))
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	done := make(chan error)
+	go func() { done <- coll.Barrier(context.Background(), bs[0]) }() // ranks 1, 2 never come
+	time.Sleep(50 * time.Millisecond)
+	for _, b := range bs {
+		b.Close()
+	}
+	if err := <-done; !errors.Is(err, core.ErrClosed) {
+		t.Errorf("barrier during Close: %v, want ErrClosed", err)
+	}
+	if err := coll.Barrier(context.Background(), bs[1]); !errors.Is(err, core.ErrClosed) {
+		t.Errorf("barrier after Close: %v, want ErrClosed", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines before, %d after Close:\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestNoAllocs: steady-state collectives allocate nothing per call.
+func TestNoAllocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing-insensitive but slow on a loaded machine")
+	}
+	for _, tc := range []struct {
+		name  string
+		count int
+		opts  []Option
+	}{
+		{"rd", 64, nil},
+		{"rabenseifner", 16 << 10, nil},
+		{"ring", 1 << 18, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := 3
+			bs := group(t, n, tc.opts...)
+			bufs := make([][]byte, n)
+			for r := range n {
+				bufs[r] = make([]byte, 4*tc.count)
+			}
+			ctx := context.Background()
+			start := make([]chan struct{}, n)
+			done := make(chan error, n)
+			for r := 1; r < n; r++ {
+				start[r] = make(chan struct{})
+				req := &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: tc.count, Send: bufs[r], Recv: bufs[r]}
+				go func() {
+					for range start[r] {
+						done <- bs[r].Do(ctx, req)
+					}
+				}()
+			}
+			req := &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: tc.count, Send: bufs[0], Recv: bufs[0]}
+			allocs := testing.AllocsPerRun(50, func() {
+				for r := 1; r < n; r++ {
+					start[r] <- struct{}{}
+				}
+				if err := bs[0].Do(ctx, req); err != nil {
+					t.Fatal(err)
+				}
+				for r := 1; r < n; r++ {
+					if err := <-done; err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+			for r := 1; r < n; r++ {
+				close(start[r])
+			}
+			// AllocsPerRun counts the whole process: all three ranks.
+			if allocs != 0 {
+				t.Errorf("%v allocations per allreduce (all ranks), want 0", allocs)
+			}
+		})
+	}
+}
