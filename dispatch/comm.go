@@ -1,0 +1,425 @@
+// Package dispatch is gocoll's communicator: Init finds out who this
+// process is among whom (from torchrun's, Open MPI's, MPICH's, Intel MPI's
+// or Slurm's variables, or options), meets the other ranks through the
+// rendezvous store, learns which of them share its node, and picks the
+// backend that runs the collectives: shared memory (backends/shm) when
+// every rank is on one node, TCP (backends/tcp) otherwise, or the store
+// itself (backends/kv) on request.
+//
+// # Who serves the store
+//
+// The store listens at MASTER_ADDR:MASTER_PORT. Rank 0 serves it, as in
+// torch, unless the launcher already does (gocollrun does, and says so
+// with GOCOLL_LAUNCHER_STORE=1, so the store outlives a rank 0 that
+// exits early) or WithStore hands Init a store to use. Rank 0 binds the
+// port on every interface, unless MASTER_ADDR is a loopback address; the
+// job secret keeps strangers out. A job of one process with no
+// MASTER_ADDR serves a private store on 127.0.0.1. Rank 0's Close waits
+// (up to the timeout) until every rank has closed, so that no rank loses
+// the store while it still needs it.
+//
+// # The secret
+//
+// Every store connection proves it holds the job secret (GOCOLL_SECRET or
+// WithSecret). gocollrun makes a fresh one per job. Under mpirun or srun
+// nothing sets it, and Init refuses to start without it rather than run a
+// store anyone on the network could write to: pass one, e.g.
+// mpirun -x GOCOLL_SECRET=$(openssl rand -hex 16). With WithStore the
+// store is already trusted, so rank 0 makes one up for the backends.
+//
+// # Timeouts
+//
+// Every wait (Init, each collective, Barrier) ends when its context does,
+// or after the default timeout (WithTimeout, GOCOLL_TIMEOUT, else
+// DefaultTimeout) when the context has no deadline. A wait that times out
+// returns a *core.PeerError naming the ranks that never arrived; it
+// leaves ranks out of step, so every later collective on the communicator
+// fails too.
+package dispatch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/generated/coll"
+)
+
+// Comm is a communicator: this process's place in a job, and the backend
+// that runs its collectives. It implements core.Comm. Collectives on one
+// Comm must be called in the same order on every rank; they are
+// serialized by the backend.
+type Comm struct {
+	rank, size           int
+	localRank, localSize int
+	nodeRank, numNodes   int
+	nodes                [][]int // ranks of each node, by node rank
+	kvsAddr              string
+	jobID                string
+	secret               []byte
+	timeout              time.Duration
+	log                  *slog.Logger
+
+	store   core.Store    // this job's namespace in the store
+	client  *store.Client // dialled by Init; nil with WithStore
+	server  *store.Server // served by this rank (rank 0 or a lone process)
+	backend core.Backend
+
+	mu     sync.Mutex
+	closed bool
+	failed error // the fatal error after which every collective fails
+}
+
+var _ core.Comm = (*Comm)(nil)
+
+// info is what rank 0 tells the others at Init.
+type info struct {
+	JobID  string `json:"job"`
+	KVS    string `json:"kvs"`
+	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore)
+}
+
+// Init joins the job this process was launched into and returns its
+// communicator. Every rank calls it; it returns once all of them have
+// met, or with an error naming the ranks that did not come. See the
+// package documentation for where the store is and which variables are
+// read; options override them.
+func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
+	o := buildOptions(opts)
+	l, err := resolve(o, o.env)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.timeout)
+		defer cancel()
+	}
+	c := &Comm{rank: l.rank, size: l.size, jobID: l.jobID, secret: l.secret, timeout: l.timeout,
+		log: o.log.With("rank", l.rank)}
+	defer func() {
+		if err != nil {
+			c.release()
+		}
+	}()
+
+	base := o.store
+	if base == nil {
+		if base, err = c.connect(ctx, l, o.log); err != nil {
+			return nil, err
+		}
+	}
+
+	// A store may outlive a communicator (WithStore in tests; a launcher
+	// store across restarts): every Init of the same size on it gets a
+	// fresh namespace, "gocoll/<generation>/".
+	n, err := base.Add(ctx, "gocoll/arrivals", 1)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: rank %d: joining through the store: %w", l.rank, err)
+	}
+	gen := (n - 1) / int64(l.size)
+	c.store = store.Prefix(base, "gocoll/"+strconv.FormatInt(gen, 10)+"/")
+	if claims, err := c.store.Add(ctx, "claim/"+strconv.Itoa(l.rank), 1); err != nil {
+		return nil, fmt.Errorf("dispatch: rank %d: joining through the store: %w", l.rank, err)
+	} else if claims != 1 {
+		return nil, fmt.Errorf("dispatch: two processes claim rank %d (from %s): check RANK and WORLD_SIZE, or the launcher", l.rank, l.source)
+	}
+
+	if err := c.shareInfo(ctx, l); err != nil {
+		return nil, err
+	}
+	if err := c.learnNodes(ctx, l); err != nil {
+		return nil, err
+	}
+	if l.localSize > 0 && l.localSize != c.localSize {
+		// The store's view is what shared memory relies on; the
+		// launcher's may count differently (containers, oversubscribed
+		// Slurm steps, a test's GOCOLL_NODE_ID).
+		c.log.Debug("gocoll: the launcher's local size differs from the ranks sharing this node id; using the latter",
+			"launcher", l.localSize, "node", c.localSize)
+	}
+	if c.backend, err = c.newBackend(ctx, l.backend); err != nil {
+		return nil, err
+	}
+	c.log.Debug("gocoll: ready", "size", c.size, "local_rank", c.localRank, "node", c.nodeRank,
+		"nodes", c.numNodes, "backend", c.backend.Name(), "source", l.source)
+	return c, nil
+}
+
+// connect serves the store if this rank should, and dials it.
+func (c *Comm) connect(ctx context.Context, l *launch, log *slog.Logger) (core.Store, error) {
+	if c.secret == nil {
+		// Only a lone process without MASTER_ADDR gets here (resolve
+		// refuses the rest): its store is private.
+		c.secret = randomBytes(32)
+	}
+	addr := l.master
+	serve := l.rank == 0 && !l.launcherStore
+	if serve {
+		listen := "127.0.0.1:0"
+		if addr != "" {
+			host, port, _ := net.SplitHostPort(addr)
+			listen = ":" + port
+			if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() || host == "localhost" {
+				listen = net.JoinHostPort(host, port)
+			}
+		}
+		srv, err := store.Listen(listen, c.secret, store.WithLogger(log))
+		if err != nil {
+			return nil, fmt.Errorf("dispatch: rank 0 cannot serve the store (MASTER_PORT in use? pick another): %w", err)
+		}
+		c.server = srv
+		if addr == "" {
+			addr = srv.Addr()
+		}
+	}
+	cl, err := store.Dial(ctx, addr, c.secret)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: rank %d: %w", l.rank, err)
+	}
+	c.client = cl
+	c.kvsAddr = addr
+	return cl, nil
+}
+
+// shareInfo has rank 0 publish the job id, the store address and (with
+// WithStore and no secret) a secret; the others read them.
+func (c *Comm) shareInfo(ctx context.Context, l *launch) error {
+	if c.rank == 0 {
+		in := info{JobID: c.jobID, KVS: c.kvsAddr}
+		if in.JobID == "" {
+			in.JobID = "gocoll-" + hex.EncodeToString(randomBytes(8))
+		}
+		if c.secret == nil {
+			c.secret = randomBytes(32)
+			in.Secret = hex.EncodeToString(c.secret)
+		}
+		b, _ := json.Marshal(in)
+		if err := c.store.Set(ctx, "info", b); err != nil {
+			return fmt.Errorf("dispatch: rank 0: publishing the job info: %w", err)
+		}
+		c.jobID, c.kvsAddr = in.JobID, in.KVS
+		return nil
+	}
+	b, err := c.store.Get(ctx, "info")
+	if err != nil {
+		if ctx.Err() != nil {
+			return &core.PeerError{Op: "init (waiting for rank 0's job info)", Ranks: []int{0}, Err: ctx.Err()}
+		}
+		return fmt.Errorf("dispatch: rank %d: reading the job info: %w", c.rank, err)
+	}
+	var in info
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fmt.Errorf("dispatch: rank %d: the job info in the store is corrupt (%v): is another job using this store?", c.rank, err)
+	}
+	if c.jobID != "" && c.jobID != in.JobID {
+		return fmt.Errorf("dispatch: rank %d has job id %q (%s) but rank 0 has %q", c.rank, c.jobID, EnvJobID, in.JobID)
+	}
+	c.jobID, c.kvsAddr = in.JobID, in.KVS
+	if c.secret == nil {
+		if c.secret, err = hex.DecodeString(in.Secret); err != nil || len(c.secret) == 0 {
+			return fmt.Errorf("dispatch: rank %d has no secret and rank 0 shared none: set %s on every rank", c.rank, EnvSecret)
+		}
+	}
+	return nil
+}
+
+// learnNodes publishes this rank's node identity, reads everyone's, and
+// derives the node layout from them: ranks with equal ids share a node;
+// nodes are numbered by their lowest rank, and local ranks by rank.
+func (c *Comm) learnNodes(ctx context.Context, l *launch) error {
+	id := l.nodeID
+	if id == "" {
+		id = defaultNodeID()
+	}
+	if err := c.store.Set(ctx, "node/"+strconv.Itoa(c.rank), []byte(id)); err != nil {
+		return fmt.Errorf("dispatch: rank %d: publishing the node id: %w", c.rank, err)
+	}
+	keys := make([]string, c.size)
+	for r := range keys {
+		keys[r] = "node/" + strconv.Itoa(r)
+	}
+	ids, err := store.MultiGetFrom(ctx, c.store, keys...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return &core.PeerError{Op: "init", Ranks: store.Missing(ctx, c.store, keys...), Err: ctx.Err()}
+		}
+		return fmt.Errorf("dispatch: rank %d: reading node ids: %w", c.rank, err)
+	}
+	byID := map[string]int{}
+	for r, v := range ids {
+		nr, ok := byID[string(v)]
+		if !ok {
+			nr = len(c.nodes)
+			byID[string(v)] = nr
+			c.nodes = append(c.nodes, nil)
+		}
+		if r == c.rank {
+			c.nodeRank, c.localRank = nr, len(c.nodes[nr])
+		}
+		c.nodes[nr] = append(c.nodes[nr], r)
+	}
+	c.numNodes = len(c.nodes)
+	c.localSize = len(c.nodes[c.nodeRank])
+	return nil
+}
+
+// Rank is this process's rank in [0, Size).
+func (c *Comm) Rank() int { return c.rank }
+
+// Size is the number of ranks in the job.
+func (c *Comm) Size() int { return c.size }
+
+// LocalRank is this rank's position among the ranks on its node.
+func (c *Comm) LocalRank() int { return c.localRank }
+
+// LocalSize is the number of ranks on this rank's node.
+func (c *Comm) LocalSize() int { return c.localSize }
+
+// NodeRank is the index of this rank's node; nodes are numbered in order
+// of their lowest rank.
+func (c *Comm) NodeRank() int { return c.nodeRank }
+
+// NumNodes is the number of nodes the job spans.
+func (c *Comm) NumNodes() int { return c.numNodes }
+
+// NodeRanks returns the ranks on node n, in increasing order.
+func (c *Comm) NodeRanks(n int) []int { return append([]int(nil), c.nodes[n]...) }
+
+// KVSAddr is the address of the store the ranks met through, as rank 0
+// published it ("host:port"); "" when Init was given a store without an
+// address.
+func (c *Comm) KVSAddr() string { return c.kvsAddr }
+
+// JobID is the job's id; shared resources carry it in their names.
+func (c *Comm) JobID() string { return c.jobID }
+
+// Timeout is the default timeout of every wait.
+func (c *Comm) Timeout() time.Duration { return c.timeout }
+
+// Store is this job's namespace in the rendezvous store, for application
+// use; keys under "app/" never collide with gocoll's own.
+func (c *Comm) Store() core.Store { return store.Prefix(c.store, "app/") }
+
+// Backend is the name of the backend running the collectives: "shm",
+// "tcp" or "kv".
+func (c *Comm) Backend() string { return c.backend.Name() }
+
+// Do runs one collective; see core.Comm. It fails with core.ErrClosed
+// after Close, and with the first fatal error (a rank that never came, a
+// lost connection, a cancelled wait) after one happened.
+func (c *Comm) Do(ctx context.Context, req *core.Request) error {
+	c.mu.Lock()
+	closed, failed := c.closed, c.failed
+	c.mu.Unlock()
+	if closed {
+		return core.ErrClosed
+	}
+	if failed != nil {
+		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; start a new job: %w", failed)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	err := c.backend.Do(ctx, req)
+	if err != nil && fatal(err) {
+		c.mu.Lock()
+		if c.failed == nil {
+			c.failed = err
+		}
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// fatal reports whether err leaves the ranks out of step. Argument errors
+// and mismatches are reported by every rank at the same collective, so the
+// next one still lines up; timeouts and broken connections do not.
+func fatal(err error) bool {
+	var pe *core.PeerError
+	var ne net.Error
+	return errors.As(err, &pe) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, store.ErrClosed) ||
+		errors.As(err, &ne)
+}
+
+// Barrier returns once every rank has entered it, or with a
+// *core.PeerError naming the ranks that had not when ctx (or the default
+// timeout) ended.
+func (c *Comm) Barrier(ctx context.Context) error {
+	return c.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+}
+
+// Close releases the backend and the store connection. On the rank that
+// serves the store it first waits, up to the default timeout, for every
+// other rank to close, so that none loses the store while still using it.
+// Collectives after Close return core.ErrClosed. Close is idempotent.
+func (c *Comm) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	var errs []error
+	if c.backend != nil {
+		if err := c.backend.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("dispatch: closing the %s backend: %w", c.backend.Name(), err))
+		}
+	}
+	if c.server != nil && c.size > 1 {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		keys := make([]string, c.size-1)
+		for i := range keys {
+			keys[i] = "bye/" + strconv.Itoa(i+1)
+		}
+		if err := store.WaitFor(ctx, c.store, keys...); err != nil && ctx.Err() != nil {
+			var ranks []int
+			for _, i := range store.Missing(ctx, c.store, keys...) {
+				ranks = append(ranks, i+1)
+			}
+			c.log.Warn("gocoll: closing the store while ranks have not closed", "ranks", ranks)
+		}
+		cancel()
+	} else if c.store != nil && c.size > 1 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := c.store.Set(ctx, "bye/"+strconv.Itoa(c.rank), nil); err != nil {
+			c.log.Debug("gocoll: telling the store this rank closed", "err", err)
+		}
+		cancel()
+	}
+	c.release()
+	return errors.Join(errs...)
+}
+
+// release closes what Init opened.
+func (c *Comm) release() {
+	if c.client != nil {
+		c.client.Close()
+	}
+	if c.server != nil {
+		c.server.Close()
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("gocoll: crypto/rand failed: " + err.Error()) // never on Linux
+	}
+	return b
+}

@@ -1,0 +1,277 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/memstore"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// goRanks runs n goroutine ranks that each Init with opts(rank) and then
+// run body; it returns each rank's error.
+func goRanks(n int, opts func(rank int) []Option, body func(ctx context.Context, c *Comm) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := 0; r < n; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			c, err := Init(ctx, append([]Option{WithLogger(quiet), WithEnviron(nil)}, opts(r)...)...)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			defer c.Close()
+			errs[r] = body(ctx, c)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func checkErrs(t *testing.T, errs []error) {
+	t.Helper()
+	for r, err := range errs {
+		if err != nil {
+			t.Errorf("rank %d: %v", r, err)
+		}
+	}
+}
+
+// Node layout comes from the node ids the ranks publish.
+func TestNodeLayout(t *testing.T) {
+	ids := []string{"a", "b", "a", "c", "b", "a"}
+	type place struct{ LocalRank, LocalSize, NodeRank, NumNodes int }
+	want := []place{{0, 3, 0, 3}, {0, 2, 1, 3}, {1, 3, 0, 3}, {0, 1, 2, 3}, {1, 2, 1, 3}, {2, 3, 0, 3}}
+	got := make([]place, len(ids))
+	s := memstore.New()
+	errs := goRanks(len(ids), func(r int) []Option {
+		return []Option{WithStore(s), WithRank(r), WithSize(len(ids)), WithNodeID(ids[r]), WithBackend("kv"), WithTimeout(10 * time.Second)}
+	}, func(ctx context.Context, c *Comm) error {
+		got[c.Rank()] = place{c.LocalRank(), c.LocalSize(), c.NodeRank(), c.NumNodes()}
+		if c.Backend() != "kv" {
+			return fmt.Errorf("backend %q, want kv", c.Backend())
+		}
+		if c.JobID() == "" {
+			return errors.New("no job id")
+		}
+		if fmt.Sprint(c.NodeRanks(0)) != "[0 2 5]" {
+			return fmt.Errorf("node 0 ranks %v", c.NodeRanks(0))
+		}
+		return c.Barrier(ctx)
+	})
+	checkErrs(t, errs)
+	for r := range want {
+		if got[r] != want[r] {
+			t.Errorf("rank %d (node id %s): %+v, want %+v", r, ids[r], got[r], want[r])
+		}
+	}
+}
+
+// Rank 0 serves the store at the master address; the others dial it; the
+// job id, secret and store address agree everywhere; collectives work;
+// and a second communicator on the same store gets a fresh namespace.
+func TestInitOverTCPStore(t *testing.T) {
+	port := freePort(t)
+	const n = 4
+	jobIDs := make([]string, n)
+	addrs := make([]string, n)
+	errs := goRanks(n, func(r int) []Option {
+		return []Option{WithEnviron([]string{
+			"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(n),
+			"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port),
+			"GOCOLL_SECRET=tcp-test", "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=20s",
+		})}
+	}, func(ctx context.Context, c *Comm) error {
+		jobIDs[c.Rank()], addrs[c.Rank()] = c.JobID(), c.KVSAddr()
+		for i := 0; i < 20; i++ {
+			if err := c.Barrier(ctx); err != nil {
+				return err
+			}
+		}
+		send := []float32{float32(c.Rank()), 1}
+		recv := make([]float32, 2)
+		if err := coll.AllreduceFloat32(ctx, c, send, recv, coll.OpSum); err != nil {
+			return err
+		}
+		if recv[0] != 0+1+2+3 || recv[1] != n {
+			return fmt.Errorf("allreduce = %v", recv)
+		}
+		if c.Timeout() != 20*time.Second {
+			return fmt.Errorf("timeout %v, want GOCOLL_TIMEOUT's 20s", c.Timeout())
+		}
+		return nil
+	})
+	checkErrs(t, errs)
+	for r := 1; r < n; r++ {
+		if jobIDs[r] != jobIDs[0] || addrs[r] != addrs[0] {
+			t.Errorf("rank %d: job %q store %q; rank 0: %q %q", r, jobIDs[r], addrs[r], jobIDs[0], addrs[0])
+		}
+	}
+	if addrs[0] != "127.0.0.1:"+strconv.Itoa(port) {
+		t.Errorf("KVSAddr = %q", addrs[0])
+	}
+}
+
+func TestReuseStore(t *testing.T) {
+	s := memstore.New()
+	for round := 0; round < 3; round++ {
+		errs := goRanks(3, func(r int) []Option {
+			return []Option{WithStore(s), WithRank(r), WithSize(3), WithBackend("kv"), WithTimeout(10 * time.Second)}
+		}, func(ctx context.Context, c *Comm) error {
+			v := []int32{int32(c.Rank() + round)}
+			out := make([]int32, 1)
+			if err := coll.AllreduceInt32(ctx, c, v, out, coll.OpSum); err != nil {
+				return err
+			}
+			if out[0] != int32(3+3*round) {
+				return fmt.Errorf("round %d: sum %d", round, out[0])
+			}
+			return nil
+		})
+		checkErrs(t, errs)
+	}
+}
+
+func TestStandalone(t *testing.T) {
+	c, err := Init(context.Background(), WithEnviron(nil), WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Rank() != 0 || c.Size() != 1 || c.LocalSize() != 1 || c.NumNodes() != 1 || c.KVSAddr() == "" {
+		t.Errorf("standalone: rank %d size %d local %d nodes %d kvs %q", c.Rank(), c.Size(), c.LocalSize(), c.NumNodes(), c.KVSAddr())
+	}
+	ctx := context.Background()
+	if err := c.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Store().Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Barrier(ctx); !errors.Is(err, core.ErrClosed) {
+		t.Fatalf("Barrier after Close: %v, want ErrClosed", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// Two processes claiming one rank are caught at Init.
+func TestDuplicateRank(t *testing.T) {
+	s := memstore.New()
+	errs := goRanks(2, func(r int) []Option {
+		return []Option{WithStore(s), WithRank(0), WithSize(2), WithBackend("kv"), WithTimeout(2 * time.Second)}
+	}, func(ctx context.Context, c *Comm) error { return nil })
+	dup := 0
+	for _, err := range errs {
+		if err != nil && strings.Contains(err.Error(), "two processes claim rank 0") {
+			dup++
+		}
+	}
+	if dup != 1 {
+		t.Fatalf("want exactly one 'two processes claim rank 0' error, got %v", errs)
+	}
+}
+
+// A rank that never calls Init is named by the others.
+func TestInitNamesMissingRank(t *testing.T) {
+	s := memstore.New()
+	const n, absent = 3, 1
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := 0; r < n; r++ {
+		if r == absent {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := Init(context.Background(), WithEnviron(nil), WithLogger(quiet), WithStore(s), WithRank(r), WithSize(n),
+				WithBackend("kv"), WithTimeout(time.Second))
+			if err == nil {
+				c.Close()
+			}
+			errs[r] = err
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if r == absent {
+			continue
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != fmt.Sprint([]int{absent}) {
+			t.Errorf("rank %d: %v; want a PeerError naming rank %d", r, err, absent)
+		}
+	}
+}
+
+// A barrier some rank skips names it on every other rank after the
+// timeout, and the communicator is unusable afterwards.
+func TestBarrierTimeoutIsFatal(t *testing.T) {
+	s := memstore.New()
+	const n, absent = 3, 2
+	errs := goRanks(n, func(r int) []Option {
+		return []Option{WithStore(s), WithRank(r), WithSize(n), WithBackend("kv"), WithTimeout(time.Second)}
+	}, func(ctx context.Context, c *Comm) error {
+		if c.Rank() == absent {
+			return nil
+		}
+		err := c.Barrier(ctx)
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != fmt.Sprint([]int{absent}) {
+			return fmt.Errorf("want a PeerError naming rank %d, got %v", absent, err)
+		}
+		if err := c.Barrier(ctx); err == nil || !strings.Contains(err.Error(), "failed earlier") {
+			return fmt.Errorf("second barrier: %v; want the earlier failure", err)
+		}
+		return nil
+	})
+	checkErrs(t, errs)
+}
+
+// A collective honours its context: cancellation ends it with an error.
+func TestContextCancel(t *testing.T) {
+	s := memstore.New()
+	errs := goRanks(2, func(r int) []Option {
+		return []Option{WithStore(s), WithRank(r), WithSize(2), WithBackend("kv"), WithTimeout(time.Minute)}
+	}, func(ctx context.Context, c *Comm) error {
+		if c.Rank() == 1 {
+			return nil
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		time.AfterFunc(100*time.Millisecond, cancel)
+		if err := c.Barrier(ctx); !errors.Is(err, context.Canceled) {
+			return fmt.Errorf("cancelled barrier: %v", err)
+		}
+		return nil
+	})
+	checkErrs(t, errs)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
