@@ -25,7 +25,7 @@ func with(extra ...string) []string { return append(append([]string{}, master...
 
 func TestResolveConventions(t *testing.T) {
 	type want struct {
-		Source                          string
+		Source                           string
 		Rank, Size, LocalRank, LocalSize int
 	}
 	for _, tc := range []struct {
