@@ -74,7 +74,8 @@ type peer struct {
 	deadline time.Time     // deadline last set on data
 
 	ctlMu sync.Mutex  // writes on ctl
-	bye   atomic.Bool // the peer closed in good order
+	bye     atomic.Bool   // the peer closed in good order
+	ctlDone chan struct{} // closed when ctlLoop ends
 	gone  atomic.Pointer[error]
 }
 
@@ -82,6 +83,10 @@ type sendJob struct {
 	h       header
 	payload []byte
 }
+
+// ctlGrace bounds how long a rank whose data connection broke waits for the
+// peer's control connection to explain why.
+const ctlGrace = 2 * time.Second
 
 // jobQueue bounds the sends one connection holds; pipelined algorithms keep
 // their chunks per segment well below it (see ring.go).
@@ -140,7 +145,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		if j == g.Rank {
 			continue
 		}
-		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1)}
+		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{})}
 		b.peers[j] = p
 		b.wg.Add(2)
 		go b.sendLoop(p)
@@ -237,6 +242,7 @@ func (p *peer) err() error {
 // collectives, a goodbye marks p as closed in good order.
 func (b *Backend) ctlLoop(p *peer) {
 	defer b.wg.Done()
+	defer close(p.ctlDone)
 	var hb [hdrSize]byte
 	for {
 		if _, err := io.ReadFull(p.ctl, hb[:]); err != nil {
@@ -405,6 +411,20 @@ func (b *Backend) ioError(p *peer, err error) error {
 	if b.closed.Load() {
 		return core.ErrClosed
 	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection broke. A peer that fails tells every rank on its
+		// control connection before it closes its data connection, but the
+		// two race here: give its word a moment to arrive, so that every
+		// rank blames the rank that actually failed.
+		select {
+		case <-p.ctlDone:
+		case <-time.After(ctlGrace):
+		case <-b.quit:
+		}
+		if e := b.check(); e != nil {
+			return e
+		}
+	}
 	var cause error
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -417,7 +437,7 @@ func (b *Backend) ioError(p *peer, err error) error {
 		cause = fmt.Errorf("connection to rank %d: %w", p.rank, err)
 	}
 	if g := p.gone.Load(); g != nil && !p.bye.Load() {
-		cause = fmt.Errorf("%w (its control connection failed first: %v)", cause, *g)
+		cause = fmt.Errorf("%w (its control connection broke too: %v)", cause, *g)
 	}
 	e := &core.PeerError{Op: b.opName(), Ranks: []int{p.rank}, Err: cause}
 	f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
