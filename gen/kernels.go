@@ -11,6 +11,7 @@ import (
 // and typed Reduce/Finish API, the dispatch tables and the pure-Go kernels.
 func kernelFiles(s *spec.Spec) []genFile {
 	files := []genFile{
+		{name: "doc.go", text: "// " + Header(s) + "\n\n" + kernelsDoc},
 		{name: "isa.go", text: "// " + Header(s) + "\n\n" + isaSource},
 		{name: "reduce.go", text: "// " + Header(s) + "\n\n" + reduceSource},
 		{name: "tables.go", jen: kernelTables(s)},
@@ -81,7 +82,11 @@ func kernelTables(s *spec.Spec) *jen.File {
 			for _, on := range d.Ops {
 				o, _ := s.Op(on)
 				r := reducesAs(s, o)
-				g.Values(jen.Id(kdt(d)), jen.Id(kop(o)), jen.Id(kop(r)), jen.Id(genericName(d, r)))
+				asmOp := kop(r)
+				if r.ID == 0 {
+					asmOp = kop(o) // the spec has no sum op to name: ask for the op itself
+				}
+				g.Values(jen.Id(kdt(d)), jen.Id(kop(o)), jen.Id(asmOp), jen.Id(genericName(d, r)))
 			}
 		}
 	})

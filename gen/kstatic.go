@@ -1,5 +1,33 @@
 package gen
 
+// kernelsDoc is kernels' package documentation, including the contract
+// between the Go side (this generator) and the assembly (package asm).
+const kernelsDoc = `// Package kernels reduces buffers element-wise for gocoll's backends: the
+// n-ary reduce dst[i] = src0[i] op src1[i] op ... op src(n-1)[i] for every
+// dtype x op of the spec, in AVX-512 and AVX2 assembly where the CPU has it
+// and in pure Go everywhere (the reference the assembly is tested against).
+//
+// Numerics, shared bit for bit by the Go, AVX2 and AVX-512 kernels: inputs
+// are folded left to right, each read once, dst written once, no FMA;
+// bfloat16 and float16 are widened to float32, accumulated there across all
+// inputs and rounded once to nearest even; float ops follow x86 (a NaN
+// result is the first NaN operand made quiet, or the default NaN); min and
+// max order -0 below +0 and let NaN win; integers wrap as Go's do. Avg
+// reduces as a sum: Finish divides the final result by the number of ranks
+// once.
+//
+// The level runs at Detect's best unless SetISA or the environment
+// variable GOCOLL_ISA (generic, avx2 or avx512) says otherwise; a level the
+// CPU lacks is refused (CheckEnv reports a GOCOLL_ISA that was not followed).
+//
+// Between the Go side and the assembly generator: a rawKernel reduces n
+// elements from nsrc >= 1 input pointers, tail included, and
+// archKernel(isa, dt, op) returns the assembly kernel for a level, or nil
+// for none; when no assembly is generated for the target, the generator
+// emits an archKernel that always returns nil.
+package kernels
+`
+
 // isaSource is kernels' ISA selection; it does not depend on the spec.
 const isaSource = `package kernels
 

@@ -798,6 +798,7 @@ func BenchmarkReduce(b *testing.B) {
 				}
 			}
 			dst := make([]byte, sz.bytes)
+			touch(dst)
 			for _, dt := range benchDTypes {
 				for _, isa := range levels() {
 					b.Run(fmt.Sprintf("%s/sum/n=%d/%s/%s", dtName(dt), n, sz.name, isa), func(b *testing.B) {
@@ -819,6 +820,14 @@ func BenchmarkReduce(b *testing.B) {
 	}
 }
 
+// touch writes every page of buf, so that neither page faults nor reads of
+// the shared zero page (a fresh allocation's) flatter or burden a timing.
+func touch(buf []byte) {
+	for i := range buf {
+		buf[i] = byte(i % 251)
+	}
+}
+
 // BenchmarkCopy is Go's copy() of one buffer, counting bytes read and
 // written, for comparison with BenchmarkReduce.
 func BenchmarkCopy(b *testing.B) {
@@ -827,6 +836,8 @@ func BenchmarkCopy(b *testing.B) {
 			continue
 		}
 		src, dst := make([]byte, sz.bytes), make([]byte, sz.bytes)
+		touch(src)
+		touch(dst)
 		b.Run(sz.name, func(b *testing.B) {
 			b.SetBytes(int64(2 * sz.bytes))
 			for b.Loop() {
