@@ -74,10 +74,11 @@ type kernel struct {
 	kind kindInfo
 	op   string
 
-	memBytes int // bytes of memory per group
-	nacc     int // accumulators per group
-	groups   int // groups per unrolled block
-	labels   int // counter for unique labels
+	memBytes int          // bytes of memory per group
+	nacc     int          // accumulators per group
+	groups   int          // groups per unrolled block
+	labels   int          // counter for unique labels
+	buf      *operand.Mem // the AVX2 bounce buffer, once allocated
 
 	// Constants made in the prologue, only where the op needs them.
 	zero, one, bias, quiet, lowBytes, sign reg.VecVirtual
@@ -139,40 +140,77 @@ func (k *kernel) emit() {
 			accs[j] = append(accs[j], k.vec())
 		}
 	}
-	loop := func(name string, groups int, next string) {
+	loop := func(name string, groups int, next string, nt bool) {
 		size := groups * k.memBytes
 		c.Label(name)
 		c.CMPQ(nb, operand.U32(size))
 		c.JB(operand.LabelRef(next))
-		k.body(accs[:groups], dst, srcs, nsrc, off, name)
+		k.body(accs[:groups], dst, srcs, nsrc, off, name, nt)
 		c.ADDQ(operand.U32(size), off)
 		c.SUBQ(operand.U32(size), nb)
 		c.JMP(operand.LabelRef(name))
 	}
+	first := "vector"
+	if k.groups > 1 {
+		first = "block"
+	}
+
+	c.Comment(fmt.Sprintf("Inputs of %d bytes or more: align dst, then store blocks with", ntMin),
+		"non-temporal stores, which save the read-for-ownership of dst and keep",
+		"the inputs in cache; what remains goes through the loops below.")
+	c.CMPQ(nb, operand.U32(ntMin))
+	c.JB(operand.LabelRef(first))
+	if k.kind.size > 1 {
+		c.TESTQ(operand.U32(k.kind.size-1), dst)
+		c.JNZ(operand.LabelRef(first)) // not even element-aligned: no alignment is reachable
+	}
+	head := c.GP64()
+	c.MOVQ(dst, head)
+	c.NEGQ(head)
+	c.ANDQ(operand.U32(k.memBytes-1), head)
+	c.JZ(operand.LabelRef("stream"))
+	k.partial(accs[0], dst, srcs, nsrc, head, off, "head")
+	c.ADDQ(head, off)
+	c.SUBQ(head, nb)
+	loop("stream", k.groups, "streamDone", true)
+	c.Label("streamDone")
+	c.SFENCE()
+
 	c.Comment(fmt.Sprintf("Blocks of %d bytes per input, then single vectors, then the tail.", k.groups*k.memBytes))
 	if k.groups > 1 {
-		loop("block", k.groups, "vector")
+		loop("block", k.groups, "vector", false)
 	}
-	loop("vector", 1, "tail")
+	loop("vector", 1, "tail", false)
 	c.Label("tail")
 	c.TESTQ(nb, nb)
 	c.JZ(operand.LabelRef("done"))
-	switch {
-	case k.isa.avx512:
-		k.tailMasked512(accs[0], dst, srcs, nsrc, nb, off)
-	case k.kind.size >= 4:
-		k.tailMaskedAVX2(accs[0], dst, srcs, nsrc, nb, off)
-	default:
-		k.tailBounce(accs[0], dst, srcs, nsrc, nb, off)
-	}
+	k.partial(accs[0], dst, srcs, nsrc, nb, off, "tail")
 	c.Label("done")
 	c.VZEROUPPER()
 	c.RET()
 }
 
+// partial reduces cnt < memBytes bytes (a whole number of elements) at
+// byte offset off without touching memory outside them.
+func (k *kernel) partial(accs []reg.VecVirtual, dst, srcs, nsrc, cnt, off reg.GPVirtual, name string) {
+	switch {
+	case k.isa.avx512:
+		k.tailMasked512(accs, dst, srcs, nsrc, cnt, off, name)
+	case k.kind.size >= 4:
+		k.tailMaskedAVX2(accs, dst, srcs, nsrc, cnt, off, name)
+	default:
+		k.tailBounce(accs, dst, srcs, nsrc, cnt, off, name)
+	}
+}
+
+// ntMin is the input size in bytes from which kernels stream dst with
+// non-temporal stores (Go's memmove switches at about the same size).
+const ntMin = 1 << 20
+
 // body reduces len(accs) groups at byte offset off: the first input loads,
-// every further input folds in, left to right, then the result is stored.
-func (k *kernel) body(accs [][]reg.VecVirtual, dst, srcs, nsrc, off reg.GPVirtual, name string) {
+// every further input folds in, left to right, then the result is stored
+// (non-temporally if nt, to a dst aligned to memBytes).
+func (k *kernel) body(accs [][]reg.VecVirtual, dst, srcs, nsrc, off reg.GPVirtual, name string, nt bool) {
 	c := k.c
 	ptr, it, cnt := c.GP64(), c.GP64(), c.GP64()
 	at := func(base reg.Register, j int) operand.Mem {
@@ -196,7 +234,11 @@ func (k *kernel) body(accs [][]reg.VecVirtual, dst, srcs, nsrc, off reg.GPVirtua
 	c.JNZ(operand.LabelRef(name + "Src"))
 	c.Label(name + "Store")
 	for j, a := range accs {
-		k.movu(k.narrow(a), at(dst, j))
+		if nt {
+			c.VMOVNTPS(k.narrow(a), at(dst, j))
+		} else {
+			k.movu(k.narrow(a), at(dst, j))
+		}
 	}
 }
 
@@ -593,30 +635,30 @@ func (k *kernel) mul64(a reg.VecVirtual, b operand.Op) {
 // tailLoop runs the load/fold/store sequence of one group through get (which
 // yields the group of input ptr as an operand) and put (which stores the
 // narrowed result).
-func (k *kernel) tailLoop(accs []reg.VecVirtual, srcs, nsrc reg.GPVirtual, get func(ptr reg.GPVirtual) operand.Op, put func(r reg.VecVirtual)) {
+func (k *kernel) tailLoop(accs []reg.VecVirtual, srcs, nsrc reg.GPVirtual, name string, get func(ptr reg.GPVirtual) operand.Op, put func(r reg.VecVirtual)) {
 	c := k.c
 	ptr, it, cnt := c.GP64(), c.GP64(), c.GP64()
 	c.MOVQ(operand.Mem{Base: srcs}, ptr)
 	k.first(get(ptr), accs)
 	c.MOVQ(nsrc, cnt)
 	c.DECQ(cnt)
-	c.JZ(operand.LabelRef("tailStore"))
+	c.JZ(operand.LabelRef(name + "Store"))
 	c.LEAQ(operand.Mem{Base: srcs, Disp: 8}, it)
-	c.Label("tailSrc")
+	c.Label(name + "Src")
 	c.MOVQ(operand.Mem{Base: it}, ptr)
 	k.fold(get(ptr), accs)
 	c.ADDQ(operand.Imm(8), it)
 	c.DECQ(cnt)
-	c.JNZ(operand.LabelRef("tailSrc"))
-	c.Label("tailStore")
+	c.JNZ(operand.LabelRef(name + "Src"))
+	c.Label(name + "Store")
 	put(k.narrow(accs))
 }
 
 // tailMasked512 handles the last nb < memBytes bytes with an opmask: masked
 // loads and stores never touch the lanes past n (and never fault there).
-func (k *kernel) tailMasked512(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.GPVirtual) {
+func (k *kernel) tailMasked512(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.GPVirtual, name string) {
 	c := k.c
-	c.Comment("Tail: an opmask of the remaining elements.")
+	c.Comment("Partial vector: an opmask of the elements to do.")
 	c.MOVQ(nb, reg.RCX)
 	esize := k.kind.size
 	if sh := bits.TrailingZeros(uint(esize)); sh > 0 {
@@ -630,7 +672,7 @@ func (k *kernel) tailMasked512(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off r
 	c.KMOVQ(m, mask)
 	load := map[int]func(operand.Op, operand.Op, operand.Op){1: c.VMOVDQU8_Z, 2: c.VMOVDQU16_Z, 4: c.VMOVDQU32_Z, 8: c.VMOVDQU64_Z}[esize]
 	store := map[int]func(...operand.Op){1: c.VMOVDQU8, 2: c.VMOVDQU16, 4: c.VMOVDQU32, 8: c.VMOVDQU64}[esize]
-	k.tailLoop(accs, srcs, nsrc, func(ptr reg.GPVirtual) operand.Op {
+	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual) operand.Op {
 		r := k.raw()
 		load(operand.Mem{Base: ptr, Index: off, Scale: 1}, mask, r)
 		return r
@@ -641,16 +683,16 @@ func (k *kernel) tailMasked512(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off r
 
 // tailMaskedAVX2 handles the last nb < 32 bytes of 4- or 8-byte elements
 // with VPMASKMOVD, whose masked-off lanes are neither read nor written.
-func (k *kernel) tailMaskedAVX2(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.GPVirtual) {
+func (k *kernel) tailMaskedAVX2(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.GPVirtual, name string) {
 	c := k.c
-	c.Comment("Tail: VPMASKMOVD with a mask of the remaining bytes.")
+	c.Comment("Partial vector: VPMASKMOVD with a mask of the bytes to do.")
 	tbl, idx := c.GP64(), c.GP64()
 	c.LEAQ(maskTable(), tbl)
 	c.MOVQ(operand.U32(32), idx)
 	c.SUBQ(nb, idx)
 	mask := c.YMM()
 	c.VMOVDQU(operand.Mem{Base: tbl, Index: idx, Scale: 1}, mask)
-	k.tailLoop(accs, srcs, nsrc, func(ptr reg.GPVirtual) operand.Op {
+	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual) operand.Op {
 		r := c.YMM()
 		c.VPMASKMOVD(operand.Mem{Base: ptr, Index: off, Scale: 1}, mask, r)
 		return r
@@ -681,11 +723,15 @@ func addMaskTable(c *build.Context) {
 // AVX2 has no masked moves: each input's tail is copied byte by byte into a
 // stack buffer, reduced there as a full vector and the result's first nb
 // bytes copied out. Only bytes below n are ever read or written.
-func (k *kernel) tailBounce(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.GPVirtual) {
+func (k *kernel) tailBounce(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.GPVirtual, name string) {
 	c := k.c
-	c.Comment("Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.")
-	buf := c.AllocLocal(k.memBytes)
-	k.tailLoop(accs, srcs, nsrc, func(ptr reg.GPVirtual) operand.Op {
+	c.Comment("Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.")
+	if k.buf == nil {
+		b := c.AllocLocal(k.memBytes)
+		k.buf = &b
+	}
+	buf := *k.buf
+	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual) operand.Op {
 		c.ADDQ(off, ptr)
 		k.copyBytes(buf, operand.Mem{Base: ptr}, nb)
 		return buf

@@ -15,7 +15,7 @@ DATA tailmask<>+56(SB)/8, $0x0000000000000000
 GLOBL tailmask<>(SB), RODATA|NOPTR, $64
 
 // func reduceAVX2Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float32Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -23,6 +23,79 @@ TEXT ·reduceAVX2Float32Sum(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VADDPS     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VADDPS (DI)(SI*1), Y0, Y0
+	VADDPS 32(DI)(SI*1), Y1, Y1
+	VADDPS 64(DI)(SI*1), Y2, Y2
+	VADDPS 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -84,7 +157,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -112,7 +185,7 @@ done:
 	RET
 
 // func reduceAVX2Float32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float32Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -120,6 +193,79 @@ TEXT ·reduceAVX2Float32Prod(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VMULPS     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VMULPS (DI)(SI*1), Y0, Y0
+	VMULPS 32(DI)(SI*1), Y1, Y1
+	VMULPS 64(DI)(SI*1), Y2, Y2
+	VMULPS 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -181,7 +327,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -209,7 +355,7 @@ done:
 	RET
 
 // func reduceAVX2Float32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float32Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -217,6 +363,108 @@ TEXT ·reduceAVX2Float32Min(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VCMPPS     $0x03, Y2, Y0, Y4
+	VADDPS     Y2, Y0, Y5
+	VMINPS     Y2, Y0, Y3
+	VMINPS     Y0, Y2, Y2
+	VPOR       Y3, Y2, Y2
+	VBLENDVPS  Y4, Y5, Y2, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y0, Y6
+	VADDPS    Y4, Y0, Y7
+	VMINPS    Y4, Y0, Y5
+	VMINPS    Y0, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y0
+	VMOVUPS   32(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y1, Y6
+	VADDPS    Y4, Y1, Y7
+	VMINPS    Y4, Y1, Y5
+	VMINPS    Y1, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y1
+	VMOVUPS   64(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y2, Y6
+	VADDPS    Y4, Y2, Y7
+	VMINPS    Y4, Y2, Y5
+	VMINPS    Y2, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y2
+	VMOVUPS   96(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y3, Y6
+	VADDPS    Y4, Y3, Y7
+	VMINPS    Y4, Y3, Y5
+	VMINPS    Y3, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -308,7 +556,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -341,7 +589,7 @@ done:
 	RET
 
 // func reduceAVX2Float32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float32Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -349,6 +597,108 @@ TEXT ·reduceAVX2Float32Max(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VCMPPS     $0x03, Y2, Y0, Y4
+	VADDPS     Y2, Y0, Y5
+	VMAXPS     Y2, Y0, Y3
+	VMAXPS     Y0, Y2, Y2
+	VPAND      Y3, Y2, Y2
+	VBLENDVPS  Y4, Y5, Y2, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y0, Y6
+	VADDPS    Y4, Y0, Y7
+	VMAXPS    Y4, Y0, Y5
+	VMAXPS    Y0, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y0
+	VMOVUPS   32(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y1, Y6
+	VADDPS    Y4, Y1, Y7
+	VMAXPS    Y4, Y1, Y5
+	VMAXPS    Y1, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y1
+	VMOVUPS   64(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y2, Y6
+	VADDPS    Y4, Y2, Y7
+	VMAXPS    Y4, Y2, Y5
+	VMAXPS    Y2, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y2
+	VMOVUPS   96(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y3, Y6
+	VADDPS    Y4, Y3, Y7
+	VMAXPS    Y4, Y3, Y5
+	VMAXPS    Y3, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -440,7 +790,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -473,7 +823,7 @@ done:
 	RET
 
 // func reduceAVX2Float64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float64Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -481,6 +831,79 @@ TEXT ·reduceAVX2Float64Sum(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VADDPD     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VADDPD (DI)(SI*1), Y0, Y0
+	VADDPD 32(DI)(SI*1), Y1, Y1
+	VADDPD 64(DI)(SI*1), Y2, Y2
+	VADDPD 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -542,7 +965,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -570,7 +993,7 @@ done:
 	RET
 
 // func reduceAVX2Float64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float64Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -578,6 +1001,79 @@ TEXT ·reduceAVX2Float64Prod(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VMULPD     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VMULPD (DI)(SI*1), Y0, Y0
+	VMULPD 32(DI)(SI*1), Y1, Y1
+	VMULPD 64(DI)(SI*1), Y2, Y2
+	VMULPD 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -639,7 +1135,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -667,7 +1163,7 @@ done:
 	RET
 
 // func reduceAVX2Float64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float64Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -675,6 +1171,108 @@ TEXT ·reduceAVX2Float64Min(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VCMPPD     $0x03, Y2, Y0, Y4
+	VADDPD     Y2, Y0, Y5
+	VMINPD     Y2, Y0, Y3
+	VMINPD     Y0, Y2, Y2
+	VPOR       Y3, Y2, Y2
+	VBLENDVPD  Y4, Y5, Y2, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y0, Y6
+	VADDPD    Y4, Y0, Y7
+	VMINPD    Y4, Y0, Y5
+	VMINPD    Y0, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y0
+	VMOVUPS   32(DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y1, Y6
+	VADDPD    Y4, Y1, Y7
+	VMINPD    Y4, Y1, Y5
+	VMINPD    Y1, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y1
+	VMOVUPS   64(DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y2, Y6
+	VADDPD    Y4, Y2, Y7
+	VMINPD    Y4, Y2, Y5
+	VMINPD    Y2, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y2
+	VMOVUPS   96(DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y3, Y6
+	VADDPD    Y4, Y3, Y7
+	VMINPD    Y4, Y3, Y5
+	VMINPD    Y3, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -766,7 +1364,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -799,7 +1397,7 @@ done:
 	RET
 
 // func reduceAVX2Float64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Float64Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -807,6 +1405,108 @@ TEXT ·reduceAVX2Float64Max(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VCMPPD     $0x03, Y2, Y0, Y4
+	VADDPD     Y2, Y0, Y5
+	VMAXPD     Y2, Y0, Y3
+	VMAXPD     Y0, Y2, Y2
+	VPAND      Y3, Y2, Y2
+	VBLENDVPD  Y4, Y5, Y2, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y0, Y6
+	VADDPD    Y4, Y0, Y7
+	VMAXPD    Y4, Y0, Y5
+	VMAXPD    Y0, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y0
+	VMOVUPS   32(DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y1, Y6
+	VADDPD    Y4, Y1, Y7
+	VMAXPD    Y4, Y1, Y5
+	VMAXPD    Y1, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y1
+	VMOVUPS   64(DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y2, Y6
+	VADDPD    Y4, Y2, Y7
+	VMAXPD    Y4, Y2, Y5
+	VMAXPD    Y2, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y2
+	VMOVUPS   96(DI)(SI*1), Y4
+	VCMPPD    $0x03, Y4, Y3, Y6
+	VADDPD    Y4, Y3, Y7
+	VMAXPD    Y4, Y3, Y5
+	VMAXPD    Y3, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPD Y6, Y7, Y4, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -898,7 +1598,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -931,7 +1631,7 @@ done:
 	RET
 
 // func reduceAVX2Bfloat16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Bfloat16Sum(SB), NOSPLIT, $32-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -949,6 +1649,157 @@ TEXT ·reduceAVX2Bfloat16Sum(SB), NOSPLIT, $32-32
 	MOVL         $0x00000040, DI
 	VMOVD        DI, X3
 	VPBROADCASTD X3, Y3
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB       (R8)(R9*1), R10
+	MOVB       R10, (SP)(R9*1)
+	INCQ       R9
+	CMPQ       R9, DI
+	JB         copy1
+	VPUNPCKLWD (SP), Y0, Y4
+	VPUNPCKHWD (SP), Y0, Y5
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB       (R8)(R11*1), R12
+	MOVB       R12, (SP)(R11*1)
+	INCQ       R11
+	CMPQ       R11, DI
+	JB         copy2
+	VPUNPCKLWD (SP), Y0, Y6
+	VPUNPCKHWD (SP), Y0, Y7
+	VADDPS     Y6, Y4, Y4
+	VADDPS     Y7, Y5, Y5
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPSRLD    $0x10, Y4, Y6
+	VPAND     Y1, Y6, Y7
+	VPADDD    Y2, Y4, Y8
+	VPADDD    Y7, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y4, Y4, Y7
+	VPOR      Y3, Y6, Y6
+	VPBLENDVB Y7, Y6, Y8, Y8
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y6
+	VPADDD    Y2, Y5, Y7
+	VPADDD    Y6, Y7, Y7
+	VPSRLD    $0x10, Y7, Y7
+	VCMPPS    $0x03, Y5, Y5, Y6
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y6, Y4, Y7, Y7
+	VPACKUSDW Y7, Y8, Y8
+	VMOVUPS   Y8, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ       BX, $0x00000040
+	JB         streamDone
+	MOVQ       (CX), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y4
+	VPUNPCKHWD (DI)(SI*1), Y0, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y6
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y7
+	MOVQ       DX, R9
+	DECQ       R9
+	JZ         streamStore
+	LEAQ       8(CX), R8
+
+streamSrc:
+	MOVQ       (R8), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y8
+	VPUNPCKHWD (DI)(SI*1), Y0, Y9
+	VADDPS     Y8, Y4, Y4
+	VADDPS     Y9, Y5, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y8
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y9
+	VADDPS     Y8, Y6, Y6
+	VADDPS     Y9, Y7, Y7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Y4, Y8
+	VPAND     Y1, Y8, Y9
+	VPADDD    Y2, Y4, Y10
+	VPADDD    Y9, Y10, Y10
+	VPSRLD    $0x10, Y10, Y10
+	VCMPPS    $0x03, Y4, Y4, Y9
+	VPOR      Y3, Y8, Y8
+	VPBLENDVB Y9, Y8, Y10, Y10
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y8
+	VPADDD    Y2, Y5, Y9
+	VPADDD    Y8, Y9, Y9
+	VPSRLD    $0x10, Y9, Y9
+	VCMPPS    $0x03, Y5, Y5, Y8
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y8, Y4, Y9, Y9
+	VPACKUSDW Y9, Y10, Y10
+	VMOVNTPS  Y10, (AX)(SI*1)
+	VPSRLD    $0x10, Y6, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y6, Y8
+	VPADDD    Y5, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y6, Y6, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y8, Y8
+	VPSRLD    $0x10, Y7, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y7, Y6
+	VPADDD    Y5, Y6, Y6
+	VPSRLD    $0x10, Y6, Y6
+	VCMPPS    $0x03, Y7, Y7, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y6, Y6
+	VPACKUSDW Y6, Y8, Y8
+	VMOVNTPS  Y8, 32(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -1067,17 +1918,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy1
+	JB         copy4
 	VPUNPCKLWD (SP), Y0, Y4
 	VPUNPCKHWD (SP), Y0, Y5
 	DECQ       DX
@@ -1089,12 +1940,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy2
+	JB         copy5
 	VPUNPCKLWD (SP), Y0, Y6
 	VPUNPCKHWD (SP), Y0, Y7
 	VADDPS     Y6, Y4, Y4
@@ -1125,19 +1976,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Bfloat16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Bfloat16Prod(SB), NOSPLIT, $32-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -1155,6 +2006,157 @@ TEXT ·reduceAVX2Bfloat16Prod(SB), NOSPLIT, $32-32
 	MOVL         $0x00000040, DI
 	VMOVD        DI, X3
 	VPBROADCASTD X3, Y3
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB       (R8)(R9*1), R10
+	MOVB       R10, (SP)(R9*1)
+	INCQ       R9
+	CMPQ       R9, DI
+	JB         copy1
+	VPUNPCKLWD (SP), Y0, Y4
+	VPUNPCKHWD (SP), Y0, Y5
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB       (R8)(R11*1), R12
+	MOVB       R12, (SP)(R11*1)
+	INCQ       R11
+	CMPQ       R11, DI
+	JB         copy2
+	VPUNPCKLWD (SP), Y0, Y6
+	VPUNPCKHWD (SP), Y0, Y7
+	VMULPS     Y6, Y4, Y4
+	VMULPS     Y7, Y5, Y5
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPSRLD    $0x10, Y4, Y6
+	VPAND     Y1, Y6, Y7
+	VPADDD    Y2, Y4, Y8
+	VPADDD    Y7, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y4, Y4, Y7
+	VPOR      Y3, Y6, Y6
+	VPBLENDVB Y7, Y6, Y8, Y8
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y6
+	VPADDD    Y2, Y5, Y7
+	VPADDD    Y6, Y7, Y7
+	VPSRLD    $0x10, Y7, Y7
+	VCMPPS    $0x03, Y5, Y5, Y6
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y6, Y4, Y7, Y7
+	VPACKUSDW Y7, Y8, Y8
+	VMOVUPS   Y8, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ       BX, $0x00000040
+	JB         streamDone
+	MOVQ       (CX), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y4
+	VPUNPCKHWD (DI)(SI*1), Y0, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y6
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y7
+	MOVQ       DX, R9
+	DECQ       R9
+	JZ         streamStore
+	LEAQ       8(CX), R8
+
+streamSrc:
+	MOVQ       (R8), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y8
+	VPUNPCKHWD (DI)(SI*1), Y0, Y9
+	VMULPS     Y8, Y4, Y4
+	VMULPS     Y9, Y5, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y8
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y9
+	VMULPS     Y8, Y6, Y6
+	VMULPS     Y9, Y7, Y7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Y4, Y8
+	VPAND     Y1, Y8, Y9
+	VPADDD    Y2, Y4, Y10
+	VPADDD    Y9, Y10, Y10
+	VPSRLD    $0x10, Y10, Y10
+	VCMPPS    $0x03, Y4, Y4, Y9
+	VPOR      Y3, Y8, Y8
+	VPBLENDVB Y9, Y8, Y10, Y10
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y8
+	VPADDD    Y2, Y5, Y9
+	VPADDD    Y8, Y9, Y9
+	VPSRLD    $0x10, Y9, Y9
+	VCMPPS    $0x03, Y5, Y5, Y8
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y8, Y4, Y9, Y9
+	VPACKUSDW Y9, Y10, Y10
+	VMOVNTPS  Y10, (AX)(SI*1)
+	VPSRLD    $0x10, Y6, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y6, Y8
+	VPADDD    Y5, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y6, Y6, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y8, Y8
+	VPSRLD    $0x10, Y7, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y7, Y6
+	VPADDD    Y5, Y6, Y6
+	VPSRLD    $0x10, Y6, Y6
+	VCMPPS    $0x03, Y7, Y7, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y6, Y6
+	VPACKUSDW Y6, Y8, Y8
+	VMOVNTPS  Y8, 32(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -1273,17 +2275,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy1
+	JB         copy4
 	VPUNPCKLWD (SP), Y0, Y4
 	VPUNPCKHWD (SP), Y0, Y5
 	DECQ       DX
@@ -1295,12 +2297,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy2
+	JB         copy5
 	VPUNPCKLWD (SP), Y0, Y6
 	VPUNPCKHWD (SP), Y0, Y7
 	VMULPS     Y6, Y4, Y4
@@ -1331,19 +2333,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Bfloat16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Bfloat16Min(SB), NOSPLIT, $32-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -1361,6 +2363,187 @@ TEXT ·reduceAVX2Bfloat16Min(SB), NOSPLIT, $32-32
 	MOVL         $0x00000040, DI
 	VMOVD        DI, X3
 	VPBROADCASTD X3, Y3
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB       (R8)(R9*1), R10
+	MOVB       R10, (SP)(R9*1)
+	INCQ       R9
+	CMPQ       R9, DI
+	JB         copy1
+	VPUNPCKLWD (SP), Y0, Y4
+	VPUNPCKHWD (SP), Y0, Y5
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB       (R8)(R11*1), R12
+	MOVB       R12, (SP)(R11*1)
+	INCQ       R11
+	CMPQ       R11, DI
+	JB         copy2
+	VPUNPCKLWD (SP), Y0, Y6
+	VPUNPCKHWD (SP), Y0, Y7
+	VCMPPS     $0x03, Y6, Y4, Y9
+	VADDPS     Y6, Y4, Y10
+	VMINPS     Y6, Y4, Y8
+	VMINPS     Y4, Y6, Y6
+	VPOR       Y8, Y6, Y6
+	VBLENDVPS  Y9, Y10, Y6, Y4
+	VCMPPS     $0x03, Y7, Y5, Y8
+	VADDPS     Y7, Y5, Y9
+	VMINPS     Y7, Y5, Y6
+	VMINPS     Y5, Y7, Y7
+	VPOR       Y6, Y7, Y7
+	VBLENDVPS  Y8, Y9, Y7, Y5
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPSRLD    $0x10, Y4, Y6
+	VPAND     Y1, Y6, Y7
+	VPADDD    Y2, Y4, Y8
+	VPADDD    Y7, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y4, Y4, Y7
+	VPOR      Y3, Y6, Y6
+	VPBLENDVB Y7, Y6, Y8, Y8
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y6
+	VPADDD    Y2, Y5, Y7
+	VPADDD    Y6, Y7, Y7
+	VPSRLD    $0x10, Y7, Y7
+	VCMPPS    $0x03, Y5, Y5, Y6
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y6, Y4, Y7, Y7
+	VPACKUSDW Y7, Y8, Y8
+	VMOVUPS   Y8, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ       BX, $0x00000040
+	JB         streamDone
+	MOVQ       (CX), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y4
+	VPUNPCKHWD (DI)(SI*1), Y0, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y6
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y7
+	MOVQ       DX, R9
+	DECQ       R9
+	JZ         streamStore
+	LEAQ       8(CX), R8
+
+streamSrc:
+	MOVQ       (R8), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y8
+	VPUNPCKHWD (DI)(SI*1), Y0, Y9
+	VCMPPS     $0x03, Y8, Y4, Y11
+	VADDPS     Y8, Y4, Y12
+	VMINPS     Y8, Y4, Y10
+	VMINPS     Y4, Y8, Y8
+	VPOR       Y10, Y8, Y8
+	VBLENDVPS  Y11, Y12, Y8, Y4
+	VCMPPS     $0x03, Y9, Y5, Y10
+	VADDPS     Y9, Y5, Y11
+	VMINPS     Y9, Y5, Y8
+	VMINPS     Y5, Y9, Y9
+	VPOR       Y8, Y9, Y9
+	VBLENDVPS  Y10, Y11, Y9, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y8
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y9
+	VCMPPS     $0x03, Y8, Y6, Y11
+	VADDPS     Y8, Y6, Y12
+	VMINPS     Y8, Y6, Y10
+	VMINPS     Y6, Y8, Y8
+	VPOR       Y10, Y8, Y8
+	VBLENDVPS  Y11, Y12, Y8, Y6
+	VCMPPS     $0x03, Y9, Y7, Y10
+	VADDPS     Y9, Y7, Y11
+	VMINPS     Y9, Y7, Y8
+	VMINPS     Y7, Y9, Y9
+	VPOR       Y8, Y9, Y9
+	VBLENDVPS  Y10, Y11, Y9, Y7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Y4, Y8
+	VPAND     Y1, Y8, Y9
+	VPADDD    Y2, Y4, Y10
+	VPADDD    Y9, Y10, Y10
+	VPSRLD    $0x10, Y10, Y10
+	VCMPPS    $0x03, Y4, Y4, Y9
+	VPOR      Y3, Y8, Y8
+	VPBLENDVB Y9, Y8, Y10, Y10
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y8
+	VPADDD    Y2, Y5, Y9
+	VPADDD    Y8, Y9, Y9
+	VPSRLD    $0x10, Y9, Y9
+	VCMPPS    $0x03, Y5, Y5, Y8
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y8, Y4, Y9, Y9
+	VPACKUSDW Y9, Y10, Y10
+	VMOVNTPS  Y10, (AX)(SI*1)
+	VPSRLD    $0x10, Y6, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y6, Y8
+	VPADDD    Y5, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y6, Y6, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y8, Y8
+	VPSRLD    $0x10, Y7, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y7, Y6
+	VPADDD    Y5, Y6, Y6
+	VPSRLD    $0x10, Y6, Y6
+	VCMPPS    $0x03, Y7, Y7, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y6, Y6
+	VPACKUSDW Y6, Y8, Y8
+	VMOVNTPS  Y8, 32(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -1509,17 +2692,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy1
+	JB         copy4
 	VPUNPCKLWD (SP), Y0, Y4
 	VPUNPCKHWD (SP), Y0, Y5
 	DECQ       DX
@@ -1531,12 +2714,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy2
+	JB         copy5
 	VPUNPCKLWD (SP), Y0, Y6
 	VPUNPCKHWD (SP), Y0, Y7
 	VCMPPS     $0x03, Y6, Y4, Y9
@@ -1577,19 +2760,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Bfloat16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Bfloat16Max(SB), NOSPLIT, $32-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -1607,6 +2790,187 @@ TEXT ·reduceAVX2Bfloat16Max(SB), NOSPLIT, $32-32
 	MOVL         $0x00000040, DI
 	VMOVD        DI, X3
 	VPBROADCASTD X3, Y3
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB       (R8)(R9*1), R10
+	MOVB       R10, (SP)(R9*1)
+	INCQ       R9
+	CMPQ       R9, DI
+	JB         copy1
+	VPUNPCKLWD (SP), Y0, Y4
+	VPUNPCKHWD (SP), Y0, Y5
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB       (R8)(R11*1), R12
+	MOVB       R12, (SP)(R11*1)
+	INCQ       R11
+	CMPQ       R11, DI
+	JB         copy2
+	VPUNPCKLWD (SP), Y0, Y6
+	VPUNPCKHWD (SP), Y0, Y7
+	VCMPPS     $0x03, Y6, Y4, Y9
+	VADDPS     Y6, Y4, Y10
+	VMAXPS     Y6, Y4, Y8
+	VMAXPS     Y4, Y6, Y6
+	VPAND      Y8, Y6, Y6
+	VBLENDVPS  Y9, Y10, Y6, Y4
+	VCMPPS     $0x03, Y7, Y5, Y8
+	VADDPS     Y7, Y5, Y9
+	VMAXPS     Y7, Y5, Y6
+	VMAXPS     Y5, Y7, Y7
+	VPAND      Y6, Y7, Y7
+	VBLENDVPS  Y8, Y9, Y7, Y5
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPSRLD    $0x10, Y4, Y6
+	VPAND     Y1, Y6, Y7
+	VPADDD    Y2, Y4, Y8
+	VPADDD    Y7, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y4, Y4, Y7
+	VPOR      Y3, Y6, Y6
+	VPBLENDVB Y7, Y6, Y8, Y8
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y6
+	VPADDD    Y2, Y5, Y7
+	VPADDD    Y6, Y7, Y7
+	VPSRLD    $0x10, Y7, Y7
+	VCMPPS    $0x03, Y5, Y5, Y6
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y6, Y4, Y7, Y7
+	VPACKUSDW Y7, Y8, Y8
+	VMOVUPS   Y8, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ       BX, $0x00000040
+	JB         streamDone
+	MOVQ       (CX), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y4
+	VPUNPCKHWD (DI)(SI*1), Y0, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y6
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y7
+	MOVQ       DX, R9
+	DECQ       R9
+	JZ         streamStore
+	LEAQ       8(CX), R8
+
+streamSrc:
+	MOVQ       (R8), DI
+	VPUNPCKLWD (DI)(SI*1), Y0, Y8
+	VPUNPCKHWD (DI)(SI*1), Y0, Y9
+	VCMPPS     $0x03, Y8, Y4, Y11
+	VADDPS     Y8, Y4, Y12
+	VMAXPS     Y8, Y4, Y10
+	VMAXPS     Y4, Y8, Y8
+	VPAND      Y10, Y8, Y8
+	VBLENDVPS  Y11, Y12, Y8, Y4
+	VCMPPS     $0x03, Y9, Y5, Y10
+	VADDPS     Y9, Y5, Y11
+	VMAXPS     Y9, Y5, Y8
+	VMAXPS     Y5, Y9, Y9
+	VPAND      Y8, Y9, Y9
+	VBLENDVPS  Y10, Y11, Y9, Y5
+	VPUNPCKLWD 32(DI)(SI*1), Y0, Y8
+	VPUNPCKHWD 32(DI)(SI*1), Y0, Y9
+	VCMPPS     $0x03, Y8, Y6, Y11
+	VADDPS     Y8, Y6, Y12
+	VMAXPS     Y8, Y6, Y10
+	VMAXPS     Y6, Y8, Y8
+	VPAND      Y10, Y8, Y8
+	VBLENDVPS  Y11, Y12, Y8, Y6
+	VCMPPS     $0x03, Y9, Y7, Y10
+	VADDPS     Y9, Y7, Y11
+	VMAXPS     Y9, Y7, Y8
+	VMAXPS     Y7, Y9, Y9
+	VPAND      Y8, Y9, Y9
+	VBLENDVPS  Y10, Y11, Y9, Y7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Y4, Y8
+	VPAND     Y1, Y8, Y9
+	VPADDD    Y2, Y4, Y10
+	VPADDD    Y9, Y10, Y10
+	VPSRLD    $0x10, Y10, Y10
+	VCMPPS    $0x03, Y4, Y4, Y9
+	VPOR      Y3, Y8, Y8
+	VPBLENDVB Y9, Y8, Y10, Y10
+	VPSRLD    $0x10, Y5, Y4
+	VPAND     Y1, Y4, Y8
+	VPADDD    Y2, Y5, Y9
+	VPADDD    Y8, Y9, Y9
+	VPSRLD    $0x10, Y9, Y9
+	VCMPPS    $0x03, Y5, Y5, Y8
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y8, Y4, Y9, Y9
+	VPACKUSDW Y9, Y10, Y10
+	VMOVNTPS  Y10, (AX)(SI*1)
+	VPSRLD    $0x10, Y6, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y6, Y8
+	VPADDD    Y5, Y8, Y8
+	VPSRLD    $0x10, Y8, Y8
+	VCMPPS    $0x03, Y6, Y6, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y8, Y8
+	VPSRLD    $0x10, Y7, Y4
+	VPAND     Y1, Y4, Y5
+	VPADDD    Y2, Y7, Y6
+	VPADDD    Y5, Y6, Y6
+	VPSRLD    $0x10, Y6, Y6
+	VCMPPS    $0x03, Y7, Y7, Y5
+	VPOR      Y3, Y4, Y4
+	VPBLENDVB Y5, Y4, Y6, Y6
+	VPACKUSDW Y6, Y8, Y8
+	VMOVNTPS  Y8, 32(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -1755,17 +3119,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy1
+	JB         copy4
 	VPUNPCKLWD (SP), Y0, Y4
 	VPUNPCKHWD (SP), Y0, Y5
 	DECQ       DX
@@ -1777,12 +3141,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB       (DI)(R8*1), R9
 	MOVB       R9, (SP)(R8*1)
 	INCQ       R8
 	CMPQ       R8, BX
-	JB         copy2
+	JB         copy5
 	VPUNPCKLWD (SP), Y0, Y6
 	VPUNPCKHWD (SP), Y0, Y7
 	VCMPPS     $0x03, Y6, Y4, Y9
@@ -1823,19 +3187,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Float16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, F16C
+// Requires: AVX, F16C, MMX+
 TEXT ·reduceAVX2Float16Sum(SB), NOSPLIT, $16-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -1843,6 +3207,110 @@ TEXT ·reduceAVX2Float16Sum(SB), NOSPLIT, $16-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x01, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000000f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB      (R8)(R9*1), R10
+	MOVB      R10, (SP)(R9*1)
+	INCQ      R9
+	CMPQ      R9, DI
+	JB        copy1
+	VCVTPH2PS (SP), Y0
+	MOVQ      DX, R10
+	DECQ      R10
+	JZ        headStore
+	LEAQ      8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB      (R8)(R11*1), R12
+	MOVB      R12, (SP)(R11*1)
+	INCQ      R11
+	CMPQ      R11, DI
+	JB        copy2
+	VCVTPH2PS (SP), Y1
+	VADDPS    Y1, Y0, Y0
+	ADDQ      $0x08, R9
+	DECQ      R10
+	JNZ       headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVUPS   X0, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ      BX, $0x00000040
+	JB        streamDone
+	MOVQ      (CX), DI
+	VCVTPH2PS (DI)(SI*1), Y0
+	VCVTPH2PS 16(DI)(SI*1), Y1
+	VCVTPH2PS 32(DI)(SI*1), Y2
+	VCVTPH2PS 48(DI)(SI*1), Y3
+	MOVQ      DX, R9
+	DECQ      R9
+	JZ        streamStore
+	LEAQ      8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VCVTPH2PS (DI)(SI*1), Y4
+	VADDPS    Y4, Y0, Y0
+	VCVTPH2PS 16(DI)(SI*1), Y4
+	VADDPS    Y4, Y1, Y1
+	VCVTPH2PS 32(DI)(SI*1), Y4
+	VADDPS    Y4, Y2, Y2
+	VCVTPH2PS 48(DI)(SI*1), Y4
+	VADDPS    Y4, Y3, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVNTPS  X0, (AX)(SI*1)
+	VCVTPS2PH $0x00, Y1, X0
+	VMOVNTPS  X0, 16(AX)(SI*1)
+	VCVTPS2PH $0x00, Y2, X0
+	VMOVNTPS  X0, 32(AX)(SI*1)
+	VCVTPS2PH $0x00, Y3, X0
+	VMOVNTPS  X0, 48(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -1914,17 +3382,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy1
+	JB        copy4
 	VCVTPH2PS (SP), Y0
 	DECQ      DX
 	JZ        tailStore
@@ -1935,12 +3403,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy2
+	JB        copy5
 	VCVTPH2PS (SP), Y1
 	VADDPS    Y1, Y0, Y0
 	ADDQ      $0x08, CX
@@ -1953,19 +3421,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Float16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, F16C
+// Requires: AVX, F16C, MMX+
 TEXT ·reduceAVX2Float16Prod(SB), NOSPLIT, $16-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -1973,6 +3441,110 @@ TEXT ·reduceAVX2Float16Prod(SB), NOSPLIT, $16-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x01, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000000f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB      (R8)(R9*1), R10
+	MOVB      R10, (SP)(R9*1)
+	INCQ      R9
+	CMPQ      R9, DI
+	JB        copy1
+	VCVTPH2PS (SP), Y0
+	MOVQ      DX, R10
+	DECQ      R10
+	JZ        headStore
+	LEAQ      8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB      (R8)(R11*1), R12
+	MOVB      R12, (SP)(R11*1)
+	INCQ      R11
+	CMPQ      R11, DI
+	JB        copy2
+	VCVTPH2PS (SP), Y1
+	VMULPS    Y1, Y0, Y0
+	ADDQ      $0x08, R9
+	DECQ      R10
+	JNZ       headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVUPS   X0, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ      BX, $0x00000040
+	JB        streamDone
+	MOVQ      (CX), DI
+	VCVTPH2PS (DI)(SI*1), Y0
+	VCVTPH2PS 16(DI)(SI*1), Y1
+	VCVTPH2PS 32(DI)(SI*1), Y2
+	VCVTPH2PS 48(DI)(SI*1), Y3
+	MOVQ      DX, R9
+	DECQ      R9
+	JZ        streamStore
+	LEAQ      8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VCVTPH2PS (DI)(SI*1), Y4
+	VMULPS    Y4, Y0, Y0
+	VCVTPH2PS 16(DI)(SI*1), Y4
+	VMULPS    Y4, Y1, Y1
+	VCVTPH2PS 32(DI)(SI*1), Y4
+	VMULPS    Y4, Y2, Y2
+	VCVTPH2PS 48(DI)(SI*1), Y4
+	VMULPS    Y4, Y3, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVNTPS  X0, (AX)(SI*1)
+	VCVTPS2PH $0x00, Y1, X0
+	VMOVNTPS  X0, 16(AX)(SI*1)
+	VCVTPS2PH $0x00, Y2, X0
+	VMOVNTPS  X0, 32(AX)(SI*1)
+	VCVTPS2PH $0x00, Y3, X0
+	VMOVNTPS  X0, 48(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -2044,17 +3616,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy1
+	JB        copy4
 	VCVTPH2PS (SP), Y0
 	DECQ      DX
 	JZ        tailStore
@@ -2065,12 +3637,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy2
+	JB        copy5
 	VCVTPH2PS (SP), Y1
 	VMULPS    Y1, Y0, Y0
 	ADDQ      $0x08, CX
@@ -2083,19 +3655,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Float16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2, F16C
+// Requires: AVX, AVX2, F16C, MMX+
 TEXT ·reduceAVX2Float16Min(SB), NOSPLIT, $16-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -2103,6 +3675,135 @@ TEXT ·reduceAVX2Float16Min(SB), NOSPLIT, $16-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x01, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000000f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB      (R8)(R9*1), R10
+	MOVB      R10, (SP)(R9*1)
+	INCQ      R9
+	CMPQ      R9, DI
+	JB        copy1
+	VCVTPH2PS (SP), Y0
+	MOVQ      DX, R10
+	DECQ      R10
+	JZ        headStore
+	LEAQ      8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB      (R8)(R11*1), R12
+	MOVB      R12, (SP)(R11*1)
+	INCQ      R11
+	CMPQ      R11, DI
+	JB        copy2
+	VCVTPH2PS (SP), Y1
+	VCMPPS    $0x03, Y1, Y0, Y3
+	VADDPS    Y1, Y0, Y4
+	VMINPS    Y1, Y0, Y2
+	VMINPS    Y0, Y1, Y1
+	VPOR      Y2, Y1, Y1
+	VBLENDVPS Y3, Y4, Y1, Y0
+	ADDQ      $0x08, R9
+	DECQ      R10
+	JNZ       headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVUPS   X0, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ      BX, $0x00000040
+	JB        streamDone
+	MOVQ      (CX), DI
+	VCVTPH2PS (DI)(SI*1), Y0
+	VCVTPH2PS 16(DI)(SI*1), Y1
+	VCVTPH2PS 32(DI)(SI*1), Y2
+	VCVTPH2PS 48(DI)(SI*1), Y3
+	MOVQ      DX, R9
+	DECQ      R9
+	JZ        streamStore
+	LEAQ      8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VCVTPH2PS (DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y0, Y6
+	VADDPS    Y4, Y0, Y7
+	VMINPS    Y4, Y0, Y5
+	VMINPS    Y0, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y0
+	VCVTPH2PS 16(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y1, Y6
+	VADDPS    Y4, Y1, Y7
+	VMINPS    Y4, Y1, Y5
+	VMINPS    Y1, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y1
+	VCVTPH2PS 32(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y2, Y6
+	VADDPS    Y4, Y2, Y7
+	VMINPS    Y4, Y2, Y5
+	VMINPS    Y2, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y2
+	VCVTPH2PS 48(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y3, Y6
+	VADDPS    Y4, Y3, Y7
+	VMINPS    Y4, Y3, Y5
+	VMINPS    Y3, Y4, Y4
+	VPOR      Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVNTPS  X0, (AX)(SI*1)
+	VCVTPS2PH $0x00, Y1, X0
+	VMOVNTPS  X0, 16(AX)(SI*1)
+	VCVTPS2PH $0x00, Y2, X0
+	VMOVNTPS  X0, 32(AX)(SI*1)
+	VCVTPS2PH $0x00, Y3, X0
+	VMOVNTPS  X0, 48(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -2199,17 +3900,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy1
+	JB        copy4
 	VCVTPH2PS (SP), Y0
 	DECQ      DX
 	JZ        tailStore
@@ -2220,12 +3921,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy2
+	JB        copy5
 	VCVTPH2PS (SP), Y1
 	VCMPPS    $0x03, Y1, Y0, Y3
 	VADDPS    Y1, Y0, Y4
@@ -2243,19 +3944,19 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Float16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2, F16C
+// Requires: AVX, AVX2, F16C, MMX+
 TEXT ·reduceAVX2Float16Max(SB), NOSPLIT, $16-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -2263,6 +3964,135 @@ TEXT ·reduceAVX2Float16Max(SB), NOSPLIT, $16-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x01, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000000f, DI
+	JZ    stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB      (R8)(R9*1), R10
+	MOVB      R10, (SP)(R9*1)
+	INCQ      R9
+	CMPQ      R9, DI
+	JB        copy1
+	VCVTPH2PS (SP), Y0
+	MOVQ      DX, R10
+	DECQ      R10
+	JZ        headStore
+	LEAQ      8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB      (R8)(R11*1), R12
+	MOVB      R12, (SP)(R11*1)
+	INCQ      R11
+	CMPQ      R11, DI
+	JB        copy2
+	VCVTPH2PS (SP), Y1
+	VCMPPS    $0x03, Y1, Y0, Y3
+	VADDPS    Y1, Y0, Y4
+	VMAXPS    Y1, Y0, Y2
+	VMAXPS    Y0, Y1, Y1
+	VPAND     Y2, Y1, Y1
+	VBLENDVPS Y3, Y4, Y1, Y0
+	ADDQ      $0x08, R9
+	DECQ      R10
+	JNZ       headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVUPS   X0, (SP)
+	LEAQ      (AX)(SI*1), R8
+	XORQ      R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ      BX, $0x00000040
+	JB        streamDone
+	MOVQ      (CX), DI
+	VCVTPH2PS (DI)(SI*1), Y0
+	VCVTPH2PS 16(DI)(SI*1), Y1
+	VCVTPH2PS 32(DI)(SI*1), Y2
+	VCVTPH2PS 48(DI)(SI*1), Y3
+	MOVQ      DX, R9
+	DECQ      R9
+	JZ        streamStore
+	LEAQ      8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VCVTPH2PS (DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y0, Y6
+	VADDPS    Y4, Y0, Y7
+	VMAXPS    Y4, Y0, Y5
+	VMAXPS    Y0, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y0
+	VCVTPH2PS 16(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y1, Y6
+	VADDPS    Y4, Y1, Y7
+	VMAXPS    Y4, Y1, Y5
+	VMAXPS    Y1, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y1
+	VCVTPH2PS 32(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y2, Y6
+	VADDPS    Y4, Y2, Y7
+	VMAXPS    Y4, Y2, Y5
+	VMAXPS    Y2, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y2
+	VCVTPH2PS 48(DI)(SI*1), Y4
+	VCMPPS    $0x03, Y4, Y3, Y6
+	VADDPS    Y4, Y3, Y7
+	VMAXPS    Y4, Y3, Y5
+	VMAXPS    Y3, Y4, Y4
+	VPAND     Y5, Y4, Y4
+	VBLENDVPS Y6, Y7, Y4, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVNTPS  X0, (AX)(SI*1)
+	VCVTPS2PH $0x00, Y1, X0
+	VMOVNTPS  X0, 16(AX)(SI*1)
+	VCVTPS2PH $0x00, Y2, X0
+	VMOVNTPS  X0, 32(AX)(SI*1)
+	VCVTPS2PH $0x00, Y3, X0
+	VMOVNTPS  X0, 48(AX)(SI*1)
+	ADDQ      $0x00000040, SI
+	SUBQ      $0x00000040, BX
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 64 bytes per input, then single vectors, then the tail.
 block:
@@ -2359,17 +4189,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy1
+	JB        copy4
 	VCVTPH2PS (SP), Y0
 	DECQ      DX
 	JZ        tailStore
@@ -2380,12 +4210,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB      (DI)(R8*1), R9
 	MOVB      R9, (SP)(R8*1)
 	INCQ      R8
 	CMPQ      R8, BX
-	JB        copy2
+	JB        copy5
 	VCVTPH2PS (SP), Y1
 	VCMPPS    $0x03, Y1, Y0, Y3
 	VADDPS    Y1, Y0, Y4
@@ -2403,25 +4233,117 @@ tailStore:
 	LEAQ      (AX)(SI*1), AX
 	XORQ      CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Sum(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB   (R8)(R11*1), R12
+	MOVB   R12, (SP)(R11*1)
+	INCQ   R11
+	CMPQ   R11, DI
+	JB     copy2
+	VPADDB (SP), Y0, Y0
+	ADDQ   $0x08, R9
+	DECQ   R10
+	JNZ    headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VPADDB (DI)(SI*1), Y0, Y0
+	VPADDB 32(DI)(SI*1), Y1, Y1
+	VPADDB 64(DI)(SI*1), Y2, Y2
+	VPADDB 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -2483,17 +4405,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -2504,12 +4426,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB   (DI)(R8*1), R9
 	MOVB   R9, (SP)(R8*1)
 	INCQ   R8
 	CMPQ   R8, BX
-	JB     copy2
+	JB     copy5
 	VPADDB (SP), Y0, Y0
 	ADDQ   $0x08, CX
 	DECQ   DX
@@ -2520,19 +4442,19 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Prod(SB), NOSPLIT, $32-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -2542,6 +4464,128 @@ TEXT ·reduceAVX2Int8Prod(SB), NOSPLIT, $32-32
 	MOVL         $0x00ff00ff, DI
 	VMOVD        DI, X0
 	VPBROADCASTD X0, Y0
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y1
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB    (R8)(R11*1), R12
+	MOVB    R12, (SP)(R11*1)
+	INCQ    R11
+	CMPQ    R11, DI
+	JB      copy2
+	VMOVUPS (SP), Y2
+	VPMULLW Y2, Y1, Y3
+	VPAND   Y0, Y3, Y3
+	VPSRLW  $0x08, Y1, Y1
+	VPANDN  Y2, Y0, Y2
+	VPMULLW Y2, Y1, Y1
+	VPOR    Y3, Y1, Y1
+	ADDQ    $0x08, R9
+	DECQ    R10
+	JNZ     headSrc
+
+headStore:
+	VMOVUPS Y1, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y1
+	VMOVUPS 32(DI)(SI*1), Y2
+	VMOVUPS 64(DI)(SI*1), Y3
+	VMOVUPS 96(DI)(SI*1), Y4
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VMOVUPS (DI)(SI*1), Y5
+	VPMULLW Y5, Y1, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y1, Y1
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y1, Y1
+	VPOR    Y6, Y1, Y1
+	VMOVUPS 32(DI)(SI*1), Y5
+	VPMULLW Y5, Y2, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y2, Y2
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y2, Y2
+	VPOR    Y6, Y2, Y2
+	VMOVUPS 64(DI)(SI*1), Y5
+	VPMULLW Y5, Y3, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y3, Y3
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y3, Y3
+	VPOR    Y6, Y3, Y3
+	VMOVUPS 96(DI)(SI*1), Y5
+	VPMULLW Y5, Y4, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y4, Y4
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y4, Y4
+	VPOR    Y6, Y4, Y4
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y1, (AX)(SI*1)
+	VMOVNTPS Y2, 32(AX)(SI*1)
+	VMOVNTPS Y3, 64(AX)(SI*1)
+	VMOVNTPS Y4, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -2633,17 +4677,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y1
 	DECQ    DX
 	JZ      tailStore
@@ -2654,12 +4698,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy2
+	JB      copy5
 	VMOVUPS (SP), Y2
 	VPMULLW Y2, Y1, Y3
 	VPAND   Y0, Y3, Y3
@@ -2676,25 +4720,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Min(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB    (R8)(R11*1), R12
+	MOVB    R12, (SP)(R11*1)
+	INCQ    R11
+	CMPQ    R11, DI
+	JB      copy2
+	VPMINSB (SP), Y0, Y0
+	ADDQ    $0x08, R9
+	DECQ    R10
+	JNZ     headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMINSB (DI)(SI*1), Y0, Y0
+	VPMINSB 32(DI)(SI*1), Y1, Y1
+	VPMINSB 64(DI)(SI*1), Y2, Y2
+	VPMINSB 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -2756,17 +4892,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -2777,12 +4913,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy2
+	JB      copy5
 	VPMINSB (SP), Y0, Y0
 	ADDQ    $0x08, CX
 	DECQ    DX
@@ -2793,25 +4929,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Max(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB    (R8)(R11*1), R12
+	MOVB    R12, (SP)(R11*1)
+	INCQ    R11
+	CMPQ    R11, DI
+	JB      copy2
+	VPMAXSB (SP), Y0, Y0
+	ADDQ    $0x08, R9
+	DECQ    R10
+	JNZ     headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMAXSB (DI)(SI*1), Y0, Y0
+	VPMAXSB 32(DI)(SI*1), Y1, Y1
+	VPMAXSB 64(DI)(SI*1), Y2, Y2
+	VPMAXSB 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -2873,17 +5101,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -2894,12 +5122,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy2
+	JB      copy5
 	VPMAXSB (SP), Y0, Y0
 	ADDQ    $0x08, CX
 	DECQ    DX
@@ -2910,25 +5138,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Band(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB  (R8)(R11*1), R12
+	MOVB  R12, (SP)(R11*1)
+	INCQ  R11
+	CMPQ  R11, DI
+	JB    copy2
+	VPAND (SP), Y0, Y0
+	ADDQ  $0x08, R9
+	DECQ  R10
+	JNZ   headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPAND (DI)(SI*1), Y0, Y0
+	VPAND 32(DI)(SI*1), Y1, Y1
+	VPAND 64(DI)(SI*1), Y2, Y2
+	VPAND 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -2990,17 +5310,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3011,12 +5331,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB  (DI)(R8*1), R9
 	MOVB  R9, (SP)(R8*1)
 	INCQ  R8
 	CMPQ  R8, BX
-	JB    copy2
+	JB    copy5
 	VPAND (SP), Y0, Y0
 	ADDQ  $0x08, CX
 	DECQ  DX
@@ -3027,25 +5347,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Bor(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB (R8)(R11*1), R12
+	MOVB R12, (SP)(R11*1)
+	INCQ R11
+	CMPQ R11, DI
+	JB   copy2
+	VPOR (SP), Y0, Y0
+	ADDQ $0x08, R9
+	DECQ R10
+	JNZ  headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ (R8), DI
+	VPOR (DI)(SI*1), Y0, Y0
+	VPOR 32(DI)(SI*1), Y1, Y1
+	VPOR 64(DI)(SI*1), Y2, Y2
+	VPOR 96(DI)(SI*1), Y3, Y3
+	ADDQ $0x08, R8
+	DECQ R9
+	JNZ  streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3107,17 +5519,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3128,12 +5540,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB (DI)(R8*1), R9
 	MOVB R9, (SP)(R8*1)
 	INCQ R8
 	CMPQ R8, BX
-	JB   copy2
+	JB   copy5
 	VPOR (SP), Y0, Y0
 	ADDQ $0x08, CX
 	DECQ DX
@@ -3144,25 +5556,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int8Bxor(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB  (R8)(R11*1), R12
+	MOVB  R12, (SP)(R11*1)
+	INCQ  R11
+	CMPQ  R11, DI
+	JB    copy2
+	VPXOR (SP), Y0, Y0
+	ADDQ  $0x08, R9
+	DECQ  R10
+	JNZ   headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPXOR (DI)(SI*1), Y0, Y0
+	VPXOR 32(DI)(SI*1), Y1, Y1
+	VPXOR 64(DI)(SI*1), Y2, Y2
+	VPXOR 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3224,17 +5728,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3245,12 +5749,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB  (DI)(R8*1), R9
 	MOVB  R9, (SP)(R8*1)
 	INCQ  R8
 	CMPQ  R8, BX
-	JB    copy2
+	JB    copy5
 	VPXOR (SP), Y0, Y0
 	ADDQ  $0x08, CX
 	DECQ  DX
@@ -3261,25 +5765,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Sum(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB   (R8)(R11*1), R12
+	MOVB   R12, (SP)(R11*1)
+	INCQ   R11
+	CMPQ   R11, DI
+	JB     copy2
+	VPADDB (SP), Y0, Y0
+	ADDQ   $0x08, R9
+	DECQ   R10
+	JNZ    headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VPADDB (DI)(SI*1), Y0, Y0
+	VPADDB 32(DI)(SI*1), Y1, Y1
+	VPADDB 64(DI)(SI*1), Y2, Y2
+	VPADDB 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3341,17 +5937,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3362,12 +5958,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB   (DI)(R8*1), R9
 	MOVB   R9, (SP)(R8*1)
 	INCQ   R8
 	CMPQ   R8, BX
-	JB     copy2
+	JB     copy5
 	VPADDB (SP), Y0, Y0
 	ADDQ   $0x08, CX
 	DECQ   DX
@@ -3378,19 +5974,19 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Prod(SB), NOSPLIT, $32-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -3400,6 +5996,128 @@ TEXT ·reduceAVX2Uint8Prod(SB), NOSPLIT, $32-32
 	MOVL         $0x00ff00ff, DI
 	VMOVD        DI, X0
 	VPBROADCASTD X0, Y0
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y1
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB    (R8)(R11*1), R12
+	MOVB    R12, (SP)(R11*1)
+	INCQ    R11
+	CMPQ    R11, DI
+	JB      copy2
+	VMOVUPS (SP), Y2
+	VPMULLW Y2, Y1, Y3
+	VPAND   Y0, Y3, Y3
+	VPSRLW  $0x08, Y1, Y1
+	VPANDN  Y2, Y0, Y2
+	VPMULLW Y2, Y1, Y1
+	VPOR    Y3, Y1, Y1
+	ADDQ    $0x08, R9
+	DECQ    R10
+	JNZ     headSrc
+
+headStore:
+	VMOVUPS Y1, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y1
+	VMOVUPS 32(DI)(SI*1), Y2
+	VMOVUPS 64(DI)(SI*1), Y3
+	VMOVUPS 96(DI)(SI*1), Y4
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VMOVUPS (DI)(SI*1), Y5
+	VPMULLW Y5, Y1, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y1, Y1
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y1, Y1
+	VPOR    Y6, Y1, Y1
+	VMOVUPS 32(DI)(SI*1), Y5
+	VPMULLW Y5, Y2, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y2, Y2
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y2, Y2
+	VPOR    Y6, Y2, Y2
+	VMOVUPS 64(DI)(SI*1), Y5
+	VPMULLW Y5, Y3, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y3, Y3
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y3, Y3
+	VPOR    Y6, Y3, Y3
+	VMOVUPS 96(DI)(SI*1), Y5
+	VPMULLW Y5, Y4, Y6
+	VPAND   Y0, Y6, Y6
+	VPSRLW  $0x08, Y4, Y4
+	VPANDN  Y5, Y0, Y5
+	VPMULLW Y5, Y4, Y4
+	VPOR    Y6, Y4, Y4
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y1, (AX)(SI*1)
+	VMOVNTPS Y2, 32(AX)(SI*1)
+	VMOVNTPS Y3, 64(AX)(SI*1)
+	VMOVNTPS Y4, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3491,17 +6209,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y1
 	DECQ    DX
 	JZ      tailStore
@@ -3512,12 +6230,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy2
+	JB      copy5
 	VMOVUPS (SP), Y2
 	VPMULLW Y2, Y1, Y3
 	VPAND   Y0, Y3, Y3
@@ -3534,25 +6252,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Min(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB    (R8)(R11*1), R12
+	MOVB    R12, (SP)(R11*1)
+	INCQ    R11
+	CMPQ    R11, DI
+	JB      copy2
+	VPMINUB (SP), Y0, Y0
+	ADDQ    $0x08, R9
+	DECQ    R10
+	JNZ     headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMINUB (DI)(SI*1), Y0, Y0
+	VPMINUB 32(DI)(SI*1), Y1, Y1
+	VPMINUB 64(DI)(SI*1), Y2, Y2
+	VPMINUB 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3614,17 +6424,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3635,12 +6445,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy2
+	JB      copy5
 	VPMINUB (SP), Y0, Y0
 	ADDQ    $0x08, CX
 	DECQ    DX
@@ -3651,25 +6461,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Max(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB    (R8)(R11*1), R12
+	MOVB    R12, (SP)(R11*1)
+	INCQ    R11
+	CMPQ    R11, DI
+	JB      copy2
+	VPMAXUB (SP), Y0, Y0
+	ADDQ    $0x08, R9
+	DECQ    R10
+	JNZ     headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMAXUB (DI)(SI*1), Y0, Y0
+	VPMAXUB 32(DI)(SI*1), Y1, Y1
+	VPMAXUB 64(DI)(SI*1), Y2, Y2
+	VPMAXUB 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3731,17 +6633,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3752,12 +6654,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy2
+	JB      copy5
 	VPMAXUB (SP), Y0, Y0
 	ADDQ    $0x08, CX
 	DECQ    DX
@@ -3768,25 +6670,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Band(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB  (R8)(R11*1), R12
+	MOVB  R12, (SP)(R11*1)
+	INCQ  R11
+	CMPQ  R11, DI
+	JB    copy2
+	VPAND (SP), Y0, Y0
+	ADDQ  $0x08, R9
+	DECQ  R10
+	JNZ   headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPAND (DI)(SI*1), Y0, Y0
+	VPAND 32(DI)(SI*1), Y1, Y1
+	VPAND 64(DI)(SI*1), Y2, Y2
+	VPAND 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3848,17 +6842,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3869,12 +6863,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB  (DI)(R8*1), R9
 	MOVB  R9, (SP)(R8*1)
 	INCQ  R8
 	CMPQ  R8, BX
-	JB    copy2
+	JB    copy5
 	VPAND (SP), Y0, Y0
 	ADDQ  $0x08, CX
 	DECQ  DX
@@ -3885,25 +6879,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Bor(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB (R8)(R11*1), R12
+	MOVB R12, (SP)(R11*1)
+	INCQ R11
+	CMPQ R11, DI
+	JB   copy2
+	VPOR (SP), Y0, Y0
+	ADDQ $0x08, R9
+	DECQ R10
+	JNZ  headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ (R8), DI
+	VPOR (DI)(SI*1), Y0, Y0
+	VPOR 32(DI)(SI*1), Y1, Y1
+	VPOR 64(DI)(SI*1), Y2, Y2
+	VPOR 96(DI)(SI*1), Y3, Y3
+	ADDQ $0x08, R8
+	DECQ R9
+	JNZ  streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -3965,17 +7051,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -3986,12 +7072,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB (DI)(R8*1), R9
 	MOVB R9, (SP)(R8*1)
 	INCQ R8
 	CMPQ R8, BX
-	JB   copy2
+	JB   copy5
 	VPOR (SP), Y0, Y0
 	ADDQ $0x08, CX
 	DECQ DX
@@ -4002,25 +7088,117 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Uint8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint8Bxor(SB), NOSPLIT, $32-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
 	MOVQ nsrc+16(FP), DX
 	MOVQ n+24(FP), BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ BX, $0x00100000
+	JB   block
+	MOVQ AX, DI
+	NEGQ DI
+	ANDQ $0x0000001f, DI
+	JZ   stream
+
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	MOVQ (CX), R8
+	ADDQ SI, R8
+	XORQ R9, R9
+
+copy1:
+	MOVB    (R8)(R9*1), R10
+	MOVB    R10, (SP)(R9*1)
+	INCQ    R9
+	CMPQ    R9, DI
+	JB      copy1
+	VMOVUPS (SP), Y0
+	MOVQ    DX, R10
+	DECQ    R10
+	JZ      headStore
+	LEAQ    8(CX), R9
+
+headSrc:
+	MOVQ (R9), R8
+	ADDQ SI, R8
+	XORQ R11, R11
+
+copy2:
+	MOVB  (R8)(R11*1), R12
+	MOVB  R12, (SP)(R11*1)
+	INCQ  R11
+	CMPQ  R11, DI
+	JB    copy2
+	VPXOR (SP), Y0, Y0
+	ADDQ  $0x08, R9
+	DECQ  R10
+	JNZ   headSrc
+
+headStore:
+	VMOVUPS Y0, (SP)
+	LEAQ    (AX)(SI*1), R8
+	XORQ    R9, R9
+
+copy3:
+	MOVB (SP)(R9*1), R10
+	MOVB R10, (R8)(R9*1)
+	INCQ R9
+	CMPQ R9, DI
+	JB   copy3
+	ADDQ DI, SI
+	SUBQ DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPXOR (DI)(SI*1), Y0, Y0
+	VPXOR 32(DI)(SI*1), Y1, Y1
+	VPXOR 64(DI)(SI*1), Y2, Y2
+	VPXOR 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4082,17 +7260,17 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: copy through a stack buffer, as AVX2 has no byte or word masked moves.
+	// Partial vector: copy through a stack buffer, as AVX2 has no byte or word masked moves.
 	MOVQ (CX), DI
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy1:
+copy4:
 	MOVB    (DI)(R8*1), R9
 	MOVB    R9, (SP)(R8*1)
 	INCQ    R8
 	CMPQ    R8, BX
-	JB      copy1
+	JB      copy4
 	VMOVUPS (SP), Y0
 	DECQ    DX
 	JZ      tailStore
@@ -4103,12 +7281,12 @@ tailSrc:
 	ADDQ SI, DI
 	XORQ R8, R8
 
-copy2:
+copy5:
 	MOVB  (DI)(R8*1), R9
 	MOVB  R9, (SP)(R8*1)
 	INCQ  R8
 	CMPQ  R8, BX
-	JB    copy2
+	JB    copy5
 	VPXOR (SP), Y0, Y0
 	ADDQ  $0x08, CX
 	DECQ  DX
@@ -4119,19 +7297,19 @@ tailStore:
 	LEAQ    (AX)(SI*1), AX
 	XORQ    CX, CX
 
-copy3:
+copy6:
 	MOVB (SP)(CX*1), DL
 	MOVB DL, (AX)(CX*1)
 	INCQ CX
 	CMPQ CX, BX
-	JB   copy3
+	JB   copy6
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX2Int32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4139,6 +7317,79 @@ TEXT ·reduceAVX2Int32Sum(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPADDD     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VPADDD (DI)(SI*1), Y0, Y0
+	VPADDD 32(DI)(SI*1), Y1, Y1
+	VPADDD 64(DI)(SI*1), Y2, Y2
+	VPADDD 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4200,7 +7451,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4228,7 +7479,7 @@ done:
 	RET
 
 // func reduceAVX2Int32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4236,6 +7487,79 @@ TEXT ·reduceAVX2Int32Prod(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPMULLD    Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMULLD (DI)(SI*1), Y0, Y0
+	VPMULLD 32(DI)(SI*1), Y1, Y1
+	VPMULLD 64(DI)(SI*1), Y2, Y2
+	VPMULLD 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4297,7 +7621,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4325,7 +7649,7 @@ done:
 	RET
 
 // func reduceAVX2Int32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4333,6 +7657,79 @@ TEXT ·reduceAVX2Int32Min(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPMINSD    Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMINSD (DI)(SI*1), Y0, Y0
+	VPMINSD 32(DI)(SI*1), Y1, Y1
+	VPMINSD 64(DI)(SI*1), Y2, Y2
+	VPMINSD 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4394,7 +7791,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4422,7 +7819,7 @@ done:
 	RET
 
 // func reduceAVX2Int32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4430,6 +7827,79 @@ TEXT ·reduceAVX2Int32Max(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPMAXSD    Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMAXSD (DI)(SI*1), Y0, Y0
+	VPMAXSD 32(DI)(SI*1), Y1, Y1
+	VPMAXSD 64(DI)(SI*1), Y2, Y2
+	VPMAXSD 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4491,7 +7961,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4519,7 +7989,7 @@ done:
 	RET
 
 // func reduceAVX2Int32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4527,6 +7997,79 @@ TEXT ·reduceAVX2Int32Band(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPAND      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPAND (DI)(SI*1), Y0, Y0
+	VPAND 32(DI)(SI*1), Y1, Y1
+	VPAND 64(DI)(SI*1), Y2, Y2
+	VPAND 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4588,7 +8131,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4616,7 +8159,7 @@ done:
 	RET
 
 // func reduceAVX2Int32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4624,6 +8167,79 @@ TEXT ·reduceAVX2Int32Bor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPOR       Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ (R8), DI
+	VPOR (DI)(SI*1), Y0, Y0
+	VPOR 32(DI)(SI*1), Y1, Y1
+	VPOR 64(DI)(SI*1), Y2, Y2
+	VPOR 96(DI)(SI*1), Y3, Y3
+	ADDQ $0x08, R8
+	DECQ R9
+	JNZ  streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4685,7 +8301,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4713,7 +8329,7 @@ done:
 	RET
 
 // func reduceAVX2Int32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int32Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4721,6 +8337,79 @@ TEXT ·reduceAVX2Int32Bxor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPXOR      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPXOR (DI)(SI*1), Y0, Y0
+	VPXOR 32(DI)(SI*1), Y1, Y1
+	VPXOR 64(DI)(SI*1), Y2, Y2
+	VPXOR 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4782,7 +8471,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4810,7 +8499,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4818,6 +8507,79 @@ TEXT ·reduceAVX2Uint32Sum(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPADDD     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VPADDD (DI)(SI*1), Y0, Y0
+	VPADDD 32(DI)(SI*1), Y1, Y1
+	VPADDD 64(DI)(SI*1), Y2, Y2
+	VPADDD 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4879,7 +8641,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -4907,7 +8669,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -4915,6 +8677,79 @@ TEXT ·reduceAVX2Uint32Prod(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPMULLD    Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMULLD (DI)(SI*1), Y0, Y0
+	VPMULLD 32(DI)(SI*1), Y1, Y1
+	VPMULLD 64(DI)(SI*1), Y2, Y2
+	VPMULLD 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -4976,7 +8811,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5004,7 +8839,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5012,6 +8847,79 @@ TEXT ·reduceAVX2Uint32Min(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPMINUD    Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMINUD (DI)(SI*1), Y0, Y0
+	VPMINUD 32(DI)(SI*1), Y1, Y1
+	VPMINUD 64(DI)(SI*1), Y2, Y2
+	VPMINUD 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5073,7 +8981,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5101,7 +9009,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5109,6 +9017,79 @@ TEXT ·reduceAVX2Uint32Max(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPMAXUD    Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ    (R8), DI
+	VPMAXUD (DI)(SI*1), Y0, Y0
+	VPMAXUD 32(DI)(SI*1), Y1, Y1
+	VPMAXUD 64(DI)(SI*1), Y2, Y2
+	VPMAXUD 96(DI)(SI*1), Y3, Y3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5170,7 +9151,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5198,7 +9179,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5206,6 +9187,79 @@ TEXT ·reduceAVX2Uint32Band(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPAND      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPAND (DI)(SI*1), Y0, Y0
+	VPAND 32(DI)(SI*1), Y1, Y1
+	VPAND 64(DI)(SI*1), Y2, Y2
+	VPAND 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5267,7 +9321,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5295,7 +9349,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5303,6 +9357,79 @@ TEXT ·reduceAVX2Uint32Bor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPOR       Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ (R8), DI
+	VPOR (DI)(SI*1), Y0, Y0
+	VPOR 32(DI)(SI*1), Y1, Y1
+	VPOR 64(DI)(SI*1), Y2, Y2
+	VPOR 96(DI)(SI*1), Y3, Y3
+	ADDQ $0x08, R8
+	DECQ R9
+	JNZ  streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5364,7 +9491,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5392,7 +9519,7 @@ done:
 	RET
 
 // func reduceAVX2Uint32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint32Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5400,6 +9527,79 @@ TEXT ·reduceAVX2Uint32Bxor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x02, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPXOR      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPXOR (DI)(SI*1), Y0, Y0
+	VPXOR 32(DI)(SI*1), Y1, Y1
+	VPXOR 64(DI)(SI*1), Y2, Y2
+	VPXOR 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5461,7 +9661,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5489,7 +9689,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5497,6 +9697,79 @@ TEXT ·reduceAVX2Int64Sum(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPADDQ     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VPADDQ (DI)(SI*1), Y0, Y0
+	VPADDQ 32(DI)(SI*1), Y1, Y1
+	VPADDQ 64(DI)(SI*1), Y2, Y2
+	VPADDQ 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5558,7 +9831,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5586,7 +9859,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5594,6 +9867,118 @@ TEXT ·reduceAVX2Int64Prod(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPSRLQ     $0x20, Y0, Y3
+	VPMULUDQ   Y2, Y3, Y3
+	VPSRLQ     $0x20, Y2, Y4
+	VPMULUDQ   Y0, Y4, Y4
+	VPADDQ     Y4, Y3, Y3
+	VPSLLQ     $0x20, Y3, Y3
+	VPMULUDQ   Y2, Y0, Y0
+	VPADDQ     Y3, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ     (R8), DI
+	VMOVUPS  (DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y0, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y0, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y0, Y0
+	VPADDQ   Y5, Y0, Y0
+	VMOVUPS  32(DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y1, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y1, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y1, Y1
+	VPADDQ   Y5, Y1, Y1
+	VMOVUPS  64(DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y2, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y2, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y2, Y2
+	VPADDQ   Y5, Y2, Y2
+	VMOVUPS  96(DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y3, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y3, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y3, Y3
+	VPADDQ   Y5, Y3, Y3
+	ADDQ     $0x08, R8
+	DECQ     R9
+	JNZ      streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5695,7 +10080,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5730,7 +10115,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5738,6 +10123,88 @@ TEXT ·reduceAVX2Int64Min(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPCMPGTQ   Y2, Y0, Y3
+	VBLENDVPD  Y3, Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y4
+	VPCMPGTQ  Y4, Y0, Y5
+	VBLENDVPD Y5, Y4, Y0, Y0
+	VMOVUPS   32(DI)(SI*1), Y4
+	VPCMPGTQ  Y4, Y1, Y5
+	VBLENDVPD Y5, Y4, Y1, Y1
+	VMOVUPS   64(DI)(SI*1), Y4
+	VPCMPGTQ  Y4, Y2, Y5
+	VBLENDVPD Y5, Y4, Y2, Y2
+	VMOVUPS   96(DI)(SI*1), Y4
+	VPCMPGTQ  Y4, Y3, Y5
+	VBLENDVPD Y5, Y4, Y3, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5809,7 +10276,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5838,7 +10305,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5846,6 +10313,88 @@ TEXT ·reduceAVX2Int64Max(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPCMPGTQ   Y0, Y2, Y3
+	VBLENDVPD  Y3, Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y4
+	VPCMPGTQ  Y0, Y4, Y5
+	VBLENDVPD Y5, Y4, Y0, Y0
+	VMOVUPS   32(DI)(SI*1), Y4
+	VPCMPGTQ  Y1, Y4, Y5
+	VBLENDVPD Y5, Y4, Y1, Y1
+	VMOVUPS   64(DI)(SI*1), Y4
+	VPCMPGTQ  Y2, Y4, Y5
+	VBLENDVPD Y5, Y4, Y2, Y2
+	VMOVUPS   96(DI)(SI*1), Y4
+	VPCMPGTQ  Y3, Y4, Y5
+	VBLENDVPD Y5, Y4, Y3, Y3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -5917,7 +10466,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -5946,7 +10495,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -5954,6 +10503,79 @@ TEXT ·reduceAVX2Int64Band(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPAND      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPAND (DI)(SI*1), Y0, Y0
+	VPAND 32(DI)(SI*1), Y1, Y1
+	VPAND 64(DI)(SI*1), Y2, Y2
+	VPAND 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6015,7 +10637,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6043,7 +10665,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6051,6 +10673,79 @@ TEXT ·reduceAVX2Int64Bor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPOR       Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ (R8), DI
+	VPOR (DI)(SI*1), Y0, Y0
+	VPOR 32(DI)(SI*1), Y1, Y1
+	VPOR 64(DI)(SI*1), Y2, Y2
+	VPOR 96(DI)(SI*1), Y3, Y3
+	ADDQ $0x08, R8
+	DECQ R9
+	JNZ  streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6112,7 +10807,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6140,7 +10835,7 @@ done:
 	RET
 
 // func reduceAVX2Int64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Int64Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6148,6 +10843,79 @@ TEXT ·reduceAVX2Int64Bxor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPXOR      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPXOR (DI)(SI*1), Y0, Y0
+	VPXOR 32(DI)(SI*1), Y1, Y1
+	VPXOR 64(DI)(SI*1), Y2, Y2
+	VPXOR 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6209,7 +10977,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6237,7 +11005,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6245,6 +11013,79 @@ TEXT ·reduceAVX2Uint64Sum(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPADDQ     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VPADDQ (DI)(SI*1), Y0, Y0
+	VPADDQ 32(DI)(SI*1), Y1, Y1
+	VPADDQ 64(DI)(SI*1), Y2, Y2
+	VPADDQ 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6306,7 +11147,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6334,7 +11175,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6342,6 +11183,118 @@ TEXT ·reduceAVX2Uint64Prod(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPSRLQ     $0x20, Y0, Y3
+	VPMULUDQ   Y2, Y3, Y3
+	VPSRLQ     $0x20, Y2, Y4
+	VPMULUDQ   Y0, Y4, Y4
+	VPADDQ     Y4, Y3, Y3
+	VPSLLQ     $0x20, Y3, Y3
+	VPMULUDQ   Y2, Y0, Y0
+	VPADDQ     Y3, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ     (R8), DI
+	VMOVUPS  (DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y0, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y0, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y0, Y0
+	VPADDQ   Y5, Y0, Y0
+	VMOVUPS  32(DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y1, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y1, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y1, Y1
+	VPADDQ   Y5, Y1, Y1
+	VMOVUPS  64(DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y2, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y2, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y2, Y2
+	VPADDQ   Y5, Y2, Y2
+	VMOVUPS  96(DI)(SI*1), Y4
+	VPSRLQ   $0x20, Y3, Y5
+	VPMULUDQ Y4, Y5, Y5
+	VPSRLQ   $0x20, Y4, Y6
+	VPMULUDQ Y3, Y6, Y6
+	VPADDQ   Y6, Y5, Y5
+	VPSLLQ   $0x20, Y5, Y5
+	VPMULUDQ Y4, Y3, Y3
+	VPADDQ   Y5, Y3, Y3
+	ADDQ     $0x08, R8
+	DECQ     R9
+	JNZ      streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6443,7 +11396,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6478,7 +11431,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Min(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -6489,6 +11442,98 @@ TEXT ·reduceAVX2Uint64Min(SB), NOSPLIT, $0-32
 	MOVQ         $0x8000000000000000, DI
 	VMOVQ        DI, X0
 	VPBROADCASTQ X0, Y0
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y2
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y2, Y1
+	VMOVUPS    Y1, Y1
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y2, Y3
+	VPXOR      Y0, Y1, Y4
+	VPXOR      Y0, Y3, Y5
+	VPCMPGTQ   Y5, Y4, Y4
+	VBLENDVPD  Y4, Y3, Y1, Y1
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y1, Y2, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y1
+	VMOVUPS 32(DI)(SI*1), Y2
+	VMOVUPS 64(DI)(SI*1), Y3
+	VMOVUPS 96(DI)(SI*1), Y4
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y5
+	VPXOR     Y0, Y1, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y7, Y6, Y6
+	VBLENDVPD Y6, Y5, Y1, Y1
+	VMOVUPS   32(DI)(SI*1), Y5
+	VPXOR     Y0, Y2, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y7, Y6, Y6
+	VBLENDVPD Y6, Y5, Y2, Y2
+	VMOVUPS   64(DI)(SI*1), Y5
+	VPXOR     Y0, Y3, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y7, Y6, Y6
+	VBLENDVPD Y6, Y5, Y3, Y3
+	VMOVUPS   96(DI)(SI*1), Y5
+	VPXOR     Y0, Y4, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y7, Y6, Y6
+	VBLENDVPD Y6, Y5, Y4, Y4
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y1, (AX)(SI*1)
+	VMOVNTPS Y2, 32(AX)(SI*1)
+	VMOVNTPS Y3, 64(AX)(SI*1)
+	VMOVNTPS Y4, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6570,7 +11615,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6601,7 +11646,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Max(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), CX
@@ -6612,6 +11657,98 @@ TEXT ·reduceAVX2Uint64Max(SB), NOSPLIT, $0-32
 	MOVQ         $0x8000000000000000, DI
 	VMOVQ        DI, X0
 	VPBROADCASTQ X0, Y0
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y2
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y2, Y1
+	VMOVUPS    Y1, Y1
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y2, Y3
+	VPXOR      Y0, Y1, Y4
+	VPXOR      Y0, Y3, Y5
+	VPCMPGTQ   Y4, Y5, Y4
+	VBLENDVPD  Y4, Y3, Y1, Y1
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y1, Y2, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y1
+	VMOVUPS 32(DI)(SI*1), Y2
+	VMOVUPS 64(DI)(SI*1), Y3
+	VMOVUPS 96(DI)(SI*1), Y4
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ      (R8), DI
+	VMOVUPS   (DI)(SI*1), Y5
+	VPXOR     Y0, Y1, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y6, Y7, Y6
+	VBLENDVPD Y6, Y5, Y1, Y1
+	VMOVUPS   32(DI)(SI*1), Y5
+	VPXOR     Y0, Y2, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y6, Y7, Y6
+	VBLENDVPD Y6, Y5, Y2, Y2
+	VMOVUPS   64(DI)(SI*1), Y5
+	VPXOR     Y0, Y3, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y6, Y7, Y6
+	VBLENDVPD Y6, Y5, Y3, Y3
+	VMOVUPS   96(DI)(SI*1), Y5
+	VPXOR     Y0, Y4, Y6
+	VPXOR     Y0, Y5, Y7
+	VPCMPGTQ  Y6, Y7, Y6
+	VBLENDVPD Y6, Y5, Y4, Y4
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VMOVNTPS Y1, (AX)(SI*1)
+	VMOVNTPS Y2, 32(AX)(SI*1)
+	VMOVNTPS Y3, 64(AX)(SI*1)
+	VMOVNTPS Y4, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6693,7 +11830,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6724,7 +11861,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6732,6 +11869,79 @@ TEXT ·reduceAVX2Uint64Band(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPAND      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPAND (DI)(SI*1), Y0, Y0
+	VPAND 32(DI)(SI*1), Y1, Y1
+	VPAND 64(DI)(SI*1), Y2, Y2
+	VPAND 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6793,7 +12003,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6821,7 +12031,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6829,6 +12039,79 @@ TEXT ·reduceAVX2Uint64Bor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPOR       Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ (R8), DI
+	VPOR (DI)(SI*1), Y0, Y0
+	VPOR 32(DI)(SI*1), Y1, Y1
+	VPOR 64(DI)(SI*1), Y2, Y2
+	VPOR 96(DI)(SI*1), Y3, Y3
+	ADDQ $0x08, R8
+	DECQ R9
+	JNZ  streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6890,7 +12173,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -6918,7 +12201,7 @@ done:
 	RET
 
 // func reduceAVX2Uint64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX2
+// Requires: AVX, AVX2, MMX+
 TEXT ·reduceAVX2Uint64Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), CX
@@ -6926,6 +12209,79 @@ TEXT ·reduceAVX2Uint64Bxor(SB), NOSPLIT, $0-32
 	MOVQ n+24(FP), BX
 	SHLQ $0x03, BX
 	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	VMOVUPS    Y0, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VPXOR      Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ  (R8), DI
+	VPXOR (DI)(SI*1), Y0, Y0
+	VPXOR 32(DI)(SI*1), Y1, Y1
+	VPXOR 64(DI)(SI*1), Y2, Y2
+	VPXOR 96(DI)(SI*1), Y3, Y3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
@@ -6987,7 +12343,7 @@ tail:
 	TESTQ BX, BX
 	JZ    done
 
-	// Tail: VPMASKMOVD with a mask of the remaining bytes.
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
 	LEAQ       tailmask<>+0(SB), DI
 	MOVQ       $0x00000020, R8
 	SUBQ       BX, R8
@@ -7015,83 +12371,159 @@ done:
 	RET
 
 // func reduceAVX512Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float32Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VADDPS      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VADDPS (CX)(DI*1), Z0, Z0
+	VADDPS 64(CX)(DI*1), Z1, Z1
+	VADDPS 128(CX)(DI*1), Z2, Z2
+	VADDPS 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VADDPS (DI)(SI*1), Z0, Z0
-	VADDPS 64(DI)(SI*1), Z1, Z1
-	VADDPS 128(DI)(SI*1), Z2, Z2
-	VADDPS 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VADDPS (CX)(DI*1), Z0, Z0
+	VADDPS 64(CX)(DI*1), Z1, Z1
+	VADDPS 128(CX)(DI*1), Z2, Z2
+	VADDPS 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VADDPS (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VADDPS (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7099,97 +12531,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VADDPS      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float32Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VMULPS      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VMULPS (CX)(DI*1), Z0, Z0
+	VMULPS 64(CX)(DI*1), Z1, Z1
+	VMULPS 128(CX)(DI*1), Z2, Z2
+	VMULPS 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VMULPS (DI)(SI*1), Z0, Z0
-	VMULPS 64(DI)(SI*1), Z1, Z1
-	VMULPS 128(DI)(SI*1), Z2, Z2
-	VMULPS 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VMULPS (CX)(DI*1), Z0, Z0
+	VMULPS 64(CX)(DI*1), Z1, Z1
+	VMULPS 128(CX)(DI*1), Z2, Z2
+	VMULPS 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VMULPS (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VMULPS (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7197,67 +12705,171 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VMULPS      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float32Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
 
-	// Blocks of 256 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ    CX, $0x00000100
-	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VCMPPS      $0x03, Z1, Z0, K2
+	VMINPS      Z1, Z0, Z2
+	VMINPS      Z0, Z1, Z3
+	VPORQ       Z3, Z2, Z2
+	VADDPS      Z1, Z0, K2, Z2
+	VMOVUPS     Z2, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
-	JZ      blockStore
+	JZ      streamStore
 	LEAQ    8(DX), R8
 
-blockSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z4
+streamSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z0, K1
 	VMINPS  Z4, Z0, Z5
 	VMINPS  Z0, Z4, Z6
 	VPORQ   Z6, Z5, Z5
 	VADDPS  Z4, Z0, K1, Z5
 	VMOVUPS Z5, Z0
-	VMOVUPS 64(DI)(SI*1), Z4
+	VMOVUPS 64(CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z1, K1
 	VMINPS  Z4, Z1, Z5
 	VMINPS  Z1, Z4, Z6
 	VPORQ   Z6, Z5, Z5
 	VADDPS  Z4, Z1, K1, Z5
 	VMOVUPS Z5, Z1
-	VMOVUPS 128(DI)(SI*1), Z4
+	VMOVUPS 128(CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z2, K1
 	VMINPS  Z4, Z2, Z5
 	VMINPS  Z2, Z4, Z6
 	VPORQ   Z6, Z5, Z5
 	VADDPS  Z4, Z2, K1, Z5
 	VMOVUPS Z5, Z2
-	VMOVUPS 192(DI)(SI*1), Z4
+	VMOVUPS 192(CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z3, K1
+	VMINPS  Z4, Z3, Z5
+	VMINPS  Z3, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPS  Z4, Z3, K1, Z5
+	VMOVUPS Z5, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z0, K1
+	VMINPS  Z4, Z0, Z5
+	VMINPS  Z0, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPS  Z4, Z0, K1, Z5
+	VMOVUPS Z5, Z0
+	VMOVUPS 64(CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z1, K1
+	VMINPS  Z4, Z1, Z5
+	VMINPS  Z1, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPS  Z4, Z1, K1, Z5
+	VMOVUPS Z5, Z1
+	VMOVUPS 128(CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z2, K1
+	VMINPS  Z4, Z2, Z5
+	VMINPS  Z2, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPS  Z4, Z2, K1, Z5
+	VMOVUPS Z5, Z2
+	VMOVUPS 192(CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z3, K1
 	VMINPS  Z4, Z3, Z5
 	VMINPS  Z3, Z4, Z6
@@ -7269,27 +12881,27 @@ blockSrc:
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z1
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z1
 	VCMPPS  $0x03, Z1, Z0, K1
 	VMINPS  Z1, Z0, Z2
 	VMINPS  Z0, Z1, Z3
@@ -7301,23 +12913,24 @@ vectorSrc:
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7325,7 +12938,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VCMPPS      $0x03, Z1, Z0, K2
 	VMINPS      Z1, Z0, Z2
 	VMINPS      Z0, Z1, Z3
@@ -7337,60 +12950,164 @@ tailSrc:
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float32Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
 
-	// Blocks of 256 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ    CX, $0x00000100
-	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VCMPPS      $0x03, Z1, Z0, K2
+	VMAXPS      Z1, Z0, Z2
+	VMAXPS      Z0, Z1, Z3
+	VPANDQ      Z3, Z2, Z2
+	VADDPS      Z1, Z0, K2, Z2
+	VMOVUPS     Z2, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
-	JZ      blockStore
+	JZ      streamStore
 	LEAQ    8(DX), R8
 
-blockSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z4
+streamSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z0, K1
 	VMAXPS  Z4, Z0, Z5
 	VMAXPS  Z0, Z4, Z6
 	VPANDQ  Z6, Z5, Z5
 	VADDPS  Z4, Z0, K1, Z5
 	VMOVUPS Z5, Z0
-	VMOVUPS 64(DI)(SI*1), Z4
+	VMOVUPS 64(CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z1, K1
 	VMAXPS  Z4, Z1, Z5
 	VMAXPS  Z1, Z4, Z6
 	VPANDQ  Z6, Z5, Z5
 	VADDPS  Z4, Z1, K1, Z5
 	VMOVUPS Z5, Z1
-	VMOVUPS 128(DI)(SI*1), Z4
+	VMOVUPS 128(CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z2, K1
 	VMAXPS  Z4, Z2, Z5
 	VMAXPS  Z2, Z4, Z6
 	VPANDQ  Z6, Z5, Z5
 	VADDPS  Z4, Z2, K1, Z5
 	VMOVUPS Z5, Z2
-	VMOVUPS 192(DI)(SI*1), Z4
+	VMOVUPS 192(CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z3, K1
+	VMAXPS  Z4, Z3, Z5
+	VMAXPS  Z3, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPS  Z4, Z3, K1, Z5
+	VMOVUPS Z5, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z0, K1
+	VMAXPS  Z4, Z0, Z5
+	VMAXPS  Z0, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPS  Z4, Z0, K1, Z5
+	VMOVUPS Z5, Z0
+	VMOVUPS 64(CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z1, K1
+	VMAXPS  Z4, Z1, Z5
+	VMAXPS  Z1, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPS  Z4, Z1, K1, Z5
+	VMOVUPS Z5, Z1
+	VMOVUPS 128(CX)(DI*1), Z4
+	VCMPPS  $0x03, Z4, Z2, K1
+	VMAXPS  Z4, Z2, Z5
+	VMAXPS  Z2, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPS  Z4, Z2, K1, Z5
+	VMOVUPS Z5, Z2
+	VMOVUPS 192(CX)(DI*1), Z4
 	VCMPPS  $0x03, Z4, Z3, K1
 	VMAXPS  Z4, Z3, Z5
 	VMAXPS  Z3, Z4, Z6
@@ -7402,27 +13119,27 @@ blockSrc:
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z1
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z1
 	VCMPPS  $0x03, Z1, Z0, K1
 	VMAXPS  Z1, Z0, Z2
 	VMAXPS  Z0, Z1, Z3
@@ -7434,23 +13151,24 @@ vectorSrc:
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7458,7 +13176,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VCMPPS      $0x03, Z1, Z0, K2
 	VMAXPS      Z1, Z0, Z2
 	VMAXPS      Z0, Z1, Z3
@@ -7470,90 +13188,166 @@ tailSrc:
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float64Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VADDPD      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VADDPD (CX)(DI*1), Z0, Z0
+	VADDPD 64(CX)(DI*1), Z1, Z1
+	VADDPD 128(CX)(DI*1), Z2, Z2
+	VADDPD 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VADDPD (DI)(SI*1), Z0, Z0
-	VADDPD 64(DI)(SI*1), Z1, Z1
-	VADDPD 128(DI)(SI*1), Z2, Z2
-	VADDPD 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VADDPD (CX)(DI*1), Z0, Z0
+	VADDPD 64(CX)(DI*1), Z1, Z1
+	VADDPD 128(CX)(DI*1), Z2, Z2
+	VADDPD 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VADDPD (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VADDPD (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7561,97 +13355,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VADDPD      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float64Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VMULPD      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VMULPD (CX)(DI*1), Z0, Z0
+	VMULPD 64(CX)(DI*1), Z1, Z1
+	VMULPD 128(CX)(DI*1), Z2, Z2
+	VMULPD 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VMULPD (DI)(SI*1), Z0, Z0
-	VMULPD 64(DI)(SI*1), Z1, Z1
-	VMULPD 128(DI)(SI*1), Z2, Z2
-	VMULPD 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VMULPD (CX)(DI*1), Z0, Z0
+	VMULPD 64(CX)(DI*1), Z1, Z1
+	VMULPD 128(CX)(DI*1), Z2, Z2
+	VMULPD 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VMULPD (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VMULPD (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7659,67 +13529,171 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VMULPD      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float64Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
 
-	// Blocks of 256 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ    CX, $0x00000100
-	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VCMPPD      $0x03, Z1, Z0, K2
+	VMINPD      Z1, Z0, Z2
+	VMINPD      Z0, Z1, Z3
+	VPORQ       Z3, Z2, Z2
+	VADDPD      Z1, Z0, K2, Z2
+	VMOVUPS     Z2, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
-	JZ      blockStore
+	JZ      streamStore
 	LEAQ    8(DX), R8
 
-blockSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z4
+streamSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z0, K1
 	VMINPD  Z4, Z0, Z5
 	VMINPD  Z0, Z4, Z6
 	VPORQ   Z6, Z5, Z5
 	VADDPD  Z4, Z0, K1, Z5
 	VMOVUPS Z5, Z0
-	VMOVUPS 64(DI)(SI*1), Z4
+	VMOVUPS 64(CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z1, K1
 	VMINPD  Z4, Z1, Z5
 	VMINPD  Z1, Z4, Z6
 	VPORQ   Z6, Z5, Z5
 	VADDPD  Z4, Z1, K1, Z5
 	VMOVUPS Z5, Z1
-	VMOVUPS 128(DI)(SI*1), Z4
+	VMOVUPS 128(CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z2, K1
 	VMINPD  Z4, Z2, Z5
 	VMINPD  Z2, Z4, Z6
 	VPORQ   Z6, Z5, Z5
 	VADDPD  Z4, Z2, K1, Z5
 	VMOVUPS Z5, Z2
-	VMOVUPS 192(DI)(SI*1), Z4
+	VMOVUPS 192(CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z3, K1
+	VMINPD  Z4, Z3, Z5
+	VMINPD  Z3, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPD  Z4, Z3, K1, Z5
+	VMOVUPS Z5, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z0, K1
+	VMINPD  Z4, Z0, Z5
+	VMINPD  Z0, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPD  Z4, Z0, K1, Z5
+	VMOVUPS Z5, Z0
+	VMOVUPS 64(CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z1, K1
+	VMINPD  Z4, Z1, Z5
+	VMINPD  Z1, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPD  Z4, Z1, K1, Z5
+	VMOVUPS Z5, Z1
+	VMOVUPS 128(CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z2, K1
+	VMINPD  Z4, Z2, Z5
+	VMINPD  Z2, Z4, Z6
+	VPORQ   Z6, Z5, Z5
+	VADDPD  Z4, Z2, K1, Z5
+	VMOVUPS Z5, Z2
+	VMOVUPS 192(CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z3, K1
 	VMINPD  Z4, Z3, Z5
 	VMINPD  Z3, Z4, Z6
@@ -7731,27 +13705,27 @@ blockSrc:
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z1
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z1
 	VCMPPD  $0x03, Z1, Z0, K1
 	VMINPD  Z1, Z0, Z2
 	VMINPD  Z0, Z1, Z3
@@ -7763,23 +13737,24 @@ vectorSrc:
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7787,7 +13762,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VCMPPD      $0x03, Z1, Z0, K2
 	VMINPD      Z1, Z0, Z2
 	VMINPD      Z0, Z1, Z3
@@ -7799,60 +13774,164 @@ tailSrc:
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float64Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
 
-	// Blocks of 256 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ    CX, $0x00000100
-	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VCMPPD      $0x03, Z1, Z0, K2
+	VMAXPD      Z1, Z0, Z2
+	VMAXPD      Z0, Z1, Z3
+	VPANDQ      Z3, Z2, Z2
+	VADDPD      Z1, Z0, K2, Z2
+	VMOVUPS     Z2, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
-	JZ      blockStore
+	JZ      streamStore
 	LEAQ    8(DX), R8
 
-blockSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z4
+streamSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z0, K1
 	VMAXPD  Z4, Z0, Z5
 	VMAXPD  Z0, Z4, Z6
 	VPANDQ  Z6, Z5, Z5
 	VADDPD  Z4, Z0, K1, Z5
 	VMOVUPS Z5, Z0
-	VMOVUPS 64(DI)(SI*1), Z4
+	VMOVUPS 64(CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z1, K1
 	VMAXPD  Z4, Z1, Z5
 	VMAXPD  Z1, Z4, Z6
 	VPANDQ  Z6, Z5, Z5
 	VADDPD  Z4, Z1, K1, Z5
 	VMOVUPS Z5, Z1
-	VMOVUPS 128(DI)(SI*1), Z4
+	VMOVUPS 128(CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z2, K1
 	VMAXPD  Z4, Z2, Z5
 	VMAXPD  Z2, Z4, Z6
 	VPANDQ  Z6, Z5, Z5
 	VADDPD  Z4, Z2, K1, Z5
 	VMOVUPS Z5, Z2
-	VMOVUPS 192(DI)(SI*1), Z4
+	VMOVUPS 192(CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z3, K1
+	VMAXPD  Z4, Z3, Z5
+	VMAXPD  Z3, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPD  Z4, Z3, K1, Z5
+	VMOVUPS Z5, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z0, K1
+	VMAXPD  Z4, Z0, Z5
+	VMAXPD  Z0, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPD  Z4, Z0, K1, Z5
+	VMOVUPS Z5, Z0
+	VMOVUPS 64(CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z1, K1
+	VMAXPD  Z4, Z1, Z5
+	VMAXPD  Z1, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPD  Z4, Z1, K1, Z5
+	VMOVUPS Z5, Z1
+	VMOVUPS 128(CX)(DI*1), Z4
+	VCMPPD  $0x03, Z4, Z2, K1
+	VMAXPD  Z4, Z2, Z5
+	VMAXPD  Z2, Z4, Z6
+	VPANDQ  Z6, Z5, Z5
+	VADDPD  Z4, Z2, K1, Z5
+	VMOVUPS Z5, Z2
+	VMOVUPS 192(CX)(DI*1), Z4
 	VCMPPD  $0x03, Z4, Z3, K1
 	VMAXPD  Z4, Z3, Z5
 	VMAXPD  Z3, Z4, Z6
@@ -7864,27 +13943,27 @@ blockSrc:
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z1
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z1
 	VCMPPD  $0x03, Z1, Z0, K1
 	VMAXPD  Z1, Z0, Z2
 	VMAXPD  Z0, Z1, Z3
@@ -7896,23 +13975,24 @@ vectorSrc:
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -7920,7 +14000,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VCMPPD      $0x03, Z1, Z0, K2
 	VMAXPD      Z1, Z0, Z2
 	VMAXPD      Z0, Z1, Z3
@@ -7932,51 +14012,177 @@ tailSrc:
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Bfloat16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Bfloat16Sum(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), DX
 	MOVQ         nsrc+16(FP), BX
-	MOVQ         n+24(FP), CX
-	SHLQ         $0x01, CX
-	XORQ         SI, SI
+	MOVQ         n+24(FP), SI
+	SHLQ         $0x01, SI
+	XORQ         DI, DI
 	VPXORQ       Z0, Z0, Z0
-	MOVL         $0x00000001, DI
-	VPBROADCASTD DI, Z1
-	MOVL         $0x00007fff, DI
-	VPBROADCASTD DI, Z2
-	MOVL         $0x00000040, DI
-	VPBROADCASTD DI, Z3
+	MOVL         $0x00000001, CX
+	VPBROADCASTD CX, Z1
+	MOVL         $0x00007fff, CX
+	VPBROADCASTD CX, Z2
+	MOVL         $0x00000040, CX
+	VPBROADCASTD CX, Z3
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
+	VPUNPCKLWD  Z5, Z0, Z4
+	VPUNPCKHWD  Z5, Z0, Z5
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
+	VPUNPCKLWD  Z6, Z0, Z7
+	VPUNPCKHWD  Z6, Z0, Z6
+	VADDPS      Z7, Z4, Z4
+	VADDPS      Z6, Z5, Z5
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VPSRLD    $0x10, Z4, Z6
+	VPANDQ    Z1, Z6, Z7
+	VPADDD    Z2, Z4, Z8
+	VPADDD    Z7, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z4, Z4, K2
+	VPORD     Z3, Z6, K2, Z8
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z6
+	VPADDD    Z2, Z5, Z7
+	VPADDD    Z6, Z7, Z7
+	VPSRLD    $0x10, Z7, Z7
+	VCMPPS    $0x03, Z5, Z5, K2
+	VPORD     Z3, Z4, K2, Z7
+	VPACKUSDW Z7, Z8, Z8
+	VMOVDQU16 Z8, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ       SI, $0x00000080
+	JB         streamDone
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
+	MOVQ       BX, R9
+	DECQ       R9
+	JZ         streamStore
+	LEAQ       8(DX), R8
+
+streamSrc:
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
+	VADDPS     Z8, Z4, Z4
+	VADDPS     Z9, Z5, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
+	VADDPS     Z8, Z6, Z6
+	VADDPS     Z9, Z7, Z7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Z4, Z8
+	VPANDQ    Z1, Z8, Z9
+	VPADDD    Z2, Z4, Z10
+	VPADDD    Z9, Z10, Z10
+	VPSRLD    $0x10, Z10, Z10
+	VCMPPS    $0x03, Z4, Z4, K1
+	VPORD     Z3, Z8, K1, Z10
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z8
+	VPADDD    Z2, Z5, Z9
+	VPADDD    Z8, Z9, Z9
+	VPSRLD    $0x10, Z9, Z9
+	VCMPPS    $0x03, Z5, Z5, K1
+	VPORD     Z3, Z4, K1, Z9
+	VPACKUSDW Z9, Z10, Z10
+	VMOVNTPS  Z10, (AX)(DI*1)
+	VPSRLD    $0x10, Z6, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z6, Z8
+	VPADDD    Z5, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z6, Z6, K1
+	VPORD     Z3, Z4, K1, Z8
+	VPSRLD    $0x10, Z7, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z7, Z6
+	VPADDD    Z5, Z6, Z6
+	VPSRLD    $0x10, Z6, Z6
+	VCMPPS    $0x03, Z7, Z7, K1
+	VPORD     Z3, Z4, K1, Z6
+	VPACKUSDW Z6, Z8, Z8
+	VMOVNTPS  Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ       CX, $0x00000080
+	CMPQ       SI, $0x00000080
 	JB         vector
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z6
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z7
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
 	MOVQ       BX, R9
 	DECQ       R9
 	JZ         blockStore
 	LEAQ       8(DX), R8
 
 blockSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z8
-	VPUNPCKHWD (DI)(SI*1), Z0, Z9
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
 	VADDPS     Z8, Z4, Z4
 	VADDPS     Z9, Z5, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z8
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z9
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
 	VADDPS     Z8, Z6, Z6
 	VADDPS     Z9, Z7, Z7
 	ADDQ       $0x08, R8
@@ -7999,7 +14205,7 @@ blockStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z9
 	VPACKUSDW Z9, Z10, Z10
-	VMOVUPS   Z10, (AX)(SI*1)
+	VMOVUPS   Z10, (AX)(DI*1)
 	VPSRLD    $0x10, Z6, Z4
 	VPANDQ    Z1, Z4, Z5
 	VPADDD    Z2, Z6, Z8
@@ -8015,26 +14221,26 @@ blockStore:
 	VCMPPS    $0x03, Z7, Z7, K1
 	VPORD     Z3, Z4, K1, Z6
 	VPACKUSDW Z6, Z8, Z8
-	VMOVUPS   Z8, 64(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ       CX, $0x00000040
+	CMPQ       SI, $0x00000040
 	JB         tail
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
 	MOVQ       BX, R9
 	DECQ       R9
 	JZ         vectorStore
 	LEAQ       8(DX), R8
 
 vectorSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z6
-	VPUNPCKHWD (DI)(SI*1), Z0, Z7
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z6
+	VPUNPCKHWD (CX)(DI*1), Z0, Z7
 	VADDPS     Z6, Z4, Z4
 	VADDPS     Z7, Z5, Z5
 	ADDQ       $0x08, R8
@@ -8057,23 +14263,24 @@ vectorStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z7
 	VPACKUSDW Z7, Z8, Z8
-	VMOVUPS   Z8, (AX)(SI*1)
-	ADDQ      $0x00000040, SI
-	SUBQ      $0x00000040, CX
+	VMOVUPS   Z8, (AX)(DI*1)
+	ADDQ      $0x00000040, DI
+	SUBQ      $0x00000040, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z5
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
 	VPUNPCKLWD  Z5, Z0, Z4
 	VPUNPCKHWD  Z5, Z0, Z5
 	DECQ        BX
@@ -8082,7 +14289,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z6
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
 	VPUNPCKLWD  Z6, Z0, Z7
 	VPUNPCKHWD  Z6, Z0, Z6
 	VADDPS      Z7, Z4, Z4
@@ -8107,51 +14314,177 @@ tailStore:
 	VCMPPS    $0x03, Z5, Z5, K2
 	VPORD     Z3, Z0, K2, Z2
 	VPACKUSDW Z2, Z7, Z7
-	VMOVDQU16 Z7, K1, (AX)(SI*1)
+	VMOVDQU16 Z7, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Bfloat16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Bfloat16Prod(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), DX
 	MOVQ         nsrc+16(FP), BX
-	MOVQ         n+24(FP), CX
-	SHLQ         $0x01, CX
-	XORQ         SI, SI
+	MOVQ         n+24(FP), SI
+	SHLQ         $0x01, SI
+	XORQ         DI, DI
 	VPXORQ       Z0, Z0, Z0
-	MOVL         $0x00000001, DI
-	VPBROADCASTD DI, Z1
-	MOVL         $0x00007fff, DI
-	VPBROADCASTD DI, Z2
-	MOVL         $0x00000040, DI
-	VPBROADCASTD DI, Z3
+	MOVL         $0x00000001, CX
+	VPBROADCASTD CX, Z1
+	MOVL         $0x00007fff, CX
+	VPBROADCASTD CX, Z2
+	MOVL         $0x00000040, CX
+	VPBROADCASTD CX, Z3
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
+	VPUNPCKLWD  Z5, Z0, Z4
+	VPUNPCKHWD  Z5, Z0, Z5
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
+	VPUNPCKLWD  Z6, Z0, Z7
+	VPUNPCKHWD  Z6, Z0, Z6
+	VMULPS      Z7, Z4, Z4
+	VMULPS      Z6, Z5, Z5
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VPSRLD    $0x10, Z4, Z6
+	VPANDQ    Z1, Z6, Z7
+	VPADDD    Z2, Z4, Z8
+	VPADDD    Z7, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z4, Z4, K2
+	VPORD     Z3, Z6, K2, Z8
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z6
+	VPADDD    Z2, Z5, Z7
+	VPADDD    Z6, Z7, Z7
+	VPSRLD    $0x10, Z7, Z7
+	VCMPPS    $0x03, Z5, Z5, K2
+	VPORD     Z3, Z4, K2, Z7
+	VPACKUSDW Z7, Z8, Z8
+	VMOVDQU16 Z8, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ       SI, $0x00000080
+	JB         streamDone
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
+	MOVQ       BX, R9
+	DECQ       R9
+	JZ         streamStore
+	LEAQ       8(DX), R8
+
+streamSrc:
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
+	VMULPS     Z8, Z4, Z4
+	VMULPS     Z9, Z5, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
+	VMULPS     Z8, Z6, Z6
+	VMULPS     Z9, Z7, Z7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Z4, Z8
+	VPANDQ    Z1, Z8, Z9
+	VPADDD    Z2, Z4, Z10
+	VPADDD    Z9, Z10, Z10
+	VPSRLD    $0x10, Z10, Z10
+	VCMPPS    $0x03, Z4, Z4, K1
+	VPORD     Z3, Z8, K1, Z10
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z8
+	VPADDD    Z2, Z5, Z9
+	VPADDD    Z8, Z9, Z9
+	VPSRLD    $0x10, Z9, Z9
+	VCMPPS    $0x03, Z5, Z5, K1
+	VPORD     Z3, Z4, K1, Z9
+	VPACKUSDW Z9, Z10, Z10
+	VMOVNTPS  Z10, (AX)(DI*1)
+	VPSRLD    $0x10, Z6, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z6, Z8
+	VPADDD    Z5, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z6, Z6, K1
+	VPORD     Z3, Z4, K1, Z8
+	VPSRLD    $0x10, Z7, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z7, Z6
+	VPADDD    Z5, Z6, Z6
+	VPSRLD    $0x10, Z6, Z6
+	VCMPPS    $0x03, Z7, Z7, K1
+	VPORD     Z3, Z4, K1, Z6
+	VPACKUSDW Z6, Z8, Z8
+	VMOVNTPS  Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ       CX, $0x00000080
+	CMPQ       SI, $0x00000080
 	JB         vector
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z6
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z7
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
 	MOVQ       BX, R9
 	DECQ       R9
 	JZ         blockStore
 	LEAQ       8(DX), R8
 
 blockSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z8
-	VPUNPCKHWD (DI)(SI*1), Z0, Z9
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
 	VMULPS     Z8, Z4, Z4
 	VMULPS     Z9, Z5, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z8
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z9
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
 	VMULPS     Z8, Z6, Z6
 	VMULPS     Z9, Z7, Z7
 	ADDQ       $0x08, R8
@@ -8174,7 +14507,7 @@ blockStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z9
 	VPACKUSDW Z9, Z10, Z10
-	VMOVUPS   Z10, (AX)(SI*1)
+	VMOVUPS   Z10, (AX)(DI*1)
 	VPSRLD    $0x10, Z6, Z4
 	VPANDQ    Z1, Z4, Z5
 	VPADDD    Z2, Z6, Z8
@@ -8190,26 +14523,26 @@ blockStore:
 	VCMPPS    $0x03, Z7, Z7, K1
 	VPORD     Z3, Z4, K1, Z6
 	VPACKUSDW Z6, Z8, Z8
-	VMOVUPS   Z8, 64(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ       CX, $0x00000040
+	CMPQ       SI, $0x00000040
 	JB         tail
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
 	MOVQ       BX, R9
 	DECQ       R9
 	JZ         vectorStore
 	LEAQ       8(DX), R8
 
 vectorSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z6
-	VPUNPCKHWD (DI)(SI*1), Z0, Z7
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z6
+	VPUNPCKHWD (CX)(DI*1), Z0, Z7
 	VMULPS     Z6, Z4, Z4
 	VMULPS     Z7, Z5, Z5
 	ADDQ       $0x08, R8
@@ -8232,23 +14565,24 @@ vectorStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z7
 	VPACKUSDW Z7, Z8, Z8
-	VMOVUPS   Z8, (AX)(SI*1)
-	ADDQ      $0x00000040, SI
-	SUBQ      $0x00000040, CX
+	VMOVUPS   Z8, (AX)(DI*1)
+	ADDQ      $0x00000040, DI
+	SUBQ      $0x00000040, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z5
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
 	VPUNPCKLWD  Z5, Z0, Z4
 	VPUNPCKHWD  Z5, Z0, Z5
 	DECQ        BX
@@ -8257,7 +14591,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z6
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
 	VPUNPCKLWD  Z6, Z0, Z7
 	VPUNPCKHWD  Z6, Z0, Z6
 	VMULPS      Z7, Z4, Z4
@@ -8282,47 +14616,115 @@ tailStore:
 	VCMPPS    $0x03, Z5, Z5, K2
 	VPORD     Z3, Z0, K2, Z2
 	VPACKUSDW Z2, Z7, Z7
-	VMOVDQU16 Z7, K1, (AX)(SI*1)
+	VMOVDQU16 Z7, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Bfloat16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Bfloat16Min(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), DX
 	MOVQ         nsrc+16(FP), BX
-	MOVQ         n+24(FP), CX
-	SHLQ         $0x01, CX
-	XORQ         SI, SI
+	MOVQ         n+24(FP), SI
+	SHLQ         $0x01, SI
+	XORQ         DI, DI
 	VPXORQ       Z0, Z0, Z0
-	MOVL         $0x00000001, DI
-	VPBROADCASTD DI, Z1
-	MOVL         $0x00007fff, DI
-	VPBROADCASTD DI, Z2
-	MOVL         $0x00000040, DI
-	VPBROADCASTD DI, Z3
+	MOVL         $0x00000001, CX
+	VPBROADCASTD CX, Z1
+	MOVL         $0x00007fff, CX
+	VPBROADCASTD CX, Z2
+	MOVL         $0x00000040, CX
+	VPBROADCASTD CX, Z3
 
-	// Blocks of 128 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ       CX, $0x00000080
-	JB         vector
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z6
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z7
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
+	VPUNPCKLWD  Z5, Z0, Z4
+	VPUNPCKHWD  Z5, Z0, Z5
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
+	VPUNPCKLWD  Z6, Z0, Z7
+	VPUNPCKHWD  Z6, Z0, Z6
+	VCMPPS      $0x03, Z7, Z4, K2
+	VMINPS      Z7, Z4, Z8
+	VMINPS      Z4, Z7, Z9
+	VPORQ       Z9, Z8, Z8
+	VADDPS      Z7, Z4, K2, Z8
+	VMOVUPS     Z8, Z4
+	VCMPPS      $0x03, Z6, Z5, K2
+	VMINPS      Z6, Z5, Z7
+	VMINPS      Z5, Z6, Z8
+	VPORQ       Z8, Z7, Z7
+	VADDPS      Z6, Z5, K2, Z7
+	VMOVUPS     Z7, Z5
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VPSRLD    $0x10, Z4, Z6
+	VPANDQ    Z1, Z6, Z7
+	VPADDD    Z2, Z4, Z8
+	VPADDD    Z7, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z4, Z4, K2
+	VPORD     Z3, Z6, K2, Z8
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z6
+	VPADDD    Z2, Z5, Z7
+	VPADDD    Z6, Z7, Z7
+	VPSRLD    $0x10, Z7, Z7
+	VCMPPS    $0x03, Z5, Z5, K2
+	VPORD     Z3, Z4, K2, Z7
+	VPACKUSDW Z7, Z8, Z8
+	VMOVDQU16 Z8, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ       SI, $0x00000080
+	JB         streamDone
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
 	MOVQ       BX, R9
 	DECQ       R9
-	JZ         blockStore
+	JZ         streamStore
 	LEAQ       8(DX), R8
 
-blockSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z8
-	VPUNPCKHWD (DI)(SI*1), Z0, Z9
+streamSrc:
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
 	VCMPPS     $0x03, Z8, Z4, K1
 	VMINPS     Z8, Z4, Z10
 	VMINPS     Z4, Z8, Z11
@@ -8335,8 +14737,96 @@ blockSrc:
 	VPORQ      Z10, Z8, Z8
 	VADDPS     Z9, Z5, K1, Z8
 	VMOVUPS    Z8, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z8
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z9
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
+	VCMPPS     $0x03, Z8, Z6, K1
+	VMINPS     Z8, Z6, Z10
+	VMINPS     Z6, Z8, Z11
+	VPORQ      Z11, Z10, Z10
+	VADDPS     Z8, Z6, K1, Z10
+	VMOVUPS    Z10, Z6
+	VCMPPS     $0x03, Z9, Z7, K1
+	VMINPS     Z9, Z7, Z8
+	VMINPS     Z7, Z9, Z10
+	VPORQ      Z10, Z8, Z8
+	VADDPS     Z9, Z7, K1, Z8
+	VMOVUPS    Z8, Z7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Z4, Z8
+	VPANDQ    Z1, Z8, Z9
+	VPADDD    Z2, Z4, Z10
+	VPADDD    Z9, Z10, Z10
+	VPSRLD    $0x10, Z10, Z10
+	VCMPPS    $0x03, Z4, Z4, K1
+	VPORD     Z3, Z8, K1, Z10
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z8
+	VPADDD    Z2, Z5, Z9
+	VPADDD    Z8, Z9, Z9
+	VPSRLD    $0x10, Z9, Z9
+	VCMPPS    $0x03, Z5, Z5, K1
+	VPORD     Z3, Z4, K1, Z9
+	VPACKUSDW Z9, Z10, Z10
+	VMOVNTPS  Z10, (AX)(DI*1)
+	VPSRLD    $0x10, Z6, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z6, Z8
+	VPADDD    Z5, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z6, Z6, K1
+	VPORD     Z3, Z4, K1, Z8
+	VPSRLD    $0x10, Z7, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z7, Z6
+	VPADDD    Z5, Z6, Z6
+	VPSRLD    $0x10, Z6, Z6
+	VCMPPS    $0x03, Z7, Z7, K1
+	VPORD     Z3, Z4, K1, Z6
+	VPACKUSDW Z6, Z8, Z8
+	VMOVNTPS  Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 128 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ       SI, $0x00000080
+	JB         vector
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
+	MOVQ       BX, R9
+	DECQ       R9
+	JZ         blockStore
+	LEAQ       8(DX), R8
+
+blockSrc:
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
+	VCMPPS     $0x03, Z8, Z4, K1
+	VMINPS     Z8, Z4, Z10
+	VMINPS     Z4, Z8, Z11
+	VPORQ      Z11, Z10, Z10
+	VADDPS     Z8, Z4, K1, Z10
+	VMOVUPS    Z10, Z4
+	VCMPPS     $0x03, Z9, Z5, K1
+	VMINPS     Z9, Z5, Z8
+	VMINPS     Z5, Z9, Z10
+	VPORQ      Z10, Z8, Z8
+	VADDPS     Z9, Z5, K1, Z8
+	VMOVUPS    Z8, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
 	VCMPPS     $0x03, Z8, Z6, K1
 	VMINPS     Z8, Z6, Z10
 	VMINPS     Z6, Z8, Z11
@@ -8369,7 +14859,7 @@ blockStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z9
 	VPACKUSDW Z9, Z10, Z10
-	VMOVUPS   Z10, (AX)(SI*1)
+	VMOVUPS   Z10, (AX)(DI*1)
 	VPSRLD    $0x10, Z6, Z4
 	VPANDQ    Z1, Z4, Z5
 	VPADDD    Z2, Z6, Z8
@@ -8385,26 +14875,26 @@ blockStore:
 	VCMPPS    $0x03, Z7, Z7, K1
 	VPORD     Z3, Z4, K1, Z6
 	VPACKUSDW Z6, Z8, Z8
-	VMOVUPS   Z8, 64(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ       CX, $0x00000040
+	CMPQ       SI, $0x00000040
 	JB         tail
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
 	MOVQ       BX, R9
 	DECQ       R9
 	JZ         vectorStore
 	LEAQ       8(DX), R8
 
 vectorSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z6
-	VPUNPCKHWD (DI)(SI*1), Z0, Z7
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z6
+	VPUNPCKHWD (CX)(DI*1), Z0, Z7
 	VCMPPS     $0x03, Z6, Z4, K1
 	VMINPS     Z6, Z4, Z8
 	VMINPS     Z4, Z6, Z9
@@ -8437,23 +14927,24 @@ vectorStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z7
 	VPACKUSDW Z7, Z8, Z8
-	VMOVUPS   Z8, (AX)(SI*1)
-	ADDQ      $0x00000040, SI
-	SUBQ      $0x00000040, CX
+	VMOVUPS   Z8, (AX)(DI*1)
+	ADDQ      $0x00000040, DI
+	SUBQ      $0x00000040, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z5
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
 	VPUNPCKLWD  Z5, Z0, Z4
 	VPUNPCKHWD  Z5, Z0, Z5
 	DECQ        BX
@@ -8462,7 +14953,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z6
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
 	VPUNPCKLWD  Z6, Z0, Z7
 	VPUNPCKHWD  Z6, Z0, Z6
 	VCMPPS      $0x03, Z7, Z4, K2
@@ -8497,47 +14988,115 @@ tailStore:
 	VCMPPS    $0x03, Z5, Z5, K2
 	VPORD     Z3, Z0, K2, Z2
 	VPACKUSDW Z2, Z7, Z7
-	VMOVDQU16 Z7, K1, (AX)(SI*1)
+	VMOVDQU16 Z7, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Bfloat16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Bfloat16Max(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), DX
 	MOVQ         nsrc+16(FP), BX
-	MOVQ         n+24(FP), CX
-	SHLQ         $0x01, CX
-	XORQ         SI, SI
+	MOVQ         n+24(FP), SI
+	SHLQ         $0x01, SI
+	XORQ         DI, DI
 	VPXORQ       Z0, Z0, Z0
-	MOVL         $0x00000001, DI
-	VPBROADCASTD DI, Z1
-	MOVL         $0x00007fff, DI
-	VPBROADCASTD DI, Z2
-	MOVL         $0x00000040, DI
-	VPBROADCASTD DI, Z3
+	MOVL         $0x00000001, CX
+	VPBROADCASTD CX, Z1
+	MOVL         $0x00007fff, CX
+	VPBROADCASTD CX, Z2
+	MOVL         $0x00000040, CX
+	VPBROADCASTD CX, Z3
 
-	// Blocks of 128 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ       CX, $0x00000080
-	JB         vector
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z6
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z7
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
+	VPUNPCKLWD  Z5, Z0, Z4
+	VPUNPCKHWD  Z5, Z0, Z5
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
+	VPUNPCKLWD  Z6, Z0, Z7
+	VPUNPCKHWD  Z6, Z0, Z6
+	VCMPPS      $0x03, Z7, Z4, K2
+	VMAXPS      Z7, Z4, Z8
+	VMAXPS      Z4, Z7, Z9
+	VPANDQ      Z9, Z8, Z8
+	VADDPS      Z7, Z4, K2, Z8
+	VMOVUPS     Z8, Z4
+	VCMPPS      $0x03, Z6, Z5, K2
+	VMAXPS      Z6, Z5, Z7
+	VMAXPS      Z5, Z6, Z8
+	VPANDQ      Z8, Z7, Z7
+	VADDPS      Z6, Z5, K2, Z7
+	VMOVUPS     Z7, Z5
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VPSRLD    $0x10, Z4, Z6
+	VPANDQ    Z1, Z6, Z7
+	VPADDD    Z2, Z4, Z8
+	VPADDD    Z7, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z4, Z4, K2
+	VPORD     Z3, Z6, K2, Z8
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z6
+	VPADDD    Z2, Z5, Z7
+	VPADDD    Z6, Z7, Z7
+	VPSRLD    $0x10, Z7, Z7
+	VCMPPS    $0x03, Z5, Z5, K2
+	VPORD     Z3, Z4, K2, Z7
+	VPACKUSDW Z7, Z8, Z8
+	VMOVDQU16 Z8, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ       SI, $0x00000080
+	JB         streamDone
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
 	MOVQ       BX, R9
 	DECQ       R9
-	JZ         blockStore
+	JZ         streamStore
 	LEAQ       8(DX), R8
 
-blockSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z8
-	VPUNPCKHWD (DI)(SI*1), Z0, Z9
+streamSrc:
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
 	VCMPPS     $0x03, Z8, Z4, K1
 	VMAXPS     Z8, Z4, Z10
 	VMAXPS     Z4, Z8, Z11
@@ -8550,8 +15109,96 @@ blockSrc:
 	VPANDQ     Z10, Z8, Z8
 	VADDPS     Z9, Z5, K1, Z8
 	VMOVUPS    Z8, Z5
-	VPUNPCKLWD 64(DI)(SI*1), Z0, Z8
-	VPUNPCKHWD 64(DI)(SI*1), Z0, Z9
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
+	VCMPPS     $0x03, Z8, Z6, K1
+	VMAXPS     Z8, Z6, Z10
+	VMAXPS     Z6, Z8, Z11
+	VPANDQ     Z11, Z10, Z10
+	VADDPS     Z8, Z6, K1, Z10
+	VMOVUPS    Z10, Z6
+	VCMPPS     $0x03, Z9, Z7, K1
+	VMAXPS     Z9, Z7, Z8
+	VMAXPS     Z7, Z9, Z10
+	VPANDQ     Z10, Z8, Z8
+	VADDPS     Z9, Z7, K1, Z8
+	VMOVUPS    Z8, Z7
+	ADDQ       $0x08, R8
+	DECQ       R9
+	JNZ        streamSrc
+
+streamStore:
+	VPSRLD    $0x10, Z4, Z8
+	VPANDQ    Z1, Z8, Z9
+	VPADDD    Z2, Z4, Z10
+	VPADDD    Z9, Z10, Z10
+	VPSRLD    $0x10, Z10, Z10
+	VCMPPS    $0x03, Z4, Z4, K1
+	VPORD     Z3, Z8, K1, Z10
+	VPSRLD    $0x10, Z5, Z4
+	VPANDQ    Z1, Z4, Z8
+	VPADDD    Z2, Z5, Z9
+	VPADDD    Z8, Z9, Z9
+	VPSRLD    $0x10, Z9, Z9
+	VCMPPS    $0x03, Z5, Z5, K1
+	VPORD     Z3, Z4, K1, Z9
+	VPACKUSDW Z9, Z10, Z10
+	VMOVNTPS  Z10, (AX)(DI*1)
+	VPSRLD    $0x10, Z6, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z6, Z8
+	VPADDD    Z5, Z8, Z8
+	VPSRLD    $0x10, Z8, Z8
+	VCMPPS    $0x03, Z6, Z6, K1
+	VPORD     Z3, Z4, K1, Z8
+	VPSRLD    $0x10, Z7, Z4
+	VPANDQ    Z1, Z4, Z5
+	VPADDD    Z2, Z7, Z6
+	VPADDD    Z5, Z6, Z6
+	VPSRLD    $0x10, Z6, Z6
+	VCMPPS    $0x03, Z7, Z7, K1
+	VPORD     Z3, Z4, K1, Z6
+	VPACKUSDW Z6, Z8, Z8
+	VMOVNTPS  Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 128 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ       SI, $0x00000080
+	JB         vector
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z6
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z7
+	MOVQ       BX, R9
+	DECQ       R9
+	JZ         blockStore
+	LEAQ       8(DX), R8
+
+blockSrc:
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z8
+	VPUNPCKHWD (CX)(DI*1), Z0, Z9
+	VCMPPS     $0x03, Z8, Z4, K1
+	VMAXPS     Z8, Z4, Z10
+	VMAXPS     Z4, Z8, Z11
+	VPANDQ     Z11, Z10, Z10
+	VADDPS     Z8, Z4, K1, Z10
+	VMOVUPS    Z10, Z4
+	VCMPPS     $0x03, Z9, Z5, K1
+	VMAXPS     Z9, Z5, Z8
+	VMAXPS     Z5, Z9, Z10
+	VPANDQ     Z10, Z8, Z8
+	VADDPS     Z9, Z5, K1, Z8
+	VMOVUPS    Z8, Z5
+	VPUNPCKLWD 64(CX)(DI*1), Z0, Z8
+	VPUNPCKHWD 64(CX)(DI*1), Z0, Z9
 	VCMPPS     $0x03, Z8, Z6, K1
 	VMAXPS     Z8, Z6, Z10
 	VMAXPS     Z6, Z8, Z11
@@ -8584,7 +15231,7 @@ blockStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z9
 	VPACKUSDW Z9, Z10, Z10
-	VMOVUPS   Z10, (AX)(SI*1)
+	VMOVUPS   Z10, (AX)(DI*1)
 	VPSRLD    $0x10, Z6, Z4
 	VPANDQ    Z1, Z4, Z5
 	VPADDD    Z2, Z6, Z8
@@ -8600,26 +15247,26 @@ blockStore:
 	VCMPPS    $0x03, Z7, Z7, K1
 	VPORD     Z3, Z4, K1, Z6
 	VPACKUSDW Z6, Z8, Z8
-	VMOVUPS   Z8, 64(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Z8, 64(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ       CX, $0x00000040
+	CMPQ       SI, $0x00000040
 	JB         tail
-	MOVQ       (DX), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z4
-	VPUNPCKHWD (DI)(SI*1), Z0, Z5
+	MOVQ       (DX), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z4
+	VPUNPCKHWD (CX)(DI*1), Z0, Z5
 	MOVQ       BX, R9
 	DECQ       R9
 	JZ         vectorStore
 	LEAQ       8(DX), R8
 
 vectorSrc:
-	MOVQ       (R8), DI
-	VPUNPCKLWD (DI)(SI*1), Z0, Z6
-	VPUNPCKHWD (DI)(SI*1), Z0, Z7
+	MOVQ       (R8), CX
+	VPUNPCKLWD (CX)(DI*1), Z0, Z6
+	VPUNPCKHWD (CX)(DI*1), Z0, Z7
 	VCMPPS     $0x03, Z6, Z4, K1
 	VMAXPS     Z6, Z4, Z8
 	VMAXPS     Z4, Z6, Z9
@@ -8652,23 +15299,24 @@ vectorStore:
 	VCMPPS    $0x03, Z5, Z5, K1
 	VPORD     Z3, Z4, K1, Z7
 	VPACKUSDW Z7, Z8, Z8
-	VMOVUPS   Z8, (AX)(SI*1)
-	ADDQ      $0x00000040, SI
-	SUBQ      $0x00000040, CX
+	VMOVUPS   Z8, (AX)(DI*1)
+	ADDQ      $0x00000040, DI
+	SUBQ      $0x00000040, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z5
+	VMOVDQU16.Z (CX)(DI*1), K1, Z5
 	VPUNPCKLWD  Z5, Z0, Z4
 	VPUNPCKHWD  Z5, Z0, Z5
 	DECQ        BX
@@ -8677,7 +15325,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Z6
+	VMOVDQU16.Z (CX)(DI*1), K1, Z6
 	VPUNPCKLWD  Z6, Z0, Z7
 	VPUNPCKHWD  Z6, Z0, Z6
 	VCMPPS      $0x03, Z7, Z4, K2
@@ -8712,45 +15360,130 @@ tailStore:
 	VCMPPS    $0x03, Z5, Z5, K2
 	VPORD     Z3, Z0, K2, Z2
 	VPACKUSDW Z2, Z7, Z7
-	VMOVDQU16 Z7, K1, (AX)(SI*1)
+	VMOVDQU16 Z7, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F, AVX512VL
+// Requires: AVX, AVX512BW, AVX512F, AVX512VL, MMX+
 TEXT ·reduceAVX512Float16Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x01, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x01, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000001f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
+	VCVTPH2PS   Y0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
+	VCVTPH2PS   Y1, Z1
+	VADDPS      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ      SI, $0x00000080
+	JB        streamDone
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
+	MOVQ      BX, R9
+	DECQ      R9
+	JZ        streamStore
+	LEAQ      8(DX), R8
+
+streamSrc:
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
+	VADDPS    Z4, Z0, Z0
+	VCVTPH2PS 32(CX)(DI*1), Z4
+	VADDPS    Z4, Z1, Z1
+	VCVTPH2PS 64(CX)(DI*1), Z4
+	VADDPS    Z4, Z2, Z2
+	VCVTPH2PS 96(CX)(DI*1), Z4
+	VADDPS    Z4, Z3, Z3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVNTPS  Y0, (AX)(DI*1)
+	VCVTPS2PH $0x00, Z1, Y0
+	VMOVNTPS  Y0, 32(AX)(DI*1)
+	VCVTPS2PH $0x00, Z2, Y0
+	VMOVNTPS  Y0, 64(AX)(DI*1)
+	VCVTPS2PH $0x00, Z3, Y0
+	VMOVNTPS  Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ      CX, $0x00000080
+	CMPQ      SI, $0x00000080
 	JB        vector
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
-	VCVTPH2PS 32(DI)(SI*1), Z1
-	VCVTPH2PS 64(DI)(SI*1), Z2
-	VCVTPH2PS 96(DI)(SI*1), Z3
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
 	MOVQ      BX, R9
 	DECQ      R9
 	JZ        blockStore
 	LEAQ      8(DX), R8
 
 blockSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z4
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
 	VADDPS    Z4, Z0, Z0
-	VCVTPH2PS 32(DI)(SI*1), Z4
+	VCVTPH2PS 32(CX)(DI*1), Z4
 	VADDPS    Z4, Z1, Z1
-	VCVTPH2PS 64(DI)(SI*1), Z4
+	VCVTPH2PS 64(CX)(DI*1), Z4
 	VADDPS    Z4, Z2, Z2
-	VCVTPH2PS 96(DI)(SI*1), Z4
+	VCVTPH2PS 96(CX)(DI*1), Z4
 	VADDPS    Z4, Z3, Z3
 	ADDQ      $0x08, R8
 	DECQ      R9
@@ -8758,30 +15491,30 @@ blockSrc:
 
 blockStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
+	VMOVUPS   Y0, (AX)(DI*1)
 	VCVTPS2PH $0x00, Z1, Y0
-	VMOVUPS   Y0, 32(AX)(SI*1)
+	VMOVUPS   Y0, 32(AX)(DI*1)
 	VCVTPS2PH $0x00, Z2, Y0
-	VMOVUPS   Y0, 64(AX)(SI*1)
+	VMOVUPS   Y0, 64(AX)(DI*1)
 	VCVTPS2PH $0x00, Z3, Y0
-	VMOVUPS   Y0, 96(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ      CX, $0x00000020
+	CMPQ      SI, $0x00000020
 	JB        tail
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
 	MOVQ      BX, R9
 	DECQ      R9
 	JZ        vectorStore
 	LEAQ      8(DX), R8
 
 vectorSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z1
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z1
 	VADDPS    Z1, Z0, Z0
 	ADDQ      $0x08, R8
 	DECQ      R9
@@ -8789,23 +15522,24 @@ vectorSrc:
 
 vectorStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
-	ADDQ      $0x00000020, SI
-	SUBQ      $0x00000020, CX
+	VMOVUPS   Y0, (AX)(DI*1)
+	ADDQ      $0x00000020, DI
+	SUBQ      $0x00000020, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y0
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
 	VCVTPH2PS   Y0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -8813,7 +15547,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y1
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
 	VCVTPH2PS   Y1, Z1
 	VADDPS      Z1, Z0, Z0
 	ADDQ        $0x08, DX
@@ -8822,45 +15556,130 @@ tailSrc:
 
 tailStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVDQU16 Y0, K1, (AX)(SI*1)
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F, AVX512VL
+// Requires: AVX, AVX512BW, AVX512F, AVX512VL, MMX+
 TEXT ·reduceAVX512Float16Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x01, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x01, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000001f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
+	VCVTPH2PS   Y0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
+	VCVTPH2PS   Y1, Z1
+	VMULPS      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ      SI, $0x00000080
+	JB        streamDone
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
+	MOVQ      BX, R9
+	DECQ      R9
+	JZ        streamStore
+	LEAQ      8(DX), R8
+
+streamSrc:
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
+	VMULPS    Z4, Z0, Z0
+	VCVTPH2PS 32(CX)(DI*1), Z4
+	VMULPS    Z4, Z1, Z1
+	VCVTPH2PS 64(CX)(DI*1), Z4
+	VMULPS    Z4, Z2, Z2
+	VCVTPH2PS 96(CX)(DI*1), Z4
+	VMULPS    Z4, Z3, Z3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVNTPS  Y0, (AX)(DI*1)
+	VCVTPS2PH $0x00, Z1, Y0
+	VMOVNTPS  Y0, 32(AX)(DI*1)
+	VCVTPS2PH $0x00, Z2, Y0
+	VMOVNTPS  Y0, 64(AX)(DI*1)
+	VCVTPS2PH $0x00, Z3, Y0
+	VMOVNTPS  Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 128 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ      CX, $0x00000080
+	CMPQ      SI, $0x00000080
 	JB        vector
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
-	VCVTPH2PS 32(DI)(SI*1), Z1
-	VCVTPH2PS 64(DI)(SI*1), Z2
-	VCVTPH2PS 96(DI)(SI*1), Z3
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
 	MOVQ      BX, R9
 	DECQ      R9
 	JZ        blockStore
 	LEAQ      8(DX), R8
 
 blockSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z4
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
 	VMULPS    Z4, Z0, Z0
-	VCVTPH2PS 32(DI)(SI*1), Z4
+	VCVTPH2PS 32(CX)(DI*1), Z4
 	VMULPS    Z4, Z1, Z1
-	VCVTPH2PS 64(DI)(SI*1), Z4
+	VCVTPH2PS 64(CX)(DI*1), Z4
 	VMULPS    Z4, Z2, Z2
-	VCVTPH2PS 96(DI)(SI*1), Z4
+	VCVTPH2PS 96(CX)(DI*1), Z4
 	VMULPS    Z4, Z3, Z3
 	ADDQ      $0x08, R8
 	DECQ      R9
@@ -8868,30 +15687,30 @@ blockSrc:
 
 blockStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
+	VMOVUPS   Y0, (AX)(DI*1)
 	VCVTPS2PH $0x00, Z1, Y0
-	VMOVUPS   Y0, 32(AX)(SI*1)
+	VMOVUPS   Y0, 32(AX)(DI*1)
 	VCVTPS2PH $0x00, Z2, Y0
-	VMOVUPS   Y0, 64(AX)(SI*1)
+	VMOVUPS   Y0, 64(AX)(DI*1)
 	VCVTPS2PH $0x00, Z3, Y0
-	VMOVUPS   Y0, 96(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ      CX, $0x00000020
+	CMPQ      SI, $0x00000020
 	JB        tail
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
 	MOVQ      BX, R9
 	DECQ      R9
 	JZ        vectorStore
 	LEAQ      8(DX), R8
 
 vectorSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z1
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z1
 	VMULPS    Z1, Z0, Z0
 	ADDQ      $0x08, R8
 	DECQ      R9
@@ -8899,23 +15718,24 @@ vectorSrc:
 
 vectorStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
-	ADDQ      $0x00000020, SI
-	SUBQ      $0x00000020, CX
+	VMOVUPS   Y0, (AX)(DI*1)
+	ADDQ      $0x00000020, DI
+	SUBQ      $0x00000020, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y0
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
 	VCVTPH2PS   Y0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -8923,7 +15743,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y1
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
 	VCVTPH2PS   Y1, Z1
 	VMULPS      Z1, Z0, Z0
 	ADDQ        $0x08, DX
@@ -8932,60 +15752,170 @@ tailSrc:
 
 tailStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVDQU16 Y0, K1, (AX)(SI*1)
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F, AVX512VL
+// Requires: AVX, AVX512BW, AVX512F, AVX512VL, MMX+
 TEXT ·reduceAVX512Float16Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x01, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x01, SI
+	XORQ DI, DI
 
-	// Blocks of 128 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ      CX, $0x00000080
-	JB        vector
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
-	VCVTPH2PS 32(DI)(SI*1), Z1
-	VCVTPH2PS 64(DI)(SI*1), Z2
-	VCVTPH2PS 96(DI)(SI*1), Z3
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000001f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
+	VCVTPH2PS   Y0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
+	VCVTPH2PS   Y1, Z1
+	VCMPPS      $0x03, Z1, Z0, K2
+	VMINPS      Z1, Z0, Z2
+	VMINPS      Z0, Z1, Z3
+	VPORQ       Z3, Z2, Z2
+	VADDPS      Z1, Z0, K2, Z2
+	VMOVUPS     Z2, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ      SI, $0x00000080
+	JB        streamDone
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
 	MOVQ      BX, R9
 	DECQ      R9
-	JZ        blockStore
+	JZ        streamStore
 	LEAQ      8(DX), R8
 
-blockSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z4
+streamSrc:
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z0, K1
 	VMINPS    Z4, Z0, Z5
 	VMINPS    Z0, Z4, Z6
 	VPORQ     Z6, Z5, Z5
 	VADDPS    Z4, Z0, K1, Z5
 	VMOVUPS   Z5, Z0
-	VCVTPH2PS 32(DI)(SI*1), Z4
+	VCVTPH2PS 32(CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z1, K1
 	VMINPS    Z4, Z1, Z5
 	VMINPS    Z1, Z4, Z6
 	VPORQ     Z6, Z5, Z5
 	VADDPS    Z4, Z1, K1, Z5
 	VMOVUPS   Z5, Z1
-	VCVTPH2PS 64(DI)(SI*1), Z4
+	VCVTPH2PS 64(CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z2, K1
 	VMINPS    Z4, Z2, Z5
 	VMINPS    Z2, Z4, Z6
 	VPORQ     Z6, Z5, Z5
 	VADDPS    Z4, Z2, K1, Z5
 	VMOVUPS   Z5, Z2
-	VCVTPH2PS 96(DI)(SI*1), Z4
+	VCVTPH2PS 96(CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z3, K1
+	VMINPS    Z4, Z3, Z5
+	VMINPS    Z3, Z4, Z6
+	VPORQ     Z6, Z5, Z5
+	VADDPS    Z4, Z3, K1, Z5
+	VMOVUPS   Z5, Z3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVNTPS  Y0, (AX)(DI*1)
+	VCVTPS2PH $0x00, Z1, Y0
+	VMOVNTPS  Y0, 32(AX)(DI*1)
+	VCVTPS2PH $0x00, Z2, Y0
+	VMOVNTPS  Y0, 64(AX)(DI*1)
+	VCVTPS2PH $0x00, Z3, Y0
+	VMOVNTPS  Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 128 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ      SI, $0x00000080
+	JB        vector
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
+	MOVQ      BX, R9
+	DECQ      R9
+	JZ        blockStore
+	LEAQ      8(DX), R8
+
+blockSrc:
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z0, K1
+	VMINPS    Z4, Z0, Z5
+	VMINPS    Z0, Z4, Z6
+	VPORQ     Z6, Z5, Z5
+	VADDPS    Z4, Z0, K1, Z5
+	VMOVUPS   Z5, Z0
+	VCVTPH2PS 32(CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z1, K1
+	VMINPS    Z4, Z1, Z5
+	VMINPS    Z1, Z4, Z6
+	VPORQ     Z6, Z5, Z5
+	VADDPS    Z4, Z1, K1, Z5
+	VMOVUPS   Z5, Z1
+	VCVTPH2PS 64(CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z2, K1
+	VMINPS    Z4, Z2, Z5
+	VMINPS    Z2, Z4, Z6
+	VPORQ     Z6, Z5, Z5
+	VADDPS    Z4, Z2, K1, Z5
+	VMOVUPS   Z5, Z2
+	VCVTPH2PS 96(CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z3, K1
 	VMINPS    Z4, Z3, Z5
 	VMINPS    Z3, Z4, Z6
@@ -8998,30 +15928,30 @@ blockSrc:
 
 blockStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
+	VMOVUPS   Y0, (AX)(DI*1)
 	VCVTPS2PH $0x00, Z1, Y0
-	VMOVUPS   Y0, 32(AX)(SI*1)
+	VMOVUPS   Y0, 32(AX)(DI*1)
 	VCVTPS2PH $0x00, Z2, Y0
-	VMOVUPS   Y0, 64(AX)(SI*1)
+	VMOVUPS   Y0, 64(AX)(DI*1)
 	VCVTPS2PH $0x00, Z3, Y0
-	VMOVUPS   Y0, 96(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ      CX, $0x00000020
+	CMPQ      SI, $0x00000020
 	JB        tail
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
 	MOVQ      BX, R9
 	DECQ      R9
 	JZ        vectorStore
 	LEAQ      8(DX), R8
 
 vectorSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z1
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z1
 	VCMPPS    $0x03, Z1, Z0, K1
 	VMINPS    Z1, Z0, Z2
 	VMINPS    Z0, Z1, Z3
@@ -9034,23 +15964,24 @@ vectorSrc:
 
 vectorStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
-	ADDQ      $0x00000020, SI
-	SUBQ      $0x00000020, CX
+	VMOVUPS   Y0, (AX)(DI*1)
+	ADDQ      $0x00000020, DI
+	SUBQ      $0x00000020, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y0
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
 	VCVTPH2PS   Y0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -9058,7 +15989,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y1
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
 	VCVTPH2PS   Y1, Z1
 	VCMPPS      $0x03, Z1, Z0, K2
 	VMINPS      Z1, Z0, Z2
@@ -9072,60 +16003,170 @@ tailSrc:
 
 tailStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVDQU16 Y0, K1, (AX)(SI*1)
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Float16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F, AVX512VL
+// Requires: AVX, AVX512BW, AVX512F, AVX512VL, MMX+
 TEXT ·reduceAVX512Float16Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x01, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x01, SI
+	XORQ DI, DI
 
-	// Blocks of 128 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ      CX, $0x00000080
-	JB        vector
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
-	VCVTPH2PS 32(DI)(SI*1), Z1
-	VCVTPH2PS 64(DI)(SI*1), Z2
-	VCVTPH2PS 96(DI)(SI*1), Z3
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000001, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000001f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x01, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
+	VCVTPH2PS   Y0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
+	VCVTPH2PS   Y1, Z1
+	VCMPPS      $0x03, Z1, Z0, K2
+	VMAXPS      Z1, Z0, Z2
+	VMAXPS      Z0, Z1, Z3
+	VPANDQ      Z3, Z2, Z2
+	VADDPS      Z1, Z0, K2, Z2
+	VMOVUPS     Z2, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ      SI, $0x00000080
+	JB        streamDone
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
 	MOVQ      BX, R9
 	DECQ      R9
-	JZ        blockStore
+	JZ        streamStore
 	LEAQ      8(DX), R8
 
-blockSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z4
+streamSrc:
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z0, K1
 	VMAXPS    Z4, Z0, Z5
 	VMAXPS    Z0, Z4, Z6
 	VPANDQ    Z6, Z5, Z5
 	VADDPS    Z4, Z0, K1, Z5
 	VMOVUPS   Z5, Z0
-	VCVTPH2PS 32(DI)(SI*1), Z4
+	VCVTPH2PS 32(CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z1, K1
 	VMAXPS    Z4, Z1, Z5
 	VMAXPS    Z1, Z4, Z6
 	VPANDQ    Z6, Z5, Z5
 	VADDPS    Z4, Z1, K1, Z5
 	VMOVUPS   Z5, Z1
-	VCVTPH2PS 64(DI)(SI*1), Z4
+	VCVTPH2PS 64(CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z2, K1
 	VMAXPS    Z4, Z2, Z5
 	VMAXPS    Z2, Z4, Z6
 	VPANDQ    Z6, Z5, Z5
 	VADDPS    Z4, Z2, K1, Z5
 	VMOVUPS   Z5, Z2
-	VCVTPH2PS 96(DI)(SI*1), Z4
+	VCVTPH2PS 96(CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z3, K1
+	VMAXPS    Z4, Z3, Z5
+	VMAXPS    Z3, Z4, Z6
+	VPANDQ    Z6, Z5, Z5
+	VADDPS    Z4, Z3, K1, Z5
+	VMOVUPS   Z5, Z3
+	ADDQ      $0x08, R8
+	DECQ      R9
+	JNZ       streamSrc
+
+streamStore:
+	VCVTPS2PH $0x00, Z0, Y0
+	VMOVNTPS  Y0, (AX)(DI*1)
+	VCVTPS2PH $0x00, Z1, Y0
+	VMOVNTPS  Y0, 32(AX)(DI*1)
+	VCVTPS2PH $0x00, Z2, Y0
+	VMOVNTPS  Y0, 64(AX)(DI*1)
+	VCVTPS2PH $0x00, Z3, Y0
+	VMOVNTPS  Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
+	JMP       stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 128 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ      SI, $0x00000080
+	JB        vector
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
+	VCVTPH2PS 32(CX)(DI*1), Z1
+	VCVTPH2PS 64(CX)(DI*1), Z2
+	VCVTPH2PS 96(CX)(DI*1), Z3
+	MOVQ      BX, R9
+	DECQ      R9
+	JZ        blockStore
+	LEAQ      8(DX), R8
+
+blockSrc:
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z0, K1
+	VMAXPS    Z4, Z0, Z5
+	VMAXPS    Z0, Z4, Z6
+	VPANDQ    Z6, Z5, Z5
+	VADDPS    Z4, Z0, K1, Z5
+	VMOVUPS   Z5, Z0
+	VCVTPH2PS 32(CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z1, K1
+	VMAXPS    Z4, Z1, Z5
+	VMAXPS    Z1, Z4, Z6
+	VPANDQ    Z6, Z5, Z5
+	VADDPS    Z4, Z1, K1, Z5
+	VMOVUPS   Z5, Z1
+	VCVTPH2PS 64(CX)(DI*1), Z4
+	VCMPPS    $0x03, Z4, Z2, K1
+	VMAXPS    Z4, Z2, Z5
+	VMAXPS    Z2, Z4, Z6
+	VPANDQ    Z6, Z5, Z5
+	VADDPS    Z4, Z2, K1, Z5
+	VMOVUPS   Z5, Z2
+	VCVTPH2PS 96(CX)(DI*1), Z4
 	VCMPPS    $0x03, Z4, Z3, K1
 	VMAXPS    Z4, Z3, Z5
 	VMAXPS    Z3, Z4, Z6
@@ -9138,30 +16179,30 @@ blockSrc:
 
 blockStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
+	VMOVUPS   Y0, (AX)(DI*1)
 	VCVTPS2PH $0x00, Z1, Y0
-	VMOVUPS   Y0, 32(AX)(SI*1)
+	VMOVUPS   Y0, 32(AX)(DI*1)
 	VCVTPS2PH $0x00, Z2, Y0
-	VMOVUPS   Y0, 64(AX)(SI*1)
+	VMOVUPS   Y0, 64(AX)(DI*1)
 	VCVTPS2PH $0x00, Z3, Y0
-	VMOVUPS   Y0, 96(AX)(SI*1)
-	ADDQ      $0x00000080, SI
-	SUBQ      $0x00000080, CX
+	VMOVUPS   Y0, 96(AX)(DI*1)
+	ADDQ      $0x00000080, DI
+	SUBQ      $0x00000080, SI
 	JMP       block
 
 vector:
-	CMPQ      CX, $0x00000020
+	CMPQ      SI, $0x00000020
 	JB        tail
-	MOVQ      (DX), DI
-	VCVTPH2PS (DI)(SI*1), Z0
+	MOVQ      (DX), CX
+	VCVTPH2PS (CX)(DI*1), Z0
 	MOVQ      BX, R9
 	DECQ      R9
 	JZ        vectorStore
 	LEAQ      8(DX), R8
 
 vectorSrc:
-	MOVQ      (R8), DI
-	VCVTPH2PS (DI)(SI*1), Z1
+	MOVQ      (R8), CX
+	VCVTPH2PS (CX)(DI*1), Z1
 	VCMPPS    $0x03, Z1, Z0, K1
 	VMAXPS    Z1, Z0, Z2
 	VMAXPS    Z0, Z1, Z3
@@ -9174,23 +16215,24 @@ vectorSrc:
 
 vectorStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVUPS   Y0, (AX)(SI*1)
-	ADDQ      $0x00000020, SI
-	SUBQ      $0x00000020, CX
+	VMOVUPS   Y0, (AX)(DI*1)
+	ADDQ      $0x00000020, DI
+	SUBQ      $0x00000020, SI
 	JMP       vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x01, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y0
+	VMOVDQU16.Z (CX)(DI*1), K1, Y0
 	VCVTPH2PS   Y0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -9198,7 +16240,7 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU16.Z (CX)(SI*1), K1, Y1
+	VMOVDQU16.Z (CX)(DI*1), K1, Y1
 	VCVTPH2PS   Y1, Z1
 	VCMPPS      $0x03, Z1, Z0, K2
 	VMAXPS      Z1, Z0, Z2
@@ -9212,88 +16254,161 @@ tailSrc:
 
 tailStore:
 	VCVTPS2PH $0x00, Z0, Y0
-	VMOVDQU16 Y0, K1, (AX)(SI*1)
+	VMOVDQU16 Y0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPADDB     Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPADDB (CX)(DI*1), Z0, Z0
+	VPADDB 64(CX)(DI*1), Z1, Z1
+	VPADDB 128(CX)(DI*1), Z2, Z2
+	VPADDB 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPADDB (DI)(SI*1), Z0, Z0
-	VPADDB 64(DI)(SI*1), Z1, Z1
-	VPADDB 128(DI)(SI*1), Z2, Z2
-	VPADDB 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPADDB (CX)(DI*1), Z0, Z0
+	VPADDB 64(CX)(DI*1), Z1, Z1
+	VPADDB 128(CX)(DI*1), Z2, Z2
+	VPADDB 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPADDB (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPADDB (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -9301,68 +16416,169 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPADDB     Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Prod(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), DX
 	MOVQ         nsrc+16(FP), BX
-	MOVQ         n+24(FP), CX
-	XORQ         SI, SI
-	MOVL         $0x00ff00ff, DI
-	VPBROADCASTD DI, Z0
+	MOVQ         n+24(FP), SI
+	XORQ         DI, DI
+	MOVL         $0x00ff00ff, CX
+	VPBROADCASTD CX, Z0
 
-	// Blocks of 256 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ    CX, $0x00000100
-	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z1
-	VMOVUPS 64(DI)(SI*1), Z2
-	VMOVUPS 128(DI)(SI*1), Z3
-	VMOVUPS 192(DI)(SI*1), Z4
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VMOVUPS    Z1, Z1
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z2
+	VPMULLW    Z2, Z1, Z3
+	VPANDQ     Z0, Z3, Z3
+	VPSRLW     $0x08, Z1, Z1
+	VPANDNQ    Z2, Z0, Z2
+	VPMULLW    Z2, Z1, Z1
+	VPORQ      Z3, Z1, Z1
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z1, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z1
+	VMOVUPS 64(CX)(DI*1), Z2
+	VMOVUPS 128(CX)(DI*1), Z3
+	VMOVUPS 192(CX)(DI*1), Z4
 	MOVQ    BX, R9
 	DECQ    R9
-	JZ      blockStore
+	JZ      streamStore
 	LEAQ    8(DX), R8
 
-blockSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z5
+streamSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z5
 	VPMULLW Z5, Z1, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z1, Z1
 	VPANDNQ Z5, Z0, Z5
 	VPMULLW Z5, Z1, Z1
 	VPORQ   Z6, Z1, Z1
-	VMOVUPS 64(DI)(SI*1), Z5
+	VMOVUPS 64(CX)(DI*1), Z5
 	VPMULLW Z5, Z2, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z2, Z2
 	VPANDNQ Z5, Z0, Z5
 	VPMULLW Z5, Z2, Z2
 	VPORQ   Z6, Z2, Z2
-	VMOVUPS 128(DI)(SI*1), Z5
+	VMOVUPS 128(CX)(DI*1), Z5
 	VPMULLW Z5, Z3, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z3, Z3
 	VPANDNQ Z5, Z0, Z5
 	VPMULLW Z5, Z3, Z3
 	VPORQ   Z6, Z3, Z3
-	VMOVUPS 192(DI)(SI*1), Z5
+	VMOVUPS 192(CX)(DI*1), Z5
+	VPMULLW Z5, Z4, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z4, Z4
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z4, Z4
+	VPORQ   Z6, Z4, Z4
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z1, (AX)(DI*1)
+	VMOVNTPS Z2, 64(AX)(DI*1)
+	VMOVNTPS Z3, 128(AX)(DI*1)
+	VMOVNTPS Z4, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z1
+	VMOVUPS 64(CX)(DI*1), Z2
+	VMOVUPS 128(CX)(DI*1), Z3
+	VMOVUPS 192(CX)(DI*1), Z4
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z5
+	VPMULLW Z5, Z1, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z1, Z1
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z1, Z1
+	VPORQ   Z6, Z1, Z1
+	VMOVUPS 64(CX)(DI*1), Z5
+	VPMULLW Z5, Z2, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z2, Z2
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z2, Z2
+	VPORQ   Z6, Z2, Z2
+	VMOVUPS 128(CX)(DI*1), Z5
+	VPMULLW Z5, Z3, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z3, Z3
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z3, Z3
+	VPORQ   Z6, Z3, Z3
+	VMOVUPS 192(CX)(DI*1), Z5
 	VPMULLW Z5, Z4, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z4, Z4
@@ -9374,27 +16590,27 @@ blockSrc:
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z1, (AX)(SI*1)
-	VMOVUPS Z2, 64(AX)(SI*1)
-	VMOVUPS Z3, 128(AX)(SI*1)
-	VMOVUPS Z4, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z1, (AX)(DI*1)
+	VMOVUPS Z2, 64(AX)(DI*1)
+	VMOVUPS Z3, 128(AX)(DI*1)
+	VMOVUPS Z4, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z1
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z1
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z2
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z2
 	VPMULLW Z2, Z1, Z3
 	VPANDQ  Z0, Z3, Z3
 	VPSRLW  $0x08, Z1, Z1
@@ -9406,22 +16622,23 @@ vectorSrc:
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z1, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z1, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VMOVUPS    Z1, Z1
 	DECQ       BX
 	JZ         tailStore
@@ -9429,7 +16646,7 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z2
+	VMOVDQU8.Z (CX)(DI*1), K1, Z2
 	VPMULLW    Z2, Z1, Z3
 	VPANDQ     Z0, Z3, Z3
 	VPSRLW     $0x08, Z1, Z1
@@ -9441,88 +16658,161 @@ tailSrc:
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z1, K1, (AX)(SI*1)
+	VMOVDQU8 Z1, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPMINSB    Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMINSB (CX)(DI*1), Z0, Z0
+	VPMINSB 64(CX)(DI*1), Z1, Z1
+	VPMINSB 128(CX)(DI*1), Z2, Z2
+	VPMINSB 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMINSB (DI)(SI*1), Z0, Z0
-	VPMINSB 64(DI)(SI*1), Z1, Z1
-	VPMINSB 128(DI)(SI*1), Z2, Z2
-	VPMINSB 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMINSB (CX)(DI*1), Z0, Z0
+	VPMINSB 64(CX)(DI*1), Z1, Z1
+	VPMINSB 128(CX)(DI*1), Z2, Z2
+	VPMINSB 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMINSB (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMINSB (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -9530,95 +16820,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPMINSB    Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPMAXSB    Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMAXSB (CX)(DI*1), Z0, Z0
+	VPMAXSB 64(CX)(DI*1), Z1, Z1
+	VPMAXSB 128(CX)(DI*1), Z2, Z2
+	VPMAXSB 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMAXSB (DI)(SI*1), Z0, Z0
-	VPMAXSB 64(DI)(SI*1), Z1, Z1
-	VPMAXSB 128(DI)(SI*1), Z2, Z2
-	VPMAXSB 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMAXSB (CX)(DI*1), Z0, Z0
+	VPMAXSB 64(CX)(DI*1), Z1, Z1
+	VPMAXSB 128(CX)(DI*1), Z2, Z2
+	VPMAXSB 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMAXSB (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMAXSB (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -9626,95 +16989,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPMAXSB    Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPANDQ     Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
-	VPANDQ 64(DI)(SI*1), Z1, Z1
-	VPANDQ 128(DI)(SI*1), Z2, Z2
-	VPANDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -9722,95 +17158,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPANDQ     Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPORQ      Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
-	VPORQ 64(DI)(SI*1), Z1, Z1
-	VPORQ 128(DI)(SI*1), Z2, Z2
-	VPORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -9818,95 +17327,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPORQ      Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int8Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPXORQ     Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
-	VPXORQ 64(DI)(SI*1), Z1, Z1
-	VPXORQ 128(DI)(SI*1), Z2, Z2
-	VPXORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -9914,95 +17496,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPXORQ     Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPADDB     Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPADDB (CX)(DI*1), Z0, Z0
+	VPADDB 64(CX)(DI*1), Z1, Z1
+	VPADDB 128(CX)(DI*1), Z2, Z2
+	VPADDB 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPADDB (DI)(SI*1), Z0, Z0
-	VPADDB 64(DI)(SI*1), Z1, Z1
-	VPADDB 128(DI)(SI*1), Z2, Z2
-	VPADDB 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPADDB (CX)(DI*1), Z0, Z0
+	VPADDB 64(CX)(DI*1), Z1, Z1
+	VPADDB 128(CX)(DI*1), Z2, Z2
+	VPADDB 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPADDB (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPADDB (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -10010,68 +17665,169 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPADDB     Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Prod(SB), NOSPLIT, $0-32
 	MOVQ         dst+0(FP), AX
 	MOVQ         srcs+8(FP), DX
 	MOVQ         nsrc+16(FP), BX
-	MOVQ         n+24(FP), CX
-	XORQ         SI, SI
-	MOVL         $0x00ff00ff, DI
-	VPBROADCASTD DI, Z0
+	MOVQ         n+24(FP), SI
+	XORQ         DI, DI
+	MOVL         $0x00ff00ff, CX
+	VPBROADCASTD CX, Z0
 
-	// Blocks of 256 bytes per input, then single vectors, then the tail.
-block:
-	CMPQ    CX, $0x00000100
-	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z1
-	VMOVUPS 64(DI)(SI*1), Z2
-	VMOVUPS 128(DI)(SI*1), Z3
-	VMOVUPS 192(DI)(SI*1), Z4
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VMOVUPS    Z1, Z1
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z2
+	VPMULLW    Z2, Z1, Z3
+	VPANDQ     Z0, Z3, Z3
+	VPSRLW     $0x08, Z1, Z1
+	VPANDNQ    Z2, Z0, Z2
+	VPMULLW    Z2, Z1, Z1
+	VPORQ      Z3, Z1, Z1
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z1, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z1
+	VMOVUPS 64(CX)(DI*1), Z2
+	VMOVUPS 128(CX)(DI*1), Z3
+	VMOVUPS 192(CX)(DI*1), Z4
 	MOVQ    BX, R9
 	DECQ    R9
-	JZ      blockStore
+	JZ      streamStore
 	LEAQ    8(DX), R8
 
-blockSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z5
+streamSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z5
 	VPMULLW Z5, Z1, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z1, Z1
 	VPANDNQ Z5, Z0, Z5
 	VPMULLW Z5, Z1, Z1
 	VPORQ   Z6, Z1, Z1
-	VMOVUPS 64(DI)(SI*1), Z5
+	VMOVUPS 64(CX)(DI*1), Z5
 	VPMULLW Z5, Z2, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z2, Z2
 	VPANDNQ Z5, Z0, Z5
 	VPMULLW Z5, Z2, Z2
 	VPORQ   Z6, Z2, Z2
-	VMOVUPS 128(DI)(SI*1), Z5
+	VMOVUPS 128(CX)(DI*1), Z5
 	VPMULLW Z5, Z3, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z3, Z3
 	VPANDNQ Z5, Z0, Z5
 	VPMULLW Z5, Z3, Z3
 	VPORQ   Z6, Z3, Z3
-	VMOVUPS 192(DI)(SI*1), Z5
+	VMOVUPS 192(CX)(DI*1), Z5
+	VPMULLW Z5, Z4, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z4, Z4
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z4, Z4
+	VPORQ   Z6, Z4, Z4
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z1, (AX)(DI*1)
+	VMOVNTPS Z2, 64(AX)(DI*1)
+	VMOVNTPS Z3, 128(AX)(DI*1)
+	VMOVNTPS Z4, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z1
+	VMOVUPS 64(CX)(DI*1), Z2
+	VMOVUPS 128(CX)(DI*1), Z3
+	VMOVUPS 192(CX)(DI*1), Z4
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z5
+	VPMULLW Z5, Z1, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z1, Z1
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z1, Z1
+	VPORQ   Z6, Z1, Z1
+	VMOVUPS 64(CX)(DI*1), Z5
+	VPMULLW Z5, Z2, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z2, Z2
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z2, Z2
+	VPORQ   Z6, Z2, Z2
+	VMOVUPS 128(CX)(DI*1), Z5
+	VPMULLW Z5, Z3, Z6
+	VPANDQ  Z0, Z6, Z6
+	VPSRLW  $0x08, Z3, Z3
+	VPANDNQ Z5, Z0, Z5
+	VPMULLW Z5, Z3, Z3
+	VPORQ   Z6, Z3, Z3
+	VMOVUPS 192(CX)(DI*1), Z5
 	VPMULLW Z5, Z4, Z6
 	VPANDQ  Z0, Z6, Z6
 	VPSRLW  $0x08, Z4, Z4
@@ -10083,27 +17839,27 @@ blockSrc:
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z1, (AX)(SI*1)
-	VMOVUPS Z2, 64(AX)(SI*1)
-	VMOVUPS Z3, 128(AX)(SI*1)
-	VMOVUPS Z4, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z1, (AX)(DI*1)
+	VMOVUPS Z2, 64(AX)(DI*1)
+	VMOVUPS Z3, 128(AX)(DI*1)
+	VMOVUPS Z4, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z1
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z1
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VMOVUPS (DI)(SI*1), Z2
+	MOVQ    (R8), CX
+	VMOVUPS (CX)(DI*1), Z2
 	VPMULLW Z2, Z1, Z3
 	VPANDQ  Z0, Z3, Z3
 	VPSRLW  $0x08, Z1, Z1
@@ -10115,22 +17871,23 @@ vectorSrc:
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z1, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z1, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VMOVUPS    Z1, Z1
 	DECQ       BX
 	JZ         tailStore
@@ -10138,7 +17895,7 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z2
+	VMOVDQU8.Z (CX)(DI*1), K1, Z2
 	VPMULLW    Z2, Z1, Z3
 	VPANDQ     Z0, Z3, Z3
 	VPSRLW     $0x08, Z1, Z1
@@ -10150,88 +17907,161 @@ tailSrc:
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z1, K1, (AX)(SI*1)
+	VMOVDQU8 Z1, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPMINUB    Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMINUB (CX)(DI*1), Z0, Z0
+	VPMINUB 64(CX)(DI*1), Z1, Z1
+	VPMINUB 128(CX)(DI*1), Z2, Z2
+	VPMINUB 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMINUB (DI)(SI*1), Z0, Z0
-	VPMINUB 64(DI)(SI*1), Z1, Z1
-	VPMINUB 128(DI)(SI*1), Z2, Z2
-	VPMINUB 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMINUB (CX)(DI*1), Z0, Z0
+	VPMINUB 64(CX)(DI*1), Z1, Z1
+	VPMINUB 128(CX)(DI*1), Z2, Z2
+	VPMINUB 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMINUB (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMINUB (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -10239,95 +18069,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPMINUB    Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPMAXUB    Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMAXUB (CX)(DI*1), Z0, Z0
+	VPMAXUB 64(CX)(DI*1), Z1, Z1
+	VPMAXUB 128(CX)(DI*1), Z2, Z2
+	VPMAXUB 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMAXUB (DI)(SI*1), Z0, Z0
-	VPMAXUB 64(DI)(SI*1), Z1, Z1
-	VPMAXUB 128(DI)(SI*1), Z2, Z2
-	VPMAXUB 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMAXUB (CX)(DI*1), Z0, Z0
+	VPMAXUB 64(CX)(DI*1), Z1, Z1
+	VPMAXUB 128(CX)(DI*1), Z2, Z2
+	VPMAXUB 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMAXUB (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMAXUB (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -10335,95 +18238,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPMAXUB    Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPANDQ     Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
-	VPANDQ 64(DI)(SI*1), Z1, Z1
-	VPANDQ 128(DI)(SI*1), Z2, Z2
-	VPANDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -10431,95 +18407,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPANDQ     Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPORQ      Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
-	VPORQ 64(DI)(SI*1), Z1, Z1
-	VPORQ 128(DI)(SI*1), Z2, Z2
-	VPORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -10527,95 +18576,168 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPORQ      Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint8Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ SI, $0x00100000
+	JB   block
+	MOVQ AX, R8
+	NEGQ R8
+	ANDQ $0x0000003f, R8
+	JZ   stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       R8, CX
+	MOVQ       $0x00000001, R9
+	SHLQ       CL, R9
+	DECQ       R9
+	KMOVQ      R9, K1
+	MOVQ       (DX), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
+	VMOVUPS    Z0, Z0
+	MOVQ       BX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(DX), R9
+
+headSrc:
+	MOVQ       (R9), CX
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
+	VPXORQ     Z1, Z0, Z0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
+	ADDQ     R8, DI
+	SUBQ     R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
-	VPXORQ 64(DI)(SI*1), Z1, Z1
-	VPXORQ 128(DI)(SI*1), Z2, Z2
-	VPXORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
-	MOVQ       $0x00000001, DI
-	SHLQ       CL, DI
-	DECQ       DI
-	KMOVQ      DI, K1
+	// Partial vector: an opmask of the elements to do.
+	MOVQ       SI, CX
+	MOVQ       $0x00000001, SI
+	SHLQ       CL, SI
+	DECQ       SI
+	KMOVQ      SI, K1
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z0
+	VMOVDQU8.Z (CX)(DI*1), K1, Z0
 	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
@@ -10623,97 +18745,173 @@ tail:
 
 tailSrc:
 	MOVQ       (DX), CX
-	VMOVDQU8.Z (CX)(SI*1), K1, Z1
+	VMOVDQU8.Z (CX)(DI*1), K1, Z1
 	VPXORQ     Z1, Z0, Z0
 	ADDQ       $0x08, DX
 	DECQ       BX
 	JNZ        tailSrc
 
 tailStore:
-	VMOVDQU8 Z0, K1, (AX)(SI*1)
+	VMOVDQU8 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPADDD      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPADDD (CX)(DI*1), Z0, Z0
+	VPADDD 64(CX)(DI*1), Z1, Z1
+	VPADDD 128(CX)(DI*1), Z2, Z2
+	VPADDD 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPADDD (DI)(SI*1), Z0, Z0
-	VPADDD 64(DI)(SI*1), Z1, Z1
-	VPADDD 128(DI)(SI*1), Z2, Z2
-	VPADDD 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPADDD (CX)(DI*1), Z0, Z0
+	VPADDD 64(CX)(DI*1), Z1, Z1
+	VPADDD 128(CX)(DI*1), Z2, Z2
+	VPADDD 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPADDD (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPADDD (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -10721,97 +18919,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPADDD      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPMULLD     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMULLD (CX)(DI*1), Z0, Z0
+	VPMULLD 64(CX)(DI*1), Z1, Z1
+	VPMULLD 128(CX)(DI*1), Z2, Z2
+	VPMULLD 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMULLD (DI)(SI*1), Z0, Z0
-	VPMULLD 64(DI)(SI*1), Z1, Z1
-	VPMULLD 128(DI)(SI*1), Z2, Z2
-	VPMULLD 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMULLD (CX)(DI*1), Z0, Z0
+	VPMULLD 64(CX)(DI*1), Z1, Z1
+	VPMULLD 128(CX)(DI*1), Z2, Z2
+	VPMULLD 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMULLD (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMULLD (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -10819,97 +19093,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPMULLD     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPMINSD     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMINSD (CX)(DI*1), Z0, Z0
+	VPMINSD 64(CX)(DI*1), Z1, Z1
+	VPMINSD 128(CX)(DI*1), Z2, Z2
+	VPMINSD 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMINSD (DI)(SI*1), Z0, Z0
-	VPMINSD 64(DI)(SI*1), Z1, Z1
-	VPMINSD 128(DI)(SI*1), Z2, Z2
-	VPMINSD 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMINSD (CX)(DI*1), Z0, Z0
+	VPMINSD 64(CX)(DI*1), Z1, Z1
+	VPMINSD 128(CX)(DI*1), Z2, Z2
+	VPMINSD 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMINSD (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMINSD (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -10917,97 +19267,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPMINSD     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPMAXSD     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMAXSD (CX)(DI*1), Z0, Z0
+	VPMAXSD 64(CX)(DI*1), Z1, Z1
+	VPMAXSD 128(CX)(DI*1), Z2, Z2
+	VPMAXSD 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMAXSD (DI)(SI*1), Z0, Z0
-	VPMAXSD 64(DI)(SI*1), Z1, Z1
-	VPMAXSD 128(DI)(SI*1), Z2, Z2
-	VPMAXSD 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMAXSD (CX)(DI*1), Z0, Z0
+	VPMAXSD 64(CX)(DI*1), Z1, Z1
+	VPMAXSD 128(CX)(DI*1), Z2, Z2
+	VPMAXSD 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMAXSD (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMAXSD (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11015,97 +19441,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPMAXSD     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPANDQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
-	VPANDQ 64(DI)(SI*1), Z1, Z1
-	VPANDQ 128(DI)(SI*1), Z2, Z2
-	VPANDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11113,97 +19615,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPANDQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPORQ       Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
-	VPORQ 64(DI)(SI*1), Z1, Z1
-	VPORQ 128(DI)(SI*1), Z2, Z2
-	VPORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11211,97 +19789,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPORQ       Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int32Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPXORQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
-	VPXORQ 64(DI)(SI*1), Z1, Z1
-	VPXORQ 128(DI)(SI*1), Z2, Z2
-	VPXORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11309,97 +19963,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPXORQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPADDD      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPADDD (CX)(DI*1), Z0, Z0
+	VPADDD 64(CX)(DI*1), Z1, Z1
+	VPADDD 128(CX)(DI*1), Z2, Z2
+	VPADDD 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPADDD (DI)(SI*1), Z0, Z0
-	VPADDD 64(DI)(SI*1), Z1, Z1
-	VPADDD 128(DI)(SI*1), Z2, Z2
-	VPADDD 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPADDD (CX)(DI*1), Z0, Z0
+	VPADDD 64(CX)(DI*1), Z1, Z1
+	VPADDD 128(CX)(DI*1), Z2, Z2
+	VPADDD 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPADDD (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPADDD (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11407,97 +20137,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPADDD      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPMULLD     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMULLD (CX)(DI*1), Z0, Z0
+	VPMULLD 64(CX)(DI*1), Z1, Z1
+	VPMULLD 128(CX)(DI*1), Z2, Z2
+	VPMULLD 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMULLD (DI)(SI*1), Z0, Z0
-	VPMULLD 64(DI)(SI*1), Z1, Z1
-	VPMULLD 128(DI)(SI*1), Z2, Z2
-	VPMULLD 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMULLD (CX)(DI*1), Z0, Z0
+	VPMULLD 64(CX)(DI*1), Z1, Z1
+	VPMULLD 128(CX)(DI*1), Z2, Z2
+	VPMULLD 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMULLD (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMULLD (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11505,97 +20311,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPMULLD     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPMINUD     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMINUD (CX)(DI*1), Z0, Z0
+	VPMINUD 64(CX)(DI*1), Z1, Z1
+	VPMINUD 128(CX)(DI*1), Z2, Z2
+	VPMINUD 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMINUD (DI)(SI*1), Z0, Z0
-	VPMINUD 64(DI)(SI*1), Z1, Z1
-	VPMINUD 128(DI)(SI*1), Z2, Z2
-	VPMINUD 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMINUD (CX)(DI*1), Z0, Z0
+	VPMINUD 64(CX)(DI*1), Z1, Z1
+	VPMINUD 128(CX)(DI*1), Z2, Z2
+	VPMINUD 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMINUD (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMINUD (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11603,97 +20485,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPMINUD     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPMAXUD     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMAXUD (CX)(DI*1), Z0, Z0
+	VPMAXUD 64(CX)(DI*1), Z1, Z1
+	VPMAXUD 128(CX)(DI*1), Z2, Z2
+	VPMAXUD 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMAXUD (DI)(SI*1), Z0, Z0
-	VPMAXUD 64(DI)(SI*1), Z1, Z1
-	VPMAXUD 128(DI)(SI*1), Z2, Z2
-	VPMAXUD 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMAXUD (CX)(DI*1), Z0, Z0
+	VPMAXUD 64(CX)(DI*1), Z1, Z1
+	VPMAXUD 128(CX)(DI*1), Z2, Z2
+	VPMAXUD 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMAXUD (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMAXUD (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11701,97 +20659,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPMAXUD     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPANDQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
-	VPANDQ 64(DI)(SI*1), Z1, Z1
-	VPANDQ 128(DI)(SI*1), Z2, Z2
-	VPANDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11799,97 +20833,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPANDQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPORQ       Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
-	VPORQ 64(DI)(SI*1), Z1, Z1
-	VPORQ 128(DI)(SI*1), Z2, Z2
-	VPORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11897,97 +21007,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPORQ       Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint32Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x02, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x02, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000003, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x02, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
+	VPXORQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
-	VPXORQ 64(DI)(SI*1), Z1, Z1
-	VPXORQ 128(DI)(SI*1), Z2, Z2
-	VPXORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x02, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z0
+	VMOVDQU32.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -11995,97 +21181,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU32.Z (CX)(SI*1), K1, Z1
+	VMOVDQU32.Z (CX)(DI*1), K1, Z1
 	VPXORQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU32 Z0, K1, (AX)(SI*1)
+	VMOVDQU32 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPADDQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPADDQ (CX)(DI*1), Z0, Z0
+	VPADDQ 64(CX)(DI*1), Z1, Z1
+	VPADDQ 128(CX)(DI*1), Z2, Z2
+	VPADDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPADDQ (DI)(SI*1), Z0, Z0
-	VPADDQ 64(DI)(SI*1), Z1, Z1
-	VPADDQ 128(DI)(SI*1), Z2, Z2
-	VPADDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPADDQ (CX)(DI*1), Z0, Z0
+	VPADDQ 64(CX)(DI*1), Z1, Z1
+	VPADDQ 128(CX)(DI*1), Z2, Z2
+	VPADDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPADDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPADDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12093,97 +21355,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPADDQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512DQ, AVX512F
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPMULLQ     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMULLQ (CX)(DI*1), Z0, Z0
+	VPMULLQ 64(CX)(DI*1), Z1, Z1
+	VPMULLQ 128(CX)(DI*1), Z2, Z2
+	VPMULLQ 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMULLQ (DI)(SI*1), Z0, Z0
-	VPMULLQ 64(DI)(SI*1), Z1, Z1
-	VPMULLQ 128(DI)(SI*1), Z2, Z2
-	VPMULLQ 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMULLQ (CX)(DI*1), Z0, Z0
+	VPMULLQ 64(CX)(DI*1), Z1, Z1
+	VPMULLQ 128(CX)(DI*1), Z2, Z2
+	VPMULLQ 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMULLQ (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMULLQ (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12191,97 +21529,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPMULLQ     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPMINSQ     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMINSQ (CX)(DI*1), Z0, Z0
+	VPMINSQ 64(CX)(DI*1), Z1, Z1
+	VPMINSQ 128(CX)(DI*1), Z2, Z2
+	VPMINSQ 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMINSQ (DI)(SI*1), Z0, Z0
-	VPMINSQ 64(DI)(SI*1), Z1, Z1
-	VPMINSQ 128(DI)(SI*1), Z2, Z2
-	VPMINSQ 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMINSQ (CX)(DI*1), Z0, Z0
+	VPMINSQ 64(CX)(DI*1), Z1, Z1
+	VPMINSQ 128(CX)(DI*1), Z2, Z2
+	VPMINSQ 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMINSQ (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMINSQ (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12289,97 +21703,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPMINSQ     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPMAXSQ     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMAXSQ (CX)(DI*1), Z0, Z0
+	VPMAXSQ 64(CX)(DI*1), Z1, Z1
+	VPMAXSQ 128(CX)(DI*1), Z2, Z2
+	VPMAXSQ 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMAXSQ (DI)(SI*1), Z0, Z0
-	VPMAXSQ 64(DI)(SI*1), Z1, Z1
-	VPMAXSQ 128(DI)(SI*1), Z2, Z2
-	VPMAXSQ 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMAXSQ (CX)(DI*1), Z0, Z0
+	VPMAXSQ 64(CX)(DI*1), Z1, Z1
+	VPMAXSQ 128(CX)(DI*1), Z2, Z2
+	VPMAXSQ 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMAXSQ (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMAXSQ (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12387,97 +21877,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPMAXSQ     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPANDQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
-	VPANDQ 64(DI)(SI*1), Z1, Z1
-	VPANDQ 128(DI)(SI*1), Z2, Z2
-	VPANDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12485,97 +22051,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPANDQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPORQ       Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
-	VPORQ 64(DI)(SI*1), Z1, Z1
-	VPORQ 128(DI)(SI*1), Z2, Z2
-	VPORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12583,97 +22225,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPORQ       Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Int64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Int64Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPXORQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
-	VPXORQ 64(DI)(SI*1), Z1, Z1
-	VPXORQ 128(DI)(SI*1), Z2, Z2
-	VPXORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12681,97 +22399,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPXORQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Sum(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPADDQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPADDQ (CX)(DI*1), Z0, Z0
+	VPADDQ 64(CX)(DI*1), Z1, Z1
+	VPADDQ 128(CX)(DI*1), Z2, Z2
+	VPADDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPADDQ (DI)(SI*1), Z0, Z0
-	VPADDQ 64(DI)(SI*1), Z1, Z1
-	VPADDQ 128(DI)(SI*1), Z2, Z2
-	VPADDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPADDQ (CX)(DI*1), Z0, Z0
+	VPADDQ 64(CX)(DI*1), Z1, Z1
+	VPADDQ 128(CX)(DI*1), Z2, Z2
+	VPADDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPADDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPADDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12779,97 +22573,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPADDQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512DQ, AVX512F
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Prod(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPMULLQ     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMULLQ (CX)(DI*1), Z0, Z0
+	VPMULLQ 64(CX)(DI*1), Z1, Z1
+	VPMULLQ 128(CX)(DI*1), Z2, Z2
+	VPMULLQ 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMULLQ (DI)(SI*1), Z0, Z0
-	VPMULLQ 64(DI)(SI*1), Z1, Z1
-	VPMULLQ 128(DI)(SI*1), Z2, Z2
-	VPMULLQ 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMULLQ (CX)(DI*1), Z0, Z0
+	VPMULLQ 64(CX)(DI*1), Z1, Z1
+	VPMULLQ 128(CX)(DI*1), Z2, Z2
+	VPMULLQ 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMULLQ (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMULLQ (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12877,97 +22747,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPMULLQ     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Min(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPMINUQ     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMINUQ (CX)(DI*1), Z0, Z0
+	VPMINUQ 64(CX)(DI*1), Z1, Z1
+	VPMINUQ 128(CX)(DI*1), Z2, Z2
+	VPMINUQ 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMINUQ (DI)(SI*1), Z0, Z0
-	VPMINUQ 64(DI)(SI*1), Z1, Z1
-	VPMINUQ 128(DI)(SI*1), Z2, Z2
-	VPMINUQ 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMINUQ (CX)(DI*1), Z0, Z0
+	VPMINUQ 64(CX)(DI*1), Z1, Z1
+	VPMINUQ 128(CX)(DI*1), Z2, Z2
+	VPMINUQ 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMINUQ (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMINUQ (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -12975,97 +22921,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPMINUQ     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Max(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPMAXUQ     Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ    (R8), CX
+	VPMAXUQ (CX)(DI*1), Z0, Z0
+	VPMAXUQ 64(CX)(DI*1), Z1, Z1
+	VPMAXUQ 128(CX)(DI*1), Z2, Z2
+	VPMAXUQ 192(CX)(DI*1), Z3, Z3
+	ADDQ    $0x08, R8
+	DECQ    R9
+	JNZ     streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ    (R8), DI
-	VPMAXUQ (DI)(SI*1), Z0, Z0
-	VPMAXUQ 64(DI)(SI*1), Z1, Z1
-	VPMAXUQ 128(DI)(SI*1), Z2, Z2
-	VPMAXUQ 192(DI)(SI*1), Z3, Z3
+	MOVQ    (R8), CX
+	VPMAXUQ (CX)(DI*1), Z0, Z0
+	VPMAXUQ 64(CX)(DI*1), Z1, Z1
+	VPMAXUQ 128(CX)(DI*1), Z2, Z2
+	VPMAXUQ 192(CX)(DI*1), Z3, Z3
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ    (R8), DI
-	VPMAXUQ (DI)(SI*1), Z0, Z0
+	MOVQ    (R8), CX
+	VPMAXUQ (CX)(DI*1), Z0, Z0
 	ADDQ    $0x08, R8
 	DECQ    R9
 	JNZ     vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -13073,97 +23095,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPMAXUQ     Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Band(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPANDQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
-	VPANDQ 64(DI)(SI*1), Z1, Z1
-	VPANDQ 128(DI)(SI*1), Z2, Z2
-	VPANDQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
+	VPANDQ 64(CX)(DI*1), Z1, Z1
+	VPANDQ 128(CX)(DI*1), Z2, Z2
+	VPANDQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPANDQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPANDQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -13171,97 +23269,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPANDQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Bor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPORQ       Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ  $0x08, R8
+	DECQ  R9
+	JNZ   streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
-	VPORQ 64(DI)(SI*1), Z1, Z1
-	VPORQ 128(DI)(SI*1), Z2, Z2
-	VPORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
+	VPORQ 64(CX)(DI*1), Z1, Z1
+	VPORQ 128(CX)(DI*1), Z2, Z2
+	VPORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ  (R8), DI
-	VPORQ (DI)(SI*1), Z0, Z0
+	MOVQ  (R8), CX
+	VPORQ (CX)(DI*1), Z0, Z0
 	ADDQ  $0x08, R8
 	DECQ  R9
 	JNZ   vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -13269,97 +23443,173 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPORQ       Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
 	RET
 
 // func reduceAVX512Uint64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
-// Requires: AVX, AVX512BW, AVX512F
+// Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Uint64Bxor(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), AX
 	MOVQ srcs+8(FP), DX
 	MOVQ nsrc+16(FP), BX
-	MOVQ n+24(FP), CX
-	SHLQ $0x03, CX
-	XORQ SI, SI
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	VMOVUPS     Z0, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VPXORQ      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
 
 	// Blocks of 256 bytes per input, then single vectors, then the tail.
 block:
-	CMPQ    CX, $0x00000100
+	CMPQ    SI, $0x00000100
 	JB      vector
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
-	VMOVUPS 64(DI)(SI*1), Z1
-	VMOVUPS 128(DI)(SI*1), Z2
-	VMOVUPS 192(DI)(SI*1), Z3
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      blockStore
 	LEAQ    8(DX), R8
 
 blockSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
-	VPXORQ 64(DI)(SI*1), Z1, Z1
-	VPXORQ 128(DI)(SI*1), Z2, Z2
-	VPXORQ 192(DI)(SI*1), Z3, Z3
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
+	VPXORQ 64(CX)(DI*1), Z1, Z1
+	VPXORQ 128(CX)(DI*1), Z2, Z2
+	VPXORQ 192(CX)(DI*1), Z3, Z3
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    blockSrc
 
 blockStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	VMOVUPS Z1, 64(AX)(SI*1)
-	VMOVUPS Z2, 128(AX)(SI*1)
-	VMOVUPS Z3, 192(AX)(SI*1)
-	ADDQ    $0x00000100, SI
-	SUBQ    $0x00000100, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
 	JMP     block
 
 vector:
-	CMPQ    CX, $0x00000040
+	CMPQ    SI, $0x00000040
 	JB      tail
-	MOVQ    (DX), DI
-	VMOVUPS (DI)(SI*1), Z0
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
 	MOVQ    BX, R9
 	DECQ    R9
 	JZ      vectorStore
 	LEAQ    8(DX), R8
 
 vectorSrc:
-	MOVQ   (R8), DI
-	VPXORQ (DI)(SI*1), Z0, Z0
+	MOVQ   (R8), CX
+	VPXORQ (CX)(DI*1), Z0, Z0
 	ADDQ   $0x08, R8
 	DECQ   R9
 	JNZ    vectorSrc
 
 vectorStore:
-	VMOVUPS Z0, (AX)(SI*1)
-	ADDQ    $0x00000040, SI
-	SUBQ    $0x00000040, CX
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
 	JMP     vector
 
 tail:
-	TESTQ CX, CX
+	TESTQ SI, SI
 	JZ    done
 
-	// Tail: an opmask of the remaining elements.
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
 	SHRQ        $0x03, CX
-	MOVQ        $0x00000001, DI
-	SHLQ        CL, DI
-	DECQ        DI
-	KMOVQ       DI, K1
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z0
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
 	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
@@ -13367,14 +23617,14 @@ tail:
 
 tailSrc:
 	MOVQ        (DX), CX
-	VMOVDQU64.Z (CX)(SI*1), K1, Z1
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
 	VPXORQ      Z1, Z0, Z0
 	ADDQ        $0x08, DX
 	DECQ        BX
 	JNZ         tailSrc
 
 tailStore:
-	VMOVDQU64 Z0, K1, (AX)(SI*1)
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER
