@@ -21,7 +21,7 @@ const (
 	DefaultP2PBufferSize = 64 << 10
 	// DefaultSpin is how long a waiter spins before it sleeps on a futex
 	// when the node has at least as many CPUs as ranks.
-	DefaultSpin = 50 * time.Microsecond
+	DefaultSpin = 100 * time.Microsecond
 	// DefaultOversubscribedSpin is the spin time when ranks outnumber CPUs:
 	// a spinning rank then steals the CPU the awaited rank needs.
 	DefaultOversubscribedSpin = 5 * time.Microsecond

@@ -347,3 +347,46 @@ func TestTooBigWorkspace(t *testing.T) {
 	}
 	t.Log(errs[0])
 }
+
+// TestCloseWhileWaiting: Close from another goroutine ends a call blocked
+// on a peer with core.ErrClosed within a few milliseconds.
+func TestCloseWhileWaiting(t *testing.T) {
+	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, b *Backend) error {
+		if b.Rank() == 1 {
+			time.Sleep(time.Second) // alive, but never joins
+			return nil
+		}
+		done := make(chan error, 1)
+		go func() { done <- b.Do(ctx, &core.Request{Kind: coll.KindBarrier}) }()
+		time.Sleep(100 * time.Millisecond)
+		if err := b.Close(); err != nil {
+			return err
+		}
+		if err := <-done; !errors.Is(err, core.ErrClosed) {
+			return fmt.Errorf("the call blocked during Close returned %v, want core.ErrClosed", err)
+		}
+		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); !errors.Is(err, core.ErrClosed) {
+			return fmt.Errorf("a call after Close returned %v, want core.ErrClosed", err)
+		}
+		return nil
+	}))
+}
+
+func openFDs() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+// TestNoLeaks: building and closing backends leaves no descriptor behind.
+func TestNoLeaks(t *testing.T) {
+	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, b *Backend) error { return nil }))
+	before := openFDs()
+	for i := 0; i < 10; i++ {
+		mustOK(t, goRanks(t, 3, []Option{WithBufferSize(4096)}, func(ctx context.Context, b *Backend) error {
+			return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+		}))
+	}
+	if after := openFDs(); after > before {
+		t.Errorf("%d descriptors open before, %d after 10 backends came and went", before, after)
+	}
+}
