@@ -60,7 +60,9 @@ func collIDs(s *spec.Spec) *jen.File {
 	f.Comment("Collectives, by wire id.")
 	f.Const().DefsFunc(func(g *jen.Group) {
 		for _, c := range s.Collectives {
-			g.Comment(fmt.Sprintf("%s: %s", kindConst(c), c.Doc))
+			for _, line := range wrap(fmt.Sprintf("%s: %s", kindConst(c), c.Doc), 76) {
+				g.Comment(line)
+			}
 			g.Id(kindConst(c)).Qual(CorePath, "Kind").Op("=").Lit(c.ID)
 		}
 	})
@@ -158,15 +160,16 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 	if d != nil {
 		name += d.Title()
 	}
-	// Doc comment: what it is, the spec's doc, then the shape in words.
+	// Doc comment: what it is and the spec's doc, then the shape in words.
+	var head string
 	if d != nil {
-		f.Comment(fmt.Sprintf("%s runs %s on %s elements.", name, c.Name, d.Name))
+		head = fmt.Sprintf("%s runs %s on %s elements. %s", name, c.Name, d.Name, c.Doc)
 	} else {
-		f.Comment(fmt.Sprintf("%s runs %s.", name, c.Name))
+		head = fmt.Sprintf("%s runs %s. %s", name, c.Name, c.Doc)
 	}
-	f.Comment(c.Doc)
+	paras := []string{head}
+	var shape []string
 	if len(c.Buffers) > 0 {
-		f.Comment("")
 		var parts []string
 		for _, b := range c.Buffers {
 			_, cnt := countExpr(b)
@@ -181,19 +184,30 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 		if from.Count == "count*size" {
 			def += "/size"
 		}
-		f.Comment(fmt.Sprintf("With count = %s and size the number of ranks: %s.", def, strings.Join(parts, "; ")))
+		shape = append(shape, fmt.Sprintf("With count = %s and size the number of ranks: %s.", def, strings.Join(parts, "; ")))
 	}
 	if c.Op && d != nil {
-		f.Comment(fmt.Sprintf("op must be one %s supports: %s; others return an error wrapping core.ErrUnsupported.", d.Name, opsList(*d)))
+		shape = append(shape, fmt.Sprintf("op must be one %s supports: %s; others return an error wrapping core.ErrUnsupported.", d.Name, opsList(*d)))
 	}
 	if c.Root {
-		f.Comment("root is the rank the data comes from or goes to; every rank passes the same root.")
+		shape = append(shape, "root is the rank the data comes from or goes to; every rank passes the same root.")
 	}
 	if c.Peer {
-		f.Comment("peer is the other rank, not this one.")
+		shape = append(shape, "peer is the other rank, not this one.")
 	}
 	if len(c.Buffers) > 0 {
-		f.Comment("Lengths that do not fit the shape return an error wrapping ErrBufferLength.")
+		shape = append(shape, "Lengths that do not fit the shape return an error wrapping ErrBufferLength.")
+	}
+	if len(shape) > 0 {
+		paras = append(paras, strings.Join(shape, " "))
+	}
+	for i, para := range paras {
+		if i > 0 {
+			f.Comment("")
+		}
+		for _, line := range wrap(para, 76) {
+			f.Comment(line)
+		}
 	}
 
 	params := []jen.Code{jen.Id("ctx").Qual("context", "Context"), jen.Id("c").Qual(CorePath, "Comm")}
@@ -429,4 +443,24 @@ func collTables(s *spec.Spec) *jen.File {
 		}
 	})
 	return f
+}
+
+// wrap breaks text into lines of at most width bytes, at spaces.
+func wrap(text string, width int) []string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(text) {
+		if line != "" && len(line)+1+len(w) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
 }

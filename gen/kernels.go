@@ -127,9 +127,13 @@ func kernelTables(s *spec.Spec) *jen.File {
 }
 
 // elemLoad and elemStore convert between an element and its accumulator.
-func elemLoad(d spec.DType, x jen.Code) *jen.Statement {
+// A dereference needs parentheses before a method call.
+func elemLoad(d spec.DType, x jen.Code, deref bool) *jen.Statement {
 	if d.Half() {
-		return jen.Parens(x).Dot("Float32").Call()
+		if deref {
+			return jen.Parens(x).Dot("Float32").Call()
+		}
+		return jen.Add(x).Dot("Float32").Call()
 	}
 	return jen.Add(x)
 }
@@ -196,10 +200,10 @@ func genericKernels(s *spec.Spec) *jen.File {
 				jen.Id("s0").Op(":=").Qual("unsafe", "Slice").Call(jen.Parens(jen.Op("*").Add(elem)).Call(jen.Id("in").Index(jen.Lit(0))), jen.Id("n")),
 				jen.Id("rest").Op(":=").Id("in").Index(jen.Lit(1), jen.Empty()),
 				jen.For(jen.Id("i").Op(":=").Range().Id("d")).Block(
-					jen.Id("acc").Op(":=").Add(elemLoad(d, jen.Id("s0").Index(jen.Id("i")))),
+					jen.Id("acc").Op(":=").Add(elemLoad(d, jen.Id("s0").Index(jen.Id("i")), false)),
 					jen.Id("off").Op(":=").Uintptr().Call(jen.Id("i")).Op("*").Lit(d.Size),
 					jen.For(jen.List(jen.Id("_"), jen.Id("p")).Op(":=").Range().Id("rest")).Block(
-						jen.Id("x").Op(":=").Add(elemLoad(d, jen.Op("*").Parens(jen.Op("*").Add(elem)).Call(jen.Qual("unsafe", "Add").Call(jen.Id("p"), jen.Id("off"))))),
+						jen.Id("x").Op(":=").Add(elemLoad(d, jen.Op("*").Parens(jen.Op("*").Add(elem)).Call(jen.Qual("unsafe", "Add").Call(jen.Id("p"), jen.Id("off"))), true)),
 						foldStep(d, r.Name),
 					),
 					jen.Id("d").Index(jen.Id("i")).Op("=").Add(elemStore(d, jen.Id("acc"))),
@@ -218,7 +222,7 @@ func genericKernels(s *spec.Spec) *jen.File {
 				jen.Id("div").Op(":=").Id(d.Accum).Call(jen.Id("nranks")),
 				jen.Id("s").Op(":=").Qual("unsafe", "Slice").Call(jen.Parens(jen.Op("*").Add(elem)).Call(jen.Id("p")), jen.Id("n")),
 				jen.For(jen.List(jen.Id("i"), jen.Id("v")).Op(":=").Range().Id("s")).Block(
-					jen.Id("s").Index(jen.Id("i")).Op("=").Add(elemStore(d, elemLoad(d, jen.Id("v")).Op("/").Id("div"))),
+					jen.Id("s").Index(jen.Id("i")).Op("=").Add(elemStore(d, elemLoad(d, jen.Id("v"), false).Op("/").Id("div"))),
 				),
 			)
 			break

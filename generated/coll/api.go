@@ -8,12 +8,15 @@ import (
 	"github.com/gocoll/gocoll/core"
 )
 
-// AllreduceFloat32 runs allreduce on float32 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceFloat32 runs allreduce on float32 elements. Allreduce combines
+// every rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one float32 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float32 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
 	if !Supports(DTypeFloat32, op) {
 		return unsupported("AllreduceFloat32", DTypeFloat32, op)
@@ -32,12 +35,15 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 	})
 }
 
-// AllreduceFloat64 runs allreduce on float64 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceFloat64 runs allreduce on float64 elements. Allreduce combines
+// every rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one float64 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float64 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op) error {
 	if !Supports(DTypeFloat64, op) {
 		return unsupported("AllreduceFloat64", DTypeFloat64, op)
@@ -56,12 +62,15 @@ func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op
 	})
 }
 
-// AllreduceBFloat16 runs allreduce on bfloat16 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceBFloat16 runs allreduce on bfloat16 elements. Allreduce combines
+// every rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one bfloat16 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one bfloat16 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
 	if !Supports(DTypeBFloat16, op) {
 		return unsupported("AllreduceBFloat16", DTypeBFloat16, op)
@@ -80,12 +89,15 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 	})
 }
 
-// AllreduceFloat16 runs allreduce on float16 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceFloat16 runs allreduce on float16 elements. Allreduce combines
+// every rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one float16 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float16 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op) error {
 	if !Supports(DTypeFloat16, op) {
 		return unsupported("AllreduceFloat16", DTypeFloat16, op)
@@ -104,12 +116,15 @@ func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op
 	})
 }
 
-// AllreduceInt8 runs allreduce on int8 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceInt8 runs allreduce on int8 elements. Allreduce combines every
+// rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one int8 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one int8 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op) error {
 	if !Supports(DTypeInt8, op) {
 		return unsupported("AllreduceInt8", DTypeInt8, op)
@@ -128,12 +143,15 @@ func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.
 	})
 }
 
-// AllreduceUint8 runs allreduce on uint8 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceUint8 runs allreduce on uint8 elements. Allreduce combines every
+// rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op) error {
 	if !Supports(DTypeUint8, op) {
 		return unsupported("AllreduceUint8", DTypeUint8, op)
@@ -152,12 +170,15 @@ func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op cor
 	})
 }
 
-// AllreduceInt32 runs allreduce on int32 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceInt32 runs allreduce on int32 elements. Allreduce combines every
+// rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one int32 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one int32 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op) error {
 	if !Supports(DTypeInt32, op) {
 		return unsupported("AllreduceInt32", DTypeInt32, op)
@@ -176,12 +197,15 @@ func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op cor
 	})
 }
 
-// AllreduceUint32 runs allreduce on uint32 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceUint32 runs allreduce on uint32 elements. Allreduce combines every
+// rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op) error {
 	if !Supports(DTypeUint32, op) {
 		return unsupported("AllreduceUint32", DTypeUint32, op)
@@ -200,12 +224,15 @@ func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op c
 	})
 }
 
-// AllreduceInt64 runs allreduce on int64 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceInt64 runs allreduce on int64 elements. Allreduce combines every
+// rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one int64 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one int64 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op) error {
 	if !Supports(DTypeInt64, op) {
 		return unsupported("AllreduceInt64", DTypeInt64, op)
@@ -224,12 +251,15 @@ func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op cor
 	})
 }
 
-// AllreduceUint64 runs allreduce on uint64 elements.
-// Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+// AllreduceUint64 runs allreduce on uint64 elements. Allreduce combines every
+// rank's send buffer with op and leaves the result in every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op) error {
 	if !Supports(DTypeUint64, op) {
 		return unsupported("AllreduceUint64", DTypeUint64, op)
@@ -248,13 +278,16 @@ func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op c
 	})
 }
 
-// ReduceFloat32 runs reduce on float32 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceFloat32 runs reduce on float32 elements. Reduce combines every rank's
+// send buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one float32 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one float32 supports: sum,
+// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
+// root is the rank the data comes from or goes to; every rank passes the same
+// root. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op, root int) error {
 	if !Supports(DTypeFloat32, op) {
 		return unsupported("ReduceFloat32", DTypeFloat32, op)
@@ -284,13 +317,16 @@ func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op co
 	})
 }
 
-// ReduceFloat64 runs reduce on float64 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceFloat64 runs reduce on float64 elements. Reduce combines every rank's
+// send buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one float64 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one float64 supports: sum,
+// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
+// root is the rank the data comes from or goes to; every rank passes the same
+// root. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op, root int) error {
 	if !Supports(DTypeFloat64, op) {
 		return unsupported("ReduceFloat64", DTypeFloat64, op)
@@ -320,13 +356,16 @@ func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op co
 	})
 }
 
-// ReduceBFloat16 runs reduce on bfloat16 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceBFloat16 runs reduce on bfloat16 elements. Reduce combines every
+// rank's send buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one bfloat16 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one bfloat16 supports: sum,
+// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
+// root is the rank the data comes from or goes to; every rank passes the same
+// root. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op, root int) error {
 	if !Supports(DTypeBFloat16, op) {
 		return unsupported("ReduceBFloat16", DTypeBFloat16, op)
@@ -356,13 +395,16 @@ func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op 
 	})
 }
 
-// ReduceFloat16 runs reduce on float16 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceFloat16 runs reduce on float16 elements. Reduce combines every rank's
+// send buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one float16 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one float16 supports: sum,
+// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
+// root is the rank the data comes from or goes to; every rank passes the same
+// root. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op, root int) error {
 	if !Supports(DTypeFloat16, op) {
 		return unsupported("ReduceFloat16", DTypeFloat16, op)
@@ -392,13 +434,16 @@ func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op co
 	})
 }
 
-// ReduceInt8 runs reduce on int8 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceInt8 runs reduce on int8 elements. Reduce combines every rank's send
+// buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one int8 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one int8 supports: sum,
+// prod, min, max, band, bor, bxor; others return an error wrapping
+// core.ErrUnsupported. root is the rank the data comes from or goes to; every
+// rank passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op, root int) error {
 	if !Supports(DTypeInt8, op) {
 		return unsupported("ReduceInt8", DTypeInt8, op)
@@ -428,13 +473,16 @@ func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op,
 	})
 }
 
-// ReduceUint8 runs reduce on uint8 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceUint8 runs reduce on uint8 elements. Reduce combines every rank's send
+// buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one uint8 supports: sum,
+// prod, min, max, band, bor, bxor; others return an error wrapping
+// core.ErrUnsupported. root is the rank the data comes from or goes to; every
+// rank passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op, root int) error {
 	if !Supports(DTypeUint8, op) {
 		return unsupported("ReduceUint8", DTypeUint8, op)
@@ -464,13 +512,16 @@ func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.O
 	})
 }
 
-// ReduceInt32 runs reduce on int32 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceInt32 runs reduce on int32 elements. Reduce combines every rank's send
+// buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one int32 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one int32 supports: sum,
+// prod, min, max, band, bor, bxor; others return an error wrapping
+// core.ErrUnsupported. root is the rank the data comes from or goes to; every
+// rank passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op, root int) error {
 	if !Supports(DTypeInt32, op) {
 		return unsupported("ReduceInt32", DTypeInt32, op)
@@ -500,13 +551,16 @@ func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.O
 	})
 }
 
-// ReduceUint32 runs reduce on uint32 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceUint32 runs reduce on uint32 elements. Reduce combines every rank's
+// send buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one uint32 supports: sum,
+// prod, min, max, band, bor, bxor; others return an error wrapping
+// core.ErrUnsupported. root is the rank the data comes from or goes to; every
+// rank passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op, root int) error {
 	if !Supports(DTypeUint32, op) {
 		return unsupported("ReduceUint32", DTypeUint32, op)
@@ -536,13 +590,16 @@ func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core
 	})
 }
 
-// ReduceInt64 runs reduce on int64 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceInt64 runs reduce on int64 elements. Reduce combines every rank's send
+// buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one int64 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one int64 supports: sum,
+// prod, min, max, band, bor, bxor; others return an error wrapping
+// core.ErrUnsupported. root is the rank the data comes from or goes to; every
+// rank passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op, root int) error {
 	if !Supports(DTypeInt64, op) {
 		return unsupported("ReduceInt64", DTypeInt64, op)
@@ -572,13 +629,16 @@ func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.O
 	})
 }
 
-// ReduceUint64 runs reduce on uint64 elements.
-// Reduce combines every rank's send buffer with op into the root's recv buffer.
+// ReduceUint64 runs reduce on uint64 elements. Reduce combines every rank's
+// send buffer with op into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on the root (other ranks may pass nil; it is not used there).
-// op must be one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on the root (other ranks
+// may pass nil; it is not used there). op must be one uint64 supports: sum,
+// prod, min, max, band, bor, bxor; others return an error wrapping
+// core.ErrUnsupported. root is the rank the data comes from or goes to; every
+// rank passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op, root int) error {
 	if !Supports(DTypeUint64, op) {
 		return unsupported("ReduceUint64", DTypeUint64, op)
@@ -608,12 +668,13 @@ func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core
 	})
 }
 
-// BroadcastFloat32 runs broadcast on float32 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastFloat32 runs broadcast on float32 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -630,12 +691,13 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 	})
 }
 
-// BroadcastFloat64 runs broadcast on float64 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastFloat64 runs broadcast on float64 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -652,12 +714,13 @@ func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int)
 	})
 }
 
-// BroadcastBFloat16 runs broadcast on bfloat16 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastBFloat16 runs broadcast on bfloat16 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -674,12 +737,13 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 	})
 }
 
-// BroadcastFloat16 runs broadcast on float16 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastFloat16 runs broadcast on float16 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -696,12 +760,13 @@ func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int)
 	})
 }
 
-// BroadcastInt8 runs broadcast on int8 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastInt8 runs broadcast on int8 elements. Broadcast copies the root's
+// buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -718,12 +783,13 @@ func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error
 	})
 }
 
-// BroadcastUint8 runs broadcast on uint8 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastUint8 runs broadcast on uint8 elements. Broadcast copies the root's
+// buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -740,12 +806,13 @@ func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) err
 	})
 }
 
-// BroadcastInt32 runs broadcast on int32 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastInt32 runs broadcast on int32 elements. Broadcast copies the root's
+// buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -762,12 +829,13 @@ func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) err
 	})
 }
 
-// BroadcastUint32 runs broadcast on uint32 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastUint32 runs broadcast on uint32 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -784,12 +852,13 @@ func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) e
 	})
 }
 
-// BroadcastInt64 runs broadcast on int64 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastInt64 runs broadcast on int64 elements. Broadcast copies the root's
+// buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -806,12 +875,13 @@ func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) err
 	})
 }
 
-// BroadcastUint64 runs broadcast on uint64 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastUint64 runs broadcast on uint64 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -828,10 +898,11 @@ func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) e
 	})
 }
 
-// AllgatherFloat32 runs allgather on float32 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherFloat32 runs allgather on float32 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
 	size := c.Size()
@@ -848,10 +919,11 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 	})
 }
 
-// AllgatherFloat64 runs allgather on float64 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherFloat64 runs allgather on float64 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
 	size := c.Size()
@@ -868,10 +940,12 @@ func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) er
 	})
 }
 
-// AllgatherBFloat16 runs allgather on bfloat16 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherBFloat16 runs allgather on bfloat16 elements. Allgather
+// concatenates every rank's send buffer, in rank order, into every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
 	size := c.Size()
@@ -888,10 +962,11 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 	})
 }
 
-// AllgatherFloat16 runs allgather on float16 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherFloat16 runs allgather on float16 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
 	size := c.Size()
@@ -908,10 +983,11 @@ func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) er
 	})
 }
 
-// AllgatherInt8 runs allgather on int8 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherInt8 runs allgather on int8 elements. Allgather concatenates every
+// rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	size := c.Size()
@@ -928,10 +1004,11 @@ func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	})
 }
 
-// AllgatherUint8 runs allgather on uint8 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherUint8 runs allgather on uint8 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 	size := c.Size()
@@ -948,10 +1025,11 @@ func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error 
 	})
 }
 
-// AllgatherInt32 runs allgather on int32 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherInt32 runs allgather on int32 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 	size := c.Size()
@@ -968,10 +1046,11 @@ func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error 
 	})
 }
 
-// AllgatherUint32 runs allgather on uint32 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherUint32 runs allgather on uint32 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
 	size := c.Size()
@@ -988,10 +1067,11 @@ func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) erro
 	})
 }
 
-// AllgatherInt64 runs allgather on int64 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherInt64 runs allgather on int64 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 	size := c.Size()
@@ -1008,10 +1088,11 @@ func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error 
 	})
 }
 
-// AllgatherUint64 runs allgather on uint64 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherUint64 runs allgather on uint64 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
 	size := c.Size()
@@ -1028,12 +1109,15 @@ func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) erro
 	})
 }
 
-// ReduceScatterFloat32 runs reduce_scatter on float32 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterFloat32 runs reduce_scatter on float32 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one float32 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float32 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
 	if !Supports(DTypeFloat32, op) {
 		return unsupported("ReduceScatterFloat32", DTypeFloat32, op)
@@ -1053,12 +1137,15 @@ func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32
 	})
 }
 
-// ReduceScatterFloat64 runs reduce_scatter on float64 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterFloat64 runs reduce_scatter on float64 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one float64 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float64 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op) error {
 	if !Supports(DTypeFloat64, op) {
 		return unsupported("ReduceScatterFloat64", DTypeFloat64, op)
@@ -1079,11 +1166,14 @@ func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64
 }
 
 // ReduceScatterBFloat16 runs reduce_scatter on bfloat16 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatter combines every rank's send buffer with op and leaves block
+// rank of the result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one bfloat16 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one bfloat16 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
 	if !Supports(DTypeBFloat16, op) {
 		return unsupported("ReduceScatterBFloat16", DTypeBFloat16, op)
@@ -1103,12 +1193,15 @@ func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat
 	})
 }
 
-// ReduceScatterFloat16 runs reduce_scatter on float16 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterFloat16 runs reduce_scatter on float16 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one float16 supports: sum, prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float16 supports: sum, prod, min, max, avg; others return an error
+// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
+// error wrapping ErrBufferLength.
 func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op) error {
 	if !Supports(DTypeFloat16, op) {
 		return unsupported("ReduceScatterFloat16", DTypeFloat16, op)
@@ -1128,12 +1221,15 @@ func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16
 	})
 }
 
-// ReduceScatterInt8 runs reduce_scatter on int8 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterInt8 runs reduce_scatter on int8 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one int8 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one int8 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op) error {
 	if !Supports(DTypeInt8, op) {
 		return unsupported("ReduceScatterInt8", DTypeInt8, op)
@@ -1153,12 +1249,15 @@ func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op c
 	})
 }
 
-// ReduceScatterUint8 runs reduce_scatter on uint8 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterUint8 runs reduce_scatter on uint8 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op) error {
 	if !Supports(DTypeUint8, op) {
 		return unsupported("ReduceScatterUint8", DTypeUint8, op)
@@ -1178,12 +1277,15 @@ func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op
 	})
 }
 
-// ReduceScatterInt32 runs reduce_scatter on int32 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterInt32 runs reduce_scatter on int32 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one int32 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one int32 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op) error {
 	if !Supports(DTypeInt32, op) {
 		return unsupported("ReduceScatterInt32", DTypeInt32, op)
@@ -1203,12 +1305,15 @@ func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op
 	})
 }
 
-// ReduceScatterUint32 runs reduce_scatter on uint32 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterUint32 runs reduce_scatter on uint32 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op) error {
 	if !Supports(DTypeUint32, op) {
 		return unsupported("ReduceScatterUint32", DTypeUint32, op)
@@ -1228,12 +1333,15 @@ func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, 
 	})
 }
 
-// ReduceScatterInt64 runs reduce_scatter on int64 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterInt64 runs reduce_scatter on int64 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one int64 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one int64 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op) error {
 	if !Supports(DTypeInt64, op) {
 		return unsupported("ReduceScatterInt64", DTypeInt64, op)
@@ -1253,12 +1361,15 @@ func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op
 	})
 }
 
-// ReduceScatterUint64 runs reduce_scatter on uint64 elements.
-// ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+// ReduceScatterUint64 runs reduce_scatter on uint64 elements. ReduceScatter
+// combines every rank's send buffer with op and leaves block rank of the
+// result in each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on every rank; recv holds count elements on every rank.
-// op must be one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op must be
+// one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an
+// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
+// an error wrapping ErrBufferLength.
 func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op) error {
 	if !Supports(DTypeUint64, op) {
 		return unsupported("ReduceScatterUint64", DTypeUint64, op)
@@ -1278,12 +1389,14 @@ func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, 
 	})
 }
 
-// GatherFloat32 runs gather on float32 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherFloat32 runs gather on float32 elements. Gather concatenates every
+// rank's send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1309,12 +1422,14 @@ func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root 
 	})
 }
 
-// GatherFloat64 runs gather on float64 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherFloat64 runs gather on float64 elements. Gather concatenates every
+// rank's send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1340,12 +1455,14 @@ func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root 
 	})
 }
 
-// GatherBFloat16 runs gather on bfloat16 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherBFloat16 runs gather on bfloat16 elements. Gather concatenates every
+// rank's send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1371,12 +1488,14 @@ func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, roo
 	})
 }
 
-// GatherFloat16 runs gather on float16 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherFloat16 runs gather on float16 elements. Gather concatenates every
+// rank's send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1402,12 +1521,14 @@ func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root 
 	})
 }
 
-// GatherInt8 runs gather on int8 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherInt8 runs gather on int8 elements. Gather concatenates every rank's
+// send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1433,12 +1554,14 @@ func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) e
 	})
 }
 
-// GatherUint8 runs gather on uint8 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherUint8 runs gather on uint8 elements. Gather concatenates every rank's
+// send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1464,12 +1587,14 @@ func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int)
 	})
 }
 
-// GatherInt32 runs gather on int32 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherInt32 runs gather on int32 elements. Gather concatenates every rank's
+// send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1495,12 +1620,14 @@ func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int)
 	})
 }
 
-// GatherUint32 runs gather on uint32 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherUint32 runs gather on uint32 elements. Gather concatenates every
+// rank's send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1526,12 +1653,14 @@ func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root in
 	})
 }
 
-// GatherInt64 runs gather on int64 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherInt64 runs gather on int64 elements. Gather concatenates every rank's
+// send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1557,12 +1686,14 @@ func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int)
 	})
 }
 
-// GatherUint64 runs gather on uint64 elements.
-// Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+// GatherUint64 runs gather on uint64 elements. Gather concatenates every
+// rank's send buffer, in rank order, into the root's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on the root (other ranks may pass nil; it is not used there).
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on the root (other
+// ranks may pass nil; it is not used there). root is the rank the data comes
+// from or goes to; every rank passes the same root. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1588,12 +1719,14 @@ func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root in
 	})
 }
 
-// ScatterFloat32 runs scatter on float32 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterFloat32 runs scatter on float32 elements. Scatter sends block rank of
+// the root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1619,12 +1752,14 @@ func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root
 	})
 }
 
-// ScatterFloat64 runs scatter on float64 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterFloat64 runs scatter on float64 elements. Scatter sends block rank of
+// the root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1650,12 +1785,14 @@ func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root
 	})
 }
 
-// ScatterBFloat16 runs scatter on bfloat16 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterBFloat16 runs scatter on bfloat16 elements. Scatter sends block rank
+// of the root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1681,12 +1818,14 @@ func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, ro
 	})
 }
 
-// ScatterFloat16 runs scatter on float16 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterFloat16 runs scatter on float16 elements. Scatter sends block rank of
+// the root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1712,12 +1851,14 @@ func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root
 	})
 }
 
-// ScatterInt8 runs scatter on int8 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterInt8 runs scatter on int8 elements. Scatter sends block rank of the
+// root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1743,12 +1884,14 @@ func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) 
 	})
 }
 
-// ScatterUint8 runs scatter on uint8 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterUint8 runs scatter on uint8 elements. Scatter sends block rank of the
+// root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1774,12 +1917,14 @@ func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int
 	})
 }
 
-// ScatterInt32 runs scatter on int32 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterInt32 runs scatter on int32 elements. Scatter sends block rank of the
+// root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1805,12 +1950,14 @@ func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int
 	})
 }
 
-// ScatterUint32 runs scatter on uint32 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterUint32 runs scatter on uint32 elements. Scatter sends block rank of
+// the root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1836,12 +1983,14 @@ func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root i
 	})
 }
 
-// ScatterInt64 runs scatter on int64 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterInt64 runs scatter on int64 elements. Scatter sends block rank of the
+// root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1867,12 +2016,14 @@ func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int
 	})
 }
 
-// ScatterUint64 runs scatter on uint64 elements.
-// Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+// ScatterUint64 runs scatter on uint64 elements. Scatter sends block rank of
+// the root's send buffer to each rank's recv buffer.
 //
-// With count = len(recv) and size the number of ranks: send holds count*size elements on the root (other ranks may pass nil; it is not used there); recv holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on the root (other ranks may pass nil; it is not used there); recv
+// holds count elements on every rank. root is the rank the data comes from or
+// goes to; every rank passes the same root. Lengths that do not fit the shape
+// return an error wrapping ErrBufferLength.
 func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -1898,11 +2049,14 @@ func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root i
 	})
 }
 
-// AlltoallFloat32 runs alltoall on float32 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallFloat32 runs alltoall on float32 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -1921,11 +2075,14 @@ func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) err
 	})
 }
 
-// AlltoallFloat64 runs alltoall on float64 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallFloat64 runs alltoall on float64 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -1944,11 +2101,14 @@ func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) err
 	})
 }
 
-// AlltoallBFloat16 runs alltoall on bfloat16 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallBFloat16 runs alltoall on bfloat16 elements. Alltoall sends block j
+// of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -1967,11 +2127,14 @@ func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) e
 	})
 }
 
-// AlltoallFloat16 runs alltoall on float16 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallFloat16 runs alltoall on float16 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -1990,11 +2153,14 @@ func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) err
 	})
 }
 
-// AlltoallInt8 runs alltoall on int8 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallInt8 runs alltoall on int8 elements. Alltoall sends block j of each
+// rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -2013,11 +2179,14 @@ func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	})
 }
 
-// AlltoallUint8 runs alltoall on uint8 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallUint8 runs alltoall on uint8 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -2036,11 +2205,14 @@ func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 	})
 }
 
-// AlltoallInt32 runs alltoall on int32 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallInt32 runs alltoall on int32 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -2059,11 +2231,14 @@ func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 	})
 }
 
-// AlltoallUint32 runs alltoall on uint32 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallUint32 runs alltoall on uint32 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -2082,11 +2257,14 @@ func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error
 	})
 }
 
-// AlltoallInt64 runs alltoall on int64 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallInt64 runs alltoall on int64 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -2105,11 +2283,14 @@ func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 	})
 }
 
-// AlltoallUint64 runs alltoall on uint64 elements.
-// Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+// AlltoallUint64 runs alltoall on uint64 elements. Alltoall sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer.
 //
-// With count = len(send)/size and size the number of ranks: send holds count*size elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send)/size and size the number of ranks: send holds
+// count*size elements on every rank; recv holds count*size elements on every
+// rank. Lengths that do not fit the shape return an error wrapping
+// ErrBufferLength.
 func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
 	size := c.Size()
 	if len(send)%size != 0 {
@@ -2128,18 +2309,18 @@ func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error
 	})
 }
 
-// Barrier runs barrier.
-// Barrier returns on each rank only after every rank has entered it.
+// Barrier runs barrier. Barrier returns on each rank only after every rank has
+// entered it.
 func Barrier(ctx context.Context, c core.Comm) error {
 	return c.Do(ctx, &core.Request{Kind: KindBarrier})
 }
 
-// SendFloat32 runs send on float32 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendFloat32 runs send on float32 elements. Send delivers buf to rank peer,
+// which must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2156,12 +2337,12 @@ func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 	})
 }
 
-// SendFloat64 runs send on float64 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendFloat64 runs send on float64 elements. Send delivers buf to rank peer,
+// which must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2178,12 +2359,12 @@ func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 	})
 }
 
-// SendBFloat16 runs send on bfloat16 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendBFloat16 runs send on bfloat16 elements. Send delivers buf to rank peer,
+// which must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2200,12 +2381,12 @@ func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 	})
 }
 
-// SendFloat16 runs send on float16 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendFloat16 runs send on float16 elements. Send delivers buf to rank peer,
+// which must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2222,12 +2403,12 @@ func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 	})
 }
 
-// SendInt8 runs send on int8 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendInt8 runs send on int8 elements. Send delivers buf to rank peer, which
+// must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2244,12 +2425,12 @@ func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 	})
 }
 
-// SendUint8 runs send on uint8 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendUint8 runs send on uint8 elements. Send delivers buf to rank peer, which
+// must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2266,12 +2447,12 @@ func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 	})
 }
 
-// SendInt32 runs send on int32 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendInt32 runs send on int32 elements. Send delivers buf to rank peer, which
+// must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2288,12 +2469,12 @@ func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 	})
 }
 
-// SendUint32 runs send on uint32 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendUint32 runs send on uint32 elements. Send delivers buf to rank peer,
+// which must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2310,12 +2491,12 @@ func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 	})
 }
 
-// SendInt64 runs send on int64 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendInt64 runs send on int64 elements. Send delivers buf to rank peer, which
+// must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2332,12 +2513,12 @@ func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 	})
 }
 
-// SendUint64 runs send on uint64 elements.
-// Send delivers buf to rank peer, which must call Recv with the same count.
+// SendUint64 runs send on uint64 elements. Send delivers buf to rank peer,
+// which must call Recv with the same count.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2354,12 +2535,12 @@ func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 	})
 }
 
-// RecvFloat32 runs recv on float32 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvFloat32 runs recv on float32 elements. Recv receives into buf what rank
+// peer passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2376,12 +2557,12 @@ func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 	})
 }
 
-// RecvFloat64 runs recv on float64 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvFloat64 runs recv on float64 elements. Recv receives into buf what rank
+// peer passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2398,12 +2579,12 @@ func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 	})
 }
 
-// RecvBFloat16 runs recv on bfloat16 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvBFloat16 runs recv on bfloat16 elements. Recv receives into buf what
+// rank peer passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2420,12 +2601,12 @@ func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 	})
 }
 
-// RecvFloat16 runs recv on float16 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvFloat16 runs recv on float16 elements. Recv receives into buf what rank
+// peer passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2442,12 +2623,12 @@ func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 	})
 }
 
-// RecvInt8 runs recv on int8 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvInt8 runs recv on int8 elements. Recv receives into buf what rank peer
+// passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2464,12 +2645,12 @@ func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 	})
 }
 
-// RecvUint8 runs recv on uint8 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvUint8 runs recv on uint8 elements. Recv receives into buf what rank peer
+// passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2486,12 +2667,12 @@ func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 	})
 }
 
-// RecvInt32 runs recv on int32 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvInt32 runs recv on int32 elements. Recv receives into buf what rank peer
+// passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2508,12 +2689,12 @@ func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 	})
 }
 
-// RecvUint32 runs recv on uint32 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvUint32 runs recv on uint32 elements. Recv receives into buf what rank
+// peer passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2530,12 +2711,12 @@ func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 	})
 }
 
-// RecvInt64 runs recv on int64 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvInt64 runs recv on int64 elements. Recv receives into buf what rank peer
+// passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
@@ -2552,12 +2733,12 @@ func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 	})
 }
 
-// RecvUint64 runs recv on uint64 elements.
-// Recv receives into buf what rank peer passed to Send.
+// RecvUint64 runs recv on uint64 elements. Recv receives into buf what rank
+// peer passed to Send.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// peer is the other rank, not this one.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. peer is the other rank, not this one. Lengths that do not fit
+// the shape return an error wrapping ErrBufferLength.
 func RecvUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()

@@ -64,25 +64,35 @@ const (
 
 // Collectives, by wire id.
 const (
-	// KindAllreduce: Allreduce combines every rank's send buffer with op and leaves the result in every rank's recv buffer.
+	// KindAllreduce: Allreduce combines every rank's send buffer with op and
+	// leaves the result in every rank's recv buffer.
 	KindAllreduce core.Kind = 1
-	// KindReduce: Reduce combines every rank's send buffer with op into the root's recv buffer.
+	// KindReduce: Reduce combines every rank's send buffer with op into the root's
+	// recv buffer.
 	KindReduce core.Kind = 2
-	// KindBroadcast: Broadcast copies the root's buffer into every other rank's buffer.
+	// KindBroadcast: Broadcast copies the root's buffer into every other rank's
+	// buffer.
 	KindBroadcast core.Kind = 3
-	// KindAllgather: Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+	// KindAllgather: Allgather concatenates every rank's send buffer, in rank
+	// order, into every rank's recv buffer.
 	KindAllgather core.Kind = 4
-	// KindReduceScatter: ReduceScatter combines every rank's send buffer with op and leaves block rank of the result in each rank's recv buffer.
+	// KindReduceScatter: ReduceScatter combines every rank's send buffer with op
+	// and leaves block rank of the result in each rank's recv buffer.
 	KindReduceScatter core.Kind = 5
-	// KindGather: Gather concatenates every rank's send buffer, in rank order, into the root's recv buffer.
+	// KindGather: Gather concatenates every rank's send buffer, in rank order,
+	// into the root's recv buffer.
 	KindGather core.Kind = 6
-	// KindScatter: Scatter sends block rank of the root's send buffer to each rank's recv buffer.
+	// KindScatter: Scatter sends block rank of the root's send buffer to each
+	// rank's recv buffer.
 	KindScatter core.Kind = 7
-	// KindAlltoall: Alltoall sends block j of each rank's send buffer to rank j, which stores it as block rank of its recv buffer.
+	// KindAlltoall: Alltoall sends block j of each rank's send buffer to rank j,
+	// which stores it as block rank of its recv buffer.
 	KindAlltoall core.Kind = 8
-	// KindBarrier: Barrier returns on each rank only after every rank has entered it.
+	// KindBarrier: Barrier returns on each rank only after every rank has entered
+	// it.
 	KindBarrier core.Kind = 9
-	// KindSend: Send delivers buf to rank peer, which must call Recv with the same count.
+	// KindSend: Send delivers buf to rank peer, which must call Recv with the same
+	// count.
 	KindSend core.Kind = 10
 	// KindRecv: Recv receives into buf what rank peer passed to Send.
 	KindRecv core.Kind = 11

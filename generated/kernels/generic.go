@@ -174,7 +174,7 @@ func goSumBFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*BFloat16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*BFloat16)(unsafe.Add(p, off))).Float32()
@@ -192,7 +192,7 @@ func goProdBFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*BFloat16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*BFloat16)(unsafe.Add(p, off))).Float32()
@@ -210,7 +210,7 @@ func goMinBFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*BFloat16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*BFloat16)(unsafe.Add(p, off))).Float32()
@@ -228,7 +228,7 @@ func goMaxBFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*BFloat16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*BFloat16)(unsafe.Add(p, off))).Float32()
@@ -243,7 +243,7 @@ func divideBFloat16(p unsafe.Pointer, n, nranks int) {
 	div := float32(nranks)
 	s := unsafe.Slice((*BFloat16)(p), n)
 	for i, v := range s {
-		s[i] = BFloat16FromFloat32((v).Float32() / div)
+		s[i] = BFloat16FromFloat32(v.Float32() / div)
 	}
 }
 
@@ -255,7 +255,7 @@ func goSumFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*Float16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*Float16)(unsafe.Add(p, off))).Float32()
@@ -273,7 +273,7 @@ func goProdFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*Float16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*Float16)(unsafe.Add(p, off))).Float32()
@@ -291,7 +291,7 @@ func goMinFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*Float16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*Float16)(unsafe.Add(p, off))).Float32()
@@ -309,7 +309,7 @@ func goMaxFloat16(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int) {
 	s0 := unsafe.Slice((*Float16)(in[0]), n)
 	rest := in[1:]
 	for i := range d {
-		acc := (s0[i]).Float32()
+		acc := s0[i].Float32()
 		off := uintptr(i) * 2
 		for _, p := range rest {
 			x := (*(*Float16)(unsafe.Add(p, off))).Float32()
@@ -324,7 +324,7 @@ func divideFloat16(p unsafe.Pointer, n, nranks int) {
 	div := float32(nranks)
 	s := unsafe.Slice((*Float16)(p), n)
 	for i, v := range s {
-		s[i] = Float16FromFloat32((v).Float32() / div)
+		s[i] = Float16FromFloat32(v.Float32() / div)
 	}
 }
 

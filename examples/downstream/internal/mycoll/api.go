@@ -8,12 +8,14 @@ import (
 	"github.com/gocoll/gocoll/core"
 )
 
-// AllreduceFloat32 runs allreduce on float32 elements.
-// Allreduce sums every rank's send buffer and leaves the result in every rank's recv buffer.
+// AllreduceFloat32 runs allreduce on float32 elements. Allreduce sums every
+// rank's send buffer and leaves the result in every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one float32 supports: sum; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one float32 supports: sum; others return an error wrapping
+// core.ErrUnsupported. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
 	if !Supports(DTypeFloat32, op) {
 		return unsupported("AllreduceFloat32", DTypeFloat32, op)
@@ -32,12 +34,14 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 	})
 }
 
-// AllreduceBFloat16 runs allreduce on bfloat16 elements.
-// Allreduce sums every rank's send buffer and leaves the result in every rank's recv buffer.
+// AllreduceBFloat16 runs allreduce on bfloat16 elements. Allreduce sums every
+// rank's send buffer and leaves the result in every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count elements on every rank.
-// op must be one bfloat16 supports: sum; others return an error wrapping core.ErrUnsupported.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op must be
+// one bfloat16 supports: sum; others return an error wrapping
+// core.ErrUnsupported. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
 	if !Supports(DTypeBFloat16, op) {
 		return unsupported("AllreduceBFloat16", DTypeBFloat16, op)
@@ -56,12 +60,13 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 	})
 }
 
-// BroadcastFloat32 runs broadcast on float32 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastFloat32 runs broadcast on float32 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -78,12 +83,13 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 	})
 }
 
-// BroadcastBFloat16 runs broadcast on bfloat16 elements.
-// Broadcast copies the root's buffer into every other rank's buffer.
+// BroadcastBFloat16 runs broadcast on bfloat16 elements. Broadcast copies the
+// root's buffer into every other rank's buffer.
 //
-// With count = len(buf) and size the number of ranks: buf holds count elements on every rank.
-// root is the rank the data comes from or goes to; every rank passes the same root.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root. Lengths that do not fit the shape return an error
+// wrapping ErrBufferLength.
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
@@ -100,10 +106,11 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 	})
 }
 
-// AllgatherFloat32 runs allgather on float32 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherFloat32 runs allgather on float32 elements. Allgather concatenates
+// every rank's send buffer, in rank order, into every rank's recv buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
 	size := c.Size()
@@ -120,10 +127,12 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 	})
 }
 
-// AllgatherBFloat16 runs allgather on bfloat16 elements.
-// Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+// AllgatherBFloat16 runs allgather on bfloat16 elements. Allgather
+// concatenates every rank's send buffer, in rank order, into every rank's recv
+// buffer.
 //
-// With count = len(send) and size the number of ranks: send holds count elements on every rank; recv holds count*size elements on every rank.
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
 // Lengths that do not fit the shape return an error wrapping ErrBufferLength.
 func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
 	size := c.Size()
@@ -140,8 +149,8 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 	})
 }
 
-// Barrier runs barrier.
-// Barrier returns on each rank only after every rank has entered it.
+// Barrier runs barrier. Barrier returns on each rank only after every rank has
+// entered it.
 func Barrier(ctx context.Context, c core.Comm) error {
 	return c.Do(ctx, &core.Request{Kind: KindBarrier})
 }

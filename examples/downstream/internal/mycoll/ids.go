@@ -34,13 +34,17 @@ const (
 
 // Collectives, by wire id.
 const (
-	// KindAllreduce: Allreduce sums every rank's send buffer and leaves the result in every rank's recv buffer.
+	// KindAllreduce: Allreduce sums every rank's send buffer and leaves the result
+	// in every rank's recv buffer.
 	KindAllreduce core.Kind = 1
-	// KindBroadcast: Broadcast copies the root's buffer into every other rank's buffer.
+	// KindBroadcast: Broadcast copies the root's buffer into every other rank's
+	// buffer.
 	KindBroadcast core.Kind = 3
-	// KindAllgather: Allgather concatenates every rank's send buffer, in rank order, into every rank's recv buffer.
+	// KindAllgather: Allgather concatenates every rank's send buffer, in rank
+	// order, into every rank's recv buffer.
 	KindAllgather core.Kind = 4
-	// KindBarrier: Barrier returns on each rank only after every rank has entered it.
+	// KindBarrier: Barrier returns on each rank only after every rank has entered
+	// it.
 	KindBarrier core.Kind = 9
 )
 
