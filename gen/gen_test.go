@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gocoll/gocoll/gen/spec"
 )
 
 // readTree returns every file under dir by its path relative to dir.
@@ -34,7 +36,7 @@ func readTree(t *testing.T, dir string) map[string][]byte {
 // generateInModule copies spec into a fresh module directory as
 // spec/collectives.yaml and generates into its generated/ directory, as
 // go generate does in the repository.
-func generateInModule(t *testing.T, spec []byte, kernels bool) string {
+func generateInModule(t *testing.T, specSrc []byte, kernels bool) string {
 	t.Helper()
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "spec"), 0o755); err != nil {
@@ -44,7 +46,7 @@ func generateInModule(t *testing.T, spec []byte, kernels bool) string {
 		t.Fatal(err)
 	}
 	sp := filepath.Join(root, "spec", "collectives.yaml")
-	if err := os.WriteFile(sp, spec, 0o644); err != nil {
+	if err := os.WriteFile(sp, specSrc, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := Run(Options{Spec: sp, Out: filepath.Join(root, "generated"), Kernels: kernels}); err != nil {
@@ -58,12 +60,12 @@ func generateInModule(t *testing.T, spec []byte, kernels bool) string {
 // under generated/ (so CI's regenerate-and-diff check can only fail on a
 // stale commit).
 func TestDeterministicAndCommitted(t *testing.T) {
-	spec, err := os.ReadFile("../spec/collectives.yaml")
+	src, err := os.ReadFile("../spec/collectives.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := readTree(t, filepath.Join(generateInModule(t, spec, true), "generated"))
-	b := readTree(t, filepath.Join(generateInModule(t, spec, true), "generated"))
+	a := readTree(t, filepath.Join(generateInModule(t, src, true), "generated"))
+	b := readTree(t, filepath.Join(generateInModule(t, src, true), "generated"))
 	if len(a) == 0 {
 		t.Fatal("nothing generated")
 	}
@@ -160,9 +162,9 @@ func TestSubsetSpecsBuildAndPass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, spec := range subsetSpecs {
+	for name, src := range subsetSpecs {
 		t.Run(name, func(t *testing.T) {
-			root := generateInModule(t, []byte(spec), true)
+			root := generateInModule(t, []byte(src), true)
 			mod := "module example.com/m\n\ngo 1.26.0\n\nrequire github.com/gocoll/gocoll v0.0.0\n\nreplace github.com/gocoll/gocoll => " + repo + "\n"
 			if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte(mod), 0o644); err != nil {
 				t.Fatal(err)
@@ -176,5 +178,29 @@ func TestSubsetSpecsBuildAndPass(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEnsureArchKernel checks the fallback for a target the assembly
+// generator emitted nothing for: reduce_noasm.go appears when no file
+// declares archKernel and goes away when one does.
+func TestEnsureArchKernel(t *testing.T) {
+	dir := t.TempDir()
+	s := &spec.Spec{Path: "x.yaml"}
+	if err := ensureArchKernel(s, dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, noasmFile))
+	if err != nil || !bytes.Contains(b, []byte("func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel")) {
+		t.Fatalf("%s: %v\n%s", noasmFile, err, b)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "reduce_amd64.go"), []byte("package kernels\n\nfunc archKernel(isa ISA, dt core.DType, op core.Op) rawKernel { return nil }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := ensureArchKernel(s, dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, noasmFile)); !os.IsNotExist(err) {
+		t.Fatalf("%s still there beside another archKernel: %v", noasmFile, err)
 	}
 }
