@@ -6,6 +6,7 @@ import (
 
 	"github.com/gocoll/gocoll/backends/kv"
 	"github.com/gocoll/gocoll/backends/shm"
+	"github.com/gocoll/gocoll/backends/tcp"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch/store"
 )
@@ -42,16 +43,19 @@ func (c *Comm) newBackend(ctx context.Context, name string) (core.Backend, error
 		}
 		return b, nil
 	case "tcp":
-		return nil, fmt.Errorf("dispatch: %w: backend tcp is not wired into dispatch yet; use shm (one node) or kv", core.ErrUnsupported)
+		b, err := tcp.New(ctx, world("tcp/"))
+		if err != nil {
+			return nil, fmt.Errorf("dispatch: starting the tcp backend: %w", err)
+		}
+		return b, nil
 	}
 	return nil, fmt.Errorf("dispatch: unknown backend %q", name)
 }
 
-// autoBackend is shm when every rank shares one node; tcp would take the
-// multi-node case, and until it is wired in, kv does.
+// autoBackend is shm when every rank shares one node, tcp otherwise.
 func (c *Comm) autoBackend() string {
 	if c.numNodes == 1 {
 		return "shm"
 	}
-	return "kv"
+	return "tcp"
 }

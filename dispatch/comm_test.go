@@ -275,3 +275,54 @@ func freePort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// auto picks shm on one node and tcp across nodes; every backend gives
+// the same allreduce.
+func TestBackendChoice(t *testing.T) {
+	for _, tc := range []struct {
+		backend string
+		nodes   []string
+		want    string
+	}{
+		{"auto", []string{"n", "n", "n"}, "shm"},
+		{"auto", []string{"n", "m", "n"}, "tcp"},
+		{"shm", []string{"n", "n", "n"}, "shm"},
+		{"tcp", []string{"n", "n", "n"}, "tcp"},
+		{"kv", []string{"n", "m", "n"}, "kv"},
+	} {
+		t.Run(tc.backend+"/"+strings.Join(tc.nodes, ""), func(t *testing.T) {
+			s := memstore.New()
+			n := len(tc.nodes)
+			errs := goRanks(n, func(r int) []Option {
+				return []Option{WithStore(s), WithRank(r), WithSize(n), WithNodeID(tc.nodes[r]), WithBackend(tc.backend),
+					WithTimeout(20 * time.Second)}
+			}, func(ctx context.Context, c *Comm) error {
+				if c.Backend() != tc.want {
+					return fmt.Errorf("backend %q, want %q", c.Backend(), tc.want)
+				}
+				send := []float64{float64(c.Rank()), 0.5}
+				recv := make([]float64, 2)
+				if err := coll.AllreduceFloat64(ctx, c, send, recv, coll.OpSum); err != nil {
+					return err
+				}
+				if recv[0] != 3 || recv[1] != 1.5 {
+					return fmt.Errorf("allreduce = %v", recv)
+				}
+				return c.Barrier(ctx)
+			})
+			checkErrs(t, errs)
+		})
+	}
+}
+
+func TestShmNeedsOneNode(t *testing.T) {
+	s := memstore.New()
+	errs := goRanks(2, func(r int) []Option {
+		return []Option{WithStore(s), WithRank(r), WithSize(2), WithNodeID(strconv.Itoa(r)), WithBackend("shm"), WithTimeout(5 * time.Second)}
+	}, func(ctx context.Context, c *Comm) error { return nil })
+	for r, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "span 2 nodes") {
+			t.Errorf("rank %d: %v; want shm refused across 2 nodes", r, err)
+		}
+	}
+}
