@@ -238,7 +238,7 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 		}
 	}
 	lenErr := func(format string, args ...jen.Code) jen.Code {
-		return jen.Return(jen.Qual("fmt", "Errorf").Call(append([]jen.Code{jen.Lit("%s: %w: " + format), jen.Lit(name), jen.Id("ErrBufferLength")}, args...)...))
+		return jen.Return(jen.Qual("fmt", "Errorf").Call(append([]jen.Code{jen.Lit(name + ": %w: " + format), jen.Id("ErrBufferLength")}, args...)...))
 	}
 
 	f.Func().Id(name).Params(params...).Error().BlockFunc(func(g *jen.Group) {
@@ -255,12 +255,12 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 		}
 		if c.Root {
 			g.If(jen.Id("root").Op("<").Lit(0).Op("||").Id("root").Op(">=").Id("size")).Block(
-				jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)"), jen.Lit(name), jen.Id("root"), jen.Id("size"), jen.Id("size"))),
+				jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit(name+": root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)"), jen.Id("root"), jen.Id("size"), jen.Id("size"))),
 			)
 		}
 		if c.Peer {
 			g.If(jen.Id("peer").Op("<").Lit(0).Op("||").Id("peer").Op(">=").Id("size").Op("||").Id("peer").Op("==").Id("rank")).Block(
-				jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)"), jen.Lit(name), jen.Id("peer"), jen.Id("size"), jen.Id("rank"))),
+				jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit(name+": peer %d must be another rank of this %d-rank communicator (this is rank %d)"), jen.Id("peer"), jen.Id("size"), jen.Id("rank"))),
 			)
 		}
 		countArg := jen.Lit(0)
@@ -268,7 +268,7 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 			from := c.Buffers[c.CountFrom()]
 			if from.Count == "count*size" {
 				g.If(jen.Len(jen.Id(from.Name)).Op("%").Id("size").Op("!=").Lit(0)).Block(
-					lenErr("len(%s) = %d is not a multiple of the %d ranks", jen.Lit(from.Name), jen.Len(jen.Id(from.Name)), jen.Id("size")),
+					lenErr("len("+from.Name+") = %d is not a multiple of the %d ranks", jen.Len(jen.Id(from.Name)), jen.Id("size")),
 				)
 				g.Id("count").Op(":=").Len(jen.Id(from.Name)).Op("/").Id("size")
 			} else {
@@ -281,7 +281,7 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 				}
 				want, wantText := countExpr(b)
 				check := jen.If(jen.Len(jen.Id(b.Name)).Op("!=").Add(want)).Block(
-					lenErr("len(%s) = %d, want %s = %d", jen.Lit(b.Name), jen.Len(jen.Id(b.Name)), jen.Lit(wantText), want),
+					lenErr("len("+b.Name+") = %d, want "+wantText+" = %d", jen.Len(jen.Id(b.Name)), want),
 				)
 				if b.On == "root" {
 					g.If(jen.Id("rank").Op("==").Id("root")).Block(check).Else().Block(

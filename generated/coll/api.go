@@ -23,7 +23,7 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceFloat32", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -50,7 +50,7 @@ func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceFloat64", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceFloat64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -77,7 +77,7 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceBFloat16", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -104,7 +104,7 @@ func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceFloat16", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -131,7 +131,7 @@ func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceInt8", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceInt8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -158,7 +158,7 @@ func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op cor
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceUint8", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceUint8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -185,7 +185,7 @@ func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op cor
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceInt32", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceInt32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -212,7 +212,7 @@ func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op c
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceUint32", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceUint32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -239,7 +239,7 @@ func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op cor
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceInt64", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceInt64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -266,7 +266,7 @@ func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op c
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceUint64", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceUint64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -295,12 +295,12 @@ func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op co
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceFloat32", root, size, size)
+		return fmt.Errorf("ReduceFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceFloat32", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -334,12 +334,12 @@ func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op co
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceFloat64", root, size, size)
+		return fmt.Errorf("ReduceFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceFloat64", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceFloat64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -373,12 +373,12 @@ func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op 
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceBFloat16", root, size, size)
+		return fmt.Errorf("ReduceBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceBFloat16", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -412,12 +412,12 @@ func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op co
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceFloat16", root, size, size)
+		return fmt.Errorf("ReduceFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceFloat16", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -451,12 +451,12 @@ func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op,
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceInt8", root, size, size)
+		return fmt.Errorf("ReduceInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceInt8", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceInt8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -490,12 +490,12 @@ func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.O
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceUint8", root, size, size)
+		return fmt.Errorf("ReduceUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceUint8", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceUint8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -529,12 +529,12 @@ func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.O
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceInt32", root, size, size)
+		return fmt.Errorf("ReduceInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceInt32", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceInt32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -568,12 +568,12 @@ func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceUint32", root, size, size)
+		return fmt.Errorf("ReduceUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceUint32", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceUint32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -607,12 +607,12 @@ func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.O
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceInt64", root, size, size)
+		return fmt.Errorf("ReduceInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceInt64", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceInt64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -646,12 +646,12 @@ func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ReduceUint64", root, size, size)
+		return fmt.Errorf("ReduceUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceUint64", ErrBufferLength, "recv", len(recv), "count", count)
+			return fmt.Errorf("ReduceUint64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -678,7 +678,7 @@ func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastFloat32", root, size, size)
+		return fmt.Errorf("BroadcastFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -701,7 +701,7 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastFloat64", root, size, size)
+		return fmt.Errorf("BroadcastFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -724,7 +724,7 @@ func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int)
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastBFloat16", root, size, size)
+		return fmt.Errorf("BroadcastBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -747,7 +747,7 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastFloat16", root, size, size)
+		return fmt.Errorf("BroadcastFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -770,7 +770,7 @@ func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int)
 func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastInt8", root, size, size)
+		return fmt.Errorf("BroadcastInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -793,7 +793,7 @@ func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error
 func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastUint8", root, size, size)
+		return fmt.Errorf("BroadcastUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -816,7 +816,7 @@ func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) err
 func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastInt32", root, size, size)
+		return fmt.Errorf("BroadcastInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -839,7 +839,7 @@ func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) err
 func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastUint32", root, size, size)
+		return fmt.Errorf("BroadcastUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -862,7 +862,7 @@ func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) e
 func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastInt64", root, size, size)
+		return fmt.Errorf("BroadcastInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -885,7 +885,7 @@ func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) err
 func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastUint64", root, size, size)
+		return fmt.Errorf("BroadcastUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -908,7 +908,7 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherFloat32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -929,7 +929,7 @@ func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) er
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherFloat64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -951,7 +951,7 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherBFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -972,7 +972,7 @@ func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) er
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -993,7 +993,7 @@ func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherInt8", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1014,7 +1014,7 @@ func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error 
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherUint8", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1035,7 +1035,7 @@ func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error 
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherInt32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1056,7 +1056,7 @@ func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) erro
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherUint32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1077,7 +1077,7 @@ func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error 
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherInt64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1098,7 +1098,7 @@ func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) erro
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherUint64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1125,7 +1125,7 @@ func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterFloat32", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterFloat32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1153,7 +1153,7 @@ func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterFloat64", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterFloat64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1181,7 +1181,7 @@ func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterBFloat16", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterBFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1209,7 +1209,7 @@ func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterFloat16", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1237,7 +1237,7 @@ func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op c
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterInt8", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterInt8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1265,7 +1265,7 @@ func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterUint8", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterUint8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1293,7 +1293,7 @@ func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterInt32", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterInt32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1321,7 +1321,7 @@ func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, 
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterUint32", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterUint32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1349,7 +1349,7 @@ func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterInt64", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterInt64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1377,7 +1377,7 @@ func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, 
 	size := c.Size()
 	count := len(recv)
 	if len(send) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ReduceScatterUint64", ErrBufferLength, "send", len(send), "count*size", count*size)
+		return fmt.Errorf("ReduceScatterUint64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -1401,12 +1401,12 @@ func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root 
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherFloat32", root, size, size)
+		return fmt.Errorf("GatherFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherFloat32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1434,12 +1434,12 @@ func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root 
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherFloat64", root, size, size)
+		return fmt.Errorf("GatherFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherFloat64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1467,12 +1467,12 @@ func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, roo
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherBFloat16", root, size, size)
+		return fmt.Errorf("GatherBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherBFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1500,12 +1500,12 @@ func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root 
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherFloat16", root, size, size)
+		return fmt.Errorf("GatherFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1533,12 +1533,12 @@ func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) e
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherInt8", root, size, size)
+		return fmt.Errorf("GatherInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherInt8", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1566,12 +1566,12 @@ func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int)
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherUint8", root, size, size)
+		return fmt.Errorf("GatherUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherUint8", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1599,12 +1599,12 @@ func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int)
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherInt32", root, size, size)
+		return fmt.Errorf("GatherInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherInt32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1632,12 +1632,12 @@ func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root in
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherUint32", root, size, size)
+		return fmt.Errorf("GatherUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherUint32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1665,12 +1665,12 @@ func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int)
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherInt64", root, size, size)
+		return fmt.Errorf("GatherInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherInt64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1698,12 +1698,12 @@ func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root in
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "GatherUint64", root, size, size)
+		return fmt.Errorf("GatherUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(send)
 	if rank == root {
 		if len(recv) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "GatherUint64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+			return fmt.Errorf("GatherUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1731,12 +1731,12 @@ func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterFloat32", root, size, size)
+		return fmt.Errorf("ScatterFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterFloat32", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterFloat32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1764,12 +1764,12 @@ func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterFloat64", root, size, size)
+		return fmt.Errorf("ScatterFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterFloat64", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterFloat64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1797,12 +1797,12 @@ func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, ro
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterBFloat16", root, size, size)
+		return fmt.Errorf("ScatterBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterBFloat16", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterBFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1830,12 +1830,12 @@ func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterFloat16", root, size, size)
+		return fmt.Errorf("ScatterFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterFloat16", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1863,12 +1863,12 @@ func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) 
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterInt8", root, size, size)
+		return fmt.Errorf("ScatterInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterInt8", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterInt8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1896,12 +1896,12 @@ func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterUint8", root, size, size)
+		return fmt.Errorf("ScatterUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterUint8", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterUint8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1929,12 +1929,12 @@ func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterInt32", root, size, size)
+		return fmt.Errorf("ScatterInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterInt32", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterInt32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1962,12 +1962,12 @@ func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root i
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterUint32", root, size, size)
+		return fmt.Errorf("ScatterUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterUint32", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterUint32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -1995,12 +1995,12 @@ func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterInt64", root, size, size)
+		return fmt.Errorf("ScatterInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterInt64", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterInt64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -2028,12 +2028,12 @@ func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root i
 	size := c.Size()
 	rank := c.Rank()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "ScatterUint64", root, size, size)
+		return fmt.Errorf("ScatterUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(recv)
 	if rank == root {
 		if len(send) != count*size {
-			return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "ScatterUint64", ErrBufferLength, "send", len(send), "count*size", count*size)
+			return fmt.Errorf("ScatterUint64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 		}
 	} else {
 		// Not used off the root: hand the backend nil, as core.Request says.
@@ -2060,11 +2060,11 @@ func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root i
 func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallFloat32", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallFloat32: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallFloat32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2086,11 +2086,11 @@ func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) err
 func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallFloat64", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallFloat64: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallFloat64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2112,11 +2112,11 @@ func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) err
 func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallBFloat16", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallBFloat16: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallBFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2138,11 +2138,11 @@ func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) e
 func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallFloat16", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallFloat16: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2164,11 +2164,11 @@ func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) err
 func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallInt8", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallInt8: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallInt8", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2190,11 +2190,11 @@ func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallUint8", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallUint8: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallUint8", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2216,11 +2216,11 @@ func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallInt32", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallInt32: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallInt32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2242,11 +2242,11 @@ func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallUint32", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallUint32: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallUint32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2268,11 +2268,11 @@ func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error
 func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallInt64", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallInt64: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallInt64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2294,11 +2294,11 @@ func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
 	size := c.Size()
 	if len(send)%size != 0 {
-		return fmt.Errorf("%s: %w: len(%s) = %d is not a multiple of the %d ranks", "AlltoallUint64", ErrBufferLength, "send", len(send), size)
+		return fmt.Errorf("AlltoallUint64: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
 	}
 	count := len(send) / size
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AlltoallUint64", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AlltoallUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -2325,7 +2325,7 @@ func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendFloat32", peer, size, rank)
+		return fmt.Errorf("SendFloat32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2347,7 +2347,7 @@ func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendFloat64", peer, size, rank)
+		return fmt.Errorf("SendFloat64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2369,7 +2369,7 @@ func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendBFloat16", peer, size, rank)
+		return fmt.Errorf("SendBFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2391,7 +2391,7 @@ func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendFloat16", peer, size, rank)
+		return fmt.Errorf("SendFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2413,7 +2413,7 @@ func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendInt8", peer, size, rank)
+		return fmt.Errorf("SendInt8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2435,7 +2435,7 @@ func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendUint8", peer, size, rank)
+		return fmt.Errorf("SendUint8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2457,7 +2457,7 @@ func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendInt32", peer, size, rank)
+		return fmt.Errorf("SendInt32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2479,7 +2479,7 @@ func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendUint32", peer, size, rank)
+		return fmt.Errorf("SendUint32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2501,7 +2501,7 @@ func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendInt64", peer, size, rank)
+		return fmt.Errorf("SendInt64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2523,7 +2523,7 @@ func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "SendUint64", peer, size, rank)
+		return fmt.Errorf("SendUint64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2545,7 +2545,7 @@ func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvFloat32", peer, size, rank)
+		return fmt.Errorf("RecvFloat32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2567,7 +2567,7 @@ func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvFloat64", peer, size, rank)
+		return fmt.Errorf("RecvFloat64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2589,7 +2589,7 @@ func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvBFloat16", peer, size, rank)
+		return fmt.Errorf("RecvBFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2611,7 +2611,7 @@ func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvFloat16", peer, size, rank)
+		return fmt.Errorf("RecvFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2633,7 +2633,7 @@ func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvInt8", peer, size, rank)
+		return fmt.Errorf("RecvInt8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2655,7 +2655,7 @@ func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvUint8", peer, size, rank)
+		return fmt.Errorf("RecvUint8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2677,7 +2677,7 @@ func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvInt32", peer, size, rank)
+		return fmt.Errorf("RecvInt32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2699,7 +2699,7 @@ func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvUint32", peer, size, rank)
+		return fmt.Errorf("RecvUint32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2721,7 +2721,7 @@ func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvInt64", peer, size, rank)
+		return fmt.Errorf("RecvInt64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -2743,7 +2743,7 @@ func RecvUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 	size := c.Size()
 	rank := c.Rank()
 	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("%s: peer %d must be another rank of this %d-rank communicator (this is rank %d)", "RecvUint64", peer, size, rank)
+		return fmt.Errorf("RecvUint64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{

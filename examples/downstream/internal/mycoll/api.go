@@ -22,7 +22,7 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceFloat32", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -48,7 +48,7 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 	}
 	count := len(send)
 	if len(recv) != count {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllreduceBFloat16", ErrBufferLength, "recv", len(recv), "count", count)
+		return fmt.Errorf("AllreduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -70,7 +70,7 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastFloat32", root, size, size)
+		return fmt.Errorf("BroadcastFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -93,7 +93,7 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
 	size := c.Size()
 	if root < 0 || root >= size {
-		return fmt.Errorf("%s: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", "BroadcastBFloat16", root, size, size)
+		return fmt.Errorf("BroadcastBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
 	return c.Do(ctx, &core.Request{
@@ -116,7 +116,7 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherFloat32", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
@@ -138,7 +138,7 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 	size := c.Size()
 	count := len(send)
 	if len(recv) != count*size {
-		return fmt.Errorf("%s: %w: len(%s) = %d, want %s = %d", "AllgatherBFloat16", ErrBufferLength, "recv", len(recv), "count*size", count*size)
+		return fmt.Errorf("AllgatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
 	return c.Do(ctx, &core.Request{
 		Count: count,
