@@ -464,9 +464,9 @@ func TestGenericMatchesOracle(t *testing.T) {
 
 // TestReduceMatchesGeneric checks every dtype x op at every ISA level this
 // CPU has against the pure-Go kernels, bit for bit: lengths 0..300 and
-// large ones, n = 1..16 inputs, starts at every alignment, dst in place,
-// and guard bytes around dst that must stay untouched. -short trims the
-// cases (for the AVX-512 emulator).
+// large ones, n = 1..16 inputs (and 17 and 33), starts at every alignment,
+// dst in place, and guard bytes around dst that must stay untouched.
+// -short trims the cases (for the AVX-512 emulator).
 func TestReduceMatchesGeneric(t *testing.T) {
 	ns := []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	var lengths []int
@@ -487,7 +487,7 @@ func TestReduceMatchesGeneric(t *testing.T) {
 		// One pool of inputs per type, sliced at varying offsets: the first
 		// two long enough for big1, the next seven for big2.
 		r := rand.New(rand.NewPCG(uint64(tt.dt), 5))
-		pool := make([][]byte, 16)
+		pool := make([][]byte, 33)
 		for k := range pool {
 			l := 300
 			if large != nil && k < 2 {
@@ -504,6 +504,12 @@ func TestReduceMatchesGeneric(t *testing.T) {
 					withISA(t, isa, func() {
 						for _, n := range ns {
 							for _, l := range lengths {
+								runCase(t, r, tt, to, pool, n, l, guard)
+							}
+						}
+						// More inputs than the pointer pool holds.
+						for _, n := range []int{17, 33} {
+							for l := 0; l < 70; l += 3 {
 								runCase(t, r, tt, to, pool, n, l, guard)
 							}
 						}
