@@ -37,7 +37,7 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	if zc {
 		opts = append(opts, WithHeapSize(bytes))
 	}
-	b, err := newProcBackend(ctx, r, opts...)
+	b, err := newProcBackend(ctx, r, "shm/", opts...)
 	if err != nil {
 		return err
 	}

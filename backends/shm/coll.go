@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unsafe"
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
@@ -280,44 +281,74 @@ func (b *Backend) reduce(dt core.DType, o core.Op, dst []byte, srcs [][]byte) er
 }
 
 // allreduce runs allreduce (toAll) or reduce (the root gets the result).
+//
+// Two algorithms, both cut into chunks of the data-buffer size:
+//   - direct: one round per chunk; every output rank reduces all inputs in
+//     rank order. Least synchronisation; each output rank reads n inputs.
+//   - split: two rounds per chunk; each rank reduces its 1/n slice of all
+//     inputs into its other buffer, then every output rank copies all the
+//     slices out. Each rank reads about 2 inputs' worth whatever n is.
+//
+// Direct is used up to the small threshold (by default: always for two
+// ranks, where it moves less data than split).
 func (b *Backend) allreduce(o *op, d desc, req *core.Request, es int, toAll bool) error {
-	n, me := b.size, b.rank
+	n := b.size
 	bytes := req.Count * es
 	send := req.Send[:bytes]
-	out := toAll || me == req.Root
 	var recv []byte
-	if out {
+	if toAll || b.rank == req.Root {
 		recv = req.Recv[:bytes]
 	}
-	srcs := b.srcs[:n]
 	if n == 1 {
 		if err := b.first(o, d); err != nil {
 			return err
 		}
+		srcs := b.srcs[:1]
 		srcs[0] = send
 		return b.reduce(req.DType, req.Op, recv, srcs)
 	}
-	if bytes <= b.lay.smallThreshold {
-		// One round: everyone's input side by side, each output rank
-		// reduces all of them in rank order.
-		p := b.parity()
-		copy(b.slot(me, p), send)
-		if err := b.first(o, d); err != nil {
-			return err
-		}
-		if out {
-			for j := range srcs {
-				srcs[j] = b.slot(j, p)[:bytes]
-			}
-			return b.reduce(req.DType, req.Op, recv, srcs)
-		}
-		return nil
+	if bytes >= b.zcMin {
+		d.zc = b.heapOffset(send)
 	}
-	// Two rounds per chunk: reduce my slice of everyone's chunk into my
-	// other buffer, then copy every rank's reduced slice out. Inputs that
-	// live in a rank's heap are read in place (no copy-in).
+	if bytes <= b.lay.smallThreshold {
+		if d.zc != 0 && recv != nil && overlaps(send, recv) {
+			// Peers read a zero-copy input while this rank writes its
+			// result: in place, it must be copied in after all.
+			d.zc = 0
+		}
+		return b.direct(o, d, req, es, send, recv)
+	}
+	return b.split(o, d, req, es, send, recv)
+}
+
+// zeroCopyMin is the smallest input read in place from a heap buffer:
+// below it, copying is cheaper than the extra round a direct allreduce
+// needs before the owner may reuse its input.
+const zeroCopyMin = 64 << 10
+
+func overlaps(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	pa, pb := uintptr(unsafe.Pointer(unsafe.SliceData(a))), uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return pa < pb+uintptr(len(b)) && pb < pa+uintptr(len(a))
+}
+
+// input is rank j's elements [lo, hi) of the chunk at element off: in its
+// heap if it published a zero-copy input, else in its buffer p.
+func (b *Backend) input(j, p, off, lo, hi, es int) []byte {
+	if z := b.zc[j]; z != 0 {
+		base := int(z-1) + off*es
+		return b.heapOf(j)[base+lo*es : base+hi*es]
+	}
+	return b.slot(j, p)[lo*es : hi*es]
+}
+
+func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []byte) error {
+	me := b.rank
 	chunk := b.lay.bufferSize / es
-	d.zc = b.heapOffset(send)
+	srcs := b.srcs[:b.size]
+	anyZC := false
 	for i := 0; i < chunks(req.Count, chunk); i++ {
 		off := i * chunk
 		c := min(chunk, req.Count-off)
@@ -329,23 +360,59 @@ func (b *Backend) allreduce(o *op, d desc, req *core.Request, es int, toAll bool
 			return err
 		}
 		if i == 0 {
-			if err := b.checkZC(bytes); err != nil {
+			b.zc[me] = d.zc
+			if err := b.checkZC(len(send)); err != nil {
+				return err
+			}
+			for _, z := range b.zc {
+				anyZC = anyZC || z != 0
+			}
+		}
+		if recv != nil {
+			for j := range srcs {
+				srcs[j] = b.input(j, p, off, 0, c, es)
+			}
+			srcs[me] = send[off*es : (off+c)*es]
+			if err := b.reduce(req.DType, req.Op, recv[off*es:(off+c)*es], srcs); err != nil {
+				return b.fail(err)
+			}
+		}
+	}
+	if anyZC {
+		// Zero-copy inputs were read in place: their owners may reuse
+		// them only once every rank is done reading.
+		return b.step(o)
+	}
+	return nil
+}
+
+func (b *Backend) split(o *op, d desc, req *core.Request, es int, send, recv []byte) error {
+	n, me := b.size, b.rank
+	chunk := b.lay.bufferSize / es
+	srcs := b.srcs[:n]
+	for i := 0; i < chunks(req.Count, chunk); i++ {
+		off := i * chunk
+		c := min(chunk, req.Count-off)
+		p := b.parity()
+		if d.zc == 0 {
+			copy(b.slot(me, p), send[off*es:(off+c)*es])
+		}
+		if err := b.firstOr(o, d, i == 0); err != nil {
+			return err
+		}
+		if i == 0 {
+			b.zc[me] = 0 // read from send directly below
+			if err := b.checkZC(len(send)); err != nil {
 				return err
 			}
 		}
 		lo, hi := split(c, es, n, me)
 		for j := range srcs {
-			if z := b.zc[j]; z != 0 {
-				h := b.heapOf(j)
-				base := int(z-1) + off*es
-				srcs[j] = h[base+lo*es : base+hi*es]
-			} else {
-				srcs[j] = b.slot(j, p)[lo*es : hi*es]
-			}
+			srcs[j] = b.input(j, p, off, lo, hi, es)
 		}
-		if d.zc != 0 {
-			srcs[me] = send[(off+lo)*es : (off+hi)*es]
-		}
+		srcs[me] = send[(off+lo)*es : (off+hi)*es]
+		// The slice goes to the other buffer, written in the next round:
+		// nobody reads that buffer until then.
 		q := 1 - p
 		if err := b.reduce(req.DType, req.Op, b.slot(me, q)[lo*es:hi*es], srcs); err != nil {
 			return b.fail(err)
@@ -353,7 +420,8 @@ func (b *Backend) allreduce(o *op, d desc, req *core.Request, es int, toAll bool
 		if err := b.step(o); err != nil {
 			return err
 		}
-		if out {
+		// Inputs (zero-copy ones included) are no longer read by anyone.
+		if recv != nil {
 			dst := recv[off*es : (off+c)*es]
 			for j := 0; j < n; j++ {
 				l, h := split(c, es, n, j)

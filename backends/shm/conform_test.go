@@ -31,8 +31,15 @@ import (
 // the buffer" and "3.5 buffers" exercise chunking and pipelining cheaply.
 const confBuffer = 4096
 
-func conformOptions() []Option {
-	return []Option{WithBufferSize(confBuffer), WithSmallThreshold(1024), WithHeapSize(256 << 10), WithP2PBufferSize(4096)}
+// conformOptions: the whole suite runs with a small threshold (split
+// allreduce above 1 KiB); the reducing collectives run again with direct
+// allreduce at every size (directOnly).
+func conformOptions(directOnly bool) []Option {
+	small := 1024
+	if directOnly {
+		small = 1 << 30
+	}
+	return []Option{WithBufferSize(confBuffer), WithSmallThreshold(small), WithHeapSize(256 << 10), WithP2PBufferSize(4096)}
 }
 
 func confCounts(es int) []int {
@@ -57,13 +64,17 @@ func variantsOf(k core.Kind) []int {
 }
 
 // runConformance runs the whole suite on one rank; st carries the hashes.
-func runConformance(ctx context.Context, b *Backend, st core.Store, random bool) error {
+func runConformance(ctx context.Context, b *Backend, st core.Store, random, directOnly bool) error {
 	n, me := b.Size(), b.Rank()
+	b.zcMin = 1 // read every heap input in place, however small
 	h := sha256.New()
 	cases := 0
 	for ci, c := range coll.Cases {
 		if c.Kind == coll.KindRecv || (c.Kind == coll.KindSend && n == 1) {
 			continue // a send case runs both sides
+		}
+		if directOnly && c.Kind != coll.KindAllreduce && c.Kind != coll.KindReduce {
+			continue
 		}
 		es := max(c.DType.Size(), 1)
 		for si, count := range confCounts(es) {
@@ -440,24 +451,37 @@ func sendRing(ctx context.Context, b *Backend, c coll.Case, count int, in [][]by
 func TestConformanceGoroutines(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 4} {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
-			for _, random := range []bool{false, true} {
-				st := newSharedStore()
-				mustOK(t, goRanks(t, n, conformOptions(), func(ctx context.Context, b *Backend) error {
-					return runConformance(ctx, b, st, random)
-				}))
+			for _, directOnly := range []bool{false, true} {
+				for _, random := range []bool{false, true} {
+					st := newSharedStore()
+					mustOK(t, goRanks(t, n, conformOptions(directOnly), func(ctx context.Context, b *Backend) error {
+						return runConformance(ctx, b, st, random, directOnly)
+					}))
+				}
 			}
 		})
 	}
 }
 
 func conformBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, conformOptions()...)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	for _, random := range []bool{false, true} {
-		if err := runConformance(ctx, b, core.WithPrefix(r.Store, fmt.Sprintf("conf%v/", random)), random); err != nil {
+	for _, directOnly := range []bool{false, true} {
+		b, err := newProcBackend(ctx, r, fmt.Sprintf("shm%v/", directOnly), conformOptions(directOnly)...)
+		if err != nil {
+			return err
+		}
+		// The direct-only pass runs the random data only (it is checked
+		// against the reference bit for bit as well), to keep CI short.
+		passes := []bool{false, true}
+		if directOnly {
+			passes = []bool{true}
+		}
+		for _, random := range passes {
+			if err := runConformance(ctx, b, core.WithPrefix(r.Store, fmt.Sprintf("conf%v%v/", directOnly, random)), random, directOnly); err != nil {
+				b.Close()
+				return err
+			}
+		}
+		if err := b.Close(); err != nil {
 			return err
 		}
 	}
@@ -475,3 +499,4 @@ func TestConformanceProcesses(t *testing.T) {
 		})
 	}
 }
+

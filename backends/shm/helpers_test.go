@@ -68,7 +68,7 @@ func procRanks(t testing.TB, name string, np int, opts ...proctest.Option) []pro
 }
 
 // newProcBackend builds the backend of a process rank.
-func newProcBackend(ctx context.Context, r *proctest.Rank, opts ...Option) (*Backend, error) {
+func newProcBackend(ctx context.Context, r *proctest.Rank, prefix string, opts ...Option) (*Backend, error) {
 	timeout := 30 * time.Second
 	for _, kv := range r.Env {
 		if v, ok := strings.CutPrefix(kv, "SHMTEST_TIMEOUT="); ok {
@@ -77,6 +77,6 @@ func newProcBackend(ctx context.Context, r *proctest.Rank, opts ...Option) (*Bac
 			}
 		}
 	}
-	g := core.Group{Rank: r.Rank, Size: r.Size, Store: core.WithPrefix(r.Store, "shm/"), JobID: r.JobID, Secret: r.Secret, Timeout: timeout}
+	g := core.Group{Rank: r.Rank, Size: r.Size, Store: core.WithPrefix(r.Store, prefix), JobID: r.JobID, Secret: r.Secret, Timeout: timeout}
 	return New(ctx, g, opts...)
 }

@@ -102,7 +102,10 @@ func newLayout(n int, cfg config) (layout, error) {
 		bufferSize: roundUp(cfg.bufferSize, pageSize),
 		heapSize:   roundUp(cfg.heapSize, pageSize),
 	}
-	l.smallThreshold = min(cfg.smallThreshold, l.bufferSize)
+	l.smallThreshold = cfg.smallThreshold
+	if !cfg.smallSet && n == 2 {
+		l.smallThreshold = 1 << 62 // direct moves less data for two ranks
+	}
 	// n² channels: keep their total near 16 MiB for large groups.
 	p := cfg.p2pSize
 	if n > 1 {

@@ -36,6 +36,7 @@ type Option func(*config) error
 type config struct {
 	bufferSize     int
 	smallThreshold int
+	smallSet       bool
 	p2pSize        int
 	heapSize       int
 	spin           time.Duration
@@ -66,15 +67,17 @@ func WithBufferSize(n int) Option {
 }
 
 // WithSmallThreshold sets the largest allreduce/reduce, in bytes, that takes
-// the one-step algorithm (every rank reduces all inputs); larger ones take
-// the two-step algorithm (each rank reduces a 1/n slice, then all copy
-// out). It is capped at the buffer size.
+// the direct algorithm (one round per chunk: every rank reduces all
+// inputs); larger ones take the split algorithm (two rounds per chunk: each
+// rank reduces a 1/n slice, then all copy out). The default is
+// DefaultSmallThreshold, except for groups of two ranks, where direct is
+// used at every size.
 func WithSmallThreshold(n int) Option {
 	return func(c *config) error {
 		if n < 0 {
 			return fmt.Errorf("shm: small threshold %d is negative", n)
 		}
-		c.smallThreshold = n
+		c.smallThreshold, c.smallSet = n, true
 		return nil
 	}
 }

@@ -84,7 +84,8 @@ type Backend struct {
 	srcs [][]byte // scratch list of reduce inputs
 	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
 
-	heap heapAlloc
+	heap  heapAlloc
+	zcMin int // smallest input read in place from the heap (tests lower it)
 }
 
 var _ core.Backend = (*Backend)(nil)
@@ -161,6 +162,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 	}
 	b.openPidfds()
 	b.heap.init(lay.heapSize)
+	b.zcMin = zeroCopyMin
 	return b, nil
 }
 

@@ -103,7 +103,7 @@ func TestMismatchGoroutines(t *testing.T) {
 }
 
 func mismatchBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r)
+	b, err := newProcBackend(ctx, r, "shm/")
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func TestTimeoutNamesMissingRank(t *testing.T) {
 // killBody loops allreduces of mixed sizes; the parent kills rank 2 once
 // it has done some. The others must fail naming rank 2 as dead.
 func killBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, WithBufferSize(64<<10))
+	b, err := newProcBackend(ctx, r, "shm/", WithBufferSize(64<<10))
 	if err != nil {
 		return err
 	}
@@ -203,7 +203,7 @@ func TestKillProcesses(t *testing.T) {
 
 // manyBody: 10,000 back-to-back allreduces of mixed sizes, each checked.
 func manyBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, WithBufferSize(64<<10))
+	b, err := newProcBackend(ctx, r, "shm/", WithBufferSize(64<<10))
 	if err != nil {
 		return err
 	}
@@ -261,7 +261,7 @@ func cpuTime() time.Duration {
 // sleepCPUBody: rank 0 waits about a second in an allreduce for rank 1;
 // it reports the CPU time its process used meanwhile.
 func sleepCPUBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r)
+	b, err := newProcBackend(ctx, r, "shm/")
 	if err != nil {
 		return err
 	}
