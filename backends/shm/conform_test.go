@@ -499,4 +499,3 @@ func TestConformanceProcesses(t *testing.T) {
 		})
 	}
 }
-
