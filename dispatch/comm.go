@@ -29,9 +29,10 @@
 //
 // # Timeouts
 //
-// Every wait (Init, each collective, Barrier) ends when its context does,
-// or after the default timeout (WithTimeout, GOCOLL_TIMEOUT, else
-// DefaultTimeout) when the context has no deadline. A wait that times out
+// Every wait (Init, each collective, Barrier) ends after the default
+// timeout (WithTimeout, GOCOLL_TIMEOUT, else DefaultTimeout), or sooner
+// when its context is cancelled or has an earlier deadline; the backends
+// apply the same rule. To wait longer, raise the timeout. A wait that times out
 // returns a *core.PeerError naming the ranks that never arrived; it
 // leaves ranks out of step, so every later collective on the communicator
 // fails too.
@@ -101,11 +102,8 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, l.timeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
 	c := &Comm{rank: l.rank, size: l.size, jobID: l.jobID, secret: l.secret, timeout: l.timeout,
 		log: o.log.With("rank", l.rank)}
 	defer func() {
@@ -329,11 +327,8 @@ func (c *Comm) Do(ctx context.Context, req *core.Request) error {
 	if failed != nil {
 		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; start a new job: %w", failed)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
 	err := c.backend.Do(ctx, req)
 	if err != nil && fatal(err) {
 		c.mu.Lock()
@@ -357,8 +352,8 @@ func fatal(err error) bool {
 }
 
 // Barrier returns once every rank has entered it, or with a
-// *core.PeerError naming the ranks that had not when ctx (or the default
-// timeout) ended.
+// *core.PeerError naming the ranks that had not when ctx ended or the
+// default timeout passed.
 func (c *Comm) Barrier(ctx context.Context) error {
 	return c.Do(ctx, &core.Request{Kind: coll.KindBarrier})
 }

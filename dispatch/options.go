@@ -46,8 +46,8 @@ func WithSecret(secret []byte) Option {
 // WithJobID sets the job id, overriding GOCOLL_JOB_ID.
 func WithJobID(id string) Option { return func(o *options) { o.jobID = id } }
 
-// WithTimeout sets the default timeout of every wait (Init, collectives,
-// Barrier) whose context has no deadline, overriding GOCOLL_TIMEOUT.
+// WithTimeout bounds every wait (Init, collectives, Barrier), overriding
+// GOCOLL_TIMEOUT; a context deadline can only make a wait shorter.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
 // WithBackend picks the backend: "auto" (shm when all ranks share a node,

@@ -63,7 +63,7 @@ var _ core.Backend = (*Backend)(nil)
 
 // New builds a kv backend for group g. Every rank of g calls it; it
 // returns once all of them have, or with a *core.PeerError naming the
-// ranks that did not come before ctx (or g.Timeout) ended.
+// ranks that did not come before ctx ended or g.Timeout passed.
 func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 	if g.Size < 1 || g.Rank < 0 || g.Rank >= g.Size {
 		return nil, fmt.Errorf("kv: rank %d of %d is not a valid group position", g.Rank, g.Size)
@@ -105,9 +105,10 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// bound applies the group's timeout to a context without a deadline.
+// bound applies the group's timeout: every wait ends by then, or by ctx's
+// deadline if that comes first (as in backends/shm and backends/tcp).
 func (b *Backend) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok || b.g.Timeout <= 0 {
+	if b.g.Timeout <= 0 {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, b.g.Timeout)
