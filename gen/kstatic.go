@@ -19,6 +19,8 @@ const kernelsDoc = `// Package kernels reduces buffers element-wise for gocoll's
 // The level runs at Detect's best unless SetISA or the environment
 // variable GOCOLL_ISA (generic, avx2 or avx512) says otherwise; a level the
 // CPU lacks is refused (CheckEnv reports a GOCOLL_ISA that was not followed).
+// Levels are the CPU's: built with -tags purego, or for an architecture the
+// assembly does not cover, every level runs the pure-Go kernels.
 //
 // Between the Go side and the assembly generator: a rawKernel reduces n
 // elements from nsrc >= 1 input pointers, tail included, and
