@@ -34,6 +34,12 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	zc := envInt("SHMB_ZC", 0) == 1
 	dt := core.DType(envInt("SHMB_DTYPE", int(coll.DTypeFloat32)))
 	var opts []Option
+	if v := envInt("SHMB_SMALL", -1); v >= 0 {
+		opts = append(opts, WithSmallThreshold(v))
+	}
+	if v := envInt("SHMB_BUF", 0); v > 0 {
+		opts = append(opts, WithBufferSize(v))
+	}
 	if zc {
 		opts = append(opts, WithHeapSize(bytes))
 	}
@@ -86,7 +92,7 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	return nil
 }
 
-func benchAllreduce(b *testing.B, np, dtype, bytes int, zc bool) {
+func benchAllreduce(b *testing.B, np, dtype, bytes int, zc bool, env ...string) {
 	iters := max(b.N, 1)
 	// Keep each timed repetition near a tenth of a second at most.
 	if lim := int(100e6 / (float64(bytes)/1e3 + 1000)); iters > lim && bytes > 4096 {
@@ -98,7 +104,7 @@ func benchAllreduce(b *testing.B, np, dtype, bytes int, zc bool) {
 	}
 	res := proctest.Run(b, "bench", np, proctest.Timeout(5*time.Minute), proctest.Env(
 		"SHMB_BYTES="+strconv.Itoa(bytes), "SHMB_ITERS="+strconv.Itoa(iters),
-		"SHMB_ZC="+strconv.Itoa(z), "SHMB_DTYPE="+strconv.Itoa(dtype)))
+		"SHMB_ZC="+strconv.Itoa(z), "SHMB_DTYPE="+strconv.Itoa(dtype)), proctest.Env(env...))
 	for _, r := range res {
 		if r.Rank != 0 {
 			continue
@@ -139,5 +145,30 @@ func BenchmarkAllreduce(b *testing.B) {
 	}
 	for _, sz := range []int{8, 8 << 10, 2 << 20} {
 		b.Run(fmt.Sprintf("np4/float32/%s", sizeName(sz)), func(b *testing.B) { benchAllreduce(b, 4, int(coll.DTypeFloat32), sz, false) })
+	}
+}
+
+// BenchmarkTune measures the choices behind the defaults: direct against
+// split allreduce at np=3 and 4 (WithSmallThreshold), and the chunk size
+// (WithBufferSize) for large messages at np=2 and 4.
+func BenchmarkTune(b *testing.B) {
+	for _, np := range []int{3, 4} {
+		for _, sz := range []int{4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20} {
+			for _, alg := range []struct {
+				name  string
+				small int
+			}{{"direct", 1 << 40}, {"split", 0}} {
+				b.Run(fmt.Sprintf("np%d/%s/%s", np, sizeName(sz), alg.name), func(b *testing.B) {
+					benchAllreduce(b, np, int(coll.DTypeFloat32), sz, false, "SHMB_SMALL="+strconv.Itoa(alg.small))
+				})
+			}
+		}
+	}
+	for _, np := range []int{2, 4} {
+		for _, buf := range []int{128 << 10, 256 << 10, 1 << 20, 4 << 20} {
+			b.Run(fmt.Sprintf("np%d/64MiB/buffer%s", np, sizeName(buf)), func(b *testing.B) {
+				benchAllreduce(b, np, int(coll.DTypeFloat32), 64<<20, false, "SHMB_BUF="+strconv.Itoa(buf))
+			})
+		}
 	}
 }

@@ -37,7 +37,7 @@ type header struct {
 	smallThreshold uint64
 	p2pSize        uint64
 	heapSize       uint64
-	nonce          [4]uint64
+	nonce          [4]uint64 // random: tells this job's workspace from any other
 }
 
 // desc is what a rank publishes about the collective a round belongs to, so

@@ -39,7 +39,7 @@ func (b *Backend) p2pCheck(req *core.Request, buf []byte, name string) (int, err
 	return es, nil
 }
 
-func p2pMismatch(req *core.Request, me, peer int, msg, dt, count uint64, theirMsg, theirDT, theirCount uint64) error {
+func p2pMismatch(me, peer int, msg, dt, count uint64, theirMsg, theirDT, theirCount uint64) error {
 	e := &core.MismatchError{Seq: msg, Rank: me, Peer: peer}
 	switch {
 	case dt != theirDT:
@@ -69,7 +69,7 @@ func (b *Backend) send(ctx context.Context, req *core.Request) error {
 			return nil
 		}
 		h := theirs.hdr[0]
-		err := p2pMismatch(req, me, peer, msg, uint64(req.DType), uint64(req.Count), h[0], h[1], h[2])
+		err := p2pMismatch(me, peer, msg, uint64(req.DType), uint64(req.Count), h[0], h[1], h[2])
 		b.bad[peer] = err
 		return err
 	}
@@ -117,7 +117,7 @@ func (b *Backend) recv(ctx context.Context, req *core.Request) error {
 		}
 		h := int(c & 1)
 		if got := theirs.hdr[h]; got != want {
-			err := p2pMismatch(req, me, peer, msg, want[1], want[2], got[0], got[1], got[2])
+			err := p2pMismatch(me, peer, msg, want[1], want[2], got[0], got[1], got[2])
 			mine.hdr[0] = want
 			atomic.StoreUint32(&mine.flag, 1)
 			publish(&mine.seq, &mine.sleepers, brokenAck)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -169,8 +170,10 @@ func setupRoot(ctx context.Context, g core.Group, lay layout) (*segment, error) 
 	}
 	defer unix.Close(fd) // the mappings keep the memory alive
 	h := lay.header()
+	var nonce [32]byte
+	rand.Read(nonce[:])
 	for i := range h.nonce {
-		h.nonce[i] = uint64(time.Now().UnixNano()) ^ uint64(i)<<56
+		h.nonce[i] = binary.LittleEndian.Uint64(nonce[8*i:])
 	}
 	*(*header)(unsafe.Pointer(&mem[0])) = h
 	seg := &segment{mem: mem, pids: make([]int, g.Size)}

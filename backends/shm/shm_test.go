@@ -390,3 +390,36 @@ func TestNoLeaks(t *testing.T) {
 		t.Errorf("%d descriptors open before, %d after 10 backends came and went", before, after)
 	}
 }
+
+// TestSendRecvMismatch: a receiver expecting another count refuses the
+// message; both sides get a count mismatch, and other pairs still work.
+func TestSendRecvMismatch(t *testing.T) {
+	mustOK(t, goRanks(t, 3, nil, func(ctx context.Context, b *Backend) error {
+		switch b.Rank() {
+		case 0:
+			err := b.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeInt32, Count: 100000, Peer: 1, Send: make([]byte, 400000)})
+			var me *core.MismatchError
+			if !errors.As(err, &me) || me.Field != "count" {
+				return fmt.Errorf("sender: want a count mismatch, got %v", err)
+			}
+		case 1:
+			err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeInt32, Count: 99999, Peer: 0, Recv: make([]byte, 400000)})
+			var me *core.MismatchError
+			if !errors.As(err, &me) || me.Field != "count" {
+				return fmt.Errorf("receiver: want a count mismatch, got %v", err)
+			}
+			if err := b.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeInt32, Count: 1, Peer: 2, Send: i32s(5)}); err != nil {
+				return err
+			}
+		case 2:
+			got := make([]byte, 4)
+			if err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeInt32, Count: 1, Peer: 1, Recv: got}); err != nil {
+				return err
+			}
+			if binary.LittleEndian.Uint32(got) != 5 {
+				return fmt.Errorf("received %v", got)
+			}
+		}
+		return nil
+	}))
+}
