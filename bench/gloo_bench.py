@@ -2,7 +2,7 @@
 """gloo_bench: the torch.distributed Gloo peer of gocollbench for bench/compare.
 
     /usr/bin/python3 bench/gloo_bench.py -np 2 -c allreduce -t float32 \
-        -b 8 -e 64M -f 4 -iters 20 -warmup 5 -budget 2 -root 0
+        -b 8 -e 64M -f 4 -iters 20 -warmup 5 -budget 2 -root 0 [-sync]
 
 Without RANK/WORLD_SIZE in its environment it starts -np copies of itself
 with torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and
@@ -12,7 +12,8 @@ It times dist.all_reduce (SUM), dist.broadcast or dist.all_gather the way
 gocollbench times gocoll: for each size, warmup calls, then each timed call
 alone with time.perf_counter; the row's time is the median over the timed
 calls on each rank, then the maximum over ranks. Sizes, bandwidths and the
-per-size time budget follow bench/perf (nccl-tests' conventions); rank 0
+per-size time budget follow bench/perf (nccl-tests' conventions); -sync puts
+an untimed dist.barrier() before every call (OSU style). Rank 0
 prints one JSON object in bench/perf's schema on stdout. A dtype Gloo
 rejects gives a result marked "unsupported" with Gloo's reason.
 """
@@ -86,6 +87,7 @@ def main():
     p.add_argument("-warmup", type=int, default=5)
     p.add_argument("-budget", type=float, default=2.0, help="seconds of timed calls per size")
     p.add_argument("-root", type=int, default=0)
+    p.add_argument("-sync", action="store_true", help="untimed barrier before every call")
     args = p.parse_args()
     if "RANK" not in os.environ:
         sys.exit(launch(args))
@@ -107,6 +109,8 @@ def main():
            "rows": []}
     if args.c == "allreduce":
         out["op"] = "sum"
+    if args.sync:
+        out["sync"] = True
 
     def call_for(count):
         send = torch.ones(count, dtype=dtype)
@@ -135,6 +139,8 @@ def main():
             dist.barrier()
             warm = []
             for _ in range(args.warmup):
+                if args.sync:
+                    dist.barrier()
                 t0 = time.perf_counter()
                 call()
                 warm.append(time.perf_counter() - t0)
@@ -145,6 +151,8 @@ def main():
                     iters = max(5, int(args.budget / est))
             times = []
             for _ in range(iters):
+                if args.sync:
+                    dist.barrier()
                 t0 = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - t0)

@@ -2,13 +2,14 @@
  * mpi_bench: the Open MPI peer of gocollbench for bench/compare.
  *
  *   mpirun -np 2 mpi_bench -c allreduce|broadcast|allgather -t float32 \
- *          -b 8 -e 64M -f 4 -iters 20 -warmup 5 -budget 2 -root 0
+ *          -b 8 -e 64M -f 4 -iters 20 -warmup 5 -budget 2 -root 0 [-sync 1]
  *
  * It times MPI_Allreduce (MPI_SUM), MPI_Bcast or MPI_Allgather the way
  * gocollbench times gocoll: for each size, warmup calls, then each timed
  * call alone with MPI_Wtime; the row's time is the median over the timed
  * calls on each rank, then the maximum over ranks. Sizes, bandwidths and
- * the per-size time budget follow bench/perf (nccl-tests' conventions), and
+ * the per-size time budget follow bench/perf (nccl-tests' conventions); -sync 1
+ * puts an untimed MPI_Barrier before every call (OSU style), and
  * rank 0 prints one JSON object in bench/perf's schema on stdout.
  *
  * MPI has no bfloat16 datatype (Open MPI 4.1 neither), so -t bfloat16
@@ -62,7 +63,7 @@ int main(int argc, char **argv) {
     const char *cname = "allreduce", *dtype = "float32";
     long long minb = 8, maxb = 64LL << 20;
     double factor = 4, budget = 2;
-    int iters = 20, warmup = 5, root = 0;
+    int iters = 20, warmup = 5, root = 0, sync = 0;
 
     MPI_Init(&argc, &argv);
     int rank, n;
@@ -81,6 +82,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-warmup")) warmup = atoi(v);
         else if (!strcmp(a, "-budget")) budget = atof(v);
         else if (!strcmp(a, "-root")) root = atoi(v);
+        else if (!strcmp(a, "-sync")) sync = atoi(v);
         else die("unknown flag: see the comment at the top of mpi_bench.c");
         i++;
     }
@@ -106,6 +108,7 @@ int main(int argc, char **argv) {
         if (c == ALLREDUCE) printf("  \"op\": \"sum\",\n");
         printf("  \"np\": %d,\n  \"root\": %d,\n  \"iters\": %d,\n  \"warmup\": %d,\n  \"host\": \"%s\",\n"
                "  \"date\": \"%s\",\n", n, root, iters, warmup, host, date);
+        if (sync) printf("  \"sync\": true,\n");
     }
     if (strcmp(dtype, "float32") != 0) {
         if (rank == 0) {
@@ -165,6 +168,7 @@ int main(int argc, char **argv) {
                     total = warmup + timed;
                 }
             }
+            if (sync) MPI_Barrier(MPI_COMM_WORLD); /* untimed, as OSU does */
             double t0 = MPI_Wtime();
             switch (c) {
             case ALLREDUCE: MPI_Allreduce(sendbuf, recvbuf, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); break;

@@ -181,7 +181,7 @@ func WriteComparison(w io.Writer, files []*File) error {
 				case s == nil:
 					return 0, "not run"
 				case s.unsupported != "":
-					return 0, "unsupported: " + s.unsupported
+					return 0, "unsupported"
 				}
 				t, ok := s.times[sz]
 				if !ok {
@@ -210,6 +210,26 @@ func WriteComparison(w io.Writer, files []*File) error {
 				}
 			}
 			fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+		}
+	}
+	// Say once, under the table, why a cell reads "unsupported".
+	var why []string
+	seenWhy := map[string]bool{}
+	for _, k := range cases {
+		for _, t := range tools {
+			if s := byCase[k][t]; s != nil && s.unsupported != "" {
+				line := fmt.Sprintf("%s, %s %s: %s", t, k.collective, k.dtype, s.unsupported)
+				if !seenWhy[line] {
+					seenWhy[line] = true
+					why = append(why, line)
+				}
+			}
+		}
+	}
+	if len(why) > 0 {
+		fmt.Fprintf(w, "\nUnsupported:\n\n")
+		for _, l := range why {
+			fmt.Fprintf(w, "- %s\n", l)
 		}
 	}
 	return nil

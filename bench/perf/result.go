@@ -21,8 +21,10 @@ type File struct {
 	Root       int    `json:"root"` // -1 for collectives without a root
 	Iters      int    `json:"iters"`
 	Warmup     int    `json:"warmup"`
-	Host       string `json:"host,omitempty"`
-	Date       string `json:"date,omitempty"` // RFC 3339, when the run started
+	// Sync is set when every call was preceded by an untimed barrier.
+	Sync bool   `json:"sync,omitempty"`
+	Host string `json:"host,omitempty"`
+	Date string `json:"date,omitempty"` // RFC 3339, when the run started
 	// Unsupported is set, and Rows empty, when the tool cannot run this
 	// combination (Open MPI has no bfloat16); it says why.
 	Unsupported string `json:"unsupported,omitempty"`

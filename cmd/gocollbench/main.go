@@ -89,6 +89,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.Budget, "budget", 2*time.Second,
 		fmt.Sprintf("time budget per size: fewer timed iterations (at least %d) where -iters would take longer; 0 = always -iters", bench.MinIters))
 	fs.BoolVar(&o.Check, "check", false, "verify every result against an exact reference and count wrong elements")
+	fs.BoolVar(&o.Sync, "sync", false, "an untimed barrier before every call (OSU style): latency of one call, not the period of back-to-back calls")
 	fs.IntVar(&o.Root, "root", 0, "root rank of reduce, broadcast, gather and scatter")
 	fs.StringVar(&o.backend, "backend", "", "backend: auto, shm, tcp or kv (default: $GOCOLL_BACKEND, else auto)")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON (bench/perf's schema) instead of the table")
@@ -172,7 +173,7 @@ func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	rank, n := comm.Rank(), comm.Size()
 	leader := rank == 0
 	out := &perf.File{Tool: "gocoll", Backend: comm.Backend(), Collective: o.Coll, DType: o.DType, Op: o.Op,
-		NP: n, Root: o.Root, Iters: o.Iters, Warmup: o.Warmup, Date: time.Now().UTC().Format(time.RFC3339)}
+		NP: n, Root: o.Root, Iters: o.Iters, Warmup: o.Warmup, Sync: o.Sync, Date: time.Now().UTC().Format(time.RFC3339)}
 	out.Host, _ = os.Hostname()
 	table := leader && !o.json
 	if table {
@@ -268,8 +269,12 @@ func printHeader(w io.Writer, o *options, f *perf.File) {
 	if o.Check {
 		check = "on"
 	}
-	fmt.Fprintf(w, "# gocollbench: %s on %d ranks, backend %s, iters %d (budget %v per size), warmup %d, check %s\n",
-		o.Coll, f.NP, f.Backend, o.Iters, o.Budget, o.Warmup, check)
+	sync := ""
+	if o.Sync {
+		sync = ", barrier between calls"
+	}
+	fmt.Fprintf(w, "# gocollbench: %s on %d ranks, backend %s, iters %d (budget %v per size), warmup %d%s, check %s\n",
+		o.Coll, f.NP, f.Backend, o.Iters, o.Budget, o.Warmup, sync, check)
 	fmt.Fprintf(w, "#\n")
 	fmt.Fprintf(w, "# %10s %12s %9s %7s %6s %10s %8s %8s %7s\n", "size", "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong")
 	fmt.Fprintf(w, "# %10s %12s %9s %7s %6s %10s %8s %8s %7s\n", "(B)", "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "")

@@ -31,6 +31,11 @@ type Config struct {
 	// Iters would take longer, the row runs fewer (at least MinIters).
 	Budget time.Duration
 	Check  bool // verify results against the exact reference
+	// Sync puts an untimed barrier before every call, as OSU's collective
+	// benchmarks do, so a call that returns before its peers finish (a
+	// broadcast's root) cannot overlap the next one: the time is one
+	// call's latency, not the period of back-to-back calls.
+	Sync bool
 }
 
 // MinIters is the fewest timed iterations a row runs under a Budget.
@@ -309,6 +314,17 @@ func barrier(ctx context.Context, c core.Comm, x IDs) error {
 	return c.Do(ctx, &core.Request{Kind: x.barrier})
 }
 
+// syncBarrier is the barrier between calls under cfg.Sync.
+func syncBarrier(ctx context.Context, c core.Comm, cfg *Config, x IDs) error {
+	if !cfg.Sync {
+		return nil
+	}
+	if err := barrier(ctx, c, x); err != nil {
+		return fmt.Errorf("barrier between calls (-sync): %w", err)
+	}
+	return nil
+}
+
 // medianUS is the median of ds in microseconds.
 func medianUS(ds []time.Duration) float64 {
 	f := make([]float64, len(ds))
@@ -361,6 +377,9 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 		}
 		warm := make([]time.Duration, cfg.Warmup)
 		for i := range warm {
+			if err := syncBarrier(ctx, c, cfg, x); err != nil {
+				return rows, err
+			}
 			if warm[i], err = b.once(ctx, c); err != nil {
 				return rows, fmt.Errorf("%s of %s (warmup): %w", cfg.Coll, perf.FormatSize(size), err)
 			}
@@ -380,6 +399,9 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 		}
 		times := make([]time.Duration, iters)
 		for i := range times {
+			if err := syncBarrier(ctx, c, cfg, x); err != nil {
+				return rows, err
+			}
 			if times[i], err = b.once(ctx, c); err != nil {
 				return rows, fmt.Errorf("%s of %s: %w", cfg.Coll, perf.FormatSize(size), err)
 			}
