@@ -124,7 +124,7 @@ func newLogPlot(title, ylabel string) *plot.Plot {
 	return p
 }
 
-// setSizeTicks labels the size axis at powers of 4 with readable units
+// setSizeTicks labels the size axis at powers of two with readable units
 // (8B, 1KiB, 64MiB), which plot's own log ticks (powers of ten) do not do.
 func setSizeTicks(p *plot.Plot) {
 	lo, hi := p.X.Min, p.X.Max
@@ -133,11 +133,12 @@ func setSizeTicks(p *plot.Plot) {
 	}
 	var ticks plot.ConstantTicks
 	start := math.Floor(math.Log2(lo))
+	// Label at most about seven powers of two, so labels do not collide.
+	every := max(1, int(math.Ceil((math.Log2(hi)-start+1)/7)))
 	for e := start; math.Pow(2, e) <= hi*1.0001; e++ {
 		v := math.Pow(2, e)
 		label := ""
-		// Label every other power of two so labels do not collide.
-		if int(e-start)%2 == 0 {
+		if int(e-start)%every == 0 {
 			label = FormatSize(int64(v))
 		}
 		ticks = append(ticks, plot.Tick{Value: v, Label: label})

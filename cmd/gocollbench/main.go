@@ -301,7 +301,7 @@ func printFooter(w io.Writer, o *options, f *perf.File) {
 	for _, r := range f.Rows {
 		sum += r.BusBW
 	}
-	if len(f.Rows) > 0 {
+	if len(f.Rows) > 0 && f.Collective != "barrier" {
 		fmt.Fprintf(w, "# Avg bus bandwidth    : %.4g GB/s\n", sum/float64(len(f.Rows)))
 	}
 	if o.Check {
