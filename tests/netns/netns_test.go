@@ -1,0 +1,177 @@
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gocoll/gocoll/backends/tcp"
+	"github.com/gocoll/gocoll/backends/tcp/tcptest"
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/proctest"
+)
+
+func TestMain(m *testing.M) {
+	proctest.Register("conformance", conformanceBody)
+	proctest.Register("kill", killBody)
+	proctest.Register("bandwidth", bandwidthBody)
+	proctest.Main(m)
+}
+
+// backend builds the rank's tcp backend. The interface comes from
+// GOCOLL_SOCKET_IFNAME, as a user would set it.
+func backend(ctx context.Context, r *proctest.Rank, timeout time.Duration, opts ...tcp.Option) (*tcp.Backend, error) {
+	if os.Getenv(tcp.EnvSocketIfname) != Ifname {
+		return nil, fmt.Errorf("%s is %q, want %q", tcp.EnvSocketIfname, os.Getenv(tcp.EnvSocketIfname), Ifname)
+	}
+	g := core.Group{Rank: r.Rank, Size: r.Size, Store: core.WithPrefix(r.Store, "tcp/"), JobID: r.JobID, Secret: r.Secret, Timeout: timeout}
+	return tcp.New(ctx, g, opts...)
+}
+
+func conformanceBody(ctx context.Context, r *proctest.Rank) error {
+	b, err := backend(ctx, r, time.Minute, tcp.WithThresholds(64, 512, 256), tcp.WithChunkSize(64))
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return tcptest.Conformance(ctx, b, uint64(r.Size)*13, nil)
+}
+
+// TestConformanceNodes runs the conformance suite with ranks on 2 and 3
+// nodes (two ranks per node), so that some pairs talk across veths and
+// some inside one namespace.
+func TestConformanceNodes(t *testing.T) {
+	for _, k := range []int{2, 3} {
+		t.Run(fmt.Sprintf("nodes=%d", k), func(t *testing.T) {
+			n := Setup(t, k)
+			n.Run(t, "conformance", 2*k, proctest.Timeout(2*time.Minute))
+		})
+	}
+}
+
+const killVictim = 1
+
+// killBody runs 1 MiB allreduces until one fails; the parent kills rank
+// killVictim (SIGKILL) once any rank has finished one.
+func killBody(ctx context.Context, r *proctest.Rank) error {
+	b, err := backend(ctx, r, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	buf := make([]float32, 1<<18)
+	for i := 0; i < 100000; i++ {
+		if i == 1 {
+			r.Mark("running")
+		}
+		err := coll.AllreduceFloat32(ctx, b, buf, buf, coll.OpSum)
+		if err == nil {
+			continue
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("want a PeerError from a broken connection, got %w", err)
+		}
+		return fmt.Errorf("peer error naming ranks %v: %w", pe.Ranks, err)
+	}
+	return errors.New("the victim was never killed")
+}
+
+// TestKillAcrossNodes: kill -9 of a rank on one node makes the ranks on
+// both nodes fail, naming it.
+func TestKillAcrossNodes(t *testing.T) {
+	n := Setup(t, 2)
+	np := 4
+	var survivors []int
+	for r := range np {
+		if r != killVictim {
+			survivors = append(survivors, r)
+		}
+	}
+	res := n.Run(t, "kill", np, proctest.Timeout(time.Minute),
+		proctest.KillOnMark(killVictim, "running"),
+		proctest.ExpectError("peer error naming ranks ["+strconv.Itoa(killVictim)+"]", survivors...))
+	for _, r := range res {
+		if r.Rank != killVictim {
+			t.Logf("rank %d (%v): %s", r.Rank, r.Duration.Round(time.Millisecond), r.Err)
+		}
+	}
+}
+
+// bandwidthBody times 64 MiB float32 allreduces and prints the bus
+// bandwidth on rank 0.
+func bandwidthBody(ctx context.Context, r *proctest.Rank) error {
+	var opts []tcp.Option
+	if s := os.Getenv("GOCOLL_NETNS_SOCKBUF"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, tcp.WithSocketBuffer(n))
+	}
+	if s := os.Getenv("GOCOLL_NETNS_CHUNK"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, tcp.WithChunkSize(n))
+	}
+	b, err := backend(ctx, r, 2*time.Minute, opts...)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	const size = 64 << 20
+	buf := make([]float32, size/4)
+	out := make([]float32, size/4)
+	iters := 5
+	if s := os.Getenv("GOCOLL_NETNS_ITERS"); s != "" {
+		iters, _ = strconv.Atoi(s)
+	}
+	if err := coll.AllreduceFloat32(ctx, b, buf, out, coll.OpSum); err != nil { // warm-up
+		return err
+	}
+	if err := coll.Barrier(ctx, b); err != nil {
+		return err
+	}
+	start := time.Now()
+	for range iters {
+		if err := coll.AllreduceFloat32(ctx, b, buf, out, coll.OpSum); err != nil {
+			return err
+		}
+	}
+	d := time.Since(start) / time.Duration(iters)
+	worst := []float64{d.Seconds()}
+	if err := coll.AllreduceFloat64(ctx, b, worst, worst, coll.OpMax); err != nil {
+		return err
+	}
+	n := float64(r.Size)
+	bus := size / worst[0] * 2 * (n - 1) / n
+	if r.Rank == 0 {
+		fmt.Printf("RESULT np=%d bytes=%d time_ms=%.1f busbw_MBps=%.1f link_fraction=%.3f\n",
+			r.Size, size, worst[0]*1e3, bus/1e6, bus/125e6)
+	}
+	return nil
+}
+
+// TestShapedLink: two nodes whose links are shaped to 1 Gbit/s (and 1 ms
+// delay where the kernel has netem); a 64 MiB allreduce completes, and its
+// bus bandwidth is reported against the link rate (a benchmark figure, not
+// asserted; the bar is 85%).
+func TestShapedLink(t *testing.T) {
+	n := Setup(t, 2)
+	how := n.Shape(t, "1gbit", "1ms")
+	t.Logf("links: %s", how)
+	res := n.Run(t, "bandwidth", 2, proctest.Timeout(2*time.Minute))
+	for _, line := range strings.Split(res[0].Output, "\n") {
+		if i := strings.Index(line, "RESULT "); i >= 0 {
+			t.Logf("%s (bus bandwidth / 1 Gbit/s; bar 0.85)", line[i+len("RESULT "):])
+		}
+	}
+}
