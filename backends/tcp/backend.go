@@ -73,10 +73,10 @@ type peer struct {
 	recvSeq  uint64        // and received from it
 	deadline time.Time     // deadline last set on data
 
-	ctlMu sync.Mutex  // writes on ctl
+	ctlMu   sync.Mutex    // writes on ctl
 	bye     atomic.Bool   // the peer closed in good order
 	ctlDone chan struct{} // closed when ctlLoop ends
-	gone  atomic.Pointer[error]
+	gone    atomic.Pointer[error]
 }
 
 type sendJob struct {
