@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,24 +19,28 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "report: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	out := flag.String("o", "report.md", "markdown file to write")
-	plots := flag.String("plots", "", "directory for the overlaid plots (none if empty)")
-	format := flag.String("format", "svg", "plot format: svg, png or pdf")
-	title := flag.String("title", "gocoll vs Gloo vs Open MPI", "report title")
-	note := flag.String("note", "", "a paragraph under the title (machine, date, settings)")
-	flag.Parse()
-	if flag.NArg() == 0 {
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "report.md", "markdown file to write")
+	plots := fs.String("plots", "", "directory for the overlaid plots (none if empty)")
+	format := fs.String("format", "svg", "plot format: svg, png or pdf")
+	title := fs.String("title", "gocoll vs Gloo vs Open MPI", "report title")
+	note := fs.String("note", "", "a paragraph under the title (machine, date, settings)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
 		return fmt.Errorf("no result files: give the JSON files bench/compare wrote")
 	}
 	var files []*perf.File
-	for _, p := range flag.Args() {
+	for _, p := range fs.Args() {
 		f, err := perf.ReadFile(p)
 		if err != nil {
 			return err
@@ -86,7 +91,7 @@ func run() error {
 	if err := os.WriteFile(*out, md.Bytes(), 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "report: wrote %s from %d result files\n", *out, len(files))
+	fmt.Fprintf(stderr, "report: wrote %s from %d result files\n", *out, len(files))
 	return nil
 }
 
