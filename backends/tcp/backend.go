@@ -169,18 +169,33 @@ func (b *Backend) Name() string { return "tcp" }
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.closed.Store(true)
+		// A failed backend repeats why it failed before it says goodbye: a
+		// peer that reads this rank's end of stream then blames the rank
+		// that failed, not this one, even if the failing rank's own word
+		// has not reached it yet.
+		var buf []byte
+		if f := b.failure.Load(); f != nil && f.local != core.ErrClosed {
+			a := f.remote
+			if a == nil {
+				a = b.describe(f)
+			}
+			payload := a.marshal()
+			h := header{typ: frameAbort, seq: f.seq, length: uint32(len(payload))}
+			buf = make([]byte, hdrSize, hdrSize+len(payload)+hdrSize)
+			h.put(buf)
+			buf = append(buf, payload...)
+		}
 		b.fail(&failure{seq: 0, local: core.ErrClosed}, false)
-		var h header
-		h.typ = frameBye
-		var buf [hdrSize]byte
-		h.put(buf[:])
+		bye := header{typ: frameBye}
+		buf = append(buf, make([]byte, hdrSize)...)
+		bye.put(buf[len(buf)-hdrSize:])
 		for _, p := range b.peers {
 			if p == nil {
 				continue
 			}
 			p.ctlMu.Lock()
 			_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = p.ctl.Write(buf[:])
+			_, _ = p.ctl.Write(buf)
 			p.ctlMu.Unlock()
 		}
 		close(b.quit)
