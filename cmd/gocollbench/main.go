@@ -15,7 +15,8 @@
 // reduce_scatter, scatter and alltoall the whole n-block buffer, so the
 // per-rank block is size/n), count in elements of that size, type, redop,
 // root (-1 where none), time in microseconds (the median over the timed
-// iterations on each rank, then the maximum over ranks), algbw = size/time
+// iterations on each rank, then the maximum over ranks; -sync puts an
+// untimed barrier before every call), algbw = size/time
 // and busbw = algbw times the collective's factor (allreduce 2(n-1)/n;
 // allgather, reduce_scatter, gather, scatter, alltoall (n-1)/n; broadcast,
 // reduce, sendrecv 1) in GB/s, and #wrong: with -check, the number of
@@ -46,6 +47,7 @@ import (
 type options struct {
 	bench.Config
 	np       int
+	npSet    bool // -np given explicitly
 	backend  string
 	json     bool
 	plot     string
@@ -103,6 +105,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.files = fs.Args()
+	fs.Visit(func(f *flag.Flag) { o.npSet = o.npSet || f.Name == "np" })
 	if len(o.files) > 0 && o.plot == "" {
 		return nil, fmt.Errorf("unexpected arguments %q: result files are only read with -plot", o.files)
 	}
@@ -172,6 +175,9 @@ func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	rank, n := comm.Rank(), comm.Size()
 	leader := rank == 0
+	if leader && o.npSet && o.np != n {
+		fmt.Fprintf(stderr, "gocollbench: the launcher started %d ranks; -np %d is ignored\n", n, o.np)
+	}
 	out := &perf.File{Tool: "gocoll", Backend: comm.Backend(), Collective: o.Coll, DType: o.DType, Op: o.Op,
 		NP: n, Root: o.Root, Iters: o.Iters, Warmup: o.Warmup, Sync: o.Sync, Date: time.Now().UTC().Format(time.RFC3339)}
 	out.Host, _ = os.Hostname()

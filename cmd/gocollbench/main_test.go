@@ -129,6 +129,17 @@ func TestTableAndPlot(t *testing.T) {
 	}
 }
 
+// TestRankFailure checks that a job whose ranks fail ends, with an error,
+// instead of hanging: every rank rejects a root outside the job.
+func TestRankFailure(t *testing.T) {
+	t.Setenv(asMain, "1")
+	var stderr bytes.Buffer
+	err := run([]string{"-np", "2", "-backend", "kv", "-c", "broadcast", "-root", "5", "-e", "64"}, &bytes.Buffer{}, &stderr)
+	if err == nil || !strings.Contains(stderr.String(), "-root 5 is not a rank of 2") {
+		t.Errorf("run = %v, stderr:\n%s\nwant a failure naming the bad root", err, stderr.String())
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"-c", "allfoo"},
