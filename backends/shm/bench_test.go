@@ -172,3 +172,20 @@ func BenchmarkTune(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkZeroCopyAlgorithms compares direct and split allreduce on
+// zero-copy and copied inputs at np=2.
+func BenchmarkZeroCopyAlgorithms(b *testing.B) {
+	for _, sz := range []int{2 << 20, 16 << 20, 64 << 20} {
+		for _, alg := range []struct {
+			name  string
+			small int
+		}{{"direct", 1 << 40}, {"split", 0}} {
+			for _, zc := range []bool{false, true} {
+				b.Run(fmt.Sprintf("%s/%s/zc=%v", sizeName(sz), alg.name, zc), func(b *testing.B) {
+					benchAllreduce(b, 2, int(coll.DTypeFloat32), sz, zc, "SHMB_SMALL="+strconv.Itoa(alg.small))
+				})
+			}
+		}
+	}
+}
