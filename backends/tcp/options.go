@@ -55,19 +55,17 @@ type Algorithm uint8
 
 // Algorithms. Auto picks by message size and group size.
 const (
-	Auto               Algorithm = 0
-	RecursiveDoubling  Algorithm = 1  // allreduce: log2(n) full exchanges
-	Rabenseifner       Algorithm = 2  // allreduce: halving reduce-scatter, doubling allgather
-	Ring               Algorithm = 3  // allreduce, allgather, reduce_scatter: pipelined ring
-	BinomialTree       Algorithm = 4  // broadcast, reduce
-	Chain              Algorithm = 5  // broadcast, reduce: pipelined chain
-	Direct             Algorithm = 6  // gather, scatter: every rank talks to the root
-	Pairwise           Algorithm = 7  // alltoall
-	Dissemination      Algorithm = 8  // barrier
-	PointToPoint       Algorithm = 9  // send/recv
-	algorithmsEnd      Algorithm = 10 // one past the last
-	algoCopy           Algorithm = 11 // n == 1: a local copy (never on the wire)
-	algorithmUnchecked Algorithm = 255
+	Auto              Algorithm = 0
+	RecursiveDoubling Algorithm = 1  // allreduce: log2(n) full exchanges
+	Rabenseifner      Algorithm = 2  // allreduce: halving reduce-scatter, doubling allgather
+	Ring              Algorithm = 3  // allreduce, allgather, reduce_scatter: pipelined ring
+	BinomialTree      Algorithm = 4  // broadcast, reduce
+	Chain             Algorithm = 5  // broadcast, reduce: pipelined chain
+	Direct            Algorithm = 6  // gather, scatter: every rank talks to the root
+	Pairwise          Algorithm = 7  // alltoall
+	Dissemination     Algorithm = 8  // barrier
+	PointToPoint      Algorithm = 9  // send/recv
+	algoCopy          Algorithm = 11 // n == 1: a local copy (never on the wire)
 )
 
 var algorithmNames = [...]string{

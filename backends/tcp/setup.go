@@ -397,7 +397,7 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 			nrej++
 		case <-ctx.Done():
 			if firstErr == nil {
-				firstErr = ctx.Err()
+				firstErr = fmt.Errorf("no authenticated connection before the deadline (did they start, with the same secret? is %s reachable from them? see %s): %w", addr, EnvSocketIfname, ctx.Err())
 			}
 			for j := range n {
 				if j != g.Rank && (data[j] == nil || ctl[j] == nil) && !slices.Contains(failed, j) {
@@ -419,7 +419,7 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 		}()
 		closeAll()
 		slices.Sort(failed)
-		return nil, nil, nil, &core.PeerError{Op: "tcp setup", Ranks: failed, Err: fmt.Errorf("rank %d could not connect to them: %w", g.Rank, firstErr)}
+		return nil, nil, nil, &core.PeerError{Op: "tcp setup", Ranks: failed, Err: fmt.Errorf("rank %d: %w", g.Rank, firstErr)}
 	}
 	for j := range n {
 		if j != g.Rank {

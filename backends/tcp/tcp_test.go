@@ -570,3 +570,61 @@ func TestNoAllocs(t *testing.T) {
 		})
 	}
 }
+
+// TestMissingRankAtSetup: ranks that never start are named when New gives
+// up.
+func TestMissingRankAtSetup(t *testing.T) {
+	st := memstore.New()
+	ctx := context.Background()
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 { // rank 2 of 3 never comes
+		wg.Go(func() {
+			b, err := New(ctx, core.Group{Rank: r, Size: 3, Store: st, JobID: "j", Secret: testSecret, Timeout: 500 * time.Millisecond}, WithAddress("127.0.0.1"))
+			if err == nil {
+				b.Close()
+			}
+			errs[r] = err
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || len(pe.Ranks) != 1 || pe.Ranks[0] != 2 {
+			t.Errorf("rank %d: got %v, want a PeerError naming rank 2", r, err)
+		}
+	}
+	t.Logf("rank 0: %v", errs[0])
+}
+
+// TestInterfaceFromEnv: GOCOLL_SOCKET_IFNAME picks the interface to listen
+// on (here the loopback interface).
+func TestInterfaceFromEnv(t *testing.T) {
+	t.Setenv(EnvSocketIfname, "lo")
+	st := memstore.New()
+	bs := make([]*Backend, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			var err error
+			bs[r], err = New(context.Background(), core.Group{Rank: r, Size: 2, Store: st, JobID: "j", Secret: testSecret, Timeout: 10 * time.Second})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	defer bs[0].Close()
+	defer bs[1].Close()
+	if a := bs[0].peers[1].data.LocalAddr().(*net.TCPAddr); !a.IP.IsLoopback() {
+		t.Errorf("rank 0 listens on %v, want the loopback interface's address", a)
+	}
+	noErrors(t, each(bs, func(b *Backend) error { return coll.Barrier(context.Background(), b) }))
+	t.Setenv(EnvSocketIfname, "no-such-interface0")
+	if _, err := New(context.Background(), core.Group{Rank: 0, Size: 2, Store: st, JobID: "j", Secret: testSecret, Timeout: time.Second}); err == nil || !strings.Contains(err.Error(), "no-such-interface0") {
+		t.Errorf("New with a missing interface: %v, want an error naming it", err)
+	}
+}
