@@ -69,6 +69,9 @@ type peer struct {
 	sndErr error // the sender's first write error
 
 	rhdr     [hdrSize]byte // receive header buffer (caller's goroutine)
+	whdr     [hdrSize]byte // header of an inline write (caller's goroutine)
+	iov      [2][]byte     // and its vector
+	bufs     net.Buffers
 	sendSeq  uint64        // point-to-point messages sent to this peer
 	recvSeq  uint64        // and received from it
 	deadline time.Time     // deadline last set on data
@@ -83,6 +86,11 @@ type sendJob struct {
 	h       header
 	payload []byte
 }
+
+// inlineMax is the largest frame the calling goroutine writes itself when
+// the peer's sender is idle: far below any socket buffer, so the write does
+// not wait for the peer to read.
+const inlineMax = 32 << 10
 
 // ctlGrace bounds how long a rank whose data connection broke waits for the
 // peer's control connection to explain why.
@@ -464,6 +472,25 @@ func (b *Backend) ioError(p *peer, err error) error {
 func (b *Backend) post(p *peer, h *header, buf []byte) error {
 	if err := b.use(p); err != nil {
 		return err
+	}
+	if len(buf) <= inlineMax && p.done.Load() == p.posted {
+		// Small and nothing queued: write it from this goroutine. The
+		// kernel's buffers take it at once, and handing it to the sender
+		// would cost a goroutine switch on the latency path.
+		w := *h
+		w.length = uint32(len(buf))
+		w.put(p.whdr[:])
+		p.iov[0], p.iov[1] = p.whdr[:], buf
+		p.bufs = p.iov[:2]
+		if len(buf) == 0 {
+			p.bufs = p.iov[:1]
+		}
+		_, err := p.bufs.WriteTo(p.data)
+		p.iov[1] = nil
+		if err != nil {
+			return b.ioError(p, err)
+		}
+		return nil
 	}
 	for {
 		n := min(len(buf), maxFrame)

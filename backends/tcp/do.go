@@ -72,11 +72,12 @@ func (b *Backend) Do(ctx context.Context, req *core.Request) error {
 	if ctx.Done() != nil {
 		// Cancellation (not the deadline: the connections' deadlines say
 		// whom this rank was waiting for) abandons the call; peers are told.
+		kind, seq := b.cur.kind, b.cur.seq // not b.cur itself: the next call may be writing it
 		stop := context.AfterFunc(ctx, func() {
 			if b.active.Load() != call || errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return
 			}
-			b.fail(&failure{seq: b.running.Load(), local: fmt.Errorf("tcp: %s: %w", b.opName(), context.Cause(ctx))}, true)
+			b.fail(&failure{seq: b.running.Load(), local: fmt.Errorf("tcp: %v #%d: %w", kind, seq, context.Cause(ctx))}, true)
 		})
 		defer stop()
 	}
