@@ -26,10 +26,11 @@ type Backend struct {
 	peers      []*peer // by rank; nil at this rank
 	rejected   *int64  // connections dropped during setup (tests)
 
-	mu      sync.Mutex // one call at a time
-	seq     uint64     // collectives started; the next one is seq+1
-	dl      time.Time  // the running call's deadline
-	cur     header     // the running call's expected header
+	mu      sync.Mutex    // one call at a time
+	seq     uint64        // collectives started; the next one is seq+1
+	dl      time.Time     // the running call's deadline
+	budget  time.Duration // and how long it had
+	cur     header        // the running call's expected header
 	scratch []byte
 	srcs    [2][]byte // kernel arguments, kept here so that calls do not allocate
 	segSent []uint64  // ring: per segment, the send job that last read it
@@ -72,14 +73,17 @@ type peer struct {
 	whdr     [hdrSize]byte // header of an inline write (caller's goroutine)
 	iov      [2][]byte     // and its vector
 	bufs     net.Buffers
-	sendSeq  uint64        // point-to-point messages sent to this peer
-	recvSeq  uint64        // and received from it
-	deadline time.Time     // deadline last set on data
+	sendSeq  uint64    // point-to-point messages sent to this peer
+	recvSeq  uint64    // and received from it
+	deadline time.Time // deadline last set on data
 
 	ctlMu   sync.Mutex    // writes on ctl
 	bye     atomic.Bool   // the peer closed in good order
 	ctlDone chan struct{} // closed when ctlLoop ends
 	gone    atomic.Pointer[error]
+
+	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
+	stallOn  atomic.Int64  // and the rank it was waiting for
 }
 
 type sendJob struct {
@@ -288,6 +292,9 @@ func (b *Backend) ctlLoop(p *peer) {
 		switch h.typ {
 		case frameBye:
 			p.bye.Store(true)
+		case frameStall:
+			p.stallOn.Store(int64(h.root))
+			p.stallSeq.Store(h.seq)
 		case frameAbort:
 			a := new(abortInfo)
 			if err := a.unmarshal(payload); err != nil {
@@ -451,7 +458,13 @@ func (b *Backend) ioError(p *peer, err error) error {
 	var cause error
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		cause = fmt.Errorf("no data from or to rank %d before the deadline: %w", p.rank, context.DeadlineExceeded)
+		blame, how := b.blame(p)
+		if e := b.check(); e != nil {
+			return e // another rank's verdict came first
+		}
+		e := &core.PeerError{Op: b.opName(), Ranks: blame, Err: fmt.Errorf("%s: %w", how, context.DeadlineExceeded)}
+		f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
+		return b.failureError(f, b.opName())
 	case p.bye.Load():
 		cause = fmt.Errorf("rank %d closed its backend: %w", p.rank, err)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
@@ -465,6 +478,57 @@ func (b *Backend) ioError(p *peer, err error) error {
 	e := &core.PeerError{Op: b.opName(), Ranks: []int{p.rank}, Err: cause}
 	f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
 	return b.failureError(f, b.opName())
+}
+
+// stallGrace is how long a rank whose wait timed out collects the other
+// ranks' timeout reports before it names the ranks that held everyone up:
+// a tenth of the call's time limit, within [100 ms, 2 s].
+func (b *Backend) stallGrace() time.Duration {
+	return min(max(b.budget/10, 100*time.Millisecond), 2*time.Second)
+}
+
+// blame finds who held up the running collective after this rank's wait for
+// p timed out. Waiting ranks report whom they wait for; following those
+// reports from p leads to a rank that reported nothing (it never arrived,
+// or hangs): that rank is named, not the innocent ones waiting on it. It
+// returns the ranks and an explanation.
+func (b *Backend) blame(p *peer) ([]int, string) {
+	seq := b.running.Load()
+	var h [hdrSize]byte
+	(&header{typ: frameStall, seq: seq, root: int32(p.rank)}).put(h[:])
+	for _, q := range b.peers {
+		if q != nil {
+			q.ctlMu.Lock()
+			_ = q.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = q.ctl.Write(h[:])
+			q.ctlMu.Unlock()
+		}
+	}
+	t := time.NewTimer(b.stallGrace())
+	select {
+	case <-t.C:
+	case <-b.quit:
+		t.Stop()
+	}
+	seen := map[int]bool{b.rank: true}
+	chain := []int{p.rank}
+	for r := p.rank; ; {
+		q := b.peers[r]
+		if q.stallSeq.Load() != seq {
+			if len(chain) == 1 {
+				return []int{r}, fmt.Sprintf("waited for rank %d, which neither sent its part nor reported waiting for another rank", r)
+			}
+			return []int{r}, fmt.Sprintf("the wait led through ranks %v to rank %d, which neither sent its part nor reported waiting for another rank", chain, r)
+		}
+		next := int(q.stallOn.Load())
+		if next < 0 || next >= b.size || seen[next] || next == r {
+			// A cycle of ranks all waiting on each other: name them all.
+			return chain, fmt.Sprintf("ranks %v all waited on each other", chain)
+		}
+		seen[r] = true
+		chain = append(chain, next)
+		r = next
+	}
 }
 
 // post queues buf for p, cut into frames of at most maxFrame bytes, all with

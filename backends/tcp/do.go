@@ -66,6 +66,7 @@ func (b *Backend) Do(ctx context.Context, req *core.Request) error {
 	if d, ok := ctx.Deadline(); ok && d.Before(b.dl) {
 		b.dl = d
 	}
+	b.budget = b.dl.Sub(now)
 	call := b.calls.Add(1)
 	b.active.Store(call)
 	defer b.active.Store(0)

@@ -37,6 +37,7 @@ const (
 	frameData  frameType = 1
 	frameAbort frameType = 2 // control: a rank failed a collective (payload: abortInfo)
 	frameBye   frameType = 3 // control: the sender is closing in good order
+	frameStall frameType = 4 // control: the sender timed out in collective seq waiting for rank root
 )
 
 type header struct {

@@ -628,3 +628,31 @@ func TestInterfaceFromEnv(t *testing.T) {
 		t.Errorf("New with a missing interface: %v, want an error naming it", err)
 	}
 }
+
+// TestTimeoutBlamesStraggler: when one rank never calls the collective, the
+// ranks that time out waiting for ranks that wait for it name it, not the
+// innocent ranks in between.
+func TestTimeoutBlamesStraggler(t *testing.T) {
+	np := 4
+	const straggler = 3
+	bs := group(t, np)
+	errs := each(bs, func(b *Backend) error {
+		if b.Rank() == straggler {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		buf := make([]float32, 4) // recursive doubling: rank 0 waits on 2, which waits on 3
+		return coll.AllreduceFloat32(ctx, b, buf, buf, coll.OpSum)
+	})
+	for r, err := range errs {
+		if r == straggler {
+			continue
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || len(pe.Ranks) != 1 || pe.Ranks[0] != straggler {
+			t.Errorf("rank %d: got %v, want a PeerError naming only rank %d", r, err, straggler)
+		}
+	}
+	t.Logf("rank 0: %v", errs[0])
+}
