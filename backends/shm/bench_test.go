@@ -189,3 +189,15 @@ func BenchmarkZeroCopyAlgorithms(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkChunk compares chunk (buffer) sizes at np=2 for mid and large
+// messages.
+func BenchmarkChunk(b *testing.B) {
+	for _, sz := range []int{512 << 10, 2 << 20, 64 << 20} {
+		for _, buf := range []int{128 << 10, 256 << 10, 512 << 10, 1 << 20} {
+			b.Run(fmt.Sprintf("%s/buffer%s", sizeName(sz), sizeName(buf)), func(b *testing.B) {
+				benchAllreduce(b, 2, int(coll.DTypeFloat32), sz, false, "SHMB_BUF="+strconv.Itoa(buf))
+			})
+		}
+	}
+}

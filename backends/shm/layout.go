@@ -103,8 +103,8 @@ func newLayout(n int, cfg config) (layout, error) {
 		heapSize:   roundUp(cfg.heapSize, pageSize),
 	}
 	l.smallThreshold = cfg.smallThreshold
-	if !cfg.smallSet && n == 2 {
-		l.smallThreshold = 1 << 62 // direct moves less data for two ranks
+	if !cfg.smallSet {
+		l.smallThreshold = defaultSmallThreshold(n)
 	}
 	// n² channels: keep their total near 16 MiB for large groups.
 	p := cfg.p2pSize
@@ -175,3 +175,14 @@ func (l *layout) chanRecv(s, d int) int { return l.chanOff + (2*(s*l.n+d)+1)*lin
 func (l *layout) slot(r, p int) int     { return l.dataOff + (2*r+p)*l.bufferSize }
 func (l *layout) p2p(s, d, h int) int   { return l.p2pOff + (2*(s*l.n+d)+h)*l.p2pSize }
 func (l *layout) heap(r int) int        { return l.heapOff + r*l.heapSize }
+
+// defaultSmallThreshold is where split allreduce overtakes direct for n
+// ranks. Two ranks: never (direct reads 2 inputs, split reads 2 and copies
+// once more). More: direct makes each rank read n inputs, so the crossover
+// falls with n; measured (BenchmarkTune) near 64 KiB at n = 3 and 4.
+func defaultSmallThreshold(n int) int {
+	if n <= 2 {
+		return 1 << 62
+	}
+	return min(DefaultSmallThreshold, (256<<10)/n)
+}

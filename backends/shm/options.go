@@ -9,13 +9,15 @@ import (
 // the package documentation). Every one can be overridden with an Option.
 const (
 	// DefaultBufferSize is the size of each of a rank's two data buffers:
-	// the chunk a large collective moves per step. 1 MiB chunks keep a
-	// pipelined allreduce's intermediate data in the caches.
-	DefaultBufferSize = 1 << 20
-	// DefaultSmallThreshold is the largest allreduce or reduce (in bytes)
-	// that uses the one-step algorithm in which every rank reduces every
-	// input itself.
-	DefaultSmallThreshold = 32 << 10
+	// the chunk a large collective moves per round. Chunks of 256 KiB to
+	// 1 MiB measured best (BenchmarkChunk); 512 KiB keeps a direct
+	// allreduce's working set of two ranks in a Zen 3 core's L2.
+	DefaultBufferSize = 512 << 10
+	// DefaultSmallThreshold caps the largest allreduce or reduce (in
+	// bytes) that uses the direct algorithm, in which every rank reduces
+	// every input itself, for groups of more than two ranks; the threshold
+	// is min(this, 256 KiB / ranks). Groups of two use direct at any size.
+	DefaultSmallThreshold = 64 << 10
 	// DefaultP2PBufferSize is the size of each of the two buffers a pair of
 	// ranks has for send/recv in each direction (shrunk for large groups).
 	DefaultP2PBufferSize = 64 << 10
@@ -69,9 +71,8 @@ func WithBufferSize(n int) Option {
 // WithSmallThreshold sets the largest allreduce/reduce, in bytes, that takes
 // the direct algorithm (one round per chunk: every rank reduces all
 // inputs); larger ones take the split algorithm (two rounds per chunk: each
-// rank reduces a 1/n slice, then all copy out). The default is
-// DefaultSmallThreshold, except for groups of two ranks, where direct is
-// used at every size.
+// rank reduces a 1/n slice, then all copy out). See DefaultSmallThreshold
+// for the default.
 func WithSmallThreshold(n int) Option {
 	return func(c *config) error {
 		if n < 0 {

@@ -29,12 +29,14 @@
 //
 // # Algorithms
 //
-// Allreduce and reduce up to WithSmallThreshold bytes: one round, after
-// which every rank reduces all inputs in rank order. Larger: per chunk of
-// the buffer size, each rank reduces its 1/n slice of all inputs, then all
-// copy the slices out; chunks pipeline through the two buffers. Other
-// collectives take one round per chunk. Buffers from Alloc live in the
-// workspace, and a large allreduce or reduce reads them in place.
+// Everything larger than a data buffer is cut into chunks that pipeline
+// through the two buffers. Allreduce and reduce up to the small threshold
+// (and at any size for two ranks) are direct: one round per chunk, after
+// which every rank reduces all inputs in rank order. Larger ones are split:
+// each rank reduces its 1/n slice of every input, then all copy the slices
+// out (two rounds per chunk). Other collectives take one round per chunk.
+// Buffers from Alloc live in the workspace, and an allreduce or reduce of
+// 64 KiB or more reads them in place instead of copying them in.
 package shm
 
 import (
