@@ -2,6 +2,7 @@ package asm
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -46,6 +47,52 @@ func TestGenerateDeterministic(t *testing.T) {
 	for name, b := range outs[0] {
 		if !bytes.Equal(b, outs[1][name]) {
 			t.Errorf("%s differs between two runs", name)
+		}
+	}
+}
+
+// TestEveryKernel checks that the repository spec gets an assembly kernel for
+// every dtype x op on both instruction sets, avg mapped to the sum kernel.
+func TestEveryKernel(t *testing.T) {
+	s, err := spec.Load(filepath.Join("..", "..", "spec", "collectives.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asmSrc, entries, err := Assembly(s, "kernels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stubSrc, err := stubs(entries, "kernels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, isa := range isas {
+		for _, d := range s.DTypes {
+			for _, opName := range d.Ops {
+				op, _ := s.Op(opName)
+				kop := opName
+				if op.Finish == "divide" {
+					kop = "sum"
+				}
+				fn := "reduce" + isa.name + exported(d.Name) + exported(kop)
+				if !bytes.Contains(asmSrc, []byte("TEXT ·"+fn+"(SB), NOSPLIT, $")) {
+					t.Errorf("%s: no assembly for %s %s", fn, d.Name, opName)
+				}
+				want := fmt.Sprintf("case 0x%02x%02x: // %s %s\n\t\t\treturn %s\n", d.ID, op.ID, d.Name, opName, fn)
+				if !bytes.Contains(stubSrc, []byte(want)) {
+					t.Errorf("archKernel lacks %q", want)
+				}
+			}
+		}
+	}
+}
+
+// TestPackageName rejects output directories that cannot name a package.
+func TestPackageName(t *testing.T) {
+	for dir, want := range map[string]string{"generated/kernels": "kernels", "/tmp/x/k2": "k2", "a/my-kernels": "", "x/func": ""} {
+		got, err := packageName(dir)
+		if (err != nil) != (want == "") || got != want {
+			t.Errorf("packageName(%q) = %q, %v; want %q", dir, got, err, want)
 		}
 	}
 }
