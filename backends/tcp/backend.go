@@ -458,6 +458,10 @@ func (b *Backend) ioError(p *peer, err error) error {
 	var cause error
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
+		if e := b.pendingMismatch(); e != nil {
+			f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
+			return b.failureError(f, b.opName())
+		}
 		blame, how := b.blame(p)
 		if e := b.check(); e != nil {
 			return e // another rank's verdict came first
@@ -485,6 +489,35 @@ func (b *Backend) ioError(p *peer, err error) error {
 // a tenth of the call's time limit, within [100 ms, 2 s].
 func (b *Backend) stallGrace() time.Duration {
 	return min(max(b.budget/10, 100*time.Millisecond), 2*time.Second)
+}
+
+// pendingMismatch looks, after a timeout, at frames other ranks sent this
+// rank that it never read: ranks that disagree on a root (or on which
+// collective comes next) send to ranks that are not waiting for them, and
+// such a frame explains the timeout better than any absent rank does. The
+// backend is failing anyway, so consuming the headers does no harm.
+func (b *Backend) pendingMismatch() error {
+	exp := b.cur
+	exp.typ = frameData
+	for _, q := range b.peers {
+		if q == nil {
+			continue
+		}
+		_ = q.data.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+		var hb [hdrSize]byte
+		if _, err := io.ReadFull(q.data, hb[:]); err != nil {
+			continue
+		}
+		var got header
+		if got.get(hb[:]) != nil {
+			continue
+		}
+		exp.length = got.length // the length depends on the other fields
+		if field, mine, theirs := mismatch(&exp, &got); field != "" {
+			return &core.MismatchError{Seq: b.cur.seq, Field: field, Rank: b.rank, Mine: mine, Peer: q.rank, Theirs: theirs}
+		}
+	}
+	return nil
 }
 
 // blame finds who held up the running collective after this rank's wait for

@@ -70,7 +70,15 @@ func itersFor(size int) int {
 
 // benchBody prints one "RESULT" line per size on rank 0.
 func benchBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := procGroup(ctx, r, time.Minute)
+	var opts []Option
+	if s := os.Getenv("GOCOLL_TCP_BENCH_CHUNK"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, WithChunkSize(n))
+	}
+	b, err := procGroup(ctx, r, time.Minute, opts...)
 	if err != nil {
 		return err
 	}

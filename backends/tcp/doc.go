@@ -58,9 +58,17 @@
 // timeout. A rank that dies or resets a connection makes the collective fail
 // on every rank with a *core.PeerError naming it: the rank that sees the
 // broken connection tells all others on their control connections and
-// interrupts their waits; a rank that times out names the peer it waited
-// for; a cancelled context abandons the call and the others are told which
-// rank left. After any failure the streams between ranks are out of step, so
+// interrupts their waits. A rank whose wait times out first reads any frame
+// it was sent but did not expect (ranks that disagree on a root wait for
+// different ranks: that is a *core.MismatchError), then reports whom it
+// waited for to every rank and, after a short grace, follows those reports
+// to the rank that held everyone up (it never arrived, or hangs) and names
+// that one, not the innocent ranks waiting on it. A cancelled context
+// abandons the call and the others are told which rank left.
+//
+// Ranks whose part of a rooted collective (broadcast, scatter, gather,
+// reduce) did not depend on a disagreeing rank may return success from that
+// call; the disagreement reaches them as the error of their next call. After any failure the streams between ranks are out of step, so
 // the backend stays failed (every later call returns the error) and must be
 // closed and rebuilt. Close says goodbye to every peer, closes every
 // connection and ends every goroutine the backend started.

@@ -656,3 +656,41 @@ func TestTimeoutBlamesStraggler(t *testing.T) {
 	}
 	t.Logf("rank 0: %v", errs[0])
 }
+
+// TestRootMismatch: a rank that disagrees on a broadcast's root waits for
+// the wrong rank; when its wait times out it finds the frame the others
+// sent it and reports the disagreement, not a missing rank.
+func TestRootMismatch(t *testing.T) {
+	bs := group(t, 4)
+	errs := each(bs, func(b *Backend) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		root := 0
+		if b.Rank() == 3 {
+			root = 1
+		}
+		buf := make([]int32, 8)
+		return coll.BroadcastInt32(ctx, b, buf, root)
+	})
+	var me *core.MismatchError
+	if !errors.As(errs[3], &me) || me.Field != "root" {
+		t.Fatalf("rank 3: got %v, want a MismatchError on root", errs[3])
+	}
+	t.Logf("rank 3: %v", errs[3])
+	// The others finished their part before anyone knew; their next call
+	// reports the disagreement.
+	errs = each(bs[:3], func(b *Backend) error {
+		for i := 0; b.failure.Load() == nil; i++ {
+			if i > 500 {
+				return errors.New("never heard of rank 3's mismatch")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return coll.Barrier(context.Background(), b)
+	})
+	for r, err := range errs {
+		if !errors.As(err, &me) {
+			t.Errorf("rank %d: next call got %v, want the MismatchError", r, err)
+		}
+	}
+}
