@@ -143,7 +143,7 @@ func BenchmarkAllreduce(b *testing.B) {
 			}
 		}
 	}
-	for _, sz := range []int{8, 8 << 10, 2 << 20} {
+	for _, sz := range []int{8, 8 << 10, 512 << 10, 2 << 20, 64 << 20} {
 		b.Run(fmt.Sprintf("np4/float32/%s", sizeName(sz)), func(b *testing.B) { benchAllreduce(b, 4, int(coll.DTypeFloat32), sz, false) })
 	}
 }

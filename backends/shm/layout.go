@@ -99,7 +99,9 @@ func roundUp(x, m int) int { return (x + m - 1) / m * m }
 func newLayout(n int, cfg config) (layout, error) {
 	l := layout{
 		n:          n,
-		bufferSize: roundUp(cfg.bufferSize, pageSize),
+		// Every block-wise round must carry at least one 8-byte element
+		// of each of the n blocks.
+		bufferSize: roundUp(max(cfg.bufferSize, 64*n), pageSize),
 		heapSize:   roundUp(cfg.heapSize, pageSize),
 	}
 	l.smallThreshold = cfg.smallThreshold
