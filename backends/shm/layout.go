@@ -98,7 +98,7 @@ func roundUp(x, m int) int { return (x + m - 1) / m * m }
 // newLayout computes the geometry for n ranks from cfg.
 func newLayout(n int, cfg config) (layout, error) {
 	l := layout{
-		n:          n,
+		n: n,
 		// Every block-wise round must carry at least one 8-byte element
 		// of each of the n blocks.
 		bufferSize: roundUp(max(cfg.bufferSize, 64*n), pageSize),
