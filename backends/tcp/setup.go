@@ -341,8 +341,11 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 		err  error
 	}
 	dials := make(chan dialed, 2*n)
+	var dialWG sync.WaitGroup
 	for j := 0; j < g.Rank; j++ {
+		dialWG.Add(1)
 		go func() {
+			defer dialWG.Done()
 			a, err := g.Store.Get(ctx, "addr/"+strconv.Itoa(j))
 			if err != nil {
 				dials <- dialed{peer: j, role: connData, err: fmt.Errorf("rank %d never published its address: %w", j, err)}
@@ -409,14 +412,14 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 	}
 	if firstErr != nil {
 		cancel()
-		// Drain the dialers still running so their connections are closed.
-		go func() {
-			for d := range dials {
-				if d.conn != nil {
-					d.conn.Close()
-				}
+		// Wait for the dialers still running (cancel ends them) and close
+		// what they made.
+		go func() { dialWG.Wait(); close(dials) }()
+		for d := range dials {
+			if d.conn != nil {
+				d.conn.Close()
 			}
-		}()
+		}
 		closeAll()
 		slices.Sort(failed)
 		return nil, nil, nil, &core.PeerError{Op: "tcp setup", Ranks: failed, Err: fmt.Errorf("rank %d: %w", g.Rank, firstErr)}
@@ -443,7 +446,9 @@ func dialPeer(ctx context.Context, addr string, g core.Group, cfg *config, peer 
 			tc := c.(*net.TCPConn)
 			dl, _ := ctx.Deadline()
 			_ = tc.SetDeadline(earliest(dl, time.Now().Add(maxHandshake)))
+			stop := context.AfterFunc(ctx, func() { _ = tc.SetDeadline(time.Unix(1, 0)) })
 			err = dialHandshake(tc, g.Secret, g.JobID, peer, g.Rank, role)
+			stop()
 			if err == nil {
 				_ = tc.SetDeadline(time.Time{})
 				return tc, nil

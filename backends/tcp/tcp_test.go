@@ -694,3 +694,29 @@ func TestRootMismatch(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedSetupLeavesNoGoroutine: a New that gives up leaves nothing
+// running.
+func TestFailedSetupLeavesNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	st := memstore.New()
+	var wg sync.WaitGroup
+	for r := 1; r < 3; r++ { // rank 0 never comes: the others dial in vain
+		wg.Go(func() {
+			b, err := New(context.Background(), core.Group{Rank: r, Size: 3, Store: st, JobID: "j", Secret: testSecret, Timeout: 300 * time.Millisecond}, WithAddress("127.0.0.1"))
+			if err == nil {
+				b.Close()
+				t.Errorf("rank %d: New succeeded without rank 0", r)
+			}
+		})
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines before, %d after failed setups:\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	}
+}
