@@ -53,6 +53,10 @@ type Options struct {
 	NoInPlace bool
 	// NoRandom skips the random-bits pass.
 	NoRandom bool
+	// RandomSizes, when set, are the sizes (elements) of the random-bits
+	// pass instead of Sizes and Bytes: large sizes add little there (the
+	// exact pass checks the large paths) and cost a lot.
+	RandomSizes []int
 	// CaseTimeout bounds each collective when ctx has no earlier deadline.
 	// Zero: no bound beyond ctx.
 	CaseTimeout time.Duration
@@ -108,8 +112,11 @@ func Run(ctx context.Context, comm core.Comm, opts Options) error {
 	if !opts.NoRandom {
 		passes = append(passes, passRandom)
 	}
-	sizes := sizeList(opts)
 	for _, p := range passes {
+		sizes := sizeList(opts)
+		if p == passRandom && opts.RandomSizes != nil {
+			sizes = sizeList(Options{Sizes: opts.RandomSizes})
+		}
 		for si, sz := range sizes {
 			start := time.Now()
 			for ci, c := range cases {
@@ -394,10 +401,7 @@ func (r *runner) do(ctx context.Context, req *core.Request) error {
 	return r.comm.Do(ctx, req)
 }
 
-func (r *runner) gen(cr *caseRun) *gen {
-	cls, _ := dtypeClass(cr.c.DType)
-	return &gen{dt: cr.c.DType, op: cr.c.Op, cls: cls, size: cr.c.DType.Size(), pass: cr.pass, nrank: r.size}
-}
+func (r *runner) gen(cr *caseRun) *gen { return newGen(cr.c.DType, cr.c.Op, cr.pass, r.size) }
 
 func (r *runner) seed(cr *caseRun, rank int) uint64 {
 	v := 0
