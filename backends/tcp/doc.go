@@ -19,7 +19,10 @@
 // dialer holds the job secret (an HMAC-SHA256 challenge-response over both
 // sides' nonces, ranks, role and job id), and the accepting side proves the
 // same back; a connection that fails is closed, logged and counted, and the
-// group forms anyway.
+// group forms anyway. (Connections are authenticated, not encrypted: run
+// jobs on a network you trust, as with Gloo and MPI.) Addresses are read
+// from the store again before every connection attempt, so a backend
+// rebuilt under the same store keys does not chase its predecessor's.
 //
 // Data connections have TCP_NODELAY and 4 MiB kernel buffers where the kernel
 // allows that much. Each frame is a 32-byte header (sequence number,

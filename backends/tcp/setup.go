@@ -103,6 +103,9 @@ func acceptHandshake(c net.Conn, secret []byte, jobID string, rank, size int) (i
 	return dialer, role, nil
 }
 
+// errStale: the address read from the store is another rank's now.
+var errStale = errors.New("stale address in the store")
+
 // errRefused: the acceptor closed the connection after this rank's proof.
 var errRefused = errors.New("the peer refused this rank's proof: does it hold the same job secret?")
 
@@ -117,7 +120,7 @@ func dialHandshake(c net.Conn, secret []byte, jobID string, peer, rank int, role
 		return errors.New("the address does not answer the gocoll tcp protocol")
 	}
 	if got := int(int32(binary.LittleEndian.Uint32(hello[8:]))); got != peer {
-		return fmt.Errorf("the address belongs to rank %d, not rank %d: stale address in the store?", got, peer)
+		return fmt.Errorf("%w: it belongs to rank %d, not rank %d", errStale, got, peer)
 	}
 	na := hello[12:]
 	var proof [proofSize]byte
@@ -346,14 +349,8 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 		dialWG.Add(1)
 		go func() {
 			defer dialWG.Done()
-			a, err := g.Store.Get(ctx, "addr/"+strconv.Itoa(j))
-			if err != nil {
-				dials <- dialed{peer: j, role: connData, err: fmt.Errorf("rank %d never published its address: %w", j, err)}
-				dials <- dialed{peer: j, role: connCtl, err: errors.New("not dialed")}
-				return
-			}
 			for _, role := range []byte{connData, connCtl} {
-				c, err := dialPeer(ctx, string(a), g, cfg, j, role)
+				c, err := dialPeer(ctx, g, cfg, j, role)
 				dials <- dialed{j, role, c, err}
 			}
 		}()
@@ -433,13 +430,21 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 	return data, ctl, rejected, nil
 }
 
-// dialPeer connects to rank peer at addr and authenticates, retrying with
-// backoff until ctx ends: the peer may not be listening yet, or a SYN may be
-// lost.
-func dialPeer(ctx context.Context, addr string, g core.Group, cfg *config, peer int, role byte) (*net.TCPConn, error) {
+// dialPeer connects to rank peer and authenticates, retrying with backoff
+// until ctx ends: the peer may not be listening yet, or a SYN may be lost.
+// It reads the peer's address from the store before every attempt, so that
+// an address left by an earlier backend under the same keys is replaced by
+// the new one as soon as the peer publishes it.
+func dialPeer(ctx context.Context, g core.Group, cfg *config, peer int, role byte) (*net.TCPConn, error) {
 	backoff := 20 * time.Millisecond
 	var last error
+	addr := "(unpublished)"
 	for attempt := 1; ; attempt++ {
+		a, err := g.Store.Get(ctx, "addr/"+strconv.Itoa(peer))
+		if err != nil {
+			return nil, fmt.Errorf("rank %d never published its address: %w", peer, err)
+		}
+		addr = string(a)
 		d := net.Dialer{Timeout: cfg.connectTimeout}
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
@@ -471,6 +476,9 @@ func dialPeer(ctx context.Context, addr string, g core.Group, cfg *config, peer 
 // isRetryable reports whether a handshake error may go away on a new
 // connection (a reset or timeout), as opposed to a wrong secret or peer.
 func isRetryable(err error) bool {
+	if errors.Is(err, errStale) {
+		return true // the peer has not published its new address yet
+	}
 	if errors.Is(err, errRefused) {
 		return false
 	}

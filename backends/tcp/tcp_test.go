@@ -720,3 +720,43 @@ func TestFailedSetupLeavesNoGoroutine(t *testing.T) {
 		t.Errorf("%d goroutines before, %d after failed setups:\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestRebuildOverStaleAddresses: a second backend built under the same
+// store keys (as after a failure) connects although the first one's
+// addresses are still there when it starts.
+func TestRebuildOverStaleAddresses(t *testing.T) {
+	st := memstore.New()
+	build := func(delay []time.Duration) []*Backend {
+		bs := make([]*Backend, 3)
+		var wg sync.WaitGroup
+		for r := range 3 {
+			wg.Go(func() {
+				time.Sleep(delay[r])
+				var err error
+				bs[r], err = New(context.Background(), core.Group{Rank: r, Size: 3, Store: st, JobID: "j", Secret: testSecret, Timeout: 10 * time.Second}, WithAddress("127.0.0.1"))
+				if err != nil {
+					t.Errorf("rank %d: %v", r, err)
+				}
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
+		}
+		return bs
+	}
+	first := build([]time.Duration{0, 0, 0})
+	noErrors(t, each(first, func(b *Backend) error { return coll.Barrier(context.Background(), b) }))
+	for _, b := range first {
+		b.Close()
+	}
+	// Rank 0 publishes its new address late: rank 1 and 2 first read the
+	// old one, whose listener is gone.
+	second := build([]time.Duration{300 * time.Millisecond, 0, 0})
+	defer func() {
+		for _, b := range second {
+			b.Close()
+		}
+	}()
+	noErrors(t, each(second, func(b *Backend) error { return coll.Barrier(context.Background(), b) }))
+}
