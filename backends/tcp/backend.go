@@ -101,7 +101,7 @@ const inlineMax = 32 << 10
 const ctlGrace = 2 * time.Second
 
 // jobQueue bounds the sends one connection holds; pipelined algorithms keep
-// their chunks per segment well below it (see ring.go).
+// their chunks per segment well below it (see algos.go).
 const jobQueue = 256
 
 // New connects this rank to the other ranks of g and returns its Backend.
