@@ -443,46 +443,80 @@ func (b *Backend) checkZC(bytes int) error {
 }
 
 // broadcast: the root copies a chunk in, every other rank copies it out.
+// A root buffer from Alloc is read in place (with a closing round, after
+// which the root may change it again).
 func (b *Backend) broadcast(o *op, d desc, buf []byte, root, es int) error {
-	chunk := b.lay.bufferSize / max(es, 1)
-	count := len(buf) / max(es, 1)
+	chunk := b.lay.bufferSize / es
+	count := len(buf) / es
+	if b.rank == root && len(buf) >= b.zcMin {
+		d.zc = b.heapOffset(buf)
+	}
 	for i := 0; i < chunks(count, chunk); i++ {
 		off := i * chunk
 		c := min(chunk, count-off)
 		p := b.parity()
-		if b.rank == root {
+		if b.rank == root && d.zc == 0 {
 			copy(b.slot(b.rank, p), buf[off*es:(off+c)*es])
 		}
 		if err := b.firstOr(o, d, i == 0); err != nil {
 			return err
 		}
-		if b.rank != root {
-			copy(buf[off*es:(off+c)*es], b.slot(root, p)[:c*es])
+		if i == 0 {
+			b.zc[b.rank] = d.zc
+			if err := b.checkZC(len(buf)); err != nil {
+				return err
+			}
 		}
+		if b.rank != root {
+			copy(buf[off*es:(off+c)*es], b.input(root, p, off, 0, c, es))
+		}
+	}
+	if b.zc[root] != 0 {
+		return b.step(o)
 	}
 	return nil
 }
 
 // allgather: everyone copies a chunk in; everyone (or the root) copies
-// every rank's chunk out.
+// every rank's chunk out. Send buffers from Alloc are read in place (with a
+// closing round).
 func (b *Backend) allgather(o *op, d desc, req *core.Request, es int, toAll bool) error {
 	count := req.Count
 	chunk := b.lay.bufferSize / es
 	out := toAll || b.rank == req.Root
+	send := req.Send[:count*es]
+	if len(send) >= b.zcMin && !(out && overlaps(send, req.Recv)) {
+		d.zc = b.heapOffset(send)
+	}
+	anyZC := false
 	for i := 0; i < chunks(count, chunk); i++ {
 		off := i * chunk
 		c := min(chunk, count-off)
 		p := b.parity()
-		copy(b.slot(b.rank, p), req.Send[off*es:(off+c)*es])
+		if d.zc == 0 {
+			copy(b.slot(b.rank, p), send[off*es:(off+c)*es])
+		}
 		if err := b.firstOr(o, d, i == 0); err != nil {
 			return err
+		}
+		if i == 0 {
+			b.zc[b.rank] = d.zc
+			if err := b.checkZC(len(send)); err != nil {
+				return err
+			}
+			for _, z := range b.zc {
+				anyZC = anyZC || z != 0
+			}
 		}
 		if out {
 			for j := 0; j < b.size; j++ {
 				at := (j*count + off) * es
-				copy(req.Recv[at:at+c*es], b.slot(j, p)[:c*es])
+				copy(req.Recv[at:at+c*es], b.input(j, p, off, 0, c, es))
 			}
 		}
+	}
+	if anyZC {
+		return b.step(o)
 	}
 	return nil
 }

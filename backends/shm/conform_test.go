@@ -59,6 +59,8 @@ func variantsOf(k core.Kind) []int {
 		return []int{variantPlain, variantInPlace, variantZeroCopy}
 	case coll.KindAlltoall:
 		return []int{variantPlain, variantInPlace}
+	case coll.KindBroadcast, coll.KindAllgather, coll.KindGather:
+		return []int{variantPlain, variantZeroCopy}
 	}
 	return []int{variantPlain}
 }
