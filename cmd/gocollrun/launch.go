@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// rankSpec is one rank to start.
+type rankSpec struct {
+	rank int
+	argv []string
+	env  []string
+}
+
+// proc is one started rank.
+type proc struct {
+	rankSpec
+	cmd    *exec.Cmd
+	outs   []*lineWriter
+	exited bool
+}
+
+type exitInfo struct {
+	p    *proc
+	code int    // exit code, or 128+signal
+	how  string // "exit status 3", "signal: killed"
+}
+
+// launch starts the ranks, supervises them and returns the exit code.
+func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Duration, stdout, stderr io.Writer) int {
+	var outMu sync.Mutex // whole lines from different ranks never interleave
+	say := func(format string, args ...any) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		fmt.Fprintf(stderr, "gocollrun: "+format+"\n", args...)
+	}
+
+	// Signals are caught before any rank starts, so none is lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM)
+	defer signal.Stop(sigs)
+
+	procs := make([]*proc, 0, len(specs))
+	// Whatever happens, every rank's process group dies before we return:
+	// that takes grandchildren the ranks left behind too.
+	defer func() {
+		for _, p := range procs {
+			unix.Kill(-p.cmd.Process.Pid, unix.SIGKILL)
+		}
+	}()
+
+	exits := make(chan exitInfo, len(specs))
+	for _, s := range specs {
+		p := &proc{rankSpec: s}
+		cmd := exec.CommandContext(ctx, s.argv[0], s.argv[1:]...)
+		cmd.Env = s.env
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Setpgid:   true,         // signals reach the rank's children too
+			Pdeathsig: unix.SIGKILL, // if gocollrun dies, so does the rank
+		}
+		if prefix {
+			tag := []byte(fmt.Sprintf("[rank %d] ", s.rank))
+			o, e := &lineWriter{mu: &outMu, dst: stdout, prefix: tag}, &lineWriter{mu: &outMu, dst: stderr, prefix: tag}
+			cmd.Stdout, cmd.Stderr, p.outs = o, e, []*lineWriter{o, e}
+			// A grandchild holding the pipe open must not keep us from
+			// seeing that the rank exited.
+			cmd.WaitDelay = 500 * time.Millisecond
+		} else {
+			cmd.Stdout, cmd.Stderr = stdout, stderr
+		}
+		p.cmd = cmd
+		if err := cmd.Start(); err != nil {
+			say("starting rank %d (%s): %v; stopping the other ranks", s.rank, s.argv[0], err)
+			stopAll(procs, grace, exits)
+			if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+				return 127
+			}
+			return 1
+		}
+		procs = append(procs, p)
+		go func() {
+			err := cmd.Wait()
+			for _, w := range p.outs {
+				w.Flush()
+			}
+			exits <- exitStatus(p, err)
+		}()
+	}
+
+	code := 0
+	live := len(procs)
+	stopping := false
+	signalled := 0
+	var kill <-chan time.Time
+	for live > 0 {
+		select {
+		case e := <-exits:
+			live--
+			e.p.exited = true
+			if e.code == 0 || stopping {
+				continue
+			}
+			code = e.code
+			stopping = true
+			if live > 0 {
+				say("rank %d (pid %d) failed: %s; stopping the other ranks", e.p.rank, e.p.cmd.Process.Pid, e.how)
+				signalAll(procs, unix.SIGTERM)
+				kill = time.After(grace)
+			} else {
+				say("rank %d (pid %d) failed: %s", e.p.rank, e.p.cmd.Process.Pid, e.how)
+			}
+		case s := <-sigs:
+			signalled++
+			if signalled == 1 {
+				say("forwarding %v to the ranks (again to kill them)", s)
+				signalAll(procs, s.(unix.Signal))
+				stopping = true
+				if code == 0 {
+					code = 128 + int(s.(unix.Signal))
+				}
+			} else {
+				signalAll(procs, unix.SIGKILL)
+			}
+		case <-kill:
+			signalAll(procs, unix.SIGKILL)
+		}
+	}
+	if signalled > 0 && allZero(procs) {
+		// Every rank handled the signal and exited cleanly.
+		return 0
+	}
+	return code
+}
+
+// allZero reports whether every rank exited with status 0.
+func allZero(procs []*proc) bool {
+	for _, p := range procs {
+		if p.cmd.ProcessState == nil || !p.cmd.ProcessState.Success() {
+			return false
+		}
+	}
+	return true
+}
+
+// signalAll sends sig to the process group of every rank still running.
+func signalAll(procs []*proc, sig unix.Signal) {
+	for _, p := range procs {
+		if !p.exited {
+			unix.Kill(-p.cmd.Process.Pid, sig)
+		}
+	}
+}
+
+// stopAll stops already started ranks after a failed start.
+func stopAll(procs []*proc, grace time.Duration, exits chan exitInfo) {
+	signalAll(procs, unix.SIGTERM)
+	deadline := time.After(grace)
+	for n := len(procs); n > 0; {
+		select {
+		case e := <-exits:
+			e.p.exited = true
+			n--
+		case <-deadline:
+			signalAll(procs, unix.SIGKILL)
+			deadline = nil
+		}
+	}
+}
+
+func exitStatus(p *proc, err error) exitInfo {
+	st := p.cmd.ProcessState
+	if st == nil {
+		return exitInfo{p: p, code: 1, how: err.Error()}
+	}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return exitInfo{p: p, code: 128 + int(ws.Signal()), how: "killed by signal " + ws.Signal().String()}
+	}
+	if st.ExitCode() != 0 {
+		return exitInfo{p: p, code: st.ExitCode(), how: fmt.Sprintf("exit code %d", st.ExitCode())}
+	}
+	if err != nil && !errors.Is(err, exec.ErrWaitDelay) {
+		return exitInfo{p: p, code: 1, how: err.Error()}
+	}
+	return exitInfo{p: p, code: 0}
+}
+
+// lineWriter writes whole lines to dst, each with prefix, under a lock
+// shared by every rank's writers.
+type lineWriter struct {
+	mu     *sync.Mutex
+	dst    io.Writer
+	prefix []byte
+	buf    []byte // a partial line
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	i := bytes.LastIndexByte(w.buf, '\n')
+	if i < 0 {
+		if len(w.buf) < 64<<10 {
+			return len(p), nil
+		}
+		i = len(w.buf) - 1 // an endless line: pass it on in pieces
+	}
+	var out []byte
+	for _, line := range bytes.SplitAfter(w.buf[:i+1], []byte{'\n'}) {
+		if len(line) > 0 {
+			out = append(append(out, w.prefix...), line...)
+		}
+	}
+	if out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	w.buf = append(w.buf[:0], w.buf[i+1:]...)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.dst.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Flush writes a last line that had no newline.
+func (w *lineWriter) Flush() {
+	if len(w.buf) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dst.Write(append(append(append([]byte{}, w.prefix...), w.buf...), '\n'))
+	w.buf = nil
+}

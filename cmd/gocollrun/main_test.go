@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gocoll/gocoll/dispatch"
+)
+
+// The test binary plays both parts: started by gocollrun (which sets
+// GOCOLL_LAUNCHER_STORE) it is a rank running GOCOLLRUN_TEST_RANK's mode;
+// with GOCOLLRUN_TEST_LAUNCHER set it is gocollrun itself. Ranks inherit
+// the launcher's environment, so the rank check comes first.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("GOCOLLRUN_TEST_RANK"); mode != "" && os.Getenv(dispatch.EnvLauncherStore) == "1" {
+		os.Exit(rankMain(mode))
+	}
+	if os.Getenv("GOCOLLRUN_TEST_LAUNCHER") != "" {
+		os.Exit(gocollrun(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func rankMain(mode string) int {
+	dir := os.Getenv("GOCOLLRUN_TEST_DIR")
+	rank := os.Getenv("RANK")
+	write := func(name, content string) {
+		tmp := filepath.Join(dir, name+".tmp")
+		os.WriteFile(tmp, []byte(content), 0o644)
+		os.Rename(tmp, filepath.Join(dir, name))
+	}
+	switch mode {
+	case "exit3":
+		// A grandchild, to check that the whole process group goes.
+		sleep := exec.Command("sleep", "300")
+		if err := sleep.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		write("gpid-"+rank, strconv.Itoa(sleep.Process.Pid))
+		write("pid-"+rank, strconv.Itoa(os.Getpid()))
+		switch rank {
+		case "1":
+			size, _ := strconv.Atoi(os.Getenv("WORLD_SIZE"))
+			for i := 0; i < size; i++ { // wait until every rank is up
+				for !exists(filepath.Join(dir, "pid-"+strconv.Itoa(i))) {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			write("exit-time", strconv.FormatInt(time.Now().UnixNano(), 10))
+			os.Exit(3)
+		case "2":
+			// A rank that ignores SIGTERM: only SIGKILL stops it.
+			signal.Ignore(syscall.SIGTERM)
+		}
+		select {}
+	case "print":
+		fmt.Printf("hello from rank %s\nsecond line %s\n", rank, rank)
+		fmt.Fprintf(os.Stderr, "err line %s\n", rank)
+		fmt.Printf("tail %s", rank) // no newline
+		return 0
+	case "term":
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGTERM)
+		write("ready-"+rank, "")
+		s := <-ch
+		write("term-"+rank, s.String())
+		return 0
+	case "init":
+		ctx := context.Background()
+		c, err := dispatch.Init(ctx)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer c.Close()
+		for i := 0; i < 10; i++ {
+			if err := c.Barrier(ctx); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
+		fmt.Printf("rank=%d size=%d local=%d/%d node=%d/%d store=%s job=%s\n", c.Rank(), c.Size(), c.LocalRank(), c.LocalSize(),
+			c.NodeRank(), c.NumNodes(), c.KVSAddr(), c.JobID())
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "unknown mode", mode)
+	return 2
+}
+
+func exists(path string) bool { _, err := os.Stat(path); return err == nil }
+
+// launcher returns a command running gocollrun with args, whose ranks run
+// mode; dir collects the ranks' files.
+func launcher(t *testing.T, mode string, args ...string) (*exec.Cmd, string, *bytes.Buffer, *bytes.Buffer) {
+	t.Helper()
+	dir := t.TempDir()
+	// A launcher that hangs fails the test instead of stalling the run.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, os.Args[0], append(args, os.Args[0])...)
+	cmd.Env = append(withoutJobVars(os.Environ()), "GOCOLLRUN_TEST_LAUNCHER=1", "GOCOLLRUN_TEST_RANK="+mode, "GOCOLLRUN_TEST_DIR="+dir)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	return cmd, dir, &out, &errb
+}
+
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	t.Fatal(err)
+	return -1
+}
+
+// gone reports whether pid no longer runs (a zombie waiting for a reaper
+// counts as gone: it runs nothing and holds nothing but its pid).
+func gone(pid int) bool {
+	if err := unix.Kill(pid, 0); err == unix.ESRCH {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
+}
+
+func readPids(t *testing.T, dir, prefix string) []int {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, prefix+"*"))
+	var pids []int
+	for _, f := range files {
+		if strings.HasSuffix(f, ".tmp") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(string(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// A rank that exits 3 makes gocollrun stop the others (one of which
+// ignores SIGTERM) and exit 3 within 2 s, naming the rank, with no
+// process of the job left.
+func TestFailingRankStopsJob(t *testing.T) {
+	cmd, dir, _, errb := launcher(t, "exit3", "-np", "4", "-grace", "500ms")
+	err := cmd.Run()
+	end := time.Now()
+	if code := exitCode(t, err); code != 3 {
+		t.Fatalf("gocollrun exited %d, want 3; stderr:\n%s", code, errb)
+	}
+	if !strings.Contains(errb.String(), "rank 1 (pid") || !strings.Contains(errb.String(), "exit code 3") {
+		t.Errorf("stderr does not say rank 1 failed with exit code 3:\n%s", errb)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "exit-time"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := strconv.ParseInt(string(b), 10, 64)
+	if d := end.Sub(time.Unix(0, ns)); d > 2*time.Second {
+		t.Errorf("gocollrun exited %v after rank 1 did; the bound is 2s", d)
+	}
+	pids := readPids(t, dir, "pid-")
+	gpids := readPids(t, dir, "gpid-")
+	if len(pids) != 4 || len(gpids) != 4 {
+		t.Fatalf("found %d rank pids and %d grandchild pids, want 4 each", len(pids), len(gpids))
+	}
+	for _, pid := range append(pids, gpids...) {
+		// Grandchildren are reaped by whoever inherits them; give that
+		// a moment (no assertion on how long).
+		deadline := time.Now().Add(5 * time.Second)
+		for !gone(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !gone(pid) {
+			t.Errorf("pid %d outlived gocollrun", pid)
+		}
+	}
+}
+
+func TestOutputPrefixes(t *testing.T) {
+	cmd, _, out, errb := launcher(t, "print", "-np", "3")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v; stderr:\n%s", err, errb)
+	}
+	var want []string
+	for r := 0; r < 3; r++ {
+		want = append(want, fmt.Sprintf("[rank %d] hello from rank %d", r, r), fmt.Sprintf("[rank %d] second line %d", r, r),
+			fmt.Sprintf("[rank %d] tail %d", r, r))
+	}
+	if got := sortedLines(out.String()); strings.Join(got, "\n") != strings.Join(sorted(want), "\n") {
+		t.Errorf("stdout lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(sorted(want), "\n"))
+	}
+	for r := 0; r < 3; r++ {
+		if !strings.Contains(errb.String(), fmt.Sprintf("[rank %d] err line %d\n", r, r)) {
+			t.Errorf("stderr lacks rank %d's prefixed line:\n%s", r, errb)
+		}
+	}
+
+	cmd, _, out, errb = launcher(t, "print", "-np", "2", "-prefix=false")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v; stderr:\n%s", err, errb)
+	}
+	if strings.Contains(out.String(), "[rank") || !strings.Contains(out.String(), "hello from rank 1\n") {
+		t.Errorf("-prefix=false output:\n%s", out)
+	}
+}
+
+func sortedLines(s string) []string {
+	return sorted(strings.Split(strings.TrimSuffix(s, "\n"), "\n"))
+}
+
+func sorted(s []string) []string {
+	s = append([]string(nil), s...)
+	sort.Strings(s)
+	return s
+}
+
+func TestSIGTERMReachesEveryRank(t *testing.T) {
+	const np = 4
+	cmd, dir, _, errb := launcher(t, "term", "-np", strconv.Itoa(np))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for r := 0; r < np; r++ {
+		for !exists(filepath.Join(dir, "ready-"+strconv.Itoa(r))) {
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("rank %d never got ready; stderr:\n%s", r, errb)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("gocollrun after SIGTERM: %v; stderr:\n%s", err, errb)
+	}
+	for r := 0; r < np; r++ {
+		b, err := os.ReadFile(filepath.Join(dir, "term-"+strconv.Itoa(r)))
+		if err != nil || string(b) != "terminated" {
+			t.Errorf("rank %d: did not get SIGTERM (%q, %v)", r, b, err)
+		}
+	}
+}
+
+// The ranks find each other through the store gocollrun serves.
+func TestInitUnderGocollrun(t *testing.T) {
+	const np = 3
+	cmd, _, out, errb := launcher(t, "init", "-np", strconv.Itoa(np), "-timeout", "60s")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v; stderr:\n%s", err, errb)
+	}
+	lines := sortedLines(out.String())
+	if len(lines) != np {
+		t.Fatalf("output:\n%s", out)
+	}
+	var store, job string
+	for r, l := range lines {
+		prefix := fmt.Sprintf("[rank %d] rank=%d size=%d local=%d/%d node=0/1 store=127.0.0.1:", r, r, np, r, np)
+		if !strings.HasPrefix(l, prefix) {
+			t.Errorf("line %q, want prefix %q", l, prefix)
+		}
+		f := strings.Fields(l)
+		if r == 0 {
+			store, job = f[len(f)-2], f[len(f)-1]
+		} else if f[len(f)-2] != store || f[len(f)-1] != job {
+			t.Errorf("rank %d: %s %s; rank 0: %s %s", r, f[len(f)-2], f[len(f)-1], store, job)
+		}
+	}
+	if !strings.HasPrefix(job, "job=gocollrun-") {
+		t.Errorf("job id %q is not gocollrun's", job)
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"-np", "2"}, nil, "no program"},
+		{[]string{"-np", "0", "x"}, nil, "-np 0"},
+		{[]string{"-nnodes", "2", "-node-rank", "2", "x"}, nil, "-node-rank 2"},
+		{[]string{"-nnodes", "2", "x"}, nil, "-master-port"},
+		{[]string{"-nnodes", "2", "-master-port", "1234", "x"}, nil, "GOCOLL_SECRET"},
+		{[]string{"/nonexistent/program"}, nil, "starting rank 0"},
+	} {
+		var out, errb bytes.Buffer
+		code := gocollrun(tc.args, tc.env, &out, &errb)
+		if code == 0 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("gocollrun %q: exit %d, stderr %q; want an error containing %q", tc.args, code, errb.String(), tc.want)
+		}
+	}
+}
