@@ -423,3 +423,27 @@ func TestSendRecvMismatch(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestRecvTimeout: a receive from a rank that never sends ends with a
+// PeerError naming it; collectives still work afterwards.
+func TestRecvTimeout(t *testing.T) {
+	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, b *Backend) error {
+		if b.Rank() == 0 {
+			tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			defer cancel()
+			err := b.Do(tctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeInt32, Count: 1, Peer: 1, Recv: make([]byte, 4)})
+			var pe *core.PeerError
+			if !errors.As(err, &pe) || pe.Ranks[0] != 1 || !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("want a deadline PeerError naming rank 1, got %v", err)
+			}
+		}
+		out := make([]byte, 4)
+		if err := allreduceI32(ctx, b, i32s(2), out); err != nil {
+			return err
+		}
+		if binary.LittleEndian.Uint32(out) != 4 {
+			return fmt.Errorf("allreduce after the failed receive gave %v", out)
+		}
+		return nil
+	}))
+}

@@ -115,6 +115,12 @@ func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, targe
 			if err == core.ErrClosed {
 				return err
 			}
+			if o.p2p >= 0 {
+				// Collectives are still in step; only this channel's
+				// two ends may now disagree on what comes next.
+				b.bad[o.p2p] = err
+				return err
+			}
 			return b.fail(err)
 		}
 		d := sleepSlice
