@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/proctest"
 )
 
@@ -20,6 +21,7 @@ import (
 func TestMain(m *testing.M) {
 	proctest.Register("barriers", barriersBody)
 	proctest.Register("absent", absentBody)
+	proctest.Register("layout", layoutBody)
 	proctest.Main(m)
 }
 
@@ -141,6 +143,54 @@ func TestAbsentRankNamed(t *testing.T) {
 			const np, absent = 4, 2
 			proctest.Run(t, "absent", np, proctest.Timeout(time.Minute),
 				torchrunEnv(t, np, "GOCOLL_BACKEND="+backend, "GOCOLL_TIMEOUT=2s", "GOCOLL_TEST_ABSENT="+strconv.Itoa(absent)))
+		})
+	}
+}
+
+// layoutBody checks the node layout Init derives from GOCOLL_NODE_ID
+// ("node<k>", ranks per node in GOCOLL_TEST_PER_NODE) and that the backend
+// auto picks still computes an allreduce.
+func layoutBody(ctx context.Context, r *proctest.Rank) error {
+	per := envInt("GOCOLL_TEST_PER_NODE", 1)
+	c, err := Init(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	nodes := (r.Size + per - 1) / per
+	wantLocalSize := min(per, r.Size-(r.Rank/per)*per)
+	if c.LocalRank() != r.Rank%per || c.LocalSize() != wantLocalSize || c.NodeRank() != r.Rank/per || c.NumNodes() != nodes {
+		return fmt.Errorf("rank %d: local %d/%d node %d/%d; want local %d/%d node %d/%d", r.Rank,
+			c.LocalRank(), c.LocalSize(), c.NodeRank(), c.NumNodes(), r.Rank%per, wantLocalSize, r.Rank/per, nodes)
+	}
+	if want := os.Getenv("GOCOLL_TEST_WANT_BACKEND"); c.Backend() != want {
+		return fmt.Errorf("backend %q, want %q", c.Backend(), want)
+	}
+	send := []int64{int64(r.Rank + 1), -1}
+	recv := make([]int64, 2)
+	if err := coll.AllreduceInt64(ctx, c, send, recv, coll.OpSum); err != nil {
+		return err
+	}
+	if n := int64(r.Size); recv[0] != n*(n+1)/2 || recv[1] != -n {
+		return fmt.Errorf("allreduce = %v", recv)
+	}
+	return c.Barrier(ctx)
+}
+
+// Ranks that publish different node ids are placed on different nodes,
+// and auto then picks tcp.
+func TestNodeLayoutProcesses(t *testing.T) {
+	for _, tc := range []struct{ np, per int }{{4, 2}, {5, 2}, {3, 1}, {6, 3}} {
+		t.Run(fmt.Sprintf("np=%d/per=%d", tc.np, tc.per), func(t *testing.T) {
+			port := freePort(t)
+			proctest.Run(t, "layout", tc.np, proctest.Timeout(time.Minute), proctest.RankEnv(func(r int) []string {
+				return []string{
+					"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(tc.np),
+					"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port), "GOCOLL_SECRET=layout",
+					"GOCOLL_NODE_ID=node" + strconv.Itoa(r/tc.per), "GOCOLL_TEST_PER_NODE=" + strconv.Itoa(tc.per),
+					"GOCOLL_TEST_WANT_BACKEND=tcp",
+				}
+			}))
 		})
 	}
 }
