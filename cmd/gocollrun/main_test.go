@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -319,6 +320,48 @@ func TestFlagErrors(t *testing.T) {
 		code := gocollrun(tc.args, tc.env, &out, &errb)
 		if code == 0 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("gocollrun %q: exit %d, stderr %q; want an error containing %q", tc.args, code, errb.String(), tc.want)
+		}
+	}
+}
+
+// Two gocollrun instances as two nodes of one job: node 0's serves the
+// store, and the ranks of both meet through it.
+func TestTwoNodes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	type node struct {
+		cmd      *exec.Cmd
+		out, err *bytes.Buffer
+	}
+	var nodes []node
+	for n := 0; n < 2; n++ {
+		cmd, _, out, errb := launcher(t, "init", "-np", "2", "-nnodes", "2", "-node-rank", strconv.Itoa(n),
+			"-master-addr", "127.0.0.1", "-master-port", port, "-timeout", "60s")
+		cmd.Env = append(cmd.Env, "GOCOLL_SECRET=two-nodes", "GOCOLL_NODE_ID=node"+strconv.Itoa(n))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, node{cmd, out, errb})
+	}
+	var lines []string
+	for n, nd := range nodes {
+		if err := nd.cmd.Wait(); err != nil {
+			t.Fatalf("node %d: %v\n%s", n, err, nd.err)
+		}
+		lines = append(lines, sortedLines(nd.out.String())...)
+	}
+	lines = sorted(lines)
+	if len(lines) != 4 {
+		t.Fatalf("output:\n%s", strings.Join(lines, "\n"))
+	}
+	for r, l := range lines {
+		want := fmt.Sprintf("[rank %d] rank=%d size=4 local=%d/2 node=%d/2 store=127.0.0.1:%s job=", r, r, r%2, r/2, port)
+		if !strings.HasPrefix(l, want) {
+			t.Errorf("got %q, want prefix %q", l, want)
 		}
 	}
 }
