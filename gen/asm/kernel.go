@@ -343,7 +343,9 @@ func (k *kernel) first(src operand.Op, accs []reg.VecVirtual) {
 	case clsF16:
 		c.VCVTPH2PS(src, accs[0])
 	default:
-		k.movu(src, accs[0])
+		if src != operand.Op(accs[0]) {
+			k.movu(src, accs[0])
+		}
 	}
 }
 
@@ -635,18 +637,22 @@ func (k *kernel) mul64(a reg.VecVirtual, b operand.Op) {
 // tailLoop runs the load/fold/store sequence of one group through get (which
 // yields the group of input ptr as an operand) and put (which stores the
 // narrowed result).
-func (k *kernel) tailLoop(accs []reg.VecVirtual, srcs, nsrc reg.GPVirtual, name string, get func(ptr reg.GPVirtual) operand.Op, put func(r reg.VecVirtual)) {
+func (k *kernel) tailLoop(accs []reg.VecVirtual, srcs, nsrc reg.GPVirtual, name string, get func(ptr reg.GPVirtual, into reg.VecVirtual) operand.Op, put func(r reg.VecVirtual)) {
 	c := k.c
 	ptr, it, cnt := c.GP64(), c.GP64(), c.GP64()
 	c.MOVQ(operand.Mem{Base: srcs}, ptr)
-	k.first(get(ptr), accs)
+	var into reg.VecVirtual // plain lanes load straight into the accumulator
+	if k.nacc == 1 && k.memBytes == k.isa.width {
+		into = accs[0]
+	}
+	k.first(get(ptr, into), accs)
 	c.MOVQ(nsrc, cnt)
 	c.DECQ(cnt)
 	c.JZ(operand.LabelRef(name + "Store"))
 	c.LEAQ(operand.Mem{Base: srcs, Disp: 8}, it)
 	c.Label(name + "Src")
 	c.MOVQ(operand.Mem{Base: it}, ptr)
-	k.fold(get(ptr), accs)
+	k.fold(get(ptr, nil), accs)
 	c.ADDQ(operand.Imm(8), it)
 	c.DECQ(cnt)
 	c.JNZ(operand.LabelRef(name + "Src"))
@@ -672,8 +678,10 @@ func (k *kernel) tailMasked512(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off r
 	c.KMOVQ(m, mask)
 	load := map[int]func(operand.Op, operand.Op, operand.Op){1: c.VMOVDQU8_Z, 2: c.VMOVDQU16_Z, 4: c.VMOVDQU32_Z, 8: c.VMOVDQU64_Z}[esize]
 	store := map[int]func(...operand.Op){1: c.VMOVDQU8, 2: c.VMOVDQU16, 4: c.VMOVDQU32, 8: c.VMOVDQU64}[esize]
-	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual) operand.Op {
-		r := k.raw()
+	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual, r reg.VecVirtual) operand.Op {
+		if r == nil {
+			r = k.raw()
+		}
 		load(operand.Mem{Base: ptr, Index: off, Scale: 1}, mask, r)
 		return r
 	}, func(r reg.VecVirtual) {
@@ -692,8 +700,10 @@ func (k *kernel) tailMaskedAVX2(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off 
 	c.SUBQ(nb, idx)
 	mask := c.YMM()
 	c.VMOVDQU(operand.Mem{Base: tbl, Index: idx, Scale: 1}, mask)
-	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual) operand.Op {
-		r := c.YMM()
+	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual, r reg.VecVirtual) operand.Op {
+		if r == nil {
+			r = c.YMM()
+		}
 		c.VPMASKMOVD(operand.Mem{Base: ptr, Index: off, Scale: 1}, mask, r)
 		return r
 	}, func(r reg.VecVirtual) {
@@ -731,7 +741,7 @@ func (k *kernel) tailBounce(accs []reg.VecVirtual, dst, srcs, nsrc, nb, off reg.
 		k.buf = &b
 	}
 	buf := *k.buf
-	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual) operand.Op {
+	k.tailLoop(accs, srcs, nsrc, name, func(ptr reg.GPVirtual, _ reg.VecVirtual) operand.Op {
 		c.ADDQ(off, ptr)
 		k.copyBytes(buf, operand.Mem{Base: ptr}, nb)
 		return buf

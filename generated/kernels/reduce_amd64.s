@@ -43,7 +43,6 @@ TEXT ·reduceAVX2Float32Sum(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -164,7 +163,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -213,7 +211,6 @@ TEXT ·reduceAVX2Float32Prod(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -334,7 +331,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -383,7 +379,6 @@ TEXT ·reduceAVX2Float32Min(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -563,7 +558,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -617,7 +611,6 @@ TEXT ·reduceAVX2Float32Max(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -797,7 +790,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -851,7 +843,6 @@ TEXT ·reduceAVX2Float64Sum(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -972,7 +963,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -1021,7 +1011,6 @@ TEXT ·reduceAVX2Float64Prod(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -1142,7 +1131,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -1191,7 +1179,6 @@ TEXT ·reduceAVX2Float64Min(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -1371,7 +1358,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -1425,7 +1411,6 @@ TEXT ·reduceAVX2Float64Max(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -1605,7 +1590,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -7337,7 +7321,6 @@ TEXT ·reduceAVX2Int32Sum(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -7458,7 +7441,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -7507,7 +7489,6 @@ TEXT ·reduceAVX2Int32Prod(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -7628,7 +7609,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -7677,7 +7657,6 @@ TEXT ·reduceAVX2Int32Min(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -7798,7 +7777,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -7847,7 +7825,6 @@ TEXT ·reduceAVX2Int32Max(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -7968,7 +7945,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -8017,7 +7993,6 @@ TEXT ·reduceAVX2Int32Band(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -8138,7 +8113,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -8187,7 +8161,6 @@ TEXT ·reduceAVX2Int32Bor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -8308,7 +8281,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -8357,7 +8329,6 @@ TEXT ·reduceAVX2Int32Bxor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -8478,7 +8449,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -8527,7 +8497,6 @@ TEXT ·reduceAVX2Uint32Sum(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -8648,7 +8617,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -8697,7 +8665,6 @@ TEXT ·reduceAVX2Uint32Prod(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -8818,7 +8785,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -8867,7 +8833,6 @@ TEXT ·reduceAVX2Uint32Min(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -8988,7 +8953,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -9037,7 +9001,6 @@ TEXT ·reduceAVX2Uint32Max(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -9158,7 +9121,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -9207,7 +9169,6 @@ TEXT ·reduceAVX2Uint32Band(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -9328,7 +9289,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -9377,7 +9337,6 @@ TEXT ·reduceAVX2Uint32Bor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -9498,7 +9457,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -9547,7 +9505,6 @@ TEXT ·reduceAVX2Uint32Bxor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -9668,7 +9625,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -9717,7 +9673,6 @@ TEXT ·reduceAVX2Int64Sum(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -9838,7 +9793,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -9887,7 +9841,6 @@ TEXT ·reduceAVX2Int64Prod(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -10087,7 +10040,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -10143,7 +10095,6 @@ TEXT ·reduceAVX2Int64Min(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -10283,7 +10234,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -10333,7 +10283,6 @@ TEXT ·reduceAVX2Int64Max(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -10473,7 +10422,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -10523,7 +10471,6 @@ TEXT ·reduceAVX2Int64Band(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -10644,7 +10591,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -10693,7 +10639,6 @@ TEXT ·reduceAVX2Int64Bor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -10814,7 +10759,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -10863,7 +10807,6 @@ TEXT ·reduceAVX2Int64Bxor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -10984,7 +10927,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -11033,7 +10975,6 @@ TEXT ·reduceAVX2Uint64Sum(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -11154,7 +11095,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -11203,7 +11143,6 @@ TEXT ·reduceAVX2Uint64Prod(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -11403,7 +11342,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -11462,7 +11400,6 @@ TEXT ·reduceAVX2Uint64Min(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y2
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y2, Y1
-	VMOVUPS    Y1, Y1
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -11622,7 +11559,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y2
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y2, Y1
-	VMOVUPS    Y1, Y1
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -11677,7 +11613,6 @@ TEXT ·reduceAVX2Uint64Max(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y2
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y2, Y1
-	VMOVUPS    Y1, Y1
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -11837,7 +11772,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y2
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y2, Y1
-	VMOVUPS    Y1, Y1
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -11889,7 +11823,6 @@ TEXT ·reduceAVX2Uint64Band(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -12010,7 +11943,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -12059,7 +11991,6 @@ TEXT ·reduceAVX2Uint64Bor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -12180,7 +12111,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -12229,7 +12159,6 @@ TEXT ·reduceAVX2Uint64Bxor(SB), NOSPLIT, $0-32
 	VMOVDQU    (R8)(R9*1), Y1
 	MOVQ       (CX), R8
 	VPMASKMOVD (R8)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	MOVQ       DX, R10
 	DECQ       R10
 	JZ         headStore
@@ -12350,7 +12279,6 @@ tail:
 	VMOVDQU    (DI)(R8*1), Y1
 	MOVQ       (CX), BX
 	VPMASKMOVD (BX)(SI*1), Y1, Y0
-	VMOVUPS    Y0, Y0
 	DECQ       DX
 	JZ         tailStore
 	LEAQ       8(CX), CX
@@ -12401,7 +12329,6 @@ TEXT ·reduceAVX512Float32Sum(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -12524,7 +12451,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -12575,7 +12501,6 @@ TEXT ·reduceAVX512Float32Prod(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -12698,7 +12623,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -12749,7 +12673,6 @@ TEXT ·reduceAVX512Float32Min(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -12931,7 +12854,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -12987,7 +12909,6 @@ TEXT ·reduceAVX512Float32Max(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -13169,7 +13090,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -13225,7 +13145,6 @@ TEXT ·reduceAVX512Float64Sum(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -13348,7 +13267,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -13399,7 +13317,6 @@ TEXT ·reduceAVX512Float64Prod(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -13522,7 +13439,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -13573,7 +13489,6 @@ TEXT ·reduceAVX512Float64Min(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -13755,7 +13670,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -13811,7 +13725,6 @@ TEXT ·reduceAVX512Float64Max(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -13993,7 +13906,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -16287,7 +16199,6 @@ TEXT ·reduceAVX512Int8Sum(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -16409,7 +16320,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -16458,7 +16368,6 @@ TEXT ·reduceAVX512Int8Prod(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z1
-	VMOVUPS    Z1, Z1
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -16639,7 +16548,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z1
-	VMOVUPS    Z1, Z1
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -16691,7 +16599,6 @@ TEXT ·reduceAVX512Int8Min(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -16813,7 +16720,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -16860,7 +16766,6 @@ TEXT ·reduceAVX512Int8Max(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -16982,7 +16887,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -17029,7 +16933,6 @@ TEXT ·reduceAVX512Int8Band(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -17151,7 +17054,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -17198,7 +17100,6 @@ TEXT ·reduceAVX512Int8Bor(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -17320,7 +17221,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -17367,7 +17267,6 @@ TEXT ·reduceAVX512Int8Bxor(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -17489,7 +17388,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -17536,7 +17434,6 @@ TEXT ·reduceAVX512Uint8Sum(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -17658,7 +17555,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -17707,7 +17603,6 @@ TEXT ·reduceAVX512Uint8Prod(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z1
-	VMOVUPS    Z1, Z1
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -17888,7 +17783,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z1
-	VMOVUPS    Z1, Z1
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -17940,7 +17834,6 @@ TEXT ·reduceAVX512Uint8Min(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -18062,7 +17955,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -18109,7 +18001,6 @@ TEXT ·reduceAVX512Uint8Max(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -18231,7 +18122,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -18278,7 +18168,6 @@ TEXT ·reduceAVX512Uint8Band(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -18400,7 +18289,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -18447,7 +18335,6 @@ TEXT ·reduceAVX512Uint8Bor(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -18569,7 +18456,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -18616,7 +18502,6 @@ TEXT ·reduceAVX512Uint8Bxor(SB), NOSPLIT, $0-32
 	KMOVQ      R9, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	MOVQ       BX, R10
 	DECQ       R10
 	JZ         headStore
@@ -18738,7 +18623,6 @@ tail:
 	KMOVQ      SI, K1
 	MOVQ       (DX), CX
 	VMOVDQU8.Z (CX)(DI*1), K1, Z0
-	VMOVUPS    Z0, Z0
 	DECQ       BX
 	JZ         tailStore
 	LEAQ       8(DX), DX
@@ -18789,7 +18673,6 @@ TEXT ·reduceAVX512Int32Sum(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -18912,7 +18795,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -18963,7 +18845,6 @@ TEXT ·reduceAVX512Int32Prod(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -19086,7 +18967,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -19137,7 +19017,6 @@ TEXT ·reduceAVX512Int32Min(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -19260,7 +19139,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -19311,7 +19189,6 @@ TEXT ·reduceAVX512Int32Max(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -19434,7 +19311,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -19485,7 +19361,6 @@ TEXT ·reduceAVX512Int32Band(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -19608,7 +19483,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -19659,7 +19533,6 @@ TEXT ·reduceAVX512Int32Bor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -19782,7 +19655,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -19833,7 +19705,6 @@ TEXT ·reduceAVX512Int32Bxor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -19956,7 +19827,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -20007,7 +19877,6 @@ TEXT ·reduceAVX512Uint32Sum(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -20130,7 +19999,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -20181,7 +20049,6 @@ TEXT ·reduceAVX512Uint32Prod(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -20304,7 +20171,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -20355,7 +20221,6 @@ TEXT ·reduceAVX512Uint32Min(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -20478,7 +20343,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -20529,7 +20393,6 @@ TEXT ·reduceAVX512Uint32Max(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -20652,7 +20515,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -20703,7 +20565,6 @@ TEXT ·reduceAVX512Uint32Band(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -20826,7 +20687,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -20877,7 +20737,6 @@ TEXT ·reduceAVX512Uint32Bor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -21000,7 +20859,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -21051,7 +20909,6 @@ TEXT ·reduceAVX512Uint32Bxor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -21174,7 +21031,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU32.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -21225,7 +21081,6 @@ TEXT ·reduceAVX512Int64Sum(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -21348,7 +21203,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -21399,7 +21253,6 @@ TEXT ·reduceAVX512Int64Prod(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -21522,7 +21375,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -21573,7 +21425,6 @@ TEXT ·reduceAVX512Int64Min(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -21696,7 +21547,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -21747,7 +21597,6 @@ TEXT ·reduceAVX512Int64Max(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -21870,7 +21719,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -21921,7 +21769,6 @@ TEXT ·reduceAVX512Int64Band(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -22044,7 +21891,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -22095,7 +21941,6 @@ TEXT ·reduceAVX512Int64Bor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -22218,7 +22063,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -22269,7 +22113,6 @@ TEXT ·reduceAVX512Int64Bxor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -22392,7 +22235,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -22443,7 +22285,6 @@ TEXT ·reduceAVX512Uint64Sum(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -22566,7 +22407,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -22617,7 +22457,6 @@ TEXT ·reduceAVX512Uint64Prod(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -22740,7 +22579,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -22791,7 +22629,6 @@ TEXT ·reduceAVX512Uint64Min(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -22914,7 +22751,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -22965,7 +22801,6 @@ TEXT ·reduceAVX512Uint64Max(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -23088,7 +22923,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -23139,7 +22973,6 @@ TEXT ·reduceAVX512Uint64Band(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -23262,7 +23095,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -23313,7 +23145,6 @@ TEXT ·reduceAVX512Uint64Bor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -23436,7 +23267,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
@@ -23487,7 +23317,6 @@ TEXT ·reduceAVX512Uint64Bxor(SB), NOSPLIT, $0-32
 	KMOVQ       R9, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	MOVQ        BX, R10
 	DECQ        R10
 	JZ          headStore
@@ -23610,7 +23439,6 @@ tail:
 	KMOVQ       SI, K1
 	MOVQ        (DX), CX
 	VMOVDQU64.Z (CX)(DI*1), K1, Z0
-	VMOVUPS     Z0, Z0
 	DECQ        BX
 	JZ          tailStore
 	LEAQ        8(DX), DX
