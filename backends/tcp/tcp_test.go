@@ -518,40 +518,57 @@ func TestNoAllocs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing-insensitive but slow on a loaded machine")
 	}
+	const n = 3
+	f32, i32 := coll.DTypeFloat32, coll.DTypeInt32
 	for _, tc := range []struct {
-		name  string
-		count int
-		opts  []Option
+		name         string
+		kind         core.Kind
+		dtype        core.DType
+		op           core.Op
+		count        int
+		sendN, recvN int // buffer sizes in blocks of count elements
 	}{
-		{"rd", 64, nil},
-		{"rabenseifner", 16 << 10, nil},
-		{"ring", 1 << 18, nil},
+		{"allreduce/rd", coll.KindAllreduce, f32, coll.OpSum, 64, 1, 1},
+		{"allreduce/rabenseifner", coll.KindAllreduce, f32, coll.OpAvg, 16 << 10, 1, 1},
+		{"allreduce/ring", coll.KindAllreduce, f32, coll.OpSum, 1 << 18, 1, 1},
+		{"reduce/tree", coll.KindReduce, i32, coll.OpMax, 100, 1, 1},
+		{"reduce/chain", coll.KindReduce, i32, coll.OpSum, 1 << 18, 1, 1},
+		{"broadcast/tree", coll.KindBroadcast, i32, 0, 100, 1, 1},
+		{"broadcast/chain", coll.KindBroadcast, i32, 0, 1 << 18, 1, 1},
+		{"allgather", coll.KindAllgather, i32, 0, 1 << 16, 1, n},
+		{"reduce_scatter", coll.KindReduceScatter, f32, coll.OpSum, 1 << 16, n, 1},
+		{"gather", coll.KindGather, i32, 0, 1000, 1, n},
+		{"scatter", coll.KindScatter, i32, 0, 1000, n, 1},
+		{"alltoall", coll.KindAlltoall, i32, 0, 1000, n, n},
+		{"barrier", coll.KindBarrier, 0, 0, 0, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n := 3
-			bs := group(t, n, tc.opts...)
-			bufs := make([][]byte, n)
-			for r := range n {
-				bufs[r] = make([]byte, 4*tc.count)
-			}
+			bs := group(t, n)
 			ctx := context.Background()
+			reqs := make([]*core.Request, n)
+			for r := range n {
+				req := &core.Request{Kind: tc.kind, DType: tc.dtype, Op: tc.op, Count: tc.count, Root: 1,
+					Send: make([]byte, 4*tc.count*tc.sendN), Recv: make([]byte, 4*tc.count*tc.recvN)}
+				if tc.kind == coll.KindBroadcast {
+					req.Send = req.Recv
+				}
+				reqs[r] = req
+			}
 			start := make([]chan struct{}, n)
 			done := make(chan error, n)
 			for r := 1; r < n; r++ {
 				start[r] = make(chan struct{})
-				req := &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: tc.count, Send: bufs[r], Recv: bufs[r]}
 				go func() {
 					for range start[r] {
-						done <- bs[r].Do(ctx, req)
+						done <- bs[r].Do(ctx, reqs[r])
 					}
 				}()
 			}
-			req := &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: tc.count, Send: bufs[0], Recv: bufs[0]}
-			allocs := testing.AllocsPerRun(50, func() {
+			allocs := testing.AllocsPerRun(30, func() {
 				for r := 1; r < n; r++ {
 					start[r] <- struct{}{}
 				}
-				if err := bs[0].Do(ctx, req); err != nil {
+				if err := bs[0].Do(ctx, reqs[0]); err != nil {
 					t.Fatal(err)
 				}
 				for r := 1; r < n; r++ {
@@ -565,7 +582,7 @@ func TestNoAllocs(t *testing.T) {
 			}
 			// AllocsPerRun counts the whole process: all three ranks.
 			if allocs != 0 {
-				t.Errorf("%v allocations per allreduce (all ranks), want 0", allocs)
+				t.Errorf("%v allocations per call (all ranks together), want 0", allocs)
 			}
 		})
 	}
