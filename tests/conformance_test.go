@@ -14,6 +14,7 @@ import (
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
 	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/generated/kernels"
 	"github.com/gocoll/gocoll/internal/memstore"
 	"github.com/gocoll/gocoll/internal/proctest"
 	"github.com/gocoll/gocoll/tests/conform"
@@ -47,7 +48,8 @@ type backend struct {
 	name  string   // dispatch.WithBackend's argument
 	label string   // subtest name
 	nodes int      // simulated nodes (GOCOLL_NODE_ID per rank); 0: one
-	nps   []int    // world sizes in -short mode
+	nps   []int    // world sizes; nil: 1..8 (shortNPs in -short mode)
+	isas  bool     // give the ranks different kernel ISA levels (GOCOLL_ISA)
 	sizes []int    // conform sizes
 	short []int    // conform sizes in -short mode
 	rand  []int    // conform sizes of the random pass (not in -short mode)
@@ -62,6 +64,21 @@ var backends = []backend{
 	{name: "tcp", label: "tcp", sizes: []int{0, 1, 7, 1001, 65537}, short: []int{0, 1, 7, 1001}, rand: []int{0, 1, 7, 1001}},
 	// Two simulated nodes: dispatch picks what it picks between nodes.
 	{name: "auto", label: "auto-2nodes", nodes: 2, sizes: []int{0, 1, 7, 1001}, short: []int{0, 1, 7}},
+	// Ranks whose kernels run at different ISA levels must still agree bit
+	// for bit: each reduces a different slice in the large paths.
+	{name: "shm", label: "shm-mixed-isa", isas: true, nps: []int{2, 3, 4}, sizes: []int{0, 7, 1001, 65537},
+		short: []int{0, 7, 1001}, rand: []int{0, 7, 1001}},
+	{name: "tcp", label: "tcp-mixed-isa", isas: true, nps: []int{3}, sizes: []int{0, 7, 1001, 65537},
+		short: []int{0, 7, 1001}, rand: []int{0, 7, 1001}},
+}
+
+// isaLevels are the kernel levels this CPU runs, for mixed-ISA jobs.
+func isaLevels() []string {
+	var l []string
+	for isa := kernels.Generic; isa <= kernels.Detect(); isa++ {
+		l = append(l, isa.String())
+	}
+	return l
 }
 
 var allNPs = []int{1, 2, 3, 4, 5, 6, 7, 8}
@@ -109,6 +126,12 @@ func TestConformance(t *testing.T) {
 			if testing.Short() {
 				nps, sizes = shortNPs, be.short
 			}
+			if be.nps != nil {
+				nps = be.nps
+			}
+			if be.isas && len(isaLevels()) < 2 {
+				t.Skipf("this CPU runs only the %v kernels: nothing to mix", isaLevels())
+			}
 			for _, np := range nps {
 				if be.nodes > np {
 					continue
@@ -123,12 +146,18 @@ func TestConformance(t *testing.T) {
 					if testing.Short() {
 						opts = append(opts, proctest.Env(envFast+"=1"))
 					}
-					if be.nodes > 0 {
-						opts = append(opts, proctest.RankEnv(func(r int) []string {
+					opts = append(opts, proctest.RankEnv(func(r int) []string {
+						var env []string
+						if be.nodes > 0 {
 							// Blocks of ranks per node, as a launcher assigns them.
-							return []string{fmt.Sprintf("GOCOLL_NODE_ID=testnode%d", r*be.nodes/np)}
-						}))
-					}
+							env = append(env, fmt.Sprintf("GOCOLL_NODE_ID=testnode%d", r*be.nodes/np))
+						}
+						if be.isas {
+							l := isaLevels()
+							env = append(env, kernels.EnvISA+"="+l[r%len(l)])
+						}
+						return env
+					}))
 					proctest.Run(t, "conform", np, opts...)
 					t.Logf("%s np=%d sizes %v: %v", be.label, np, sizes, time.Since(start).Round(time.Millisecond))
 				})
@@ -175,6 +204,11 @@ func conformBody(ctx context.Context, r *proctest.Rank) error {
 	sizes, err := parseInts(os.Getenv(envSizes))
 	if err != nil {
 		return err
+	}
+	if want := os.Getenv(kernels.EnvISA); want != "" {
+		if err := kernels.CheckEnv(); err != nil || kernels.Active().String() != want {
+			return fmt.Errorf("rank %d: %s=%s not in effect (active %v): %v", r.Rank, kernels.EnvISA, want, kernels.Active(), err)
+		}
 	}
 	c, err := initComm(ctx, r, be)
 	if err != nil {
