@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/gocoll/gocoll/backends/kv"
 	"github.com/gocoll/gocoll/backends/shm"
@@ -48,14 +49,53 @@ func (c *Comm) newBackend(ctx context.Context, name string) (core.Backend, error
 			return nil, fmt.Errorf("dispatch: starting the tcp backend: %w", err)
 		}
 		return b, nil
+	case "hier":
+		return c.newHier(ctx, world("tcp/"))
 	}
 	return nil, fmt.Errorf("dispatch: unknown backend %q", name)
 }
 
-// autoBackend is shm when every rank shares one node, tcp otherwise.
+// autoBackend is shm when every rank shares one node; across nodes it is
+// hier (shm inside each node, tcp between them) when some node has
+// several ranks, and tcp otherwise.
 func (c *Comm) autoBackend() string {
 	if c.numNodes == 1 {
 		return "shm"
 	}
+	for _, n := range c.nodes {
+		if len(n) > 1 {
+			return "hier"
+		}
+	}
 	return "tcp"
+}
+
+// newHier builds the hierarchical backend. Every rank builds its node's
+// shm group first, then the tcp group of all ranks, then (leaders only)
+// the tcp group of the leaders: the same order everywhere, so no rank
+// waits in one group for a rank that is setting up another.
+func (c *Comm) newHier(ctx context.Context, world core.Group) (_ core.Backend, err error) {
+	h := &hier{rank: c.rank, size: c.size, nodes: c.nodes, nodeRank: c.nodeRank}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	node := "node" + strconv.Itoa(c.nodeRank)
+	local := core.Group{Rank: c.localRank, Size: c.localSize, Store: store.Prefix(c.store, "shm/"+node+"/"),
+		JobID: c.jobID + "-" + node, Secret: c.secret, Timeout: c.timeout}
+	if h.local, err = shm.New(ctx, local); err != nil {
+		return nil, fmt.Errorf("dispatch: starting the shm backend of node %d: %w", c.nodeRank, err)
+	}
+	if h.world, err = tcp.New(ctx, world); err != nil {
+		return nil, fmt.Errorf("dispatch: starting the tcp backend: %w", err)
+	}
+	if c.localRank == 0 {
+		leaders := core.Group{Rank: c.nodeRank, Size: c.numNodes, Store: store.Prefix(c.store, "tcp-leaders/"),
+			JobID: c.jobID, Secret: c.secret, Timeout: c.timeout}
+		if h.leaders, err = tcp.New(ctx, leaders); err != nil {
+			return nil, fmt.Errorf("dispatch: starting the tcp backend between node leaders: %w", err)
+		}
+	}
+	return h, nil
 }

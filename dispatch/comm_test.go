@@ -285,7 +285,8 @@ func TestBackendChoice(t *testing.T) {
 		want    string
 	}{
 		{"auto", []string{"n", "n", "n"}, "shm"},
-		{"auto", []string{"n", "m", "n"}, "tcp"},
+		{"auto", []string{"n", "m", "n"}, "shm+tcp"},
+		{"auto", []string{"n", "m", "o"}, "tcp"},
 		{"shm", []string{"n", "n", "n"}, "shm"},
 		{"tcp", []string{"n", "n", "n"}, "tcp"},
 		{"kv", []string{"n", "m", "n"}, "kv"},

@@ -188,7 +188,7 @@ func TestNodeLayoutProcesses(t *testing.T) {
 					"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(tc.np),
 					"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port), "GOCOLL_SECRET=layout",
 					"GOCOLL_NODE_ID=node" + strconv.Itoa(r/tc.per), "GOCOLL_TEST_PER_NODE=" + strconv.Itoa(tc.per),
-					"GOCOLL_TEST_WANT_BACKEND=tcp",
+					"GOCOLL_TEST_WANT_BACKEND=" + map[bool]string{true: "tcp", false: "shm+tcp"}[tc.per == 1],
 				}
 			}))
 		})
