@@ -113,6 +113,9 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	}()
 
 	base := o.store
+	if a, ok := base.(interface{ Addr() string }); ok {
+		c.kvsAddr = a.Addr()
+	}
 	if base == nil {
 		if base, err = c.connect(ctx, l, o.log); err != nil {
 			return nil, err
@@ -140,12 +143,14 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	if err := c.learnNodes(ctx, l); err != nil {
 		return nil, err
 	}
-	if l.localSize > 0 && l.localSize != c.localSize {
+	if (l.localSize >= 0 && l.localSize != c.localSize) || (l.localRank >= 0 && l.localRank != c.localRank) ||
+		(l.nodeRank >= 0 && l.nodeRank != c.nodeRank) {
 		// The store's view is what shared memory relies on; the
 		// launcher's may count differently (containers, oversubscribed
 		// Slurm steps, a test's GOCOLL_NODE_ID).
-		c.log.Debug("gocoll: the launcher's local size differs from the ranks sharing this node id; using the latter",
-			"launcher", l.localSize, "node", c.localSize)
+		c.log.Debug("gocoll: the launcher's node layout differs from the ranks sharing this node id; using the latter",
+			"launcher_local", fmt.Sprintf("%d/%d", l.localRank, l.localSize), "launcher_node", l.nodeRank,
+			"local", fmt.Sprintf("%d/%d", c.localRank, c.localSize), "node", c.nodeRank)
 	}
 	if c.backend, err = c.newBackend(ctx, l.backend); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -325,5 +326,25 @@ func TestShmNeedsOneNode(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "span 2 nodes") {
 			t.Errorf("rank %d: %v; want shm refused across 2 nodes", r, err)
 		}
+	}
+}
+
+// Init and Close leave no goroutine behind: not the store server rank 0
+// runs, nor the clients, nor the kv backend.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	base := runtime.NumGoroutine()
+	port := freePort(t)
+	errs := goRanks(3, func(r int) []Option {
+		return []Option{WithEnviron([]string{"RANK=" + strconv.Itoa(r), "WORLD_SIZE=3", "MASTER_ADDR=127.0.0.1",
+			"MASTER_PORT=" + strconv.Itoa(port), "GOCOLL_SECRET=leak", "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=20s"})}
+	}, func(ctx context.Context, c *Comm) error { return c.Barrier(ctx) })
+	checkErrs(t, errs)
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines before, %d after Close:\n%s", base, n, buf[:runtime.Stack(buf, true)])
 	}
 }

@@ -40,6 +40,7 @@ type convention struct {
 	rank, size           string
 	localRank, localSize string
 	sizeAlt              string // an older spelling of size, read if size is unset
+	node                 string // the node's index, where the launcher gives one
 }
 
 // conventions in order of precedence. The first one whose rank or size
@@ -49,11 +50,11 @@ type convention struct {
 // in every worker. The innermost launcher is the one that knows this
 // process's rank, and inner launchers are listed first.
 var conventions = []convention{
-	{name: "torchrun", rank: "RANK", size: "WORLD_SIZE", localRank: "LOCAL_RANK", localSize: "LOCAL_WORLD_SIZE"},
+	{name: "torchrun", rank: "RANK", size: "WORLD_SIZE", localRank: "LOCAL_RANK", localSize: "LOCAL_WORLD_SIZE", node: "GROUP_RANK"},
 	{name: "Open MPI", rank: "OMPI_COMM_WORLD_RANK", size: "OMPI_COMM_WORLD_SIZE",
 		localRank: "OMPI_COMM_WORLD_LOCAL_RANK", localSize: "OMPI_COMM_WORLD_LOCAL_SIZE"},
 	{name: "MPICH/Intel MPI", rank: "PMI_RANK", size: "PMI_SIZE", localRank: "MPI_LOCALRANKID", localSize: "MPI_LOCALNRANKS"},
-	{name: "Slurm", rank: "SLURM_PROCID", size: "SLURM_NTASKS", sizeAlt: "SLURM_NPROCS", localRank: "SLURM_LOCALID"},
+	{name: "Slurm", rank: "SLURM_PROCID", size: "SLURM_NTASKS", sizeAlt: "SLURM_NPROCS", localRank: "SLURM_LOCALID", node: "SLURM_NODEID"},
 }
 
 // launch is what Init learned from options and environment, before it
@@ -64,6 +65,7 @@ type launch struct {
 	size      int
 	localRank int // -1: not given (always computed from node identities)
 	localSize int // -1: not given
+	nodeRank  int // -1: not given (always computed from node identities)
 
 	master        string // store address "host:port"; "" for standalone
 	launcherStore bool   // the launcher serves the store
@@ -95,7 +97,7 @@ func intVar(env envLookup, name string) (v int, ok bool, err error) {
 // wins (see conventions). A variable that is set but unusable, or a
 // convention with half its variables, is an error naming the variable.
 func resolve(o *options, env envLookup) (*launch, error) {
-	l := &launch{rank: -1, size: -1, localRank: -1, localSize: -1}
+	l := &launch{rank: -1, size: -1, localRank: -1, localSize: -1, nodeRank: -1}
 
 	rankVar, sizeVar := "RANK", "WORLD_SIZE" // named in errors when nothing is set
 	for _, c := range conventions {
@@ -132,6 +134,13 @@ func resolve(o *options, env envLookup) (*launch, error) {
 			return nil, err
 		} else if ok {
 			l.localRank = lr
+		}
+		if c.node != "" {
+			if nr, ok, err := intVar(env, c.node); err != nil {
+				return nil, err
+			} else if ok {
+				l.nodeRank = nr
+			}
 		}
 		if c.localSize != "" {
 			if ls, ok, err := intVar(env, c.localSize); err != nil {

@@ -25,8 +25,8 @@ func with(extra ...string) []string { return append(append([]string{}, master...
 
 func TestResolveConventions(t *testing.T) {
 	type want struct {
-		Source                           string
-		Rank, Size, LocalRank, LocalSize int
+		Source                                     string
+		Rank, Size, LocalRank, LocalSize, NodeRank int
 	}
 	for _, tc := range []struct {
 		name string
@@ -34,29 +34,29 @@ func TestResolveConventions(t *testing.T) {
 		opts []Option
 		want want
 	}{
-		{"torchrun", with("RANK=3", "WORLD_SIZE=8", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2"), nil,
-			want{"torchrun", 3, 8, 1, 2}},
-		{"torchrun without local", with("RANK=0", "WORLD_SIZE=2"), nil, want{"torchrun", 0, 2, -1, -1}},
+		{"torchrun", with("RANK=3", "WORLD_SIZE=8", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2", "GROUP_RANK=1"), nil,
+			want{"torchrun", 3, 8, 1, 2, 1}},
+		{"torchrun without local", with("RANK=0", "WORLD_SIZE=2"), nil, want{"torchrun", 0, 2, -1, -1, -1}},
 		{"Open MPI", with("OMPI_COMM_WORLD_RANK=5", "OMPI_COMM_WORLD_SIZE=6", "OMPI_COMM_WORLD_LOCAL_RANK=2", "OMPI_COMM_WORLD_LOCAL_SIZE=3"), nil,
-			want{"Open MPI", 5, 6, 2, 3}},
+			want{"Open MPI", 5, 6, 2, 3, -1}},
 		{"MPICH", with("PMI_RANK=1", "PMI_SIZE=4", "MPI_LOCALRANKID=1", "MPI_LOCALNRANKS=4"), nil,
-			want{"MPICH/Intel MPI", 1, 4, 1, 4}},
+			want{"MPICH/Intel MPI", 1, 4, 1, 4, -1}},
 		{"Slurm", with("SLURM_PROCID=7", "SLURM_NTASKS=16", "SLURM_LOCALID=3", "SLURM_NODEID=1"), nil,
-			want{"Slurm", 7, 16, 3, -1}},
-		{"Slurm old spelling", with("SLURM_PROCID=1", "SLURM_NPROCS=2"), nil, want{"Slurm", 1, 2, -1, -1}},
+			want{"Slurm", 7, 16, 3, -1, 1}},
+		{"Slurm old spelling", with("SLURM_PROCID=1", "SLURM_NPROCS=2"), nil, want{"Slurm", 1, 2, -1, -1, -1}},
 		// Nested launchers: the innermost wins.
 		{"mpirun inside sbatch", with("SLURM_PROCID=0", "SLURM_NTASKS=4", "OMPI_COMM_WORLD_RANK=3", "OMPI_COMM_WORLD_SIZE=4"), nil,
-			want{"Open MPI", 3, 4, -1, -1}},
+			want{"Open MPI", 3, 4, -1, -1, -1}},
 		{"torchrun under mpirun", with("OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", "RANK=6", "WORLD_SIZE=8"), nil,
-			want{"torchrun", 6, 8, -1, -1}},
+			want{"torchrun", 6, 8, -1, -1, -1}},
 		{"srun with PMI", with("SLURM_PROCID=2", "SLURM_NTASKS=4", "PMI_RANK=2", "PMI_SIZE=4"), nil,
-			want{"MPICH/Intel MPI", 2, 4, -1, -1}},
+			want{"MPICH/Intel MPI", 2, 4, -1, -1, -1}},
 		// Options override the environment.
-		{"options override", with("RANK=3", "WORLD_SIZE=8"), []Option{WithRank(1), WithSize(2)}, want{"torchrun", 1, 2, -1, -1}},
-		{"options only", master, []Option{WithRank(1), WithSize(2)}, want{"options", 1, 2, -1, -1}},
-		{"rank option, env size", with("WORLD_SIZE=4"), []Option{WithRank(2)}, want{"torchrun", 2, 4, -1, -1}},
-		{"standalone", nil, nil, want{"standalone", 0, 1, -1, -1}},
-		{"spaces tolerated", with("RANK= 1 ", "WORLD_SIZE=2"), nil, want{"torchrun", 1, 2, -1, -1}},
+		{"options override", with("RANK=3", "WORLD_SIZE=8"), []Option{WithRank(1), WithSize(2)}, want{"torchrun", 1, 2, -1, -1, -1}},
+		{"options only", master, []Option{WithRank(1), WithSize(2)}, want{"options", 1, 2, -1, -1, -1}},
+		{"rank option, env size", with("WORLD_SIZE=4"), []Option{WithRank(2)}, want{"torchrun", 2, 4, -1, -1, -1}},
+		{"standalone", nil, nil, want{"standalone", 0, 1, -1, -1, -1}},
+		{"spaces tolerated", with("RANK= 1 ", "WORLD_SIZE=2"), nil, want{"torchrun", 1, 2, -1, -1, -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := buildOptions(tc.opts)
@@ -64,7 +64,7 @@ func TestResolveConventions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := want{l.source, l.rank, l.size, l.localRank, l.localSize}
+			got := want{l.source, l.rank, l.size, l.localRank, l.localSize, l.nodeRank}
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("(-want +got)\n%s", d)
 			}
@@ -130,6 +130,8 @@ func TestResolveErrors(t *testing.T) {
 		{"slurm without ntasks", with("SLURM_PROCID=0"), nil, "SLURM_NTASKS"},
 		{"slurm rank too big", with("SLURM_PROCID=9", "SLURM_NTASKS=4"), nil, "SLURM_PROCID=9"},
 		{"slurm bad localid", with("SLURM_PROCID=0", "SLURM_NTASKS=4", "SLURM_LOCALID=?"), nil, "SLURM_LOCALID"},
+		{"slurm bad nodeid", with("SLURM_PROCID=0", "SLURM_NTASKS=4", "SLURM_NODEID=n1"), nil, "SLURM_NODEID"},
+		{"torchrun bad group rank", with("RANK=0", "WORLD_SIZE=4", "GROUP_RANK=-1"), nil, "GROUP_RANK"},
 		{"option rank too big", with("WORLD_SIZE=2"), []Option{WithRank(2)}, "WithRank=2 is not below WORLD_SIZE=2"},
 		{"option rank without size", master, []Option{WithRank(0)}, "WORLD_SIZE"},
 		{"no master", []string{"RANK=0", "WORLD_SIZE=2", "GOCOLL_SECRET=s"}, nil, "MASTER_ADDR"},
