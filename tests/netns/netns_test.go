@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +23,7 @@ func TestMain(m *testing.M) {
 	proctest.Register("conformance", conformanceBody)
 	proctest.Register("kill", killBody)
 	proctest.Register("bandwidth", bandwidthBody)
+	proctest.Register("intruder", intruderBody)
 	proctest.Main(m)
 }
 
@@ -174,4 +177,59 @@ func TestShapedLink(t *testing.T) {
 			t.Logf("%s (bus bandwidth / 1 Gbit/s; bar 0.85)", line[i+len("RESULT "):])
 		}
 	}
+}
+
+// intruderBody: ranks 0 and 1 form a two-rank group on two nodes; rank 2,
+// on a third node, is not part of it. While rank 0 waits for rank 1, rank
+// 2 connects to rank 0's published address as an impostor: it answers the
+// challenge with a proof made without the secret and must see the
+// connection closed. Then rank 1 joins and the group works.
+func intruderBody(ctx context.Context, r *proctest.Rank) error {
+	st := core.WithPrefix(r.Store, "tcp/")
+	switch r.Rank {
+	case 2:
+		addr, err := st.Get(ctx, "addr/0")
+		if err != nil {
+			return err
+		}
+		c, err := net.Dial("tcp", string(addr))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		hello := make([]byte, 44) // magic, rank, nonce
+		if _, err := io.ReadFull(c, hello); err != nil {
+			return fmt.Errorf("reading the greeting: %w", err)
+		}
+		proof := make([]byte, 77) // magic, rank 1, data role, nonce, and a MAC made up
+		copy(proof, hello[:8])
+		proof[8], proof[12] = 1, 1
+		if _, err := c.Write(proof); err != nil {
+			return err
+		}
+		n, err := c.Read(make([]byte, 64))
+		if err != io.EOF {
+			return fmt.Errorf("the impostor's connection stayed open: read %d bytes, %v", n, err)
+		}
+		return st.Set(ctx, "intruder-done", []byte("1"))
+	case 1:
+		if _, err := st.Get(ctx, "intruder-done"); err != nil {
+			return err
+		}
+	}
+	g := core.Group{Rank: r.Rank, Size: 2, Store: st, JobID: r.JobID, Secret: r.Secret, Timeout: 30 * time.Second}
+	b, err := tcp.New(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return coll.Barrier(ctx, b)
+}
+
+// TestImpostorDropped: a process on another node that does not hold the
+// secret is disconnected, and the group forms without it.
+func TestImpostorDropped(t *testing.T) {
+	n := Setup(t, 3)
+	n.Run(t, "intruder", 3, proctest.Timeout(time.Minute))
 }
