@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,6 +38,9 @@ func Main(m *testing.M) {
 }
 
 func runChild() int {
+	// Processes the body starts must not inherit the report pipe: the
+	// parent reads it to EOF.
+	syscall.CloseOnExec(reportFD)
 	report := os.NewFile(reportFD, "proctest-report")
 	r := &Rank{report: report}
 	fail := func(code int, format string, args ...any) int {

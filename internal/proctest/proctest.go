@@ -34,6 +34,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -322,23 +323,29 @@ func Run(t testing.TB, name string, np int, opts ...Option) []Result {
 	start := time.Now()
 	deadline := start.Add(cfg.timeout)
 	procs := make([]*proc, np)
+	onMark := func(mark string) {
+		for _, v := range cfg.killOn[mark] {
+			if v >= 0 && v < np {
+				procs[v].kill()
+			}
+		}
+	}
 	for r := range np {
 		p, err := startRank(&cfg, exe, name, r, np, jobID, secret, addr, deadline)
 		if err != nil {
 			for _, q := range procs[:r] {
 				q.killGroup()
+				close(q.started)
 				<-q.done
 			}
 			t.Fatalf("proctest: starting rank %d: %v", r, err)
 		}
-		p.onMark = func(mark string) {
-			for _, v := range cfg.killOn[mark] {
-				if v >= 0 && v < np && procs[v] != nil {
-					procs[v].kill()
-				}
-			}
-		}
+		p.onMark = onMark
 		procs[r] = p
+	}
+	// Marks are acted on only once every rank exists (procs is complete);
+	// until then they wait in the report pipes.
+	for _, p := range procs {
 		close(p.started)
 	}
 	for r, d := range cfg.killAfter {
@@ -464,21 +471,29 @@ func startRank(cfg *config, exe, name string, r, np int, jobID string, secret []
 	}
 	cmd.ExtraFiles = []*os.File{wr}
 	p := &proc{rank: r, cmd: cmd, out: out, done: make(chan struct{}), started: make(chan struct{})}
-	p.start = time.Now()
-	if err := cmd.Start(); err != nil {
-		rd.Close()
-		wr.Close()
-		return nil, err
-	}
-	wr.Close()
+	// The parent-death signal fires when the thread that forked the child
+	// exits, not the process; Go may end a thread that a locked goroutine
+	// leaves (a test that entered a network namespace, say). So start and
+	// wait on a thread of our own, kept locked and alive until the rank ends.
+	startErr := make(chan error, 1)
 	reported := make(chan struct{})
 	go func() {
-		defer close(reported)
-		defer rd.Close()
-		<-p.started
-		p.readReport(rd)
-	}()
-	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		p.start = time.Now()
+		err := cmd.Start()
+		wr.Close()
+		startErr <- err
+		if err != nil {
+			rd.Close()
+			return
+		}
+		go func() {
+			defer close(reported)
+			defer rd.Close()
+			<-p.started
+			p.readReport(rd)
+		}()
 		// Wait returns once the process exits (and output is drained or
 		// WaitDelay passes); the report pipe hits EOF when every holder of
 		// its write end is gone.
@@ -491,6 +506,9 @@ func startRank(cfg *config, exe, name string, r, np int, jobID string, secret []
 		p.mu.Unlock()
 		close(p.done)
 	}()
+	if err := <-startErr; err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
