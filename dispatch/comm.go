@@ -364,8 +364,9 @@ func (c *Comm) Barrier(ctx context.Context) error {
 }
 
 // Close releases the backend and the store connection. On the rank that
-// serves the store it first waits, up to the default timeout, for every
-// other rank to close, so that none loses the store while still using it.
+// serves the store it first waits, up to the default timeout (5 s after a
+// fatal error), for every other rank to close, so that none loses the
+// store while still using it.
 // Collectives after Close return core.ErrClosed. Close is idempotent.
 func (c *Comm) Close() error {
 	c.mu.Lock()
@@ -382,7 +383,15 @@ func (c *Comm) Close() error {
 		}
 	}
 	if c.server != nil && c.size > 1 {
-		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		wait := c.timeout
+		c.mu.Lock()
+		if c.failed != nil {
+			// Ranks may have died with the job: do not hold the
+			// process for the whole timeout waiting for them.
+			wait = min(wait, 5*time.Second)
+		}
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		keys := make([]string, c.size-1)
 		for i := range keys {
 			keys[i] = "bye/" + strconv.Itoa(i+1)
