@@ -64,7 +64,10 @@ func WithNodeID(id string) Option { return func(o *options) { o.nodeID = id } }
 // the caller dialled, or an in-process store for goroutine ranks) instead
 // of serving or dialling the store at MASTER_ADDR:MASTER_PORT. Init does
 // not close s. Without a secret, rank 0 makes one up and shares it
-// through s.
+// through s. Communicators made one after another on one store each get a
+// fresh namespace in it, provided every rank took part in each Init;
+// communicators made at the same time need separate stores or prefixes
+// (store.Prefix).
 func WithStore(s core.Store) Option { return func(o *options) { o.store = s } }
 
 // WithLogger sends the communicator's log (and the store server's, on

@@ -583,3 +583,23 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// BenchmarkAdd measures one store round trip over loopback TCP.
+func BenchmarkAdd(b *testing.B) {
+	s, err := Listen("127.0.0.1:0", secret, WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	c, err := Dial(context.Background(), s.Addr(), secret)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := c.Add(ctx, "n", 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
