@@ -26,7 +26,7 @@ func (b *Backend) p2pCheck(req *core.Request, buf []byte, name string) (int, err
 	if req.Peer < 0 || req.Peer >= b.size || req.Peer == b.rank {
 		return 0, fmt.Errorf("shm: %v: peer %d is not another rank of this group of %d", req.Kind, req.Peer, b.size)
 	}
-	es := req.DType.Size()
+	es := b.dtSize(req.DType)
 	if es == 0 {
 		return 0, fmt.Errorf("shm: %v: dtype %v is not registered (import generated/coll): %w", req.Kind, req.DType, core.ErrUnsupported)
 	}

@@ -95,7 +95,8 @@ type Backend struct {
 	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc
-	zcMin int // smallest input read in place from the heap (tests lower it)
+	zcMin int        // smallest input read in place from the heap (tests lower it)
+	sizes [256]uint8 // element sizes by dtype, filled as met
 }
 
 var _ core.Backend = (*Backend)(nil)
