@@ -30,8 +30,10 @@ const (
 	// for a dead peer, a cancelled context or a passed deadline.
 	sleepSlice = 20 * time.Millisecond
 	// pureSpins is how many loads a waiter spins on before it starts
-	// yielding between them: about 2-4 us of a cache line's round trips.
-	pureSpins = 4096
+	// yielding between them: a microsecond or two, several times a
+	// running peer's round trip, yet short enough not to keep a peer that
+	// waits for this very CPU off it for long.
+	pureSpins = 1024
 )
 
 var (
