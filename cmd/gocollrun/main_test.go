@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -68,6 +69,13 @@ func rankMain(mode string) int {
 			signal.Ignore(syscall.SIGTERM)
 		}
 		select {}
+	case "ignore":
+		signal.Ignore(syscall.SIGINT)
+		write("pid-"+rank, strconv.Itoa(os.Getpid()))
+		select {}
+	case "sleep":
+		write("pid-"+rank, strconv.Itoa(os.Getpid()))
+		select {}
 	case "print":
 		fmt.Printf("hello from rank %s\nsecond line %s\n", rank, rank)
 		fmt.Fprintf(os.Stderr, "err line %s\n", rank)
@@ -106,7 +114,7 @@ func exists(path string) bool { _, err := os.Stat(path); return err == nil }
 
 // launcher returns a command running gocollrun with args, whose ranks run
 // mode; dir collects the ranks' files.
-func launcher(t *testing.T, mode string, args ...string) (*exec.Cmd, string, *bytes.Buffer, *bytes.Buffer) {
+func launcher(t *testing.T, mode string, args ...string) (*exec.Cmd, string, *lockedBuffer, *lockedBuffer) {
 	t.Helper()
 	dir := t.TempDir()
 	// A launcher that hangs fails the test instead of stalling the run.
@@ -114,9 +122,27 @@ func launcher(t *testing.T, mode string, args ...string) (*exec.Cmd, string, *by
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, os.Args[0], append(args, os.Args[0])...)
 	cmd.Env = append(withoutJobVars(os.Environ()), "GOCOLLRUN_TEST_LAUNCHER=1", "GOCOLLRUN_TEST_RANK="+mode, "GOCOLLRUN_TEST_DIR="+dir)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	return cmd, dir, &out, &errb
+	out, errb := &lockedBuffer{}, &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, errb
+	return cmd, dir, out, errb
+}
+
+// lockedBuffer is a bytes.Buffer a test may read while exec writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func exitCode(t *testing.T, err error) int {
@@ -335,7 +361,7 @@ func TestTwoNodes(t *testing.T) {
 	ln.Close()
 	type node struct {
 		cmd      *exec.Cmd
-		out, err *bytes.Buffer
+		out, err *lockedBuffer
 	}
 	var nodes []node
 	for n := 0; n < 2; n++ {
@@ -362,6 +388,73 @@ func TestTwoNodes(t *testing.T) {
 		want := fmt.Sprintf("[rank %d] rank=%d size=4 local=%d/2 node=%d/2 store=127.0.0.1:%s job=", r, r, r%2, r/2, port)
 		if !strings.HasPrefix(l, want) {
 			t.Errorf("got %q, want prefix %q", l, want)
+		}
+	}
+}
+
+// Even a gocollrun killed with SIGKILL (no chance to clean up) leaves no
+// rank behind: the parent-death signal takes them.
+func TestKilledLauncherTakesRanks(t *testing.T) {
+	const np = 3
+	cmd, dir, _, errb := launcher(t, "sleep", "-np", strconv.Itoa(np))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(readPids(t, dir, "pid-")) < np {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("ranks did not start; stderr:\n%s", errb)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for _, pid := range readPids(t, dir, "pid-") {
+		deadline := time.Now().Add(5 * time.Second)
+		for !gone(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !gone(pid) {
+			unix.Kill(pid, unix.SIGKILL)
+			t.Errorf("rank pid %d outlived a killed gocollrun", pid)
+		}
+	}
+}
+
+// A second SIGINT kills ranks that ignore the first.
+func TestSecondSignalKills(t *testing.T) {
+	const np = 2
+	cmd, dir, _, errb := launcher(t, "ignore", "-np", strconv.Itoa(np))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(readPids(t, dir, "pid-")) < np {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("ranks did not start; stderr:\n%s", errb)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	// The ranks ignore SIGINT: wait until gocollrun says it forwarded it.
+	for !strings.Contains(errb.String(), "forwarding") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no forwarding message; stderr:\n%s", errb)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	if code := exitCode(t, err); code != 128+int(syscall.SIGINT) {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", code, 128+int(syscall.SIGINT), errb)
+	}
+	for _, pid := range readPids(t, dir, "pid-") {
+		if !gone(pid) {
+			t.Errorf("rank pid %d survived", pid)
 		}
 	}
 }
