@@ -96,3 +96,15 @@ func TestPackageName(t *testing.T) {
 		}
 	}
 }
+
+// TestNoKernels: a spec with no dtype this generator knows still yields Go
+// that compiles (archKernel returning nil for everything).
+func TestNoKernels(t *testing.T) {
+	src, err := stubs(nil, "kernels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(src, []byte(`"unsafe"`)) {
+		t.Errorf("stubs without kernels import unsafe:\n%s", src)
+	}
+}
