@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -280,6 +281,19 @@ func (c *Client) Set(ctx context.Context, key string, value []byte) error {
 	return err
 }
 
+// SetEphemeral stores value under key until some client writes or deletes
+// key, or until this client's connection closes: when the process exits
+// or crashes, the server deletes the key. Peers guard their waits with
+// such keys (MultiGetGuarded) to learn at once that a process is gone.
+func (c *Client) SetEphemeral(ctx context.Context, key string, value []byte) error {
+	k, err := c.key(key)
+	if err != nil {
+		return err
+	}
+	_, err = c.call(ctx, &request{op: opSet, flags: flagEphemeral, keys: []string{k}, values: [][]byte{value}}, "set ephemeral "+k)
+	return err
+}
+
 // Get implements core.Store: it waits until key exists or ctx ends.
 func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
 	k, err := c.key(key)
@@ -391,6 +405,39 @@ func (c *Client) MultiGet(ctx context.Context, keys ...string) ([][]byte, error)
 		return nil, fmt.Errorf("store: multiget: server sent %d values for %d keys", len(r.values), len(ks))
 	}
 	return r.values, nil
+}
+
+// MultiGetGuarded is MultiGet that gives up as soon as one of guards does
+// not exist while some key is still missing, and returns the guards that
+// do not exist (with nil values and a nil error). Guards are typically
+// the peers' ephemeral keys (SetEphemeral): a wait for a dead process's
+// data ends when its connection does, not at the timeout.
+func (c *Client) MultiGetGuarded(ctx context.Context, keys, guards []string) (values [][]byte, lost []string, err error) {
+	all := append(append([]string{}, keys...), guards...)
+	ks, err := c.keys(all)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(keys) == 0 {
+		return nil, nil, errors.New("store: multiget: no keys to wait for")
+	}
+	r, err := c.call(ctx, &request{op: opMultiGet, keys: ks, delta: int64(len(guards))}, describe("waiting for", ks[:len(keys)]))
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.flags&flagFound == 0 {
+		for _, v := range r.values {
+			lost = append(lost, strings.TrimPrefix(string(v), c.prefix))
+		}
+		if len(lost) == 0 {
+			return nil, nil, errors.New("store: multiget: the server reported lost guards without naming them")
+		}
+		return nil, lost, nil
+	}
+	if len(r.values) != len(keys) {
+		return nil, nil, fmt.Errorf("store: multiget: server sent %d values for %d keys", len(r.values), len(keys))
+	}
+	return r.values, nil, nil
 }
 
 // MultiSet sets keys[i] to values[i] for every i, atomically: a waiter

@@ -72,7 +72,8 @@ func (o opcode) blocking() bool { return o == opGet || o == opWait || o == opMul
 
 const (
 	flagCASAbsent = 1 << 0 // CAS: the expected old state is "key absent"
-	flagFound     = 1 << 0 // response: TryGet found the key; CAS swapped
+	flagEphemeral = 1 << 0 // Set: delete the key when this connection closes
+	flagFound     = 1 << 0 // response: TryGet found the key; CAS swapped; a guarded wait completed
 )
 
 const (
@@ -296,13 +297,16 @@ func (r *request) validate() error {
 	var ok bool
 	switch r.op {
 	case opSet:
-		ok = nk == 1 && nv == 1 && r.flags == 0
-	case opGet, opTryGet, opDelete, opAdd:
+		ok = nk == 1 && nv == 1 && r.flags&^flagEphemeral == 0
+	case opAdd:
 		ok = nk == 1 && nv == 0 && r.flags == 0
+	case opGet, opTryGet, opDelete:
+		ok = nk == 1 && nv == 0 && r.flags == 0 && r.delta == 0
 	case opCAS:
 		ok = nk == 1 && nv == 2 && r.flags&^flagCASAbsent == 0
 	case opWait, opMultiGet:
-		ok = nk >= 1 && nv == 0 && r.flags == 0
+		// delta counts guard keys, listed after the keys waited for.
+		ok = nk >= 1 && nv == 0 && r.flags == 0 && r.delta >= 0 && r.delta < int64(nk)
 	case opMultiSet:
 		ok = nk >= 1 && nv == nk && r.flags == 0
 	case opCancel:

@@ -21,6 +21,8 @@ func FuzzDecodeFrame(f *testing.F) {
 		{op: opWait, id: 5, keys: []string{"a", "b", "c"}},
 		{op: opMultiSet, id: 6, keys: []string{"a", "b"}, values: [][]byte{[]byte("1"), nil}},
 		{op: opCancel, id: 7},
+		{op: opSet, id: 8, flags: flagEphemeral, keys: []string{"alive/3"}, values: [][]byte{nil}},
+		{op: opMultiGet, id: 9, delta: 2, keys: []string{"h/0", "alive/1", "alive/2"}},
 	} {
 		f.Add(encodeRequest(r))
 	}

@@ -100,3 +100,29 @@ func Missing(ctx context.Context, s core.Store, keys ...string) []int {
 	}
 	return miss
 }
+
+// MultiGetGuardedFrom is MultiGetFrom that ends early, returning the guard
+// keys that are missing, when a guard is gone while some key is missing
+// (see Client.MultiGetGuarded). On a store without guarded waits it is
+// MultiGetFrom: lost is always nil and a dead peer shows as a timeout.
+func MultiGetGuardedFrom(ctx context.Context, s core.Store, keys, guards []string) (values [][]byte, lost []string, err error) {
+	if g, ok := s.(interface {
+		MultiGetGuarded(context.Context, []string, []string) ([][]byte, []string, error)
+	}); ok && len(guards) > 0 {
+		return g.MultiGetGuarded(ctx, keys, guards)
+	}
+	values, err = MultiGetFrom(ctx, s, keys...)
+	return values, nil, err
+}
+
+// SetEphemeralIn sets an ephemeral key where s supports it (see
+// Client.SetEphemeral) and reports whether it did; it sets nothing
+// otherwise.
+func SetEphemeralIn(ctx context.Context, s core.Store, key string, value []byte) (bool, error) {
+	if e, ok := s.(interface {
+		SetEphemeral(context.Context, string, []byte) error
+	}); ok {
+		return true, e.SetEphemeral(ctx, key, value)
+	}
+	return false, nil
+}

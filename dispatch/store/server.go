@@ -60,7 +60,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	data    map[string][]byte
-	changed chan struct{} // closed and replaced on every write: wakes waiters
+	owner   map[string]*serverConn // ephemeral keys: deleted when their connection closes
+	changed chan struct{}          // closed and replaced on every write: wakes waiters
 
 	connMu sync.Mutex
 	conns  map[*serverConn]struct{}
@@ -93,6 +94,7 @@ func Listen(addr string, secret []byte, opts ...ServerOption) (*Server, error) {
 		secret:  append([]byte(nil), secret...),
 		cfg:     cfg,
 		data:    map[string][]byte{},
+		owner:   map[string]*serverConn{},
 		changed: make(chan struct{}),
 		conns:   map[*serverConn]struct{}{},
 	}
@@ -169,6 +171,8 @@ type serverConn struct {
 
 	pmu     sync.Mutex
 	pending map[uint64]context.CancelFunc // blocked requests by id
+
+	owned map[string]struct{} // ephemeral keys this connection set; guarded by s.mu
 }
 
 func (c *serverConn) close() {
@@ -180,6 +184,7 @@ func (c *serverConn) serve() {
 	defer c.s.wg.Done()
 	defer func() {
 		c.close()
+		c.s.dropEphemeral(c)
 		c.s.connMu.Lock()
 		delete(c.s.conns, c)
 		c.s.connMu.Unlock()
@@ -255,16 +260,24 @@ func (c *serverConn) handle(req *request) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			vals, err := s.waitKeys(ctx, req.keys)
+			g := len(req.keys) - int(req.delta)
+			vals, lost, err := s.waitKeys(ctx, req.keys[:g], req.keys[g:])
 			c.pmu.Lock()
 			delete(c.pending, req.id)
 			c.pmu.Unlock()
 			cancel()
 			var resp *response
-			if err != nil {
+			switch {
+			case err != nil:
 				resp = errResponse(req.id, "cancelled")
-			} else {
+			case lost != nil:
+				// A guard key vanished: say which, with flagFound clear.
 				resp = &response{id: req.id}
+				for _, k := range lost {
+					resp.values = append(resp.values, []byte(k))
+				}
+			default:
+				resp = &response{id: req.id, flags: flagFound}
 				if req.op != opWait {
 					resp.values = vals
 				}
@@ -280,7 +293,15 @@ func (c *serverConn) handle(req *request) error {
 	s.mu.Lock()
 	switch req.op {
 	case opSet:
+		s.disownLocked(req.keys[0])
 		s.data[req.keys[0]] = req.values[0]
+		if req.flags&flagEphemeral != 0 {
+			s.owner[req.keys[0]] = c
+			if c.owned == nil {
+				c.owned = map[string]struct{}{}
+			}
+			c.owned[req.keys[0]] = struct{}{}
+		}
 		s.notifyLocked()
 	case opTryGet:
 		if v, ok := s.data[req.keys[0]]; ok {
@@ -294,6 +315,7 @@ func (c *serverConn) handle(req *request) error {
 			break
 		}
 		n += req.delta
+		s.disownLocked(req.keys[0])
 		s.data[req.keys[0]] = strconv.AppendInt(nil, n, 10)
 		resp.num = n
 		s.notifyLocked()
@@ -301,6 +323,7 @@ func (c *serverConn) handle(req *request) error {
 		cur, ok := s.data[req.keys[0]]
 		wantAbsent := req.flags&flagCASAbsent != 0
 		if (wantAbsent && !ok) || (!wantAbsent && ok && bytes.Equal(cur, req.values[0])) {
+			s.disownLocked(req.keys[0])
 			s.data[req.keys[0]] = req.values[1]
 			resp.flags = flagFound
 			s.notifyLocked()
@@ -309,11 +332,13 @@ func (c *serverConn) handle(req *request) error {
 		}
 	case opDelete:
 		if _, ok := s.data[req.keys[0]]; ok {
+			s.disownLocked(req.keys[0])
 			delete(s.data, req.keys[0])
 			s.notifyLocked()
 		}
 	case opMultiSet:
 		for i, k := range req.keys {
+			s.disownLocked(k)
 			s.data[k] = req.values[i]
 		}
 		s.notifyLocked()
@@ -364,11 +389,12 @@ func (s *Server) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-// waitKeys returns the values of keys once all of them exist, or ctx's
-// error. Stored values are never mutated in place, so sharing them with
-// the encoder is safe.
-func (s *Server) waitKeys(ctx context.Context, keys []string) ([][]byte, error) {
-	vals := make([][]byte, len(keys))
+// waitKeys returns the values of keys once all of them exist; or, while
+// some are missing, the guard keys that do not exist (non-nil lost); or
+// ctx's error. Stored values are never mutated in place, so sharing them
+// with the encoder is safe.
+func (s *Server) waitKeys(ctx context.Context, keys, guards []string) (vals [][]byte, lost []string, err error) {
+	vals = make([][]byte, len(keys))
 	for {
 		s.mu.Lock()
 		all := true
@@ -380,15 +406,51 @@ func (s *Server) waitKeys(ctx context.Context, keys []string) ([][]byte, error) 
 			}
 			vals[i] = v
 		}
+		if !all {
+			for _, k := range guards {
+				if _, ok := s.data[k]; !ok {
+					lost = append(lost, k)
+				}
+			}
+		}
 		ch := s.changed
 		s.mu.Unlock()
 		if all {
-			return vals, nil
+			return vals, nil, nil
+		}
+		if lost != nil {
+			return nil, lost, nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
+}
+
+// disownLocked makes key an ordinary key again: any write replaces an
+// ephemeral value.
+func (s *Server) disownLocked(key string) {
+	if c, ok := s.owner[key]; ok {
+		delete(c.owned, key)
+		delete(s.owner, key)
+	}
+}
+
+// dropEphemeral deletes the ephemeral keys c set and still owns: its
+// process is gone (or closed the connection), and waiters guarded by
+// those keys learn it.
+func (s *Server) dropEphemeral(c *serverConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(c.owned) == 0 {
+		return
+	}
+	for k := range c.owned {
+		delete(s.data, k)
+		delete(s.owner, k)
+	}
+	c.owned = nil
+	s.notifyLocked()
 }

@@ -603,3 +603,54 @@ func BenchmarkAdd(b *testing.B) {
 		}
 	}
 }
+
+// An ephemeral key lives as long as the connection that set it, unless
+// someone overwrites it; a guarded wait ends when its guard goes.
+func TestEphemeralAndGuardedWait(t *testing.T) {
+	s, _ := newServer(t)
+	a, b := dial(t, s).WithPrefix("job/"), dial(t, s).WithPrefix("job/")
+	ctx := ctxT(t)
+	if err := b.SetEphemeral(ctx, "alive/b", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetEphemeral(ctx, "taken-over", []byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Set(ctx, "taken-over", []byte("a")); err != nil { // now an ordinary key
+		t.Fatal(err)
+	}
+	// Keys present: the guard does not matter.
+	if err := b.Set(ctx, "data/1", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	vals, lost, err := a.MultiGetGuarded(ctx, []string{"data/1"}, []string{"alive/b", "alive/nobody"})
+	if err != nil || lost != nil || string(vals[0]) != "x" {
+		t.Fatalf("guarded get of a present key = %q, %v, %v", vals, lost, err)
+	}
+	// A guard missing from the start ends the wait at once.
+	if _, lost, err := a.MultiGetGuarded(ctx, []string{"data/2"}, []string{"alive/b", "alive/nobody"}); err != nil || fmt.Sprint(lost) != "[alive/nobody]" {
+		t.Fatalf("guard missing from the start: lost %v, %v", lost, err)
+	}
+	// A guard that goes while waiting ends the wait.
+	type res struct {
+		lost []string
+		err  error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		_, lost, err := a.MultiGetGuarded(ctx, []string{"data/2"}, []string{"alive/b"})
+		ch <- res{lost, err}
+	}()
+	time.Sleep(20 * time.Millisecond) // either order passes
+	b.Close()
+	r := <-ch
+	if r.err != nil || fmt.Sprint(r.lost) != "[alive/b]" {
+		t.Fatalf("guard gone while waiting: lost %v, %v", r.lost, r.err)
+	}
+	if _, ok, _ := a.TryGet(ctx, "alive/b"); ok {
+		t.Fatal("ephemeral key survived its connection")
+	}
+	if v, ok, _ := a.TryGet(ctx, "taken-over"); !ok || string(v) != "a" {
+		t.Fatalf("an overwritten ephemeral key was deleted with its old connection: %q, %v", v, ok)
+	}
+}
