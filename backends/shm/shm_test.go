@@ -135,7 +135,7 @@ func TestClosedPeer(t *testing.T) {
 func TestTimeoutNamesMissingRank(t *testing.T) {
 	errs := goRanks(t, 3, nil, func(ctx context.Context, b *Backend) error {
 		if b.Rank() == 1 {
-			time.Sleep(600 * time.Millisecond) // never calls the collective
+			time.Sleep(1500 * time.Millisecond) // never calls the collective
 			return nil
 		}
 		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
