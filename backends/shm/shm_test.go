@@ -84,6 +84,25 @@ func checkMismatch(ctx context.Context, b *Backend) error {
 	if err := allreduceI32(ctx, b, i32s(int32(b.Rank())), make([]byte, 4)); err != nil {
 		return fmt.Errorf("allreduce after the mismatch: %w", err)
 	}
+	// So are a different op, dtype and root.
+	for _, field := range []string{"op", "dtype", "root"} {
+		req := &core.Request{Kind: coll.KindReduce, DType: coll.DTypeInt32, Op: coll.OpSum, Count: 2, Send: make([]byte, 8), Recv: make([]byte, 8)}
+		if b.Rank() == 1 {
+			switch field {
+			case "op":
+				req.Op = coll.OpMax
+			case "dtype":
+				req.DType = coll.DTypeUint32
+			case "root":
+				req.Root = 1
+			}
+		}
+		err := b.Do(ctx, req)
+		var me *core.MismatchError
+		if !errors.As(err, &me) || me.Field != field {
+			return fmt.Errorf("%s: want a %s mismatch error, got %v", field, field, err)
+		}
+	}
 	// A different kind is caught as well.
 	req := &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeInt32, Count: 1, Send: make([]byte, 4), Recv: nil}
 	req.Recv = req.Send
