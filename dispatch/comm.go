@@ -73,6 +73,7 @@ type Comm struct {
 	log                  *slog.Logger
 
 	store   core.Store    // this job's namespace in the store
+	live    bool          // this rank holds an ephemeral "alive/<rank>" key in store
 	client  *store.Client // dialled by Init; nil with WithStore
 	server  *store.Server // served by this rank (rank 0 or a lone process)
 	backend core.Backend
@@ -135,6 +136,11 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 		return nil, fmt.Errorf("dispatch: rank %d: joining through the store: %w", l.rank, err)
 	} else if claims != 1 {
 		return nil, fmt.Errorf("dispatch: two processes claim rank %d (from %s): check RANK and WORLD_SIZE, or the launcher", l.rank, l.source)
+	}
+	// Lives as long as this rank's store connection, so that rank 0's
+	// Close need not wait for a rank that died.
+	if c.live, err = store.SetEphemeralIn(ctx, c.store, "alive/"+strconv.Itoa(l.rank), nil); err != nil {
+		return nil, fmt.Errorf("dispatch: rank %d: joining through the store: %w", l.rank, err)
 	}
 
 	if err := c.shareInfo(ctx, l); err != nil {
@@ -393,10 +399,18 @@ func (c *Comm) Close() error {
 		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		keys := make([]string, c.size-1)
+		guards := make([]string, c.size-1)
 		for i := range keys {
 			keys[i] = "bye/" + strconv.Itoa(i+1)
+			guards[i] = "alive/" + strconv.Itoa(i+1)
 		}
-		if err := store.WaitFor(ctx, c.store, keys...); err != nil && ctx.Err() != nil {
+		if !c.live {
+			guards = nil
+		}
+		// A rank whose store connection is gone (it died) will not say
+		// bye: stop waiting for it at once.
+		_, lost, err := store.MultiGetGuardedFrom(ctx, c.store, keys, guards)
+		if err != nil || lost != nil {
 			var ranks []int
 			for _, i := range store.Missing(ctx, c.store, keys...) {
 				ranks = append(ranks, i+1)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocoll/gocoll/backends/kv"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/proctest"
@@ -22,6 +23,7 @@ func TestMain(m *testing.M) {
 	proctest.Register("barriers", barriersBody)
 	proctest.Register("absent", absentBody)
 	proctest.Register("layout", layoutBody)
+	proctest.Register("killed", killedBody)
 	proctest.Main(m)
 }
 
@@ -193,4 +195,36 @@ func TestNodeLayoutProcesses(t *testing.T) {
 			}))
 		})
 	}
+}
+
+// killedBody: rank GOCOLL_TEST_ABSENT marks "ready" and is killed with
+// SIGKILL; the others, waiting in a barrier on the kv backend, must get a
+// PeerError naming it as gone (its store connection closed), not a
+// timeout.
+func killedBody(ctx context.Context, r *proctest.Rank) error {
+	victim := envInt("GOCOLL_TEST_ABSENT", -1)
+	c, err := Init(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Barrier(ctx); err != nil {
+		return err
+	}
+	if r.Rank == victim {
+		r.Mark("ready")
+		select {} // killed here
+	}
+	err = c.Barrier(ctx)
+	var pe *core.PeerError
+	if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != fmt.Sprint([]int{victim}) || !errors.Is(err, kv.ErrPeerGone) {
+		return fmt.Errorf("barrier after rank %d died: got %v; want a PeerError naming it as gone", victim, err)
+	}
+	return nil
+}
+
+func TestKilledRankNamedKV(t *testing.T) {
+	const np, victim = 4, 2
+	proctest.Run(t, "killed", np, proctest.Timeout(time.Minute), proctest.KillOnMark(victim, "ready"),
+		torchrunEnv(t, np, "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=50s", "GOCOLL_TEST_ABSENT="+strconv.Itoa(victim)))
 }

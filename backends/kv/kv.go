@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gocoll/gocoll/core"
@@ -50,6 +51,9 @@ type Backend struct {
 	s     core.Store
 	chunk int
 
+	live   bool     // ranks hold ephemeral "alive/<rank>" keys (the store supports them)
+	guards []string // every rank's alive key, by rank
+
 	mu      sync.Mutex
 	seq     uint64
 	written [2][]string    // keys this rank wrote in the last two collectives
@@ -77,6 +81,16 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 	}
 	ctx, cancel := b.bound(ctx)
 	defer cancel()
+	// An ephemeral key that lives as long as this rank's store
+	// connection: peers waiting for this rank stop waiting when it dies.
+	live, err := store.SetEphemeralIn(ctx, b.s, "alive/"+strconv.Itoa(g.Rank), nil)
+	if err != nil {
+		return nil, fmt.Errorf("kv: announcing rank %d: %w", g.Rank, err)
+	}
+	if live {
+		b.live = true
+		b.guards = rankKeys("alive/", g.Size)
+	}
 	if err := b.s.Set(ctx, "hello/"+strconv.Itoa(g.Rank), nil); err != nil {
 		return nil, fmt.Errorf("kv: announcing rank %d: %w", g.Rank, err)
 	}
@@ -130,6 +144,22 @@ func (b *Backend) peerError(ctx context.Context, op string, keys []string, err e
 		return fmt.Errorf("kv: %s: %w", op, err)
 	}
 	return &core.PeerError{Op: op, Ranks: store.Missing(ctx, b.s, keys...), Err: ctx.Err()}
+}
+
+// ErrPeerGone is the cause in a *core.PeerError for ranks whose store
+// connection closed while others waited for them: the process exited or
+// crashed.
+var ErrPeerGone = errors.New("kv: the rank's store connection closed (its process exited or crashed)")
+
+// goneError names the ranks whose "alive/<rank>" keys are lost.
+func goneError(op string, lost []string) error {
+	var ranks []int
+	for _, k := range lost {
+		if r, err := strconv.Atoi(strings.TrimPrefix(k, "alive/")); err == nil {
+			ranks = append(ranks, r)
+		}
+	}
+	return &core.PeerError{Op: op, Ranks: ranks, Err: ErrPeerGone}
 }
 
 // header is what every rank publishes for a collective.
@@ -289,9 +319,12 @@ func (b *Backend) collective(ctx context.Context, req *core.Request) error {
 	b.written[1] = append(b.written[1], hk)
 
 	hkeys := rankKeys(pre+"h/", n)
-	raw, err := store.MultiGetFrom(ctx, b.s, hkeys...)
+	raw, lost, err := store.MultiGetGuardedFrom(ctx, b.s, hkeys, b.guards)
 	if err != nil {
 		return b.peerError(ctx, fmt.Sprintf("%v #%d", req.Kind, seq), hkeys, err)
+	}
+	if lost != nil {
+		return goneError(fmt.Sprintf("%v #%d", req.Kind, seq), lost)
 	}
 	hs := make([]*header, n)
 	for r, v := range raw {
@@ -441,13 +474,21 @@ func (b *Backend) recv(ctx context.Context, req *core.Request) error {
 	b.recvSeq[req.Peer]++
 	pre := fmt.Sprintf("p/%d/%d/%d/", req.Peer, b.g.Rank, n)
 	op := fmt.Sprintf("recv #%d from rank %d", n, req.Peer)
-	v, err := b.s.Get(ctx, pre+"h")
+	var guards []string
+	if b.live {
+		guards = []string{"alive/" + strconv.Itoa(req.Peer)}
+	}
+	vs, lost, err := store.MultiGetGuardedFrom(ctx, b.s, []string{pre + "h"}, guards)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &core.PeerError{Op: op, Ranks: []int{req.Peer}, Err: ctx.Err()}
 		}
 		return fmt.Errorf("kv: %s: %w", op, err)
 	}
+	if lost != nil {
+		return goneError(op, lost)
+	}
+	v := vs[0]
 	h, err := decodeHeader(v)
 	if err != nil {
 		return err
@@ -457,11 +498,11 @@ func (b *Backend) recv(ctx context.Context, req *core.Request) error {
 		return e
 	}
 	size := req.Count * req.DType.Size()
-	vs, err := b.fetch(ctx, []string{pre + "d"}, size)
+	data, err := b.fetch(ctx, []string{pre + "d"}, size)
 	if err != nil {
 		return fmt.Errorf("kv: %s: %w", op, err)
 	}
-	copy(req.Recv, vs[0])
+	copy(req.Recv, data[0])
 	for c := 0; c == 0 || c*b.chunk < size; c++ {
 		if err := b.s.Delete(ctx, pre+"d/"+strconv.Itoa(c)); err != nil {
 			return fmt.Errorf("kv: %s: cleaning up: %w", op, err)

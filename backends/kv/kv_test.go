@@ -402,3 +402,39 @@ func TestOverTCPStore(t *testing.T) {
 		}
 	}
 }
+
+// A rank whose store connection closes (its process died) is named at
+// once, with ErrPeerGone rather than a timeout, in collectives and recv.
+func TestDeadRankNamedWithoutTimeout(t *testing.T) {
+	secret := []byte("kv-dead")
+	srv, err := store.Listen("127.0.0.1:0", secret, store.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const n, dead = 3, 1
+	clients := make([]*store.Client, n)
+	for r := range clients {
+		if clients[r], err = store.Dial(context.Background(), srv.Addr(), secret); err != nil {
+			t.Fatal(err)
+		}
+		defer clients[r].Close()
+	}
+	errs := group(t, n, func(r int) core.Store { return clients[r].WithPrefix("job/") }, time.Minute, func(ctx context.Context, b *Backend) error {
+		if b.Rank() == dead {
+			return clients[dead].Close() // as if the process died
+		}
+		var err error
+		if b.Rank() == 0 {
+			err = b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+		} else {
+			err = b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 1, Peer: dead, Recv: make([]byte, 4)})
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != fmt.Sprint([]int{dead}) || !errors.Is(err, ErrPeerGone) {
+			return fmt.Errorf("want a PeerError naming rank %d as gone, got %v", dead, err)
+		}
+		return nil
+	})
+	noErrors(t, errs)
+}

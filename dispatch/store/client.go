@@ -407,12 +407,16 @@ func (c *Client) MultiGet(ctx context.Context, keys ...string) ([][]byte, error)
 	return r.values, nil
 }
 
-// MultiGetGuarded is MultiGet that gives up as soon as one of guards does
-// not exist while some key is still missing, and returns the guards that
-// do not exist (with nil values and a nil error). Guards are typically
-// the peers' ephemeral keys (SetEphemeral): a wait for a dead process's
-// data ends when its connection does, not at the timeout.
+// MultiGetGuarded is MultiGet in which guards[i] vouches for keys[i]: as
+// soon as some keys[i] and its guards[i] both do not exist, the wait ends
+// and returns those guards (with nil values and a nil error). Guards are
+// typically the ephemeral keys (SetEphemeral) of the processes that will
+// set the keys: a wait for a dead process's key ends when its connection
+// does, not at the timeout.
 func (c *Client) MultiGetGuarded(ctx context.Context, keys, guards []string) (values [][]byte, lost []string, err error) {
+	if len(guards) != len(keys) {
+		return nil, nil, fmt.Errorf("store: multiget: %d guards for %d keys; want one per key", len(guards), len(keys))
+	}
 	all := append(append([]string{}, keys...), guards...)
 	ks, err := c.keys(all)
 	if err != nil {

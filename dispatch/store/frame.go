@@ -305,8 +305,9 @@ func (r *request) validate() error {
 	case opCAS:
 		ok = nk == 1 && nv == 2 && r.flags&^flagCASAbsent == 0
 	case opWait, opMultiGet:
-		// delta counts guard keys, listed after the keys waited for.
-		ok = nk >= 1 && nv == 0 && r.flags == 0 && r.delta >= 0 && r.delta < int64(nk)
+		// delta counts guard keys, listed after the keys waited for:
+		// none, or one per key.
+		ok = nk >= 1 && nv == 0 && r.flags == 0 && (r.delta == 0 || 2*r.delta == int64(nk))
 	case opMultiSet:
 		ok = nk >= 1 && nv == nk && r.flags == 0
 	case opCancel:

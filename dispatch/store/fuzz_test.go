@@ -22,7 +22,7 @@ func FuzzDecodeFrame(f *testing.F) {
 		{op: opMultiSet, id: 6, keys: []string{"a", "b"}, values: [][]byte{[]byte("1"), nil}},
 		{op: opCancel, id: 7},
 		{op: opSet, id: 8, flags: flagEphemeral, keys: []string{"alive/3"}, values: [][]byte{nil}},
-		{op: opMultiGet, id: 9, delta: 2, keys: []string{"h/0", "alive/1", "alive/2"}},
+		{op: opMultiGet, id: 9, delta: 2, keys: []string{"h/0", "h/1", "alive/0", "alive/1"}},
 	} {
 		f.Add(encodeRequest(r))
 	}

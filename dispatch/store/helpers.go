@@ -101,8 +101,8 @@ func Missing(ctx context.Context, s core.Store, keys ...string) []int {
 	return miss
 }
 
-// MultiGetGuardedFrom is MultiGetFrom that ends early, returning the guard
-// keys that are missing, when a guard is gone while some key is missing
+// MultiGetGuardedFrom is MultiGetFrom that ends early, returning the
+// missing guards of missing keys, where guards[i] vouches for keys[i]
 // (see Client.MultiGetGuarded). On a store without guarded waits it is
 // MultiGetFrom: lost is always nil and a dead peer shows as a timeout.
 func MultiGetGuardedFrom(ctx context.Context, s core.Store, keys, guards []string) (values [][]byte, lost []string, err error) {

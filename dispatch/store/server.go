@@ -389,9 +389,10 @@ func (s *Server) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-// waitKeys returns the values of keys once all of them exist; or, while
-// some are missing, the guard keys that do not exist (non-nil lost); or
-// ctx's error. Stored values are never mutated in place, so sharing them
+// waitKeys returns the values of keys once all of them exist; or the
+// guards[i] that do not exist for keys[i] that do not either (non-nil
+// lost: those keys will never come); or ctx's error. guards is empty or
+// pairs with keys. Stored values are never mutated in place, so sharing them
 // with the encoder is safe.
 func (s *Server) waitKeys(ctx context.Context, keys, guards []string) (vals [][]byte, lost []string, err error) {
 	vals = make([][]byte, len(keys))
@@ -406,10 +407,13 @@ func (s *Server) waitKeys(ctx context.Context, keys, guards []string) (vals [][]
 			}
 			vals[i] = v
 		}
-		if !all {
-			for _, k := range guards {
-				if _, ok := s.data[k]; !ok {
-					lost = append(lost, k)
+		if !all && len(guards) > 0 {
+			for i, k := range keys {
+				if _, ok := s.data[k]; ok {
+					continue
+				}
+				if _, ok := s.data[guards[i]]; !ok {
+					lost = append(lost, guards[i])
 				}
 			}
 		}

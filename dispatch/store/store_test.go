@@ -623,13 +623,20 @@ func TestEphemeralAndGuardedWait(t *testing.T) {
 	if err := b.Set(ctx, "data/1", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	vals, lost, err := a.MultiGetGuarded(ctx, []string{"data/1"}, []string{"alive/b", "alive/nobody"})
+	vals, lost, err := a.MultiGetGuarded(ctx, []string{"data/1"}, []string{"alive/nobody"})
 	if err != nil || lost != nil || string(vals[0]) != "x" {
 		t.Fatalf("guarded get of a present key = %q, %v, %v", vals, lost, err)
 	}
-	// A guard missing from the start ends the wait at once.
-	if _, lost, err := a.MultiGetGuarded(ctx, []string{"data/2"}, []string{"alive/b", "alive/nobody"}); err != nil || fmt.Sprint(lost) != "[alive/nobody]" {
+	// A guard missing from the start ends the wait at once, and only a
+	// missing key's guard counts.
+	if err := a.Set(ctx, "data/3", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, lost, err := a.MultiGetGuarded(ctx, []string{"data/2", "data/3"}, []string{"alive/nobody", "alive/gone-too"}); err != nil || fmt.Sprint(lost) != "[alive/nobody]" {
 		t.Fatalf("guard missing from the start: lost %v, %v", lost, err)
+	}
+	if _, _, err := a.MultiGetGuarded(ctx, []string{"data/2"}, nil); err == nil {
+		t.Fatal("guards not paired with keys were accepted")
 	}
 	// A guard that goes while waiting ends the wait.
 	type res struct {
