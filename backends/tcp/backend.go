@@ -45,6 +45,7 @@ type Backend struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	logf      func(string, ...any)
+	lowat     bool // raise SO_RCVLOWAT for large payloads
 }
 
 // failure poisons the backend: the collective numbered seq and every later
@@ -82,6 +83,10 @@ type peer struct {
 	ctlDone chan struct{} // closed when ctlLoop ends
 	gone    atomic.Pointer[error]
 
+	raw     syscall.RawConn // data's, for SO_RCVLOWAT
+	lowat   int             // the value setLowatFn sets
+	lowatFn func(fd uintptr)
+
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
 }
@@ -89,6 +94,44 @@ type peer struct {
 type sendJob struct {
 	h       header
 	payload []byte
+}
+
+// lowatMin is the smallest payload read with SO_RCVLOWAT raised to its
+// size; smaller ones arrive in one or two segments anyway.
+const lowatMin = 64 << 10
+
+// setLowat sets the data connection's SO_RCVLOWAT (capped by the kernel at
+// half the receive buffer). The closure is made once per peer, so this
+// does not allocate.
+func (p *peer) setLowat(n int) {
+	if p.raw == nil {
+		return
+	}
+	p.lowat = n
+	_ = p.raw.Control(p.lowatFn)
+}
+
+// readLowat fills dst, asking the kernel to wake this goroutine only once
+// all of it is there rather than for every 64 KiB that arrives: fewer
+// wake-ups and reads. SO_RCVLOWAT follows what is still missing, since
+// bytes beyond this payload may never come.
+func (p *peer) readLowat(dst []byte) error {
+	defer p.setLowat(1)
+	for got := 0; got < len(dst); {
+		p.setLowat(len(dst) - got)
+		k, err := p.data.Read(dst[got:])
+		got += k
+		if err != nil {
+			if got == len(dst) {
+				return nil
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // inlineMax is the largest frame the calling goroutine writes itself when
@@ -131,6 +174,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		segSent: make([]uint64, g.Size),
 		quit:    make(chan struct{}),
 		logf:    log.New(os.Stderr, "gocoll/tcp: ", log.LstdFlags).Printf,
+		lowat:   os.Getenv(EnvRcvLowat) != "0",
 	}
 	var zero int64
 	b.rejected = &zero
@@ -158,6 +202,10 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 			continue
 		}
 		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{})}
+		if raw, err := p.data.SyscallConn(); err == nil {
+			p.raw = raw
+			p.lowatFn = func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, p.lowat) }
+		}
 		b.peers[j] = p
 		b.wg.Add(2)
 		go b.sendLoop(p)
@@ -655,7 +703,11 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 			f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
 			return b.failureError(f, b.opName())
 		}
-		if n > 0 {
+		if n >= lowatMin && b.lowat {
+			if err := p.readLowat(dst[:n]); err != nil {
+				return b.ioError(p, err)
+			}
+		} else if n > 0 {
 			if _, err := io.ReadFull(p.data, dst[:n]); err != nil {
 				return b.ioError(p, err)
 			}

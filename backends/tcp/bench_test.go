@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,6 +46,7 @@ func measure(ctx context.Context, c core.Comm, size, iters int) (time.Duration, 
 	if err := coll.Barrier(ctx, c); err != nil {
 		return 0, err
 	}
+	cpu0 := cpuTime()
 	start := time.Now()
 	for range iters {
 		if err := coll.AllreduceFloat32(ctx, c, buf, out, coll.OpSum); err != nil {
@@ -52,10 +54,26 @@ func measure(ctx context.Context, c core.Comm, size, iters int) (time.Duration, 
 		}
 	}
 	mean := []float64{time.Since(start).Seconds() / float64(iters)}
+	cpu := []float64{float64(cpuTime()-cpu0) / float64(iters)}
+	if err := coll.AllreduceFloat64(ctx, c, cpu, cpu, coll.OpSum); err != nil {
+		return 0, err
+	}
+	lastCPU = time.Duration(cpu[0])
 	if err := coll.AllreduceFloat64(ctx, c, mean, mean, coll.OpMax); err != nil {
 		return 0, err
 	}
 	return time.Duration(mean[0] * 1e9), nil
+}
+
+// lastCPU is the CPU time (user and system) all ranks together spent per
+// call in the last measure: a figure that a loaded machine disturbs less
+// than the wall time.
+var lastCPU time.Duration
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func itersFor(size int) int {
@@ -100,9 +118,9 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 			return fmt.Errorf("size %d: %w", size, err)
 		}
 		if r.Rank == 0 {
-			fmt.Printf("RESULT np=%d bytes=%d algo=%v time_us=%.1f busbw_GBps=%.3f\n",
+			fmt.Printf("RESULT np=%d bytes=%d algo=%v time_us=%.1f busbw_GBps=%.3f cpu_us_all_ranks=%.1f\n",
 				r.Size, size, b.choose(&core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Count: size / 4}),
-				d.Seconds()*1e6, busBW(size, d, r.Size)/1e9)
+				d.Seconds()*1e6, busBW(size, d, r.Size)/1e9, lastCPU.Seconds()*1e6)
 		}
 	}
 	return nil

@@ -19,6 +19,10 @@ const (
 	// "collective=algorithm" pairs, e.g. "allreduce=ring,broadcast=chain"
 	// (see the Algorithm constants for the names).
 	EnvAlgorithms = "GOCOLL_TCP_ALGORITHMS"
+	// EnvRcvLowat set to "0" stops large payloads from being read with
+	// SO_RCVLOWAT raised to their size (which saves wake-ups and reads;
+	// the setting is there to compare, or for kernels that mishandle it).
+	EnvRcvLowat = "GOCOLL_TCP_RCVLOWAT"
 )
 
 // Defaults, chosen by measurement on loopback of a 2-core Zen 3 (see

@@ -203,27 +203,32 @@ func TestBroadcastReduceAlgorithms(t *testing.T) {
 }
 
 // TestLargeAllreduce moves enough data that the ring pipelines many chunks
-// per segment and the kernel's socket buffers fill.
+// per segment, payloads are read with SO_RCVLOWAT raised and the kernel's
+// socket buffers fill, with every allreduce algorithm.
 func TestLargeAllreduce(t *testing.T) {
 	np := 3
-	bs := group(t, np)
-	count := 3<<20 + 5 // 12 MiB of float32
-	noErrors(t, each(bs, func(b *Backend) error {
-		send := make([]float32, count)
-		for i := range send {
-			send[i] = float32(i%1000 + b.Rank())
-		}
-		recv := make([]float32, count)
-		if err := coll.AllreduceFloat32(context.Background(), b, send, recv, coll.OpSum); err != nil {
-			return err
-		}
-		for i, v := range recv {
-			if want := float32(np*(i%1000) + 3); v != want {
-				return fmt.Errorf("element %d = %v, want %v", i, v, want)
-			}
-		}
-		return nil
-	}))
+	count := 1<<20 + 5 // 4 MiB of float32
+	for _, algo := range []Algorithm{RecursiveDoubling, Rabenseifner, Ring} {
+		t.Run(algo.String(), func(t *testing.T) {
+			bs := group(t, np, WithAllreduceAlgorithm(algo))
+			noErrors(t, each(bs, func(b *Backend) error {
+				send := make([]float32, count)
+				for i := range send {
+					send[i] = float32(i%1000 + b.Rank())
+				}
+				recv := make([]float32, count)
+				if err := coll.AllreduceFloat32(context.Background(), b, send, recv, coll.OpSum); err != nil {
+					return err
+				}
+				for i, v := range recv {
+					if want := float32(np*(i%1000) + 3); v != want {
+						return fmt.Errorf("element %d = %v, want %v", i, v, want)
+					}
+				}
+				return nil
+			}))
+		})
+	}
 }
 
 // TestMismatch: ranks passing different counts, dtypes, ops or roots get a
@@ -515,8 +520,8 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 
 // TestNoAllocs: steady-state collectives allocate nothing per call.
 func TestNoAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("timing-insensitive but slow on a loaded machine")
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
 	}
 	const n = 3
 	f32, i32 := coll.DTypeFloat32, coll.DTypeInt32
