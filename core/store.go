@@ -34,7 +34,7 @@ type Group struct {
 	// Secret is the job's shared secret; connections between ranks must
 	// prove they hold it.
 	Secret []byte
-	// Timeout bounds every wait when the caller's context has no deadline.
+	// Timeout bounds every wait; a context deadline can only shorten it.
 	Timeout time.Duration
 }
 
