@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,6 +112,17 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 			}
 			sizes = append(sizes, n)
 		}
+	}
+	if dir := os.Getenv("GOCOLL_TCP_BENCH_PROFILE"); dir != "" && r.Rank == 0 {
+		f, err := os.Create(fmt.Sprintf("%s/cpu-np%d.pprof", dir, r.Size))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	for _, size := range sizes {
 		d, err := measure(ctx, b, size, itersFor(size))
