@@ -123,7 +123,7 @@ func TestConformance(t *testing.T) {
 				t.Skipf("dispatch offers no %q backend here: %s", be.name, why)
 			}
 			nps, sizes := allNPs, be.sizes
-			if testing.Short() {
+			if testing.Short() || raceEnabled {
 				nps, sizes = shortNPs, be.short
 			}
 			if be.nps != nil {
@@ -175,6 +175,9 @@ func TestLarge(t *testing.T) {
 	nps := []int{2, 5}
 	if testing.Short() {
 		nps = []int{3}
+	}
+	if raceEnabled {
+		t.Skip("large blocks take minutes with the race detector; run without -race")
 	}
 	for _, be := range backends {
 		if be.name == "kv" || be.nodes > 0 {
@@ -243,8 +246,8 @@ func conformBody(ctx context.Context, r *proctest.Rank) error {
 // every rank gets a *core.MismatchError naming the field, not a result.
 func TestMismatch(t *testing.T) {
 	for _, be := range backends {
-		if be.nodes > 0 {
-			continue
+		if be.nodes > 0 || be.isas {
+			continue // same transports as the plain entries
 		}
 		t.Run(be.label, func(t *testing.T) {
 			if why := available(be.name); why != "" {
@@ -296,8 +299,8 @@ func mismatchBody(ctx context.Context, r *proctest.Rank) error {
 // others get an error naming it once the timeout passes.
 func TestAbsentRank(t *testing.T) {
 	for _, be := range backends {
-		if be.nodes > 0 {
-			continue
+		if be.nodes > 0 || be.isas {
+			continue // same transports as the plain entries
 		}
 		t.Run(be.label, func(t *testing.T) {
 			if why := available(be.name); why != "" {
@@ -349,8 +352,8 @@ func absentBody(ctx context.Context, r *proctest.Rank) error {
 // instead of hanging (proctest's timeout fails the test if they hang).
 func TestKilledRank(t *testing.T) {
 	for _, be := range backends {
-		if be.nodes > 0 {
-			continue
+		if be.nodes > 0 || be.isas {
+			continue // same transports as the plain entries
 		}
 		t.Run(be.label, func(t *testing.T) {
 			if why := available(be.name); why != "" {
