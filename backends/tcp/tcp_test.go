@@ -782,3 +782,21 @@ func TestRebuildOverStaleAddresses(t *testing.T) {
 	}()
 	noErrors(t, each(second, func(b *Backend) error { return coll.Barrier(context.Background(), b) }))
 }
+
+func TestAlgorithmsFromEnv(t *testing.T) {
+	t.Setenv(EnvAlgorithms, "allreduce=ring, broadcast=chain,reduce=binomial_tree")
+	cfg := defaultConfig()
+	if err := cfg.fromEnv(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.allreduce != Ring || cfg.broadcast != Chain || cfg.reduce != BinomialTree {
+		t.Errorf("got allreduce=%v broadcast=%v reduce=%v", cfg.allreduce, cfg.broadcast, cfg.reduce)
+	}
+	for _, bad := range []string{"allreduce", "allreduce=fast", "gather=direct", "broadcast=ring"} {
+		t.Setenv(EnvAlgorithms, bad)
+		cfg := defaultConfig()
+		if err := cfg.fromEnv(); err == nil {
+			t.Errorf("%s=%q accepted", EnvAlgorithms, bad)
+		}
+	}
+}
