@@ -202,10 +202,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 			continue
 		}
 		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{})}
-		if raw, err := p.data.SyscallConn(); err == nil {
-			p.raw = raw
-			p.lowatFn = func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, p.lowat) }
-		}
+		p.initLowat()
 		b.peers[j] = p
 		b.wg.Add(2)
 		go b.sendLoop(p)
