@@ -97,6 +97,13 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 		}
 		opts = append(opts, WithChunkSize(n))
 	}
+	if s := os.Getenv("GOCOLL_TCP_BENCH_SOCKBUF"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, WithSocketBuffer(n))
+	}
 	b, err := procGroup(ctx, r, time.Minute, opts...)
 	if err != nil {
 		return err
