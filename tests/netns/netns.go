@@ -204,10 +204,11 @@ func (n *Net) Run(t *testing.T, body string, np int, opts ...proctest.Option) []
 		proctest.StoreAddr(n.HubIP+":0", n.HubIP),
 	}, opts...)
 
-	// The store's socket must be made inside the hub namespace, and the
-	// ranks are started from there too (ip netns exec then moves each to
-	// its node). Only this goroutine's locked thread changes namespace; Go
-	// starts new threads from a clean template thread while it is locked.
+	// The store's socket must be made inside the hub namespace (ip netns
+	// exec moves each rank to its node wherever it is started from). Only
+	// this goroutine's locked thread changes namespace; Go starts new
+	// threads from a clean template thread while it is locked, and a
+	// socket stays in the namespace it was made in.
 	runtime.LockOSThread()
 	orig, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
