@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -102,9 +103,16 @@ func benchAllreduce(b *testing.B, np, dtype, bytes int, zc bool, env ...string) 
 	if zc {
 		z = 1
 	}
-	res := proctest.Run(b, "bench", np, proctest.Timeout(5*time.Minute), proctest.Env(
+	opts := []proctest.Option{proctest.Timeout(5 * time.Minute)}
+	if os.Getenv("SHMB_PIN") != "" {
+		// Pin rank r to CPU r mod NumCPU (taskset), to see placement's share.
+		opts = append(opts, proctest.Wrapper(func(rank int) []string {
+			return []string{"taskset", "-c", strconv.Itoa(rank % runtime.NumCPU())}
+		}))
+	}
+	res := proctest.Run(b, "bench", np, append(opts, proctest.Env(
 		"SHMB_BYTES="+strconv.Itoa(bytes), "SHMB_ITERS="+strconv.Itoa(iters),
-		"SHMB_ZC="+strconv.Itoa(z), "SHMB_DTYPE="+strconv.Itoa(dtype)), proctest.Env(env...))
+		"SHMB_ZC="+strconv.Itoa(z), "SHMB_DTYPE="+strconv.Itoa(dtype)), proctest.Env(env...))...)
 	for _, r := range res {
 		if r.Rank != 0 {
 			continue
