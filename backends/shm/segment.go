@@ -219,6 +219,9 @@ func serveMemfd(ctx context.Context, g core.Group, fd int, seg *segment) error {
 	for joined := 1; joined < g.Size; {
 		c, err := ln.AcceptUnix()
 		if err != nil {
+			if ctx.Err() != nil {
+				err = ctx.Err() // the deadline, not the socket's view of it
+			}
 			var missing []int
 			for r := 1; r < g.Size; r++ {
 				if conns[r] == nil {
@@ -335,6 +338,9 @@ func setupPeer(ctx context.Context, g core.Group) (*segment, error) {
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return nil, &core.PeerError{Op: "shm setup", Ranks: []int{0}, Err: fmt.Errorf("receiving the workspace: %w", err)}
 	}
 	fd, err := parseFD(oob[:oobn])

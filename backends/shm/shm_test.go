@@ -466,3 +466,39 @@ func TestRecvTimeout(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestSetupNamesAbsentRank: New on rank 0 fails within its context's
+// deadline naming the local rank that never connected; no descriptor leaks.
+func TestSetupNamesAbsentRank(t *testing.T) {
+	before := openFDs()
+	st := memstore.New()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	errs := make(chan error, 2)
+	for r := 0; r < 2; r++ {
+		go func() {
+			g := core.Group{Rank: r, Size: 3, Store: st, JobID: "absent", Timeout: time.Minute}
+			b, err := New(ctx, g)
+			if err == nil {
+				b.Close()
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2; i++ {
+		err := <-errs
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("want a deadline PeerError, got %v", err)
+			continue
+		}
+		if pe.Ranks[0] != 2 && pe.Ranks[0] != 0 {
+			t.Errorf("want rank 2 (or, on rank 1, rank 0 that gave up) named, got %v", err)
+		}
+		t.Log(err)
+	}
+	time.Sleep(50 * time.Millisecond) // let the connections' finalizers settle
+	if after := openFDs(); after > before {
+		t.Errorf("%d descriptors before, %d after the failed setup", before, after)
+	}
+}
