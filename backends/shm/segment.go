@@ -219,9 +219,7 @@ func serveMemfd(ctx context.Context, g core.Group, fd int, seg *segment) error {
 	for joined := 1; joined < g.Size; {
 		c, err := ln.AcceptUnix()
 		if err != nil {
-			if ctx.Err() != nil {
-				err = ctx.Err() // the deadline, not the socket's view of it
-			}
+			err = ctxCause(ctx, err)
 			var missing []int
 			for r := 1; r < g.Size; r++ {
 				if conns[r] == nil {
@@ -338,9 +336,7 @@ func setupPeer(ctx context.Context, g core.Group) (*segment, error) {
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
+		err = ctxCause(ctx, err)
 		return nil, &core.PeerError{Op: "shm setup", Ranks: []int{0}, Err: fmt.Errorf("receiving the workspace: %w", err)}
 	}
 	fd, err := parseFD(oob[:oobn])
@@ -392,4 +388,17 @@ func parseFD(oob []byte) (int, error) {
 		return -1, errors.New("shm: rank 0's message carried no file descriptor")
 	}
 	return fd, nil
+}
+
+// ctxCause reports a socket error caused by the context (whose deadline
+// the socket carries) as the context's error, so that callers can test for
+// context.DeadlineExceeded.
+func ctxCause(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	return err
 }
