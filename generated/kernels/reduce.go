@@ -54,11 +54,11 @@ func Supports(dt core.DType, op core.Op) bool {
 	return int(dt) < numDT && int(op) < numOp && sets[Generic].k[dt][op] != nil
 }
 
-func lookup(dt core.DType, op core.Op) (rawKernel, int, error) {
+func lookup(set *kernelSet, dt core.DType, op core.Op) (rawKernel, int, error) {
 	if !Supports(dt, op) {
 		return nil, 0, fmt.Errorf("kernels: %w: no %s kernel for %s; use an op the spec lists for that dtype", core.ErrUnsupported, opName(op), dtName(dt))
 	}
-	return active.Load().k[dt][op], dtSizes[dt], nil
+	return set.k[dt][op], dtSizes[dt], nil
 }
 
 func dtName(dt core.DType) string {
@@ -82,7 +82,18 @@ func opName(op core.Op) string {
 // but must not partly overlap any. For an op with a finish step (avg) it
 // sums: call Finish once on the final result.
 func Reduce(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
-	k, size, err := lookup(dt, op)
+	return reduceWith(active.Load(), dt, op, dst, srcs)
+}
+
+// ReduceGeneric is Reduce on the pure-Go kernels whatever the active level:
+// the reference that conformance tests compare every backend and level
+// against, without switching the kernels the rest of the process runs.
+func ReduceGeneric(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
+	return reduceWith(sets[Generic], dt, op, dst, srcs)
+}
+
+func reduceWith(set *kernelSet, dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
+	k, size, err := lookup(set, dt, op)
 	if err != nil {
 		return err
 	}
@@ -146,7 +157,7 @@ func run[T any](k rawKernel, dst []T, srcs [][]T, n int) {
 
 // reduceTyped is Reduce on typed slices.
 func reduceTyped[T any](dt core.DType, op core.Op, dst []T, srcs [][]T) error {
-	k, _, err := lookup(dt, op)
+	k, _, err := lookup(active.Load(), dt, op)
 	if err != nil {
 		return err
 	}
