@@ -181,10 +181,11 @@ func (l *layout) heap(r int) int        { return l.heapOff + r*l.heapSize }
 // defaultSmallThreshold is where split allreduce overtakes direct for n
 // ranks. Two ranks: never (direct reads 2 inputs, split reads 2 and copies
 // once more). More: direct makes each rank read n inputs, so the crossover
-// falls with n; measured (BenchmarkTune) near 64 KiB at n = 3 and 4.
+// falls with n; measured (BenchmarkTune, quiet machine) at 64 KiB for
+// n = 3 and between 16 and 64 KiB for n = 4.
 func defaultSmallThreshold(n int) int {
 	if n <= 2 {
 		return 1 << 62
 	}
-	return min(DefaultSmallThreshold, (256<<10)/n)
+	return min(DefaultSmallThreshold, (192<<10)/n)
 }

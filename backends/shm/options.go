@@ -16,7 +16,7 @@ const (
 	// DefaultSmallThreshold caps the largest allreduce or reduce (in
 	// bytes) that uses the direct algorithm, in which every rank reduces
 	// every input itself, for groups of more than two ranks; the threshold
-	// is min(this, 256 KiB / ranks). Groups of two use direct at any size.
+	// is min(this, 192 KiB / ranks). Groups of two use direct at any size.
 	DefaultSmallThreshold = 64 << 10
 	// DefaultP2PBufferSize is the size of each of the two buffers a pair of
 	// ranks has for send/recv in each direction (shrunk for large groups).
