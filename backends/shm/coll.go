@@ -176,12 +176,13 @@ func (b *Backend) parity() int { return int((b.round + 1) & 1) }
 // step publishes the next round and waits until every peer reached it.
 func (b *Backend) step(o *op) error {
 	k := b.round + 1
-	me := b.ctrl[b.rank]
+	p := int(k & 1)
+	me := b.hot[b.rank][p]
 	publish(&me.seq, &me.sleepers, k)
 	b.round = k
 	for _, j := range b.peers {
-		c := b.ctrl[j]
-		if err := b.waitFor(o, j, &c.seq, &c.sleepers, k); err != nil {
+		h := b.hot[j][p]
+		if err := b.waitFor(o, j, &h.seq, &h.sleepers, k); err != nil {
 			return err
 		}
 	}
@@ -194,12 +195,12 @@ func (b *Backend) step(o *op) error {
 // returns a *core.MismatchError after this same round: they stay in step.
 func (b *Backend) first(o *op, d desc) error {
 	p := b.parity()
-	b.ctrl[b.rank].desc[p] = d
+	b.hot[b.rank][p].setDesc(d)
 	if err := b.step(o); err != nil {
 		return err
 	}
 	for _, j := range b.peers {
-		pd := b.ctrl[j].desc[p]
+		pd := b.hot[j][p].desc()
 		b.zc[j] = pd.zc
 		pd.zc = d.zc
 		if pd != d {
@@ -349,11 +350,18 @@ func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []
 	chunk := b.lay.bufferSize / es
 	srcs := b.srcs[:b.size]
 	anyZC := false
+	// A payload of a few bytes travels in the hot line with the round's
+	// number: a waiter then needs one line transfer, not two.
+	inline := len(send) <= inlineMax
 	for i := 0; i < chunks(req.Count, chunk); i++ {
 		off := i * chunk
 		c := min(chunk, req.Count-off)
 		p := b.parity()
-		if d.zc == 0 {
+		switch {
+		case d.zc != 0:
+		case inline:
+			copy(b.hot[me][p].inline[:], send)
+		default:
 			copy(b.slot(me, p), send[off*es:(off+c)*es])
 		}
 		if err := b.firstOr(o, d, i == 0); err != nil {
@@ -370,7 +378,11 @@ func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []
 		}
 		if recv != nil {
 			for j := range srcs {
-				srcs[j] = b.input(j, p, off, 0, c, es)
+				if inline && b.zc[j] == 0 {
+					srcs[j] = b.hot[j][p].inline[:len(send)]
+				} else {
+					srcs[j] = b.input(j, p, off, 0, c, es)
+				}
 			}
 			srcs[me] = send[off*es : (off+c)*es]
 			if err := b.reduce(req.DType, req.Op, recv[off*es:(off+c)*es], srcs); err != nil {

@@ -9,7 +9,7 @@ import (
 // The workspace, one shared mapping laid out as:
 //
 //	header      4 KiB: magic, geometry, algorithm parameters
-//	ctrl        one 128-byte line per rank (sequence word, state, descriptors)
+//	ctrl        three 128-byte-spaced lines per rank (two hot, one cold)
 //	chans       two 128-byte lines per ordered pair of ranks (send/recv)
 //	data        two buffers per rank, bufferSize each
 //	p2p data    two buffers per ordered pair, p2pSize each
@@ -23,7 +23,10 @@ const (
 	pageSize   = 4096
 	headerSize = pageSize
 	magic      = 0x4c4f43434f474d53 // "SMGOCCOL" little-endian
-	version    = 1
+	version    = 2
+	// ctrlLines is how many lines apart ranks' control lines lie: two hot
+	// lines and a cold one.
+	ctrlLines = 3
 )
 
 // header is the first bytes of the workspace, written by rank 0 before any
@@ -50,14 +53,38 @@ type desc struct {
 	zc    uint64 // 1 + offset of the send buffer in the rank's heap, or 0
 }
 
-// ctrlLine is a rank's control line.
-type ctrlLine struct {
-	seq      uint64 // last round published; futex on its low 32 bits
+// inlineMax is the largest payload a round carries in its hot line.
+const inlineMax = 16
+
+// hotLine is what a rank publishes for the rounds of one parity, in one
+// 64-byte cache line: the round's number, its descriptor and a small
+// payload, so that a waiter gets all three with the one line transfer it
+// waits for anyway. Each rank has two (rounds alternate between them).
+type hotLine struct {
+	seq      uint64 // last round of this parity published; futex on its low 32 bits
 	sleepers uint32 // waiters asleep on seq
-	state    uint32 // stateLive, stateClosed, stateFailed
-	failed   uint64 // 1 + the rank this one saw fail
-	cause    uint64 // why: one of the causes in wait.go
-	desc     [2]desc
+	what     uint32 // descriptor: kind | dtype<<8 | op<<16 | invalid<<24
+	coll     uint64 // descriptor: collective number
+	count    uint64 // descriptor: count
+	root     uint64 // descriptor: root
+	zc       uint64 // 1 + heap offset of the rank's zero-copy input, or 0
+	inline   [inlineMax]byte
+}
+
+func (h *hotLine) setDesc(d desc) {
+	h.what, h.coll, h.count, h.root, h.zc = uint32(d.what), d.coll, d.count, d.root, d.zc
+}
+
+func (h *hotLine) desc() desc {
+	return desc{coll: h.coll, what: uint64(h.what), count: h.count, root: h.root, zc: h.zc}
+}
+
+// coldLine is a rank's state: live, closed, or failed and why.
+type coldLine struct {
+	state  uint32 // stateLive, stateClosed, stateFailed
+	_      uint32
+	failed uint64 // 1 + the rank this one saw fail
+	cause  uint64 // why: one of the causes in wait.go
 }
 
 // chanLine is one side of a send/recv channel between two ranks: the
@@ -77,7 +104,7 @@ const (
 )
 
 func init() {
-	if unsafe.Sizeof(ctrlLine{}) > lineSize || unsafe.Sizeof(chanLine{}) > lineSize || unsafe.Sizeof(header{}) > headerSize {
+	if unsafe.Sizeof(hotLine{}) != 64 || unsafe.Sizeof(coldLine{}) > lineSize || unsafe.Sizeof(chanLine{}) > lineSize || unsafe.Sizeof(header{}) > headerSize {
 		panic("shm: control structures outgrew their lines")
 	}
 }
@@ -127,7 +154,7 @@ func (l *layout) place() error {
 		return fmt.Errorf("shm: workspace geometry out of range (%d ranks, buffers %d, heap %d)", n, l.bufferSize, l.heapSize)
 	}
 	l.ctrlOff = headerSize
-	l.chanOff = l.ctrlOff + n*lineSize
+	l.chanOff = l.ctrlOff + n*ctrlLines*lineSize
 	l.dataOff = roundUp(l.chanOff+2*n*n*lineSize, pageSize)
 	l.p2pOff = l.dataOff + 2*n*l.bufferSize
 	pairs := 0
@@ -171,7 +198,8 @@ func layoutFromHeader(h *header, n int, total int) (layout, error) {
 	return l, nil
 }
 
-func (l *layout) ctrl(r int) int        { return l.ctrlOff + r*lineSize }
+func (l *layout) hot(r, p int) int      { return l.ctrlOff + (r*ctrlLines+p)*lineSize }
+func (l *layout) cold(r int) int        { return l.ctrlOff + (r*ctrlLines+2)*lineSize }
 func (l *layout) chanSend(s, d int) int { return l.chanOff + (2*(s*l.n+d))*lineSize }
 func (l *layout) chanRecv(s, d int) int { return l.chanOff + (2*(s*l.n+d)+1)*lineSize }
 func (l *layout) slot(r, p int) int     { return l.dataOff + (2*r+p)*l.bufferSize }

@@ -70,7 +70,8 @@ type Backend struct {
 	peers      []int // every rank but this one
 	lay        layout
 	mem        []byte
-	ctrl       []*ctrlLine
+	hot        [][2]*hotLine
+	cold       []*coldLine
 	pids       []int
 	pidfds     []int // -1 where none; nil if pidfd_open is unavailable
 	timeout    time.Duration
@@ -158,7 +159,11 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		srcs: make([][]byte, g.Size), zc: make([]uint64, g.Size),
 	}
 	for j := 0; j < g.Size; j++ {
-		b.ctrl = append(b.ctrl, (*ctrlLine)(unsafe.Pointer(&b.mem[lay.ctrl(j)])))
+		b.hot = append(b.hot, [2]*hotLine{
+			(*hotLine)(unsafe.Pointer(&b.mem[lay.hot(j, 0)])),
+			(*hotLine)(unsafe.Pointer(&b.mem[lay.hot(j, 1)])),
+		})
+		b.cold = append(b.cold, (*coldLine)(unsafe.Pointer(&b.mem[lay.cold(j)])))
 		if j != g.Rank {
 			b.peers = append(b.peers, j)
 		}
@@ -238,13 +243,13 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
-	me := b.ctrl[b.rank]
+	me := b.cold[b.rank]
 	if atomic.LoadUint32(&me.state) == stateLive {
 		atomic.StoreUint32(&me.state, stateClosed)
 	}
 	b.wakeMine()
 	b.closePidfds()
-	b.ctrl = nil
+	b.hot, b.cold = nil, nil
 	err := unix.Munmap(b.mem)
 	b.mem = nil
 	if err != nil {
@@ -259,6 +264,11 @@ func (b *Backend) chanS(s, d int) *chanLine {
 
 func (b *Backend) chanR(s, d int) *chanLine {
 	return (*chanLine)(unsafe.Pointer(&b.mem[b.lay.chanRecv(s, d)]))
+}
+
+// progress is the last round rank j published.
+func (b *Backend) progress(j int) uint64 {
+	return max(atomic.LoadUint64(&b.hot[j][0].seq), atomic.LoadUint64(&b.hot[j][1].seq))
 }
 
 // slot is rank r's data buffer p.

@@ -148,7 +148,7 @@ func (b *Backend) health(o *op, peer int, word *uint64, target uint64) error {
 	if dead := b.dead(scope); len(dead) > 0 {
 		var live []int
 		for _, j := range dead {
-			if atomic.LoadUint32(&b.ctrl[j].state) == stateLive {
+			if atomic.LoadUint32(&b.cold[j].state) == stateLive {
 				live = append(live, j)
 			}
 		}
@@ -157,14 +157,14 @@ func (b *Backend) health(o *op, peer int, word *uint64, target uint64) error {
 		}
 	}
 	for _, j := range scope {
-		c := b.ctrl[j]
+		c := b.cold[j]
 		// A peer that closed or failed after it completed what this
 		// wait needs is no reason to fail yet.
-		progress := &c.seq
+		done := b.progress(j)
 		if o.p2p >= 0 {
-			progress = word
+			done = atomic.LoadUint64(word)
 		}
-		if atomic.LoadUint64(progress) >= target {
+		if done >= target {
 			continue
 		}
 		switch atomic.LoadUint32(&c.state) {
@@ -240,7 +240,7 @@ func (b *Backend) missing(o *op, peer int, target uint64) []int {
 	}
 	var m []int
 	for _, j := range b.peers {
-		if atomic.LoadUint64(&b.ctrl[j].seq) < target {
+		if b.progress(j) < target {
 			m = append(m, j)
 		}
 	}
@@ -288,7 +288,7 @@ func (b *Backend) dead(scope []int) []int {
 func (b *Backend) fail(err error) error {
 	if b.failed == nil {
 		b.failed = err
-		me := b.ctrl[b.rank]
+		me := b.cold[b.rank]
 		var pe *core.PeerError
 		if errors.As(err, &pe) && len(pe.Ranks) > 0 {
 			atomic.StoreUint64(&me.failed, uint64(pe.Ranks[0])+1)
@@ -303,8 +303,8 @@ func (b *Backend) fail(err error) error {
 // wakeMine wakes every waiter on any of this rank's words, so that they
 // notice a state change.
 func (b *Backend) wakeMine() {
-	me := b.ctrl[b.rank]
-	futexWakeAll(low32(&me.seq))
+	futexWakeAll(low32(&b.hot[b.rank][0].seq))
+	futexWakeAll(low32(&b.hot[b.rank][1].seq))
 	for _, j := range b.peers {
 		futexWakeAll(low32(&b.chanS(b.rank, j).seq))
 		futexWakeAll(low32(&b.chanR(j, b.rank).seq))
