@@ -2,4 +2,4 @@
 // smaller typed API from its own spec with gentool (see README.md).
 package downstream
 
-//go:generate go tool gentool -spec spec.yaml -out internal -kernels=false
+//go:generate go tool gentool -spec spec.yaml -out internal
