@@ -105,9 +105,14 @@ func benchAllreduce(b *testing.B, np, dtype, bytes int, zc bool, env ...string) 
 	}
 	opts := []proctest.Option{proctest.Timeout(5 * time.Minute)}
 	if os.Getenv("SHMB_PIN") != "" {
-		// Pin rank r to CPU r mod NumCPU (taskset), to see placement's share.
+		// Pin rank r to CPU r mod NumCPU (taskset), or every rank to CPU 0
+		// (SHMB_PIN=same), to see placement's share.
 		opts = append(opts, proctest.Wrapper(func(rank int) []string {
-			return []string{"taskset", "-c", strconv.Itoa(rank % runtime.NumCPU())}
+			cpu := rank % runtime.NumCPU()
+			if os.Getenv("SHMB_PIN") == "same" {
+				cpu = 0 // all ranks share one CPU: the worst placement
+			}
+			return []string{"taskset", "-c", strconv.Itoa(cpu)}
 		}))
 	}
 	res := proctest.Run(b, "bench", np, append(opts, proctest.Env(

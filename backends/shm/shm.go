@@ -76,6 +76,7 @@ type Backend struct {
 	pidfds     []int // -1 where none; nil if pidfd_open is unavailable
 	timeout    time.Duration
 	spin       time.Duration
+	pure       int // plain loads before yielding; see maxPureSpins
 	oversub    bool
 
 	mu      sync.Mutex // one call at a time; Close waits for it
@@ -169,6 +170,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		}
 	}
 	b.oversub = g.Size > runtime.NumCPU()
+	b.pure = maxPureSpins
 	b.spin = DefaultSpin
 	if b.oversub {
 		b.spin = DefaultOversubscribedSpin

@@ -29,11 +29,15 @@ const (
 	// sleepSlice bounds one futex sleep: how often a blocked rank checks
 	// for a dead peer, a cancelled context or a passed deadline.
 	sleepSlice = 20 * time.Millisecond
-	// pureSpins is how many loads a waiter spins on before it starts
-	// yielding between them: a microsecond or two, several times a
-	// running peer's round trip, yet short enough not to keep a peer that
-	// waits for this very CPU off it for long.
-	pureSpins = 1024
+	// A waiter spins on plain loads for up to b.pure iterations before it
+	// starts yielding between them. b.pure adapts: it doubles (up to
+	// maxPureSpins, some 20 us) after a wait that plain spinning served,
+	// and halves (down to minPureSpins) after one that had to yield. A
+	// peer on another free CPU is then caught without a system call even
+	// when it runs a little late, while a peer that shares this CPU (or
+	// loses it to another process) gets it back quickly.
+	maxPureSpins = 1 << 17
+	minPureSpins = 64
 )
 
 var (
@@ -90,17 +94,27 @@ func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, targe
 	// waiting for this CPU (more ranks than cores, or a busy machine) gets
 	// it; after b.spin, sleep. With more ranks than CPUs, yield at once.
 	start := time.Now()
+	pure := b.pure
+	if b.oversub {
+		pure = 0
+	}
 	for i := 1; ; i++ {
 		if atomic.LoadUint64(word) >= target {
+			if i <= pure {
+				b.pure = min(2*b.pure, maxPureSpins)
+			} else {
+				b.pure = max(b.pure/2, minPureSpins)
+			}
 			return nil
 		}
-		if b.oversub || i > pureSpins {
+		if i > pure {
 			yield()
 		}
 		if i&31 == 0 && time.Since(start) > b.spin {
 			break
 		}
 	}
+	b.pure = max(b.pure/2, minPureSpins)
 	atomic.AddUint32(sleepers, 1)
 	defer atomic.AddUint32(sleepers, ^uint32(0))
 	for {
