@@ -38,6 +38,9 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	if v := envInt("SHMB_SMALL", -1); v >= 0 {
 		opts = append(opts, WithSmallThreshold(v))
 	}
+	if v := envInt("SHMB_SPIN_US", -1); v >= 0 {
+		opts = append(opts, WithSpin(time.Duration(v)*time.Microsecond))
+	}
 	if v := envInt("SHMB_BUF", 0); v > 0 {
 		opts = append(opts, WithBufferSize(v))
 	}
