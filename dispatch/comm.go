@@ -338,8 +338,10 @@ func (c *Comm) Do(ctx context.Context, req *core.Request) error {
 	if failed != nil {
 		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; start a new job: %w", failed)
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
+	// No context.WithTimeout here: every backend bounds its waits by
+	// Group.Timeout itself and computes a deadline only when a wait is about
+	// to sleep, while a timer per call would cost more than a small
+	// shared-memory allreduce (~0.35 us against ~0.2 us).
 	err := c.backend.Do(ctx, req)
 	if err != nil && fatal(err) {
 		c.mu.Lock()
