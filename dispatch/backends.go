@@ -38,7 +38,7 @@ func (c *Comm) newBackend(ctx context.Context, name string) (core.Backend, error
 			return nil, fmt.Errorf("dispatch: backend shm needs every rank on one node, but the ranks span %d nodes "+
 				"(node ids come from hostname and boot id, or %s); use auto or tcp", c.numNodes, EnvNodeID)
 		}
-		b, err := shm.New(ctx, world("shm/"))
+		b, err := shm.New(ctx, world("shm/"), c.shmOpts...)
 		if err != nil {
 			return nil, fmt.Errorf("dispatch: starting the shm backend: %w", err)
 		}
@@ -84,7 +84,7 @@ func (c *Comm) newHier(ctx context.Context, world core.Group) (_ core.Backend, e
 	node := "node" + strconv.Itoa(c.nodeRank)
 	local := core.Group{Rank: c.localRank, Size: c.localSize, Store: store.Prefix(c.store, "shm/"+node+"/"),
 		JobID: c.jobID + "-" + node, Secret: c.secret, Timeout: c.timeout}
-	if h.local, err = shm.New(ctx, local); err != nil {
+	if h.local, err = shm.New(ctx, local, c.shmOpts...); err != nil {
 		return nil, fmt.Errorf("dispatch: starting the shm backend of node %d: %w", c.nodeRank, err)
 	}
 	if h.world, err = tcp.New(ctx, world); err != nil {

@@ -45,6 +45,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/gocoll/gocoll/backends/shm"
 	"io"
 	"log/slog"
 	"net"
@@ -71,6 +72,7 @@ type Comm struct {
 	secret               []byte
 	timeout              time.Duration
 	log                  *slog.Logger
+	shmOpts              []shm.Option
 
 	store   core.Store    // this job's namespace in the store
 	live    bool          // this rank holds an ephemeral "alive/<rank>" key in store
@@ -106,7 +108,7 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	c := &Comm{rank: l.rank, size: l.size, jobID: l.jobID, secret: l.secret, timeout: l.timeout,
-		log: o.log.With("rank", l.rank)}
+		log: o.log.With("rank", l.rank), shmOpts: o.shm}
 	defer func() {
 		if err != nil {
 			c.release()

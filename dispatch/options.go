@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"github.com/gocoll/gocoll/backends/shm"
 	"log/slog"
 	"os"
 	"strings"
@@ -23,6 +24,7 @@ type options struct {
 	store      core.Store
 	log        *slog.Logger
 	env        envLookup
+	shm        []shm.Option
 }
 
 // WithRank sets this process's rank, overriding RANK and the other
@@ -94,4 +96,12 @@ func buildOptions(opts []Option) *options {
 		f(o)
 	}
 	return o
+}
+
+// WithShm passes options to the shared-memory backend wherever Init starts
+// one (backend shm, or inside each node with the hierarchical backend),
+// e.g. shm.WithHeapSize to make room for Comm.Alloc's zero-copy buffers.
+// Rank 0's sizes apply to every rank of a node.
+func WithShm(opts ...shm.Option) Option {
+	return func(o *options) { o.shm = append(o.shm, opts...) }
 }
