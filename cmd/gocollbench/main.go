@@ -38,6 +38,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/bench/perf"
 	"github.com/gocoll/gocoll/cmd/gocollbench/internal/bench"
 	"github.com/gocoll/gocoll/dispatch"
@@ -52,6 +53,7 @@ type options struct {
 	json     bool
 	plot     string
 	progress bool
+	zerocopy bool
 	files    []string // result files to plot instead of running
 }
 
@@ -96,6 +98,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.backend, "backend", "", "backend: auto, shm, tcp or kv (default: $GOCOLL_BACKEND, else auto)")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON (bench/perf's schema) instead of the table")
 	fs.StringVar(&o.plot, "plot", "", "draw bus bandwidth and time against size into this .svg, .png or .pdf file")
+	fs.BoolVar(&o.zerocopy, "zerocopy", false, "send buffers from Comm.Alloc (the shm backend's zero-copy heap; ordinary memory elsewhere)")
 	fs.BoolVar(&o.progress, "progress", false, "show the progress line on stderr even when it is not a terminal")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: gocollbench [flags]\n       gocollbench -plot out.svg result.json...\n\n")
@@ -164,6 +167,10 @@ func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.backend != "" {
 		opts = append(opts, dispatch.WithBackend(o.backend))
 	}
+	if o.zerocopy {
+		// Room for the largest send buffer, plus slack for alignment.
+		opts = append(opts, dispatch.WithShm(shm.WithHeapSize(int(o.Max)+1<<20)))
+	}
 	comm, err := dispatch.Init(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("joining the job: %w", err)
@@ -173,12 +180,17 @@ func runRank(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	backend := comm.Backend()
+	if o.zerocopy {
+		o.SendAlloc, o.SendFree = comm.Alloc, comm.Free
+		backend += "-zc"
+	}
 	rank, n := comm.Rank(), comm.Size()
 	leader := rank == 0
 	if leader && o.npSet && o.np != n {
 		fmt.Fprintf(stderr, "gocollbench: the launcher started %d ranks; -np %d is ignored\n", n, o.np)
 	}
-	out := &perf.File{Tool: "gocoll", Backend: comm.Backend(), Collective: o.Coll, DType: o.DType, Op: o.Op,
+	out := &perf.File{Tool: "gocoll", Backend: backend, Collective: o.Coll, DType: o.DType, Op: o.Op,
 		NP: n, Root: o.Root, Iters: o.Iters, Warmup: o.Warmup, Sync: o.Sync, Date: time.Now().UTC().Format(time.RFC3339)}
 	out.Host, _ = os.Hostname()
 	table := leader && !o.json

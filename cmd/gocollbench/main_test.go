@@ -56,10 +56,11 @@ func TestCheckedRun(t *testing.T) {
 		{"kv", []string{"-c", "allgather", "-t", "bfloat16"}},
 		{"shm", []string{"-c", "allreduce", "-t", "float32", "-o", "sum"}},
 		{"shm", []string{"-c", "reduce_scatter", "-t", "bfloat16", "-o", "max"}},
+		{"shm", []string{"-c", "allreduce", "-t", "float32", "-o", "sum", "-zerocopy"}},
 		{"tcp", []string{"-c", "allreduce", "-t", "float32", "-o", "sum"}},
 		{"tcp", []string{"-c", "broadcast", "-t", "int32", "-root", "1"}},
 	} {
-		t.Run(tc.backend+"/"+tc.args[1], func(t *testing.T) {
+		t.Run(tc.backend+"/"+strings.Join(tc.args, ""), func(t *testing.T) {
 			args := append([]string{"-np", "2", "-backend", tc.backend, "-b", "8", "-e", "1M", "-f", "16",
 				"-iters", "3", "-warmup", "1", "-check", "-json"}, tc.args...)
 			out := runBench(t, args...)
@@ -67,8 +68,12 @@ func TestCheckedRun(t *testing.T) {
 			if err := json.Unmarshal([]byte(out), &f); err != nil {
 				t.Fatalf("-json output is not a result: %v\n%s", err, out)
 			}
-			if f.NP != 2 || f.Backend != tc.backend || f.Tool != "gocoll" {
-				t.Errorf("result names np %d backend %q tool %q; want 2, %q, gocoll", f.NP, f.Backend, f.Tool, tc.backend)
+			wantBackend := tc.backend
+			if tc.args[len(tc.args)-1] == "-zerocopy" {
+				wantBackend += "-zc"
+			}
+			if f.NP != 2 || f.Backend != wantBackend || f.Tool != "gocoll" {
+				t.Errorf("result names np %d backend %q tool %q; want 2, %q, gocoll", f.NP, f.Backend, f.Tool, wantBackend)
 			}
 			// 8 B .. 1 MiB by x16 (aligned to the block), ending at 1 MiB.
 			if len(f.Rows) != 6 || f.Rows[len(f.Rows)-1].Size != 1<<20 {

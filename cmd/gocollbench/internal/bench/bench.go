@@ -36,6 +36,11 @@ type Config struct {
 	// broadcast's root) cannot overlap the next one: the time is one
 	// call's latency, not the period of back-to-back calls.
 	Sync bool
+	// SendAlloc, when set, provides the send buffers of collectives that
+	// have one apart from the result (dispatch.Comm.Alloc: memory the shm
+	// backend reads without copying it in); SendFree releases them.
+	SendAlloc func(n int) ([]byte, error)
+	SendFree  func([]byte) error
 }
 
 // MinIters is the fewest timed iterations a row runs under a Budget.
@@ -154,7 +159,20 @@ type buffers struct {
 	want   []byte       // the expected result; nil where the rank has none
 	result []byte       // where the result lands
 	mode   mode
-	esz    int // element size
+	esz    int      // element size
+	owned  [][]byte // buffers from cfg.SendAlloc, to free
+}
+
+// free releases the buffers from cfg.SendAlloc.
+func (b *buffers) free(cfg *Config) error {
+	var first error
+	for _, o := range b.owned {
+		if err := cfg.SendFree(o); err != nil && first == nil {
+			first = fmt.Errorf("freeing a send buffer: %w", err)
+		}
+	}
+	b.owned = nil
+	return first
 }
 
 // mode is how once runs the request(s).
@@ -186,13 +204,29 @@ func setup(cfg *Config, x IDs, rank, n, count int, esz int) (*buffers, error) {
 	} else {
 		canFill = false // time a downstream dtype on zeros
 	}
+	alloc := func(elems int) []byte { return make([]byte, elems*esz) }
+	var allocErr error
+	// sendBuf is a send buffer: from cfg.SendAlloc when set.
+	sendBuf := func(elems int) []byte {
+		if cfg.SendAlloc == nil || elems == 0 {
+			return alloc(elems)
+		}
+		buf, err := cfg.SendAlloc(elems * esz)
+		if err != nil {
+			if allocErr == nil {
+				allocErr = fmt.Errorf("allocating a %d-byte send buffer: %w", elems*esz, err)
+			}
+			return alloc(elems)
+		}
+		b.owned = append(b.owned, buf)
+		return buf
+	}
 	fill := func(buf []byte, r int) []byte {
 		if canFill {
 			pat.fill(buf, r, len(buf)/esz)
 		}
 		return buf
 	}
-	alloc := func(elems int) []byte { return make([]byte, elems*esz) }
 	isRoot := rank == cfg.Root
 	if HasRoot(cfg.Coll) {
 		b.req.Root = cfg.Root
@@ -210,10 +244,10 @@ func setup(cfg *Config, x IDs, rank, n, count int, esz int) (*buffers, error) {
 	}
 	switch cfg.Coll {
 	case "allreduce":
-		b.req.Send, b.req.Recv = fill(alloc(count), rank), alloc(count)
+		b.req.Send, b.req.Recv = fill(sendBuf(count), rank), alloc(count)
 		b.result, b.want = b.req.Recv, want(count, pat.reduced)
 	case "reduce":
-		b.req.Send = fill(alloc(count), rank)
+		b.req.Send = fill(sendBuf(count), rank)
 		if isRoot {
 			b.req.Recv = alloc(count)
 			b.result, b.want = b.req.Recv, want(count, pat.reduced)
@@ -227,24 +261,24 @@ func setup(cfg *Config, x IDs, rank, n, count int, esz int) (*buffers, error) {
 		b.result = buf
 		b.want = want(count, func(i int) float64 { return pat.value(cfg.Root, i) })
 	case "allgather", "gather":
-		b.req.Send = fill(alloc(count), rank)
+		b.req.Send = fill(sendBuf(count), rank)
 		if cfg.Coll == "allgather" || isRoot {
 			b.req.Recv = alloc(count * n)
 			b.result = b.req.Recv
 			b.want = want(count*n, func(i int) float64 { return pat.value(i/count, i%count) })
 		}
 	case "reduce_scatter":
-		b.req.Send, b.req.Recv = fill(alloc(count*n), rank), alloc(count)
+		b.req.Send, b.req.Recv = fill(sendBuf(count*n), rank), alloc(count)
 		b.result, b.want = b.req.Recv, want(count, func(i int) float64 { return pat.reduced(rank*count + i) })
 	case "scatter":
 		if isRoot {
-			b.req.Send = fill(alloc(count*n), rank)
+			b.req.Send = fill(sendBuf(count*n), rank)
 		}
 		b.req.Recv = alloc(count)
 		b.result = b.req.Recv
 		b.want = want(count, func(i int) float64 { return pat.value(cfg.Root, rank*count+i) })
 	case "alltoall":
-		b.req.Send, b.req.Recv = fill(alloc(count*n), rank), alloc(count*n)
+		b.req.Send, b.req.Recv = fill(sendBuf(count*n), rank), alloc(count*n)
 		b.result = b.req.Recv
 		b.want = want(count*n, func(i int) float64 { return pat.value(i/count, rank*count+i%count) })
 	case "sendrecv":
@@ -259,12 +293,16 @@ func setup(cfg *Config, x IDs, rank, n, count int, esz int) (*buffers, error) {
 		if rank%2 == 1 {
 			b.mode = modeRecvFirst
 		}
-		b.req = core.Request{Kind: x.kind, DType: x.dt, Count: count, Peer: peer, Send: fill(alloc(count), rank)}
+		b.req = core.Request{Kind: x.kind, DType: x.dt, Count: count, Peer: peer, Send: fill(sendBuf(count), rank)}
 		b.req2 = core.Request{Kind: x.kind2, DType: x.dt, Count: count, Peer: peer, Recv: alloc(count)}
 		b.result = b.req2.Recv
 		b.want = want(count, func(i int) float64 { return pat.value(peer, i) })
 	default:
 		return nil, fmt.Errorf("collective %q has no buffer layout in gocollbench", cfg.Coll)
+	}
+	if allocErr != nil {
+		b.free(cfg)
+		return nil, allocErr
 	}
 	return b, nil
 }
@@ -429,6 +467,9 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 				return rows, err
 			}
 			r.Wrong = &total
+		}
+		if err := b.free(cfg); err != nil {
+			return rows, err
 		}
 		rows = append(rows, r)
 		if row != nil {
