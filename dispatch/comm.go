@@ -50,7 +50,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gocoll/gocoll/core"
@@ -80,9 +80,10 @@ type Comm struct {
 	server  *store.Server // served by this rank (rank 0 or a lone process)
 	backend core.Backend
 
-	mu     sync.Mutex
-	closed bool
-	failed error // the fatal error after which every collective fails
+	// Atomics rather than a mutex: Do reads them on every call, and a
+	// small shared-memory collective takes about 0.2 us in all.
+	closed atomic.Bool
+	failed atomic.Pointer[error] // the fatal error after which every collective fails
 }
 
 var _ core.Comm = (*Comm)(nil)
@@ -331,14 +332,11 @@ func (c *Comm) Backend() string { return c.backend.Name() }
 // after Close, and with the first fatal error (a rank that never came, a
 // lost connection, a cancelled wait) after one happened.
 func (c *Comm) Do(ctx context.Context, req *core.Request) error {
-	c.mu.Lock()
-	closed, failed := c.closed, c.failed
-	c.mu.Unlock()
-	if closed {
+	if c.closed.Load() {
 		return core.ErrClosed
 	}
-	if failed != nil {
-		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; start a new job: %w", failed)
+	if failed := c.failed.Load(); failed != nil {
+		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; start a new job: %w", *failed)
 	}
 	// No context.WithTimeout here: every backend bounds its waits by
 	// Group.Timeout itself and computes a deadline only when a wait is about
@@ -346,11 +344,7 @@ func (c *Comm) Do(ctx context.Context, req *core.Request) error {
 	// shared-memory allreduce (~0.35 us against ~0.2 us).
 	err := c.backend.Do(ctx, req)
 	if err != nil && fatal(err) {
-		c.mu.Lock()
-		if c.failed == nil {
-			c.failed = err
-		}
-		c.mu.Unlock()
+		c.failed.CompareAndSwap(nil, &err)
 	}
 	return err
 }
@@ -379,13 +373,9 @@ func (c *Comm) Barrier(ctx context.Context) error {
 // store while still using it.
 // Collectives after Close return core.ErrClosed. Close is idempotent.
 func (c *Comm) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	c.closed = true
-	c.mu.Unlock()
 	var errs []error
 	if c.backend != nil {
 		if err := c.backend.Close(); err != nil {
@@ -394,13 +384,11 @@ func (c *Comm) Close() error {
 	}
 	if c.server != nil && c.size > 1 {
 		wait := c.timeout
-		c.mu.Lock()
-		if c.failed != nil {
+		if c.failed.Load() != nil {
 			// Ranks may have died with the job: do not hold the
 			// process for the whole timeout waiting for them.
 			wait = min(wait, 5*time.Second)
 		}
-		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		keys := make([]string, c.size-1)
 		guards := make([]string, c.size-1)
