@@ -2,7 +2,7 @@
  * mpi_bench: the Open MPI peer of gocollbench for bench/compare.
  *
  *   mpirun -np 2 mpi_bench -c allreduce|broadcast|allgather -t float32 \
- *          -b 8 -e 64M -f 4 -iters 20 -warmup 5 -budget 2 -root 0 [-sync 1]
+ *          -b 8 -e 64M -f 4 -iters 20 -warmup 5 -budget 2 -root 0 [-sync 1] [-backend NAME]
  *
  * It times MPI_Allreduce (MPI_SUM), MPI_Bcast or MPI_Allgather the way
  * gocollbench times gocoll: for each size, warmup calls, then each timed
@@ -60,7 +60,7 @@ static double median(double *v, int n) {
 enum coll { ALLREDUCE, BROADCAST, ALLGATHER };
 
 int main(int argc, char **argv) {
-    const char *cname = "allreduce", *dtype = "float32";
+    const char *cname = "allreduce", *dtype = "float32", *backend = "openmpi";
     long long minb = 8, maxb = 64LL << 20;
     double factor = 4, budget = 2;
     int iters = 20, warmup = 5, root = 0, sync = 0;
@@ -83,6 +83,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-budget")) budget = atof(v);
         else if (!strcmp(a, "-root")) root = atoi(v);
         else if (!strcmp(a, "-sync")) sync = atoi(v);
+        else if (!strcmp(a, "-backend")) backend = v; /* a name for the result: e.g. "tcp" under --mca btl self,tcp */
         else die("unknown flag: see the comment at the top of mpi_bench.c");
         i++;
     }
@@ -103,8 +104,8 @@ int main(int argc, char **argv) {
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     if (rank == 0) {
-        printf("{\n  \"tool\": \"openmpi\",\n  \"backend\": \"openmpi\",\n  \"collective\": \"%s\",\n"
-               "  \"dtype\": \"%s\",\n", cname, dtype);
+        printf("{\n  \"tool\": \"openmpi\",\n  \"backend\": \"%s\",\n  \"collective\": \"%s\",\n"
+               "  \"dtype\": \"%s\",\n", backend, cname, dtype);
         if (c == ALLREDUCE) printf("  \"op\": \"sum\",\n");
         printf("  \"np\": %d,\n  \"root\": %d,\n  \"iters\": %d,\n  \"warmup\": %d,\n  \"host\": \"%s\",\n"
                "  \"date\": \"%s\",\n", n, root, iters, warmup, host, date);
