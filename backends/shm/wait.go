@@ -37,13 +37,7 @@ const (
 	// when it runs a little late, while a peer that shares this CPU (or
 	// loses it to another process) gets it back quickly.
 	maxPureSpins = 1 << 17
-	// minPureSpins (about a microsecond of loads) must outlast a
-	// cross-core round trip with some jitter: with a shorter floor, a
-	// waiter whose peer answers a few hundred nanoseconds later always
-	// yields, halves again, and never climbs back (3.8 us per small
-	// allreduce instead of 0.2 us). A peer sharing this CPU still gets
-	// it back within about a microsecond.
-	minPureSpins = 1 << 10
+	minPureSpins = 64
 )
 
 var (
