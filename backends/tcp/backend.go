@@ -246,15 +246,7 @@ func (b *Backend) Close() error {
 		bye := header{typ: frameBye}
 		buf = append(buf, make([]byte, hdrSize)...)
 		bye.put(buf[len(buf)-hdrSize:])
-		for _, p := range b.peers {
-			if p == nil {
-				continue
-			}
-			p.ctlMu.Lock()
-			_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = p.ctl.Write(buf)
-			p.ctlMu.Unlock()
-		}
+		b.tellPeers(buf)
 		close(b.quit)
 		for _, p := range b.peers {
 			if p != nil {
@@ -368,15 +360,7 @@ func (b *Backend) fail(f *failure, broadcast bool) *failure {
 		buf := make([]byte, hdrSize+len(payload))
 		h.put(buf)
 		copy(buf[hdrSize:], payload)
-		for _, p := range b.peers {
-			if p == nil {
-				continue
-			}
-			p.ctlMu.Lock()
-			_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = p.ctl.Write(buf)
-			p.ctlMu.Unlock()
-		}
+		b.tellPeers(buf)
 	}
 	if f.seq <= b.running.Load() {
 		b.interrupt()
@@ -723,4 +707,19 @@ func (b *Backend) buffer(n int) []byte {
 		b.scratch = make([]byte, n)
 	}
 	return b.scratch[:n]
+}
+
+// tellPeers writes buf to every peer's control connection, best effort:
+// it runs while failing or closing, when a peer may already be gone, so a
+// write gets a second at most and its error is dropped.
+func (b *Backend) tellPeers(buf []byte) {
+	for _, p := range b.peers {
+		if p == nil {
+			continue
+		}
+		p.ctlMu.Lock()
+		_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = p.ctl.Write(buf)
+		p.ctlMu.Unlock()
+	}
 }
