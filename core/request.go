@@ -32,6 +32,7 @@ type Comm interface {
 	// Do runs one collective. Every rank must call Do with matching Kind,
 	// DType, Op, Count and Root, in the same order; a backend that detects a
 	// disagreement returns a *MismatchError on every rank instead of data.
+	// Do must not keep req after it returns: the typed API reuses it.
 	Do(ctx context.Context, req *Request) error
 }
 

@@ -115,6 +115,21 @@ func collIDs(s *spec.Spec) *jen.File {
 		jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit("%s: %w: %v cannot be reduced with %v; use one of %s"),
 			jen.Id("fn"), qCore("ErrUnsupported"), jen.Id("dt"), jen.Id("op"), jen.Qual("strings", "Join").Call(jen.Id("ok"), jen.Lit(", ")))),
 	)
+	f.Comment("requests recycles the *core.Request each typed call hands to Comm.Do:")
+	f.Comment("through the interface the pointer escapes, and a fresh one per call")
+	f.Comment("would allocate on every collective.")
+	f.Var().Id("requests").Op("=").Qual("sync", "Pool").Values(jen.Dict{
+		jen.Id("New"): jen.Func().Params().Any().Block(jen.Return(jen.New(qCore("Request")))),
+	})
+	f.Comment("do runs req on c through a pooled *core.Request, which Comm.Do must not keep.")
+	f.Func().Id("do").Params(jen.Id("ctx").Qual("context", "Context"), jen.Id("c").Qual(CorePath, "Comm"), jen.Id("req").Qual(CorePath, "Request")).Error().Block(
+		jen.Id("r").Op(":=").Id("requests").Dot("Get").Call().Assert(jen.Op("*").Qual(CorePath, "Request")),
+		jen.Op("*").Id("r").Op("=").Id("req"),
+		jen.Id("err").Op(":=").Id("c").Dot("Do").Call(jen.Id("ctx"), jen.Id("r")),
+		jen.Op("*").Id("r").Op("=").Qual(CorePath, "Request").Values().Comment("keep no buffers alive from the pool"),
+		jen.Id("requests").Dot("Put").Call(jen.Id("r")),
+		jen.Return(jen.Id("err")),
+	)
 	f.Comment("asBytes views s as bytes, without copying; nil stays nil.")
 	f.Func().Id("asBytes").Types(jen.Id("T").Any()).Params(jen.Id("s").Index().Id("T")).Index().Byte().Block(
 		jen.If(jen.Id("s").Op("==").Nil()).Block(jen.Return(jen.Nil())),
@@ -315,7 +330,7 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 				dict[jen.Id("Recv")] = jen.Id("asBytes").Call(jen.Id(b.Name))
 			}
 		}
-		g.Return(jen.Id("c").Dot("Do").Call(jen.Id("ctx"), jen.Op("&").Qual(CorePath, "Request").Values(dict)))
+		g.Return(jen.Id("do").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict)))
 	})
 }
 

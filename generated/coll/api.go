@@ -25,7 +25,7 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindAllreduce,
@@ -52,7 +52,7 @@ func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceFloat64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindAllreduce,
@@ -79,7 +79,7 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindAllreduce,
@@ -106,7 +106,7 @@ func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindAllreduce,
@@ -133,7 +133,7 @@ func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceInt8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindAllreduce,
@@ -160,7 +160,7 @@ func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op cor
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceUint8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindAllreduce,
@@ -187,7 +187,7 @@ func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op cor
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceInt32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindAllreduce,
@@ -214,7 +214,7 @@ func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op c
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceUint32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindAllreduce,
@@ -241,7 +241,7 @@ func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op cor
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceInt64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindAllreduce,
@@ -268,7 +268,7 @@ func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op c
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceUint64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindAllreduce,
@@ -306,7 +306,7 @@ func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op co
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindReduce,
@@ -345,7 +345,7 @@ func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op co
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindReduce,
@@ -384,7 +384,7 @@ func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op 
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindReduce,
@@ -423,7 +423,7 @@ func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op co
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindReduce,
@@ -462,7 +462,7 @@ func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op,
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindReduce,
@@ -501,7 +501,7 @@ func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.O
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindReduce,
@@ -540,7 +540,7 @@ func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.O
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindReduce,
@@ -579,7 +579,7 @@ func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindReduce,
@@ -618,7 +618,7 @@ func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.O
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindReduce,
@@ -657,7 +657,7 @@ func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindReduce,
@@ -681,7 +681,7 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 		return fmt.Errorf("BroadcastFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindBroadcast,
@@ -704,7 +704,7 @@ func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int)
 		return fmt.Errorf("BroadcastFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindBroadcast,
@@ -727,7 +727,7 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 		return fmt.Errorf("BroadcastBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindBroadcast,
@@ -750,7 +750,7 @@ func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int)
 		return fmt.Errorf("BroadcastFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindBroadcast,
@@ -773,7 +773,7 @@ func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error
 		return fmt.Errorf("BroadcastInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindBroadcast,
@@ -796,7 +796,7 @@ func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) err
 		return fmt.Errorf("BroadcastUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindBroadcast,
@@ -819,7 +819,7 @@ func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) err
 		return fmt.Errorf("BroadcastInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindBroadcast,
@@ -842,7 +842,7 @@ func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) e
 		return fmt.Errorf("BroadcastUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindBroadcast,
@@ -865,7 +865,7 @@ func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) err
 		return fmt.Errorf("BroadcastInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindBroadcast,
@@ -888,7 +888,7 @@ func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) e
 		return fmt.Errorf("BroadcastUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindBroadcast,
@@ -910,7 +910,7 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindAllgather,
@@ -931,7 +931,7 @@ func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) er
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindAllgather,
@@ -953,7 +953,7 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindAllgather,
@@ -974,7 +974,7 @@ func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) er
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindAllgather,
@@ -995,7 +995,7 @@ func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindAllgather,
@@ -1016,7 +1016,7 @@ func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error 
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindAllgather,
@@ -1037,7 +1037,7 @@ func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error 
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindAllgather,
@@ -1058,7 +1058,7 @@ func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) erro
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindAllgather,
@@ -1079,7 +1079,7 @@ func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error 
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindAllgather,
@@ -1100,7 +1100,7 @@ func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) erro
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindAllgather,
@@ -1127,7 +1127,7 @@ func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterFloat32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindReduceScatter,
@@ -1155,7 +1155,7 @@ func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterFloat64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindReduceScatter,
@@ -1183,7 +1183,7 @@ func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterBFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindReduceScatter,
@@ -1211,7 +1211,7 @@ func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindReduceScatter,
@@ -1239,7 +1239,7 @@ func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op c
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterInt8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindReduceScatter,
@@ -1267,7 +1267,7 @@ func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterUint8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindReduceScatter,
@@ -1295,7 +1295,7 @@ func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterInt32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindReduceScatter,
@@ -1323,7 +1323,7 @@ func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, 
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterUint32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindReduceScatter,
@@ -1351,7 +1351,7 @@ func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterInt64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindReduceScatter,
@@ -1379,7 +1379,7 @@ func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, 
 	if len(send) != count*size {
 		return fmt.Errorf("ReduceScatterUint64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindReduceScatter,
@@ -1412,7 +1412,7 @@ func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root 
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindGather,
@@ -1445,7 +1445,7 @@ func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root 
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindGather,
@@ -1478,7 +1478,7 @@ func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, roo
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindGather,
@@ -1511,7 +1511,7 @@ func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root 
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindGather,
@@ -1544,7 +1544,7 @@ func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) e
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindGather,
@@ -1577,7 +1577,7 @@ func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int)
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindGather,
@@ -1610,7 +1610,7 @@ func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int)
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindGather,
@@ -1643,7 +1643,7 @@ func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root in
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindGather,
@@ -1676,7 +1676,7 @@ func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int)
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindGather,
@@ -1709,7 +1709,7 @@ func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root in
 		// Not used off the root: hand the backend nil, as core.Request says.
 		recv = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindGather,
@@ -1742,7 +1742,7 @@ func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindScatter,
@@ -1775,7 +1775,7 @@ func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindScatter,
@@ -1808,7 +1808,7 @@ func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, ro
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindScatter,
@@ -1841,7 +1841,7 @@ func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindScatter,
@@ -1874,7 +1874,7 @@ func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) 
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindScatter,
@@ -1907,7 +1907,7 @@ func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindScatter,
@@ -1940,7 +1940,7 @@ func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindScatter,
@@ -1973,7 +1973,7 @@ func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root i
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindScatter,
@@ -2006,7 +2006,7 @@ func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindScatter,
@@ -2039,7 +2039,7 @@ func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root i
 		// Not used off the root: hand the backend nil, as core.Request says.
 		send = nil
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindScatter,
@@ -2066,7 +2066,7 @@ func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) err
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindAlltoall,
@@ -2092,7 +2092,7 @@ func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) err
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindAlltoall,
@@ -2118,7 +2118,7 @@ func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) e
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindAlltoall,
@@ -2144,7 +2144,7 @@ func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) err
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindAlltoall,
@@ -2170,7 +2170,7 @@ func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindAlltoall,
@@ -2196,7 +2196,7 @@ func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindAlltoall,
@@ -2222,7 +2222,7 @@ func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindAlltoall,
@@ -2248,7 +2248,7 @@ func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindAlltoall,
@@ -2274,7 +2274,7 @@ func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindAlltoall,
@@ -2300,7 +2300,7 @@ func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error
 	if len(recv) != count*size {
 		return fmt.Errorf("AlltoallUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindAlltoall,
@@ -2312,7 +2312,7 @@ func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error
 // Barrier runs barrier. Barrier returns on each rank only after every rank has
 // entered it.
 func Barrier(ctx context.Context, c core.Comm) error {
-	return c.Do(ctx, &core.Request{Kind: KindBarrier})
+	return do(ctx, c, core.Request{Kind: KindBarrier})
 }
 
 // SendFloat32 runs send on float32 elements. Send delivers buf to rank peer,
@@ -2328,7 +2328,7 @@ func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 		return fmt.Errorf("SendFloat32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindSend,
@@ -2350,7 +2350,7 @@ func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 		return fmt.Errorf("SendFloat64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindSend,
@@ -2372,7 +2372,7 @@ func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 		return fmt.Errorf("SendBFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindSend,
@@ -2394,7 +2394,7 @@ func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 		return fmt.Errorf("SendFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindSend,
@@ -2416,7 +2416,7 @@ func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 		return fmt.Errorf("SendInt8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindSend,
@@ -2438,7 +2438,7 @@ func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 		return fmt.Errorf("SendUint8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindSend,
@@ -2460,7 +2460,7 @@ func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 		return fmt.Errorf("SendInt32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindSend,
@@ -2482,7 +2482,7 @@ func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 		return fmt.Errorf("SendUint32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindSend,
@@ -2504,7 +2504,7 @@ func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 		return fmt.Errorf("SendInt64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindSend,
@@ -2526,7 +2526,7 @@ func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 		return fmt.Errorf("SendUint64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindSend,
@@ -2548,7 +2548,7 @@ func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 		return fmt.Errorf("RecvFloat32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindRecv,
@@ -2570,7 +2570,7 @@ func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 		return fmt.Errorf("RecvFloat64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat64,
 		Kind:  KindRecv,
@@ -2592,7 +2592,7 @@ func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 		return fmt.Errorf("RecvBFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindRecv,
@@ -2614,7 +2614,7 @@ func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 		return fmt.Errorf("RecvFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat16,
 		Kind:  KindRecv,
@@ -2636,7 +2636,7 @@ func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 		return fmt.Errorf("RecvInt8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt8,
 		Kind:  KindRecv,
@@ -2658,7 +2658,7 @@ func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 		return fmt.Errorf("RecvUint8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint8,
 		Kind:  KindRecv,
@@ -2680,7 +2680,7 @@ func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 		return fmt.Errorf("RecvInt32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt32,
 		Kind:  KindRecv,
@@ -2702,7 +2702,7 @@ func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 		return fmt.Errorf("RecvUint32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint32,
 		Kind:  KindRecv,
@@ -2724,7 +2724,7 @@ func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 		return fmt.Errorf("RecvInt64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeInt64,
 		Kind:  KindRecv,
@@ -2746,7 +2746,7 @@ func RecvUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 		return fmt.Errorf("RecvUint64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeUint64,
 		Kind:  KindRecv,

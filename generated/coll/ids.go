@@ -11,10 +11,12 @@
 package coll
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"github.com/gocoll/gocoll/core"
 	"strings"
+	"sync"
 	"unsafe"
 )
 
@@ -233,6 +235,23 @@ func unsupported(fn string, dt core.DType, op core.Op) error {
 		}
 	}
 	return fmt.Errorf("%s: %w: %v cannot be reduced with %v; use one of %s", fn, core.ErrUnsupported, dt, op, strings.Join(ok, ", "))
+}
+
+// requests recycles the *core.Request each typed call hands to Comm.Do:
+// through the interface the pointer escapes, and a fresh one per call
+// would allocate on every collective.
+var requests = sync.Pool{New: func() any {
+	return new(core.Request)
+}}
+
+// do runs req on c through a pooled *core.Request, which Comm.Do must not keep.
+func do(ctx context.Context, c core.Comm, req core.Request) error {
+	r := requests.Get().(*core.Request)
+	*r = req
+	err := c.Do(ctx, r)
+	*r = core.Request{} // keep no buffers alive from the pool
+	requests.Put(r)
+	return err
 }
 
 // asBytes views s as bytes, without copying; nil stays nil.

@@ -24,7 +24,7 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindAllreduce,
@@ -50,7 +50,7 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 	if len(recv) != count {
 		return fmt.Errorf("AllreduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindAllreduce,
@@ -73,7 +73,7 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 		return fmt.Errorf("BroadcastFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindBroadcast,
@@ -96,7 +96,7 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 		return fmt.Errorf("BroadcastBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
 	}
 	count := len(buf)
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindBroadcast,
@@ -118,7 +118,7 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeFloat32,
 		Kind:  KindAllgather,
@@ -140,7 +140,7 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 	if len(recv) != count*size {
 		return fmt.Errorf("AllgatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
 	}
-	return c.Do(ctx, &core.Request{
+	return do(ctx, c, core.Request{
 		Count: count,
 		DType: DTypeBFloat16,
 		Kind:  KindAllgather,
@@ -152,5 +152,5 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 // Barrier runs barrier. Barrier returns on each rank only after every rank has
 // entered it.
 func Barrier(ctx context.Context, c core.Comm) error {
-	return c.Do(ctx, &core.Request{Kind: KindBarrier})
+	return do(ctx, c, core.Request{Kind: KindBarrier})
 }
