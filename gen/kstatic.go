@@ -230,17 +230,32 @@ func opName(op core.Op) string {
 // but must not partly overlap any. For an op with a finish step (avg) it
 // sums: call Finish once on the final result.
 func Reduce(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
-	return reduceWith(active.Load(), dt, op, dst, srcs)
+	return reduceWith(active.Load(), dt, op, dst, srcs, nil)
+}
+
+// A Reducer is Reduce with scratch space of its own: a caller that reduces
+// small messages in a loop (a backend's hot path) keeps one and saves the
+// pool round trip that Reduce pays on every call. The zero value is ready
+// to use; a Reducer must not be used by two goroutines at once.
+type Reducer struct {
+	ptrs [16]unsafe.Pointer
+}
+
+// Reduce is the package-level Reduce, with r's scratch space.
+func (r *Reducer) Reduce(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
+	return reduceWith(active.Load(), dt, op, dst, srcs, &r.ptrs)
 }
 
 // ReduceGeneric is Reduce on the pure-Go kernels whatever the active level:
 // the reference that conformance tests compare every backend and level
 // against, without switching the kernels the rest of the process runs.
 func ReduceGeneric(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
-	return reduceWith(sets[Generic], dt, op, dst, srcs)
+	return reduceWith(sets[Generic], dt, op, dst, srcs, nil)
 }
 
-func reduceWith(set *kernelSet, dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
+// reduceWith checks its arguments and runs set's kernel; scratch, if not
+// nil, holds the kernel's pointer array instead of a pooled one.
+func reduceWith(set *kernelSet, dt core.DType, op core.Op, dst []byte, srcs [][]byte, scratch *[16]unsafe.Pointer) error {
 	k, size, err := lookup(set, dt, op)
 	if err != nil {
 		return err
@@ -262,7 +277,7 @@ func reduceWith(set *kernelSet, dt core.DType, op core.Op, dst []byte, srcs [][]
 	if len(dst) == 0 {
 		return nil
 	}
-	run(k, dst, srcs, len(dst)/size)
+	run(k, dst, srcs, len(dst)/size, scratch)
 	return nil
 }
 
@@ -283,23 +298,30 @@ func partlyOverlap[T any](a, b []T) bool {
 // escapes; pooling it keeps Reduce free of allocations for up to 16 inputs.
 var ptrArrays = sync.Pool{New: func() any { return new([16]unsafe.Pointer) }}
 
-// run calls k on n elements of dst and srcs, whose lengths are checked.
-func run[T any](k rawKernel, dst []T, srcs [][]T, n int) {
+// run calls k on n elements of dst and srcs, whose lengths are checked;
+// the pointer array lives in scratch if given, else in a pooled array.
+func run[T any](k rawKernel, dst []T, srcs [][]T, n int, scratch *[16]unsafe.Pointer) {
 	var ptrs []unsafe.Pointer
-	var arr *[16]unsafe.Pointer
-	if len(srcs) <= len(arr) {
-		arr = ptrArrays.Get().(*[16]unsafe.Pointer)
-		ptrs = arr[:len(srcs)]
-	} else {
+	arr, pooled := scratch, false
+	switch {
+	case len(srcs) > len(arr):
 		ptrs = make([]unsafe.Pointer, len(srcs))
+		arr = nil
+	case arr == nil:
+		arr, pooled = ptrArrays.Get().(*[16]unsafe.Pointer), true
+		fallthrough
+	default:
+		ptrs = arr[:len(srcs)]
 	}
 	for i, s := range srcs {
 		ptrs[i] = unsafe.Pointer(unsafe.SliceData(s))
 	}
 	k(unsafe.Pointer(unsafe.SliceData(dst)), &ptrs[0], len(ptrs), n)
 	if arr != nil {
-		clear(ptrs) // do not keep the buffers alive from the pool
-		ptrArrays.Put(arr)
+		clear(ptrs) // do not keep the buffers alive from the pool or the Reducer
+		if pooled {
+			ptrArrays.Put(arr)
+		}
 	}
 }
 
@@ -323,7 +345,7 @@ func reduceTyped[T any](dt core.DType, op core.Op, dst []T, srcs [][]T) error {
 	if len(dst) == 0 {
 		return nil
 	}
-	run(k, dst, srcs, len(dst))
+	run(k, dst, srcs, len(dst), nil)
 	return nil
 }
 

@@ -679,7 +679,7 @@ func callGeneric(t *testing.T, tt testType, op core.Op, dst []byte, srcs [][]byt
 			if len(dst) == 0 {
 				return
 			}
-			run(ks.generic, dst, srcs, len(dst)/tt.size)
+			run(ks.generic, dst, srcs, len(dst)/tt.size, nil)
 			return
 		}
 	}
@@ -821,7 +821,12 @@ func runCase(t *testing.T, r *rand.Rand, tt testType, to testOp, pool [][]byte, 
 		copy(dst, srcs[k])
 		srcs[k] = dst
 	}
-	if err := Reduce(tt.dt, to.op, dst, srcs); err != nil {
+	// Half the cases go through a Reducer, whose scratch replaces the pool.
+	reduce := Reduce
+	if r.IntN(2) == 0 {
+		reduce = new(Reducer).Reduce
+	}
+	if err := reduce(tt.dt, to.op, dst, srcs); err != nil {
 		t.Fatalf("n=%d len=%d: %v", n, l, err)
 	}
 	if !bytes.Equal(dst, want) {
@@ -961,8 +966,8 @@ func TestReduceErrors(t *testing.T) {
 	}
 }
 
-// TestReduceNoAllocs checks that the byte API allocates nothing for up to
-// 16 inputs.
+// TestReduceNoAllocs checks that the byte API, with or without a Reducer,
+// allocates nothing for up to 16 inputs.
 func TestReduceNoAllocs(t *testing.T) {
 	tt := testTypes[0]
 	srcs := make([][]byte, 16)
@@ -972,6 +977,10 @@ func TestReduceNoAllocs(t *testing.T) {
 	dst := make([]byte, 64*tt.size)
 	if a := testing.AllocsPerRun(100, func() { Reduce(tt.dt, tt.ops[0].op, dst, srcs) }); a != 0 {
 		t.Errorf("Reduce allocates %v times per call", a)
+	}
+	var red Reducer
+	if a := testing.AllocsPerRun(100, func() { red.Reduce(tt.dt, tt.ops[0].op, dst, srcs) }); a != 0 {
+		t.Errorf("Reducer.Reduce allocates %v times per call", a)
 	}
 }
 
