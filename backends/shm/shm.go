@@ -61,6 +61,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/kernels"
 )
 
 // Backend runs collectives among the ranks of one node through shared
@@ -76,10 +77,10 @@ type Backend struct {
 	pidfds     []int // -1 where none; nil if pidfd_open is unavailable
 	timeout    time.Duration
 	spin       time.Duration
-	pure       int // plain loads before yielding; see maxPureSpins
 	oversub    bool
 
-	mu      sync.Mutex // one call at a time; Close waits for it
+	mu      sync.Mutex      // one call at a time; Close waits for it
+	red     kernels.Reducer // the kernels' scratch, used under mu
 	closing atomic.Bool
 	closed  bool
 	failed  error // fatal error: ranks are out of step
@@ -170,7 +171,6 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		}
 	}
 	b.oversub = g.Size > runtime.NumCPU()
-	b.pure = maxPureSpins
 	b.spin = DefaultSpin
 	if b.oversub {
 		b.spin = DefaultOversubscribedSpin
