@@ -82,7 +82,7 @@ func (h *hotLine) desc() desc {
 // coldLine is a rank's state: live, closed, or failed and why.
 type coldLine struct {
 	state  uint32 // stateLive, stateClosed, stateFailed
-	_      uint32
+	cpu    uint32 // 1 + the CPU the rank last waited on, 0 = unknown (see cpu.go)
 	failed uint64 // 1 + the rank this one saw fail
 	cause  uint64 // why: one of the causes in wait.go
 }

@@ -29,15 +29,6 @@ const (
 	// sleepSlice bounds one futex sleep: how often a blocked rank checks
 	// for a dead peer, a cancelled context or a passed deadline.
 	sleepSlice = 20 * time.Millisecond
-	// A waiter spins on plain loads for up to b.pure iterations before it
-	// starts yielding between them. b.pure adapts: it doubles (up to
-	// maxPureSpins, some 20 us) after a wait that plain spinning served,
-	// and halves (down to minPureSpins) after one that had to yield. A
-	// peer on another free CPU is then caught without a system call even
-	// when it runs a little late, while a peer that shares this CPU (or
-	// loses it to another process) gets it back quickly.
-	maxPureSpins = 1 << 17
-	minPureSpins = 64
 )
 
 var (
@@ -65,7 +56,11 @@ func publish(word *uint64, sleepers *uint32, v uint64) {
 	}
 }
 
-func yield() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
+// yield gives the CPU to another runnable thread. It is a raw system call:
+// the Go scheduler is not told, so the goroutine keeps its thread and P
+// instead of being handed to another thread (and woken there) when the
+// call takes long because another process ran meanwhile.
+func yield() { unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
 
 // op is the collective a wait belongs to, for errors and deadlines.
 type op struct {
@@ -89,32 +84,29 @@ func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, targe
 	if atomic.LoadUint64(word) >= target {
 		return nil
 	}
-	// Spin: a few microseconds of plain loads catch a peer that is
-	// running; after that, yield the CPU between loads, so that a peer
-	// waiting for this CPU (more ranks than cores, or a busy machine) gets
-	// it; after b.spin, sleep. With more ranks than CPUs, yield at once.
-	start := time.Now()
-	pure := b.pure
-	if b.oversub {
-		pure = 0
-	}
+	// Spin for up to b.spin: on plain loads while the ranks are on CPUs
+	// of their own, yielding between loads while a local rank shares this
+	// CPU (see cpu.go); then sleep. The clock and the CPUs are first read
+	// at the 32nd load: a peer that is a line transfer away is caught
+	// without paying for either (~25 ns each).
+	var start time.Time
+	crowded := false
 	for i := 1; ; i++ {
 		if atomic.LoadUint64(word) >= target {
-			if i <= pure {
-				b.pure = min(2*b.pure, maxPureSpins)
-			} else {
-				b.pure = max(b.pure/2, minPureSpins)
-			}
 			return nil
 		}
-		if i > pure {
+		if crowded {
 			yield()
 		}
-		if i&31 == 0 && time.Since(start) > b.spin {
-			break
+		if i&31 == 0 {
+			if start.IsZero() {
+				start = time.Now()
+			} else if time.Since(start) > b.spin {
+				break
+			}
+			crowded = b.crowded()
 		}
 	}
-	b.pure = max(b.pure/2, minPureSpins)
 	atomic.AddUint32(sleepers, 1)
 	defer atomic.AddUint32(sleepers, ^uint32(0))
 	for {
