@@ -94,6 +94,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		fmt.Sprintf("time budget per size: fewer timed iterations (at least %d) where -iters would take longer; 0 = always -iters", bench.MinIters))
 	fs.BoolVar(&o.Check, "check", false, "verify every result against an exact reference and count wrong elements")
 	fs.BoolVar(&o.Sync, "sync", false, "an untimed barrier before every call (OSU style): latency of one call, not the period of back-to-back calls")
+	fs.DurationVar(&o.Settle, "settle", 100*time.Millisecond, "barriers before the first size, so that the kernel has spread freshly started ranks over the CPUs")
 	fs.IntVar(&o.Root, "root", 0, "root rank of reduce, broadcast, gather and scatter")
 	fs.StringVar(&o.backend, "backend", "", "backend: auto, shm, tcp or kv (default: $GOCOLL_BACKEND, else auto)")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON (bench/perf's schema) instead of the table")

@@ -36,6 +36,12 @@ type Config struct {
 	// broadcast's root) cannot overlap the next one: the time is one
 	// call's latency, not the period of back-to-back calls.
 	Sync bool
+	// Settle is how long the ranks run barriers before the first size.
+	// Ranks started a moment ago may share a CPU until the kernel's load
+	// balancer spreads them (it runs every few ms), and a sweep of small
+	// sizes can finish sooner than that: its numbers would then measure
+	// the start-up placement instead of the collective.
+	Settle time.Duration
 	// SendAlloc, when set, provides the send buffers of collectives that
 	// have one apart from the result (dispatch.Comm.Alloc: memory the shm
 	// backend reads without copying it in); SendFree releases them.
@@ -348,16 +354,43 @@ func reduceSum(ctx context.Context, c core.Comm, x IDs, v int64) (int64, error) 
 	return int64(binary.LittleEndian.Uint64(recv)), err
 }
 
-func barrier(ctx context.Context, c core.Comm, x IDs) error {
-	return c.Do(ctx, &core.Request{Kind: x.barrier})
+// barrier runs the barrier request bar, which the caller makes once: a
+// request made per call would escape to the heap, and the garbage of a
+// million small calls a second keeps the collector's threads busy on the
+// CPUs the ranks spin on.
+func barrier(ctx context.Context, c core.Comm, bar *core.Request) error {
+	return c.Do(ctx, bar)
+}
+
+// settle runs barriers until d has passed on every rank's clock (the ranks
+// agree through the communicator every 64 barriers, so all stop together).
+func settle(ctx context.Context, c core.Comm, x IDs, bar *core.Request, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	start := time.Now()
+	for {
+		for range 64 {
+			if err := barrier(ctx, c, bar); err != nil {
+				return fmt.Errorf("barrier while settling (-settle): %w", err)
+			}
+		}
+		least, err := reduceMax(ctx, c, x, -time.Since(start).Seconds())
+		if err != nil {
+			return fmt.Errorf("settling (-settle): %w", err)
+		}
+		if -least >= d.Seconds() {
+			return nil
+		}
+	}
 }
 
 // syncBarrier is the barrier between calls under cfg.Sync.
-func syncBarrier(ctx context.Context, c core.Comm, cfg *Config, x IDs) error {
+func syncBarrier(ctx context.Context, c core.Comm, cfg *Config, bar *core.Request) error {
 	if !cfg.Sync {
 		return nil
 	}
-	if err := barrier(ctx, c, x); err != nil {
+	if err := barrier(ctx, c, bar); err != nil {
 		return fmt.Errorf("barrier between calls (-sync): %w", err)
 	}
 	return nil
@@ -397,6 +430,10 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 	if HasRoot(cfg.Coll) && (cfg.Root < 0 || cfg.Root >= n) {
 		return nil, fmt.Errorf("-root %d is not a rank of %d", cfg.Root, n)
 	}
+	bar := &core.Request{Kind: x.barrier}
+	if err := settle(ctx, c, x, bar, cfg.Settle); err != nil {
+		return nil, err
+	}
 	var rows []perf.Row
 	for si, size := range sizes {
 		if progress != nil {
@@ -410,12 +447,12 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 		if err != nil {
 			return rows, err
 		}
-		if err := barrier(ctx, c, x); err != nil {
+		if err := barrier(ctx, c, bar); err != nil {
 			return rows, fmt.Errorf("barrier before %s: %w", perf.FormatSize(size), err)
 		}
 		warm := make([]time.Duration, cfg.Warmup)
 		for i := range warm {
-			if err := syncBarrier(ctx, c, cfg, x); err != nil {
+			if err := syncBarrier(ctx, c, cfg, bar); err != nil {
 				return rows, err
 			}
 			if warm[i], err = b.once(ctx, c); err != nil {
@@ -437,7 +474,7 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 		}
 		times := make([]time.Duration, iters)
 		for i := range times {
-			if err := syncBarrier(ctx, c, cfg, x); err != nil {
+			if err := syncBarrier(ctx, c, cfg, bar); err != nil {
 				return rows, err
 			}
 			if times[i], err = b.once(ctx, c); err != nil {
