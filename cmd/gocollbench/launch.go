@@ -17,6 +17,7 @@ import (
 
 	"github.com/gocoll/gocoll/dispatch"
 	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/internal/affinity"
 )
 
 // launched reports whether a launcher started this process as one rank of
@@ -40,7 +41,11 @@ const killGrace = 3 * time.Second
 // way gocollrun does, and waits for them. The launcher serves the
 // rendezvous store itself (GOCOLL_LAUNCHER_STORE=1 tells dispatch.Init), on
 // a port the kernel picks, so no rank races another program for a port.
-func launch(ctx context.Context, np int, args []string, stdout, stderr io.Writer) error {
+func launch(ctx context.Context, np int, bind affinity.Mode, args []string, stdout, stderr io.Writer) error {
+	plan, err := affinity.Plan(bind, np)
+	if err != nil {
+		return fmt.Errorf("-bind %s: %w", bind, err)
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding this binary to start the ranks: %w", err)
@@ -77,7 +82,11 @@ func launch(ctx context.Context, np int, args []string, stdout, stderr io.Writer
 		cmds[r] = cmd
 	}
 	for r, cmd := range cmds {
-		if err := cmd.Start(); err != nil {
+		cpu := -1
+		if plan != nil {
+			cpu = plan[r]
+		}
+		if err := affinity.Start(cmd, cpu); err != nil {
 			for _, c := range cmds[:r] {
 				c.Process.Kill()
 				c.Wait()

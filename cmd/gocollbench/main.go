@@ -42,6 +42,7 @@ import (
 	"github.com/gocoll/gocoll/bench/perf"
 	"github.com/gocoll/gocoll/cmd/gocollbench/internal/bench"
 	"github.com/gocoll/gocoll/dispatch"
+	"github.com/gocoll/gocoll/internal/affinity"
 )
 
 // options is the parsed command line.
@@ -49,6 +50,7 @@ type options struct {
 	bench.Config
 	np       int
 	npSet    bool // -np given explicitly
+	bind     affinity.Mode
 	backend  string
 	json     bool
 	plot     string
@@ -79,6 +81,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	var minS, maxS, stepS string
 	fs.IntVar(&o.np, "np", 2, "number of ranks to start (ignored under a launcher)")
+	bind := fs.String("bind", string(affinity.Auto), "bind each rank it starts to one CPU, round robin: auto (only when ranks outnumber the CPUs), cpu or none")
 	fs.StringVar(&o.Coll, "c", "allreduce", "collective: "+strings.Join(perf.Collectives, ", "))
 	fs.StringVar(&o.DType, "t", "float32", "dtype (spec name: float32, float64, bfloat16, float16, int8, ..., uint64)")
 	fs.StringVar(&o.Op, "o", "sum", "reduce op: sum, prod, min, max, avg, band, bor, bxor")
@@ -109,6 +112,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.files = fs.Args()
+	var err error
+	if o.bind, err = affinity.Parse(*bind); err != nil {
+		return nil, err
+	}
 	fs.Visit(func(f *flag.Flag) { o.npSet = o.npSet || f.Name == "np" })
 	if len(o.files) > 0 && o.plot == "" {
 		return nil, fmt.Errorf("unexpected arguments %q: result files are only read with -plot", o.files)
@@ -124,7 +131,6 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	if !bench.HasRoot(o.Coll) {
 		o.Root = -1
 	}
-	var err error
 	if o.Min, err = perf.ParseSize(minS); err != nil {
 		return nil, err
 	}
@@ -158,7 +164,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if !launched() {
-		return launch(ctx, o.np, args, stdout, stderr)
+		return launch(ctx, o.np, o.bind, args, stdout, stderr)
 	}
 	return runRank(ctx, o, stdout, stderr)
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gocoll/gocoll/internal/affinity"
 )
 
 // rankSpec is one rank to start.
@@ -21,6 +23,7 @@ type rankSpec struct {
 	rank int
 	argv []string
 	env  []string
+	cpu  int // the CPU to bind the rank to, or -1
 }
 
 // proc is one started rank.
@@ -80,7 +83,7 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 			cmd.Stdout, cmd.Stderr = stdout, stderr
 		}
 		p.cmd = cmd
-		if err := cmd.Start(); err != nil {
+		if err := affinity.Start(cmd, s.cpu); err != nil {
 			say("starting rank %d (%s): %v; stopping the other ranks", s.rank, s.argv[0], err)
 			stopAll(procs, grace, exits)
 			if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {

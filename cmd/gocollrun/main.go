@@ -36,6 +36,7 @@ import (
 
 	"github.com/gocoll/gocoll/dispatch"
 	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/internal/affinity"
 )
 
 func main() {
@@ -50,6 +51,7 @@ type config struct {
 	prefix               bool
 	grace                time.Duration
 	backend, timeout     string
+	bind                 affinity.Mode
 	argv                 []string
 }
 
@@ -67,6 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.grace, "grace", time.Second, "how long stopped ranks get between SIGTERM and SIGKILL")
 	fs.StringVar(&c.backend, "backend", "", "sets GOCOLL_BACKEND for the ranks: auto, shm, tcp or kv")
 	fs.StringVar(&c.timeout, "timeout", "", "sets GOCOLL_TIMEOUT for the ranks, e.g. 90s")
+	bind := fs.String("bind", string(affinity.Auto), "bind each rank to one CPU, round robin: auto (only when ranks outnumber this node's CPUs), cpu (always) or none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: gocollrun [flags] PROGRAM [ARGS...]\n\nStarts the ranks of a gocoll job on this node.\n\n")
 		fs.PrintDefaults()
@@ -75,6 +78,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	c.argv = fs.Args()
+	var err error
+	if c.bind, err = affinity.Parse(*bind); err != nil {
+		fmt.Fprintf(stderr, "gocollrun: -bind: %v\n", err)
+		return nil, err
+	}
 	switch {
 	case len(c.argv) == 0:
 		fs.Usage()
@@ -161,7 +169,15 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 		if c.timeout != "" {
 			e = append(e, dispatch.EnvTimeout+"="+c.timeout)
 		}
-		ranks[i] = rankSpec{rank: r, argv: c.argv, env: e}
+		ranks[i] = rankSpec{rank: r, argv: c.argv, env: e, cpu: -1}
+	}
+	plan, err := affinity.Plan(c.bind, c.np)
+	if err != nil {
+		fmt.Fprintf(stderr, "gocollrun: -bind %s: %v\n", c.bind, err)
+		return 1
+	}
+	for i, cpu := range plan {
+		ranks[i].cpu = cpu
 	}
 	return launch(context.Background(), ranks, c.prefix, c.grace, stdout, stderr)
 }

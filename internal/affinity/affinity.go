@@ -1,0 +1,99 @@
+// Package affinity places the ranks a launcher starts on CPUs, the way
+// mpirun's --bind-to does, for the one case where it pays on every machine:
+// more ranks on a node than CPUs to run them. The kernel then places freshly
+// started ranks as it pleases (three on one CPU and one on the other is
+// common) and rebalances only every few milliseconds, while ranks that wait
+// by yielding to each other keep it from seeing an imbalance; a latency
+// measurement then depends on that lottery. Binding rank i to CPU i mod N
+// spreads them evenly. With at least one CPU per rank nothing is bound: the
+// kernel spreads busy ranks by itself, and a rank bound to one CPU would
+// share it with its own runtime's threads.
+package affinity
+
+import (
+	"fmt"
+	"os/exec"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mode is a binding policy.
+type Mode string
+
+// Policies. Auto binds only when ranks outnumber the CPUs.
+const (
+	Auto Mode = "auto"
+	None Mode = "none"
+	CPU  Mode = "cpu" // one CPU per rank, round robin
+)
+
+// Parse checks a -bind flag's value.
+func Parse(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case Auto, None, CPU:
+		return m, nil
+	}
+	return "", fmt.Errorf("binding %q: want auto, none or cpu", s)
+}
+
+// Plan returns the CPU for each of n local ranks under mode m, or nil when
+// they are left to the kernel. The CPUs are those this process may use.
+func Plan(m Mode, n int) ([]int, error) {
+	if m == None || n <= 0 {
+		return nil, nil
+	}
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("reading this process's CPUs: %w", err)
+	}
+	var cpus []int
+	for c := 0; c < len(set)*64 && len(cpus) < set.Count(); c++ {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	if len(cpus) == 0 || (m == Auto && n <= len(cpus)) {
+		return nil, nil
+	}
+	plan := make([]int, n)
+	for i := range plan {
+		plan[i] = cpus[i%len(cpus)]
+	}
+	return plan, nil
+}
+
+// Start starts cmd bound to cpu, or plainly when cpu < 0. The child
+// inherits the mask of the thread that forks it, so the fork happens on a
+// thread locked to this call whose mask is narrowed first and restored
+// after. The thread must live on, not exit: a child's Pdeathsig fires when
+// the thread that forked it ends.
+func Start(cmd *exec.Cmd, cpu int) error {
+	if cpu < 0 {
+		return cmd.Start()
+	}
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		var old, set unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &old); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("reading this thread's CPUs: %w", err)
+			return
+		}
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("binding to CPU %d: %w", cpu, err)
+			return
+		}
+		done <- cmd.Start()
+		if unix.SchedSetaffinity(0, &old) != nil {
+			// Never hand a narrowed thread back to the scheduler, and
+			// never let it exit (that would kill the child): park it.
+			select {}
+		}
+		runtime.UnlockOSThread()
+	}()
+	return <-done
+}
