@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -35,7 +36,10 @@ func currentCPU() uint32 {
 }
 
 // crowded refreshes this rank's published CPU and reports whether another
-// local rank was last seen on the same one.
+// local rank was last seen on the same one. Two ranks that share a CPU
+// while the node has one for each are a start-up accident that the kernel
+// can take long to mend (ranks that yield to each other look balanced to
+// it); the higher-ranked of the two then moves itself (see nudge).
 func (b *Backend) crowded() bool {
 	me := b.cold[b.rank]
 	c := currentCPU()
@@ -45,10 +49,36 @@ func (b *Backend) crowded() bool {
 	if atomic.LoadUint32(&me.cpu) != c {
 		atomic.StoreUint32(&me.cpu, c)
 	}
+	shared := false
 	for _, j := range b.peers {
 		if atomic.LoadUint32(&b.cold[j].cpu) == c {
-			return true
+			shared = true
+			if j < b.rank && !b.oversub && b.nudges < maxNudges {
+				b.nudge(c - 1)
+				return false
+			}
 		}
 	}
-	return false
+	return shared
+}
+
+// maxNudges bounds how often a rank moves itself: the kernel may have
+// reasons to keep it where it is (another job, a cgroup's CPU limit).
+const maxNudges = 8
+
+// nudge moves the calling thread off CPU cpu: it narrows the thread's mask
+// to the others it may use, which migrates it at once, and then restores the
+// mask, which leaves it where it now runs.
+func (b *Backend) nudge(cpu uint32) {
+	b.nudges++
+	if int(cpu) >= len(b.cpus)*64 || !b.cpus.IsSet(int(cpu)) || b.cpus.Count() < 2 {
+		return
+	}
+	away := b.cpus
+	away.Clear(int(cpu))
+	runtime.LockOSThread() // both calls must name the same thread
+	defer runtime.UnlockOSThread()
+	if unix.SchedSetaffinity(0, &away) == nil {
+		unix.SchedSetaffinity(0, &b.cpus)
+	}
 }

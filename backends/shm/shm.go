@@ -78,6 +78,8 @@ type Backend struct {
 	timeout    time.Duration
 	spin       time.Duration
 	oversub    bool
+	cpus       unix.CPUSet // the CPUs this rank may use, for nudge
+	nudges     int
 
 	mu      sync.Mutex      // one call at a time; Close waits for it
 	red     kernels.Reducer // the kernels' scratch, used under mu
@@ -171,6 +173,9 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		}
 	}
 	b.oversub = g.Size > runtime.NumCPU()
+	if unix.SchedGetaffinity(0, &b.cpus) != nil {
+		b.cpus = unix.CPUSet{}
+	}
 	b.spin = DefaultSpin
 	if b.oversub {
 		b.spin = DefaultOversubscribedSpin
