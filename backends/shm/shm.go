@@ -28,8 +28,11 @@
 // checking their context, a deadline and their peers' liveness (pidfds) so
 // that a dead rank is named in a *core.PeerError instead of a hang. A rank
 // blocked for long uses well under 1% of a core (it wakes every 20 ms to
-// check); with more ranks than CPUs, waiters spin only 5 us and yield the
-// CPU meanwhile.
+// check). How a waiter spins depends on where the ranks run (cpu.go): on
+// plain loads while each has a CPU of its own, yielding between loads while
+// another local rank shares its CPU; with more ranks than CPUs it spins only
+// 5 us before it sleeps. Two ranks that share a CPU while the node has one
+// for each are separated: the higher one moves its thread.
 //
 // Every collective's first round carries a descriptor (kind, dtype, op,
 // count, root) that each rank compares with its peers' before touching data:
