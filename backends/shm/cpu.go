@@ -71,7 +71,7 @@ const maxNudges = 8
 // mask, which leaves it where it now runs.
 func (b *Backend) nudge(cpu uint32) {
 	b.nudges++
-	if int(cpu) >= len(b.cpus)*64 || !b.cpus.IsSet(int(cpu)) || b.cpus.Count() < 2 {
+	if !b.cpus.IsSet(int(cpu)) || b.cpus.Count() < 2 {
 		return
 	}
 	away := b.cpus

@@ -80,8 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c.argv = fs.Args()
 	var err error
 	if c.bind, err = affinity.Parse(*bind); err != nil {
-		fmt.Fprintf(stderr, "gocollrun: -bind: %v\n", err)
-		return nil, err
+		return nil, fmt.Errorf("-bind: %w", err)
 	}
 	switch {
 	case len(c.argv) == 0:

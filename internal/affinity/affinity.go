@@ -48,7 +48,7 @@ func Plan(m Mode, n int) ([]int, error) {
 		return nil, fmt.Errorf("reading this process's CPUs: %w", err)
 	}
 	var cpus []int
-	for c := 0; c < len(set)*64 && len(cpus) < set.Count(); c++ {
+	for c := range len(set) * 64 {
 		if set.IsSet(c) {
 			cpus = append(cpus, c)
 		}
@@ -75,15 +75,14 @@ func Start(cmd *exec.Cmd, cpu int) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 		var old, set unix.CPUSet
 		if err := unix.SchedGetaffinity(0, &old); err != nil {
-			runtime.UnlockOSThread()
 			done <- fmt.Errorf("reading this thread's CPUs: %w", err)
 			return
 		}
 		set.Set(cpu)
 		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			runtime.UnlockOSThread()
 			done <- fmt.Errorf("binding to CPU %d: %w", cpu, err)
 			return
 		}
@@ -93,7 +92,6 @@ func Start(cmd *exec.Cmd, cpu int) error {
 			// never let it exit (that would kill the child): park it.
 			select {}
 		}
-		runtime.UnlockOSThread()
 	}()
 	return <-done
 }

@@ -354,14 +354,6 @@ func reduceSum(ctx context.Context, c core.Comm, x IDs, v int64) (int64, error) 
 	return int64(binary.LittleEndian.Uint64(recv)), err
 }
 
-// barrier runs the barrier request bar, which the caller makes once: a
-// request made per call would escape to the heap, and the garbage of a
-// million small calls a second keeps the collector's threads busy on the
-// CPUs the ranks spin on.
-func barrier(ctx context.Context, c core.Comm, bar *core.Request) error {
-	return c.Do(ctx, bar)
-}
-
 // settle runs barriers until d has passed on every rank's clock (the ranks
 // agree through the communicator every 64 barriers, so all stop together).
 func settle(ctx context.Context, c core.Comm, x IDs, bar *core.Request, d time.Duration) error {
@@ -371,7 +363,7 @@ func settle(ctx context.Context, c core.Comm, x IDs, bar *core.Request, d time.D
 	start := time.Now()
 	for {
 		for range 64 {
-			if err := barrier(ctx, c, bar); err != nil {
+			if err := c.Do(ctx, bar); err != nil {
 				return fmt.Errorf("barrier while settling (-settle): %w", err)
 			}
 		}
@@ -390,7 +382,7 @@ func syncBarrier(ctx context.Context, c core.Comm, cfg *Config, bar *core.Reques
 	if !cfg.Sync {
 		return nil
 	}
-	if err := barrier(ctx, c, bar); err != nil {
+	if err := c.Do(ctx, bar); err != nil {
 		return fmt.Errorf("barrier between calls (-sync): %w", err)
 	}
 	return nil
@@ -430,6 +422,9 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 	if HasRoot(cfg.Coll) && (cfg.Root < 0 || cfg.Root >= n) {
 		return nil, fmt.Errorf("-root %d is not a rank of %d", cfg.Root, n)
 	}
+	// One barrier request for the whole sweep: a request made per call
+	// escapes to the heap, and the garbage of a million small calls a
+	// second keeps the collector's threads busy on the CPUs the ranks spin on.
 	bar := &core.Request{Kind: x.barrier}
 	if err := settle(ctx, c, x, bar, cfg.Settle); err != nil {
 		return nil, err
@@ -447,7 +442,7 @@ func Sweep(ctx context.Context, c core.Comm, cfg *Config, x IDs, row func(perf.R
 		if err != nil {
 			return rows, err
 		}
-		if err := barrier(ctx, c, bar); err != nil {
+		if err := c.Do(ctx, bar); err != nil {
 			return rows, fmt.Errorf("barrier before %s: %w", perf.FormatSize(size), err)
 		}
 		warm := make([]time.Duration, cfg.Warmup)
