@@ -455,16 +455,22 @@ func (b *Backend) allgatherRing(send, recv []byte, count int) error {
 }
 
 // reduceScatterRing: the ring's reduce-scatter, shifted so that rank r ends
-// with block r; partial sums travel in scratch chunks.
+// with block r; partial sums travel in scratch.
+//
+// The right neighbour reads a step's partial sums only in its next step,
+// after all of this step's: a whole block of them is in flight at once.
+// Steps therefore alternate between two block-sized scratch regions, and a
+// step reuses its region once the sends of two steps back are out. (Four
+// chunk-sized slots instead stalled every rank on full socket buffers:
+// 64 MiB took 136 ms against 4 ms for 8 MiB at np=4.)
 func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
 	n, r := b.size, b.rank
 	es := b.cur.dtype.Size()
 	bs := count * es
 	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
 	ce := b.chunkElems(count)
-	slots := b.buffer(slotCount * ce * es)
-	var slotJob [slotCount]uint64
-	slot := 0
+	scratch := b.buffer(2 * bs)
+	var regionSent [2]uint64
 	s0 := mod(r-1, n)
 	if err := chunks(0, count, ce, func(c, e int) error {
 		return b.post(right, &b.cur, send[s0*bs+c*es:s0*bs+e*es])
@@ -474,12 +480,13 @@ func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
 	for k := 0; k < n-1; k++ {
 		s := mod(r-k-2, n)
 		last := k == n-2
+		region := scratch[(k%2)*bs : (k%2+1)*bs]
+		if err := b.waitSent(right, regionSent[k%2]); err != nil {
+			return err
+		}
 		if err := chunks(0, count, ce, func(c, e int) error {
 			mine := send[s*bs+c*es : s*bs+e*es]
-			if err := b.waitSent(right, slotJob[slot]); err != nil {
-				return err
-			}
-			t := slots[slot*ce*es : slot*ce*es+len(mine)]
+			t := region[c*es : e*es]
 			if err := b.recv(left, &b.cur, t); err != nil {
 				return err
 			}
@@ -493,15 +500,11 @@ func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
 			if err := b.reduce(t, t, mine); err != nil {
 				return err
 			}
-			if err := b.post(right, &b.cur, t); err != nil {
-				return err
-			}
-			slotJob[slot] = right.posted
-			slot = (slot + 1) % slotCount
-			return nil
+			return b.post(right, &b.cur, t)
 		}); err != nil {
 			return err
 		}
+		regionSent[k%2] = right.posted
 	}
 	return b.flush(right)
 }
