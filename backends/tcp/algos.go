@@ -40,66 +40,100 @@ func chunks(lo, hi, ce int, f func(c, e int) error) error {
 	}
 }
 
-// allreduceRing: reduce-scatter then allgather around the ring, each
-// segment cut into chunks that flow through without waiting for the whole
-// segment. Rank r finishes segment r+1 and every other rank copies it.
+// allreduceRing: reduce-scatter then allgather around the ring.
+//
+// The buffer is cut into slices of n chunks, and each slice runs its own
+// ring: at step j of a slice, a rank receives from its left what the left
+// sent at step j-1 and sends step j's result to its right. Rank r finishes
+// part r+1 of every slice and every other rank copies it. The slices run as
+// a wavefront: at time t a rank does step t-i of every slice i still under
+// way, in order of i, so 2(n-1) chunks are in flight on each connection
+// while the partial sums live in a few chunk-sized scratch buffers that
+// stay in cache. (One ring over the whole buffer needs a whole segment of
+// partial sums in flight; kept in recv, they went through memory twice
+// more: 64 MiB at np=4 took ~20% longer.)
 func (b *Backend) allreduceRing(send, recv []byte, count int) error {
 	n, r := b.size, b.rank
 	es := b.cur.dtype.Size()
 	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
-	ce := b.chunkElems((count + n - 1) / n)
-	in := b.buffer(ce * es)
-
-	lo, hi := blockRange(count, n, r)
-	if err := chunks(lo, hi, ce, func(c, e int) error {
-		return b.post(right, &b.cur, send[c*es:e*es])
-	}); err != nil {
-		return err
+	ce := max(1, b.cfg.chunk/es)
+	slices := max(1, (count+n*ce-1)/(n*ce))
+	steps := 2*n - 1 // step 0 sends this rank's part; 1..2n-2 receive
+	// A step's partial sum is read by the right neighbour one time unit
+	// later; with at most n-1 per time unit, 2n slots leave it two.
+	nslot := 2 * n
+	slots := b.buffer(nslot * ce * es)
+	slotJob := b.slotJob[:0]
+	for range nslot {
+		slotJob = append(slotJob, 0)
 	}
-	b.segSent[r] = right.posted
-	for k := 0; k < n-1; k++ {
-		s := mod(r-k-1, n)
-		lo, hi := blockRange(count, n, s)
-		last := k == n-2
-		if err := chunks(lo, hi, ce, func(c, e int) error {
-			t := in[:(e-c)*es]
-			if err := b.recv(left, &b.cur, t); err != nil {
-				return err
-			}
-			dst := recv[c*es : e*es]
-			if err := b.reduce(dst, t, send[c*es:e*es]); err != nil {
-				return err
-			}
-			if last {
-				if err := b.finish(dst); err != nil {
+	b.slotJob = slotJob
+	slot := 0
+	// ownJob: per slice (mod n+1), the send of this rank's part at step 0;
+	// in place, the allgather overwrites that part at step n.
+	ownJob := b.segSent[:n+1]
+	part := func(i, p int) (lo, hi int) {
+		base := i * n * ce
+		lo, hi = blockRange(min(n*ce, count-base), n, p)
+		return base + lo, base + hi
+	}
+	for t := 0; t < slices+steps-1; t++ {
+		for i := max(0, t-steps+1); i <= min(t, slices-1); i++ {
+			j := t - i
+			switch {
+			case j == 0:
+				lo, hi := part(i, r)
+				if err := b.post(right, &b.cur, send[lo*es:hi*es]); err != nil {
 					return err
 				}
+				ownJob[i%(n+1)] = right.posted
+			case j < n: // reduce-scatter: add this rank's share of part r-j
+				lo, hi := part(i, mod(r-j, n))
+				mine := send[lo*es : hi*es]
+				if err := b.waitSent(right, slotJob[slot]); err != nil {
+					return err
+				}
+				tmp := slots[slot*ce*es : slot*ce*es+len(mine)]
+				if err := b.recv(left, &b.cur, tmp); err != nil {
+					return err
+				}
+				out := tmp
+				if j == n-1 { // the part's last operand: final, into recv
+					out = recv[lo*es : hi*es]
+				}
+				if err := b.reduce(out, tmp, mine); err != nil {
+					return err
+				}
+				if j == n-1 {
+					if err := b.finish(out); err != nil {
+						return err
+					}
+				}
+				if err := b.post(right, &b.cur, out); err != nil {
+					return err
+				}
+				if j < n-1 {
+					slotJob[slot] = right.posted
+					slot = (slot + 1) % nslot
+				}
+			default: // allgather: part r-(j-n) arrives final
+				k := j - n
+				lo, hi := part(i, mod(r-k, n))
+				if k == 0 {
+					if err := b.waitSent(right, ownJob[i%(n+1)]); err != nil {
+						return err
+					}
+				}
+				dst := recv[lo*es : hi*es]
+				if err := b.recv(left, &b.cur, dst); err != nil {
+					return err
+				}
+				if k < n-2 {
+					if err := b.post(right, &b.cur, dst); err != nil {
+						return err
+					}
+				}
 			}
-			return b.post(right, &b.cur, dst)
-		}); err != nil {
-			return err
-		}
-		b.segSent[s] = right.posted
-	}
-	for k := 0; k < n-1; k++ {
-		s := mod(r-k, n)
-		lo, hi := blockRange(count, n, s)
-		// The segment's earlier send must be out before it is overwritten.
-		if err := b.waitSent(right, b.segSent[s]); err != nil {
-			return err
-		}
-		forward := k < n-2
-		if err := chunks(lo, hi, ce, func(c, e int) error {
-			dst := recv[c*es : e*es]
-			if err := b.recv(left, &b.cur, dst); err != nil {
-				return err
-			}
-			if forward {
-				return b.post(right, &b.cur, dst)
-			}
-			return nil
-		}); err != nil {
-			return err
 		}
 	}
 	return b.flush(right)

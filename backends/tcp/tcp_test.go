@@ -109,8 +109,10 @@ func TestAllreduceAlgorithms(t *testing.T) {
 				noErrors(t, each(bs, func(b *Backend) error {
 					for _, count := range []int{0, 1, np - 1, 1000, 4099} {
 						for _, op := range []core.Op{coll.OpSum, coll.OpMax, coll.OpAvg} {
-							if err := checkAllreduceF32(b, count, op); err != nil {
-								return fmt.Errorf("count %d op %v: %w", count, op, err)
+							for _, inPlace := range []bool{false, true} {
+								if err := checkAllreduceF32(b, count, op, inPlace); err != nil {
+									return fmt.Errorf("count %d op %v in place %v: %w", count, op, inPlace, err)
+								}
 							}
 						}
 					}
@@ -121,15 +123,18 @@ func TestAllreduceAlgorithms(t *testing.T) {
 	}
 }
 
-// checkAllreduceF32 runs one float32 allreduce of small integers and checks
-// it exactly.
-func checkAllreduceF32(b *Backend, count int, op core.Op) error {
+// checkAllreduceF32 runs one float32 allreduce of small integers, in place
+// (send is recv) or not, and checks it exactly.
+func checkAllreduceF32(b *Backend, count int, op core.Op, inPlace bool) error {
 	n := b.Size()
 	send := make([]float32, count)
 	for i := range send {
 		send[i] = float32((i*7+b.Rank()*3)%9 - 4)
 	}
 	recv := make([]float32, count)
+	if inPlace {
+		recv = send
+	}
 	if err := coll.AllreduceFloat32(context.Background(), b, send, recv, op); err != nil {
 		return err
 	}
