@@ -83,6 +83,7 @@ type Backend struct {
 	oversub    bool
 	cpus       unix.CPUSet // the CPUs this rank may use, for nudge
 	nudges     int
+	lastNudge  time.Time
 
 	mu      sync.Mutex      // one call at a time; Close waits for it
 	red     kernels.Reducer // the kernels' scratch, used under mu
