@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -56,6 +57,50 @@ func publish(word *uint64, sleepers *uint32, v uint64) {
 	}
 }
 
+// spinOn waits for *word >= target for up to b.spin and reports whether it
+// got there: on plain loads while the ranks are on CPUs of their own,
+// yielding between loads while a local rank shares this CPU (see cpu.go).
+// The clock and the CPUs are read only every 256 loads (~0.1-0.2 us),
+// every 32 while yielding or when ranks outnumber CPUs and sharing is the
+// rule: a peer that is a line transfer away is caught without paying for
+// either (~12 and ~20 ns), and a check is rarely under way when its line
+// arrives. (Checking every 32 loads cost ~10% of a two-rank 8-byte
+// allreduce.)
+//
+// The goroutine keeps its thread while it spins. Preempted after 10 ms of
+// spinning, an unlocked goroutine is often picked up by another thread,
+// and that one may run on the CPU of the peer it waits for: two ranks of
+// an np=2 job then share a CPU again and again (see nudge).
+func (b *Backend) spinOn(word *uint64, target uint64) bool {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var start time.Duration
+	crowded := false
+	for i := 1; ; i++ {
+		if atomic.LoadUint64(word) >= target {
+			return true
+		}
+		if crowded {
+			yield()
+		}
+		if i&255 == 0 || i&31 == 0 && (crowded || b.oversub) {
+			if t := since(); start == 0 {
+				start = t
+			} else if t-start > b.spin {
+				return false
+			}
+			crowded = b.crowded()
+		}
+	}
+}
+
+// epoch is the base of since.
+var epoch = time.Now()
+
+// since reads the monotonic clock alone (one vDSO call; time.Now also reads
+// the wall clock).
+func since() time.Duration { return time.Since(epoch) }
+
 // yield gives the CPU to another runnable thread. It is a raw system call:
 // the Go scheduler is not told, so the goroutine keeps its thread and P
 // instead of being handed to another thread (and woken there) when the
@@ -84,28 +129,8 @@ func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, targe
 	if atomic.LoadUint64(word) >= target {
 		return nil
 	}
-	// Spin for up to b.spin: on plain loads while the ranks are on CPUs
-	// of their own, yielding between loads while a local rank shares this
-	// CPU (see cpu.go); then sleep. The clock and the CPUs are first read
-	// at the 32nd load: a peer that is a line transfer away is caught
-	// without paying for either (~25 ns each).
-	var start time.Time
-	crowded := false
-	for i := 1; ; i++ {
-		if atomic.LoadUint64(word) >= target {
-			return nil
-		}
-		if crowded {
-			yield()
-		}
-		if i&31 == 0 {
-			if start.IsZero() {
-				start = time.Now()
-			} else if time.Since(start) > b.spin {
-				break
-			}
-			crowded = b.crowded()
-		}
+	if b.spinOn(word, target) {
+		return nil
 	}
 	atomic.AddUint32(sleepers, 1)
 	defer atomic.AddUint32(sleepers, ^uint32(0))
