@@ -68,10 +68,15 @@ func (b *Backend) crowded() bool {
 
 // nudgeEvery bounds how often a rank moves itself: the kernel may have
 // reasons to keep it where it is (another job on the other CPUs), and
-// then a move every 10 ms costs ~0.1% of a CPU. (A fixed budget of 8
-// moves ran out within a second in np=2 runs, which then sat at 3.6 us
-// per 8-byte allreduce instead of 0.24.)
-const nudgeEvery = 10 * time.Millisecond
+// then a move every millisecond costs ~1% of a CPU. Ranks that the kernel
+// leaves alone are nudged far less often: the Go scheduler preempts a
+// spinning goroutine every 10 ms, and the thread that takes it up again,
+// or wakes its locked thread, often runs on the peer's CPU, where the
+// kernel's wake-up placement puts the rank too. (A fixed budget of 8 moves
+// ran out within a second, and a move at most every 10 ms left ranks
+// sharing for half of some runs: 3.6-4.8 us per 8-byte allreduce instead
+// of 0.2-0.25.)
+const nudgeEvery = time.Millisecond
 
 // mayNudge reports whether nudgeEvery has passed since the last move.
 func (b *Backend) mayNudge() bool {

@@ -71,7 +71,7 @@ func publish(word *uint64, sleepers *uint32, v uint64) {
 // spinning, an unlocked goroutine is often picked up by another thread,
 // and that one may run on the CPU of the peer it waits for: two ranks of
 // an np=2 job then share a CPU again and again (see nudge).
-func (b *Backend) spinOn(word *uint64, target uint64) bool {
+func (b *Backend) spinOn(word *uint64, target uint64, touch []byte) bool {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var start time.Duration
@@ -79,6 +79,9 @@ func (b *Backend) spinOn(word *uint64, target uint64) bool {
 	for i := 1; ; i++ {
 		if atomic.LoadUint64(word) >= target {
 			return true
+		}
+		for off := 0; off < len(touch); off += 64 {
+			atomic.LoadUint32((*uint32)(unsafe.Pointer(&touch[off])))
 		}
 		if crowded {
 			yield()
@@ -126,10 +129,16 @@ func (o *op) name() string {
 // waitFor returns once *word >= target; peer owns word and the sleepers
 // counter beside it.
 func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, target uint64) error {
+	return b.waitTouch(o, peer, word, sleepers, target, nil)
+}
+
+// waitTouch is waitFor that also loads the first word of each cache line of
+// touch while it spins (see Backend.touch).
+func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, target uint64, touch []byte) error {
 	if atomic.LoadUint64(word) >= target {
 		return nil
 	}
-	if b.spinOn(word, target) {
+	if b.spinOn(word, target, touch) {
 		return nil
 	}
 	atomic.AddUint32(sleepers, 1)
