@@ -41,8 +41,9 @@
 //   - allreduce: recursive doubling for small messages, Rabenseifner's
 //     reduce-scatter by halving and allgather by doubling for medium ones
 //     (both fold a non-power-of-two group onto a power of two), and for large
-//     ones a ring (reduce-scatter then allgather) cut into chunks that flow
-//     through every rank without waiting for whole segments;
+//     ones a ring (reduce-scatter then allgather) over slices of n chunks,
+//     run as a wavefront so that 2(n-1) chunks are in flight on every
+//     connection while partial sums stay in a few cached scratch chunks;
 //   - broadcast and reduce: a binomial tree (small) or a pipelined chain
 //     (large);
 //   - allgather and reduce_scatter: a pipelined ring;
