@@ -64,8 +64,8 @@ func publish(word *uint64, sleepers *uint32, v uint64) {
 // every 32 while yielding or when ranks outnumber CPUs and sharing is the
 // rule: a peer that is a line transfer away is caught without paying for
 // either (~12 and ~20 ns), and a check is rarely under way when its line
-// arrives. (Checking every 32 loads cost ~10% of a two-rank 8-byte
-// allreduce.)
+// arrives. (Checked every 32 loads, they took a quarter of the profile
+// samples of two goroutine ranks doing 8-byte allreduces back to back.)
 //
 // The goroutine keeps its thread while it spins. Preempted after 10 ms of
 // spinning, an unlocked goroutine is often picked up by another thread,
