@@ -80,8 +80,8 @@ const nudgeEvery = time.Millisecond
 
 // mayNudge reports whether nudgeEvery has passed since the last move.
 func (b *Backend) mayNudge() bool {
-	now := time.Now()
-	if b.nudges > 0 && now.Sub(b.lastNudge) < nudgeEvery {
+	now := since()
+	if b.nudges > 0 && now-b.lastNudge < nudgeEvery {
 		return false
 	}
 	b.lastNudge = now

@@ -86,7 +86,7 @@ type Backend struct {
 	// touch is how many bytes of their buffers a round's waiters load
 	// while they spin, so that a small payload arrives with the round.
 	touch     int
-	lastNudge time.Time
+	lastNudge time.Duration // since() at the last move
 
 	mu      sync.Mutex      // one call at a time; Close waits for it
 	red     kernels.Reducer // the kernels' scratch, used under mu

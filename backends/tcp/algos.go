@@ -61,17 +61,12 @@ func (b *Backend) allreduceRing(send, recv []byte, count int) error {
 	steps := 2*n - 1 // step 0 sends this rank's part; 1..2n-2 receive
 	// A step's partial sum is read by the right neighbour one time unit
 	// later; with at most n-1 per time unit, 2n slots leave it two.
-	nslot := 2 * n
+	// (Job numbers left from earlier calls are already sent: waiting on
+	// them returns at once, so the slices need no reset.)
+	nslot := len(b.slotJob)
 	slots := b.buffer(nslot * ce * es)
-	slotJob := b.slotJob[:0]
-	for range nslot {
-		slotJob = append(slotJob, 0)
-	}
-	b.slotJob = slotJob
+	slotJob, ownJob := b.slotJob, b.ownJob
 	slot := 0
-	// ownJob: per slice (mod n+1), the send of this rank's part at step 0;
-	// in place, the allgather overwrites that part at step n.
-	ownJob := b.segSent[:n+1]
 	part := func(i, p int) (lo, hi int) {
 		base := i * n * ce
 		lo, hi = blockRange(min(n*ce, count-base), n, p)

@@ -33,8 +33,8 @@ type Backend struct {
 	cur     header        // the running call's expected header
 	scratch []byte
 	srcs    [2][]byte // kernel arguments, kept here so that calls do not allocate
-	segSent []uint64  // ring: per slice (mod n+1), the send of this rank's part
-	slotJob []uint64  // ring: per scratch slot, the send job that last read it
+	ownJob  []uint64  // ring: per slice (mod n+1), the send of this rank's part; in place, the allgather overwrites it
+	slotJob []uint64  // ring: per scratch slot (2n), the send job that last read it
 
 	running atomic.Uint64 // seq of the collective running or about to run
 	calls   atomic.Uint64 // Do calls started
@@ -172,7 +172,8 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 	b := &Backend{
 		rank: g.Rank, size: g.Size, cfg: cfg, timeout: timeout,
 		peers:   make([]*peer, g.Size),
-		segSent: make([]uint64, g.Size+1),
+		ownJob:  make([]uint64, g.Size+1),
+		slotJob: make([]uint64, 2*g.Size),
 		quit:    make(chan struct{}),
 		logf:    log.New(os.Stderr, "gocoll/tcp: ", log.LstdFlags).Printf,
 		lowat:   os.Getenv(EnvRcvLowat) != "0",
