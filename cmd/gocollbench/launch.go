@@ -37,8 +37,9 @@ const killGrace = 3 * time.Second
 
 // launch starts np copies of this binary as the ranks of one job on this
 // machine, with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
-// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and a fresh GOCOLL_SECRET, the
-// way gocollrun does, and waits for them. The launcher serves the
+// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), a fresh GOCOLL_SECRET and
+// GOMAXPROCS at their share of the CPUs (unless set), the way gocollrun
+// does, and waits for them. The launcher serves the
 // rendezvous store itself (GOCOLL_LAUNCHER_STORE=1 tells dispatch.Init), on
 // a port the kernel picks, so no rank races another program for a port.
 func launch(ctx context.Context, np int, bind affinity.Mode, args []string, stdout, stderr io.Writer) error {
@@ -64,10 +65,14 @@ func launch(ctx context.Context, np int, bind affinity.Mode, args []string, stdo
 	if err != nil {
 		return err
 	}
+	base, err := affinity.Procs(os.Environ(), np)
+	if err != nil {
+		return err
+	}
 	cmds := make([]*exec.Cmd, np)
 	for r := range cmds {
 		cmd := exec.Command(exe, args...)
-		cmd.Env = append(os.Environ(),
+		cmd.Env = append(base[:len(base):len(base)],
 			"RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(np),
 			"LOCAL_RANK="+strconv.Itoa(r), "LOCAL_WORLD_SIZE="+strconv.Itoa(np),
 			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+port,

@@ -7,7 +7,10 @@
 // It gives each rank torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
 // LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT) and the job's
 // secret (GOCOLL_SECRET: fresh for a one-node job; a multi-node job needs
-// the same value in every gocollrun's environment). On node 0 it serves
+// the same value in every gocollrun's environment). Unless GOMAXPROCS is
+// set, each rank gets GOMAXPROCS at its share of the node's CPUs (at least
+// 1), as torchrun sets OMP_NUM_THREADS=1: ranks that each ran a thread per
+// CPU would take the CPUs from each other. On node 0 it serves
 // the rendezvous store at MASTER_ADDR:MASTER_PORT itself, and tells the
 // ranks so (GOCOLL_LAUNCHER_STORE=1), so the store outlives any rank.
 //
@@ -147,12 +150,16 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 		port, _ = strconv.Atoi(p)
 	}
 
+	base, err := affinity.Procs(withoutJobVars(environ), c.np)
+	if err != nil {
+		fmt.Fprintln(stderr, "gocollrun:", err)
+		return 1
+	}
 	world := c.np * c.nnodes
 	ranks := make([]rankSpec, c.np)
 	for i := range ranks {
 		r := c.nodeRank*c.np + i
-		e := withoutJobVars(environ)
-		e = append(e,
+		e := append(base[:len(base):len(base)],
 			"RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world),
 			"LOCAL_RANK="+strconv.Itoa(i), "LOCAL_WORLD_SIZE="+strconv.Itoa(c.np),
 			"GROUP_RANK="+strconv.Itoa(c.nodeRank),

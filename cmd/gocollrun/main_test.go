@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,6 +88,9 @@ func rankMain(mode string) int {
 		write("ready-"+rank, "")
 		s := <-ch
 		write("term-"+rank, s.String())
+		return 0
+	case "procs":
+		fmt.Printf("GOMAXPROCS=%d\n", runtime.GOMAXPROCS(0))
 		return 0
 	case "init":
 		ctx := context.Background()
@@ -259,6 +263,40 @@ func TestOutputPrefixes(t *testing.T) {
 	if strings.Contains(out.String(), "[rank") || !strings.Contains(out.String(), "hello from rank 1\n") {
 		t.Errorf("-prefix=false output:\n%s", out)
 	}
+}
+
+// TestGOMAXPROCS: each rank gets its share of the CPUs, unless the user
+// set GOMAXPROCS.
+func TestGOMAXPROCS(t *testing.T) {
+	cpus := runtime.NumCPU()
+	for _, c := range []struct {
+		np   int
+		env  string
+		want int
+	}{{1, "", cpus}, {2 * cpus, "", 1}, {2 * cpus, "GOMAXPROCS=3", 3}} {
+		cmd, _, out, errb := launcher(t, "procs", "-np", strconv.Itoa(c.np), "-prefix=false", "-bind", "none")
+		cmd.Env = withoutVar(cmd.Env, "GOMAXPROCS")
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v; stderr:\n%s", err, errb)
+		}
+		want := strings.Repeat(fmt.Sprintf("GOMAXPROCS=%d\n", c.want), c.np)
+		if out.String() != want {
+			t.Errorf("-np %d on %d CPUs, %q set: ranks printed\n%swant\n%s", c.np, cpus, c.env, out, want)
+		}
+	}
+}
+
+func withoutVar(env []string, name string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 func sortedLines(s string) []string {
