@@ -97,12 +97,12 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 		}
 		opts = append(opts, WithChunkSize(n))
 	}
-	if s := os.Getenv("GOCOLL_TCP_BENCH_SOCKBUF"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			return err
+	if s := os.Getenv("GOCOLL_TCP_BENCH_SOCKBUF"); s != "" { // "send,recv" bytes
+		var snd, rcv int
+		if _, err := fmt.Sscanf(s, "%d,%d", &snd, &rcv); err != nil {
+			return fmt.Errorf("GOCOLL_TCP_BENCH_SOCKBUF=%q: want send,recv bytes: %w", s, err)
 		}
-		opts = append(opts, WithSocketBuffer(n))
+		opts = append(opts, WithSocketBuffers(snd, rcv))
 	}
 	b, err := procGroup(ctx, r, time.Minute, opts...)
 	if err != nil {

@@ -223,16 +223,15 @@ func kernelMax(name string) int {
 }
 
 // tune sets the data connection's socket options: no Nagle delay (frames
-// are written whole, vectored), and large kernel buffers where allowed.
-func tune(c *net.TCPConn, sockBuf int) {
+// are written whole, vectored), and the configured kernel buffers where
+// the kernel allows them.
+func tune(c *net.TCPConn, snd, rcv int) {
 	_ = c.SetNoDelay(true)
-	if sockBuf > 0 {
-		if kernelMax("wmem_max") >= sockBuf {
-			_ = c.SetWriteBuffer(sockBuf)
-		}
-		if kernelMax("rmem_max") >= sockBuf {
-			_ = c.SetReadBuffer(sockBuf)
-		}
+	if snd > 0 && kernelMax("wmem_max") >= snd {
+		_ = c.SetWriteBuffer(snd)
+	}
+	if rcv > 0 && kernelMax("rmem_max") >= rcv {
+		_ = c.SetReadBuffer(rcv)
 	}
 }
 
@@ -423,7 +422,7 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 	}
 	for j := range n {
 		if j != g.Rank {
-			tune(data[j], cfg.sockBuf)
+			tune(data[j], cfg.sndBuf, cfg.rcvBuf)
 			_ = ctl[j].SetNoDelay(true)
 		}
 	}

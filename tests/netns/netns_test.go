@@ -111,12 +111,12 @@ func TestKillAcrossNodes(t *testing.T) {
 // bandwidth on rank 0.
 func bandwidthBody(ctx context.Context, r *proctest.Rank) error {
 	var opts []tcp.Option
-	if s := os.Getenv("GOCOLL_NETNS_SOCKBUF"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			return err
+	if s := os.Getenv("GOCOLL_NETNS_SOCKBUF"); s != "" { // "send,recv" bytes
+		var snd, rcv int
+		if _, err := fmt.Sscanf(s, "%d,%d", &snd, &rcv); err != nil {
+			return fmt.Errorf("GOCOLL_NETNS_SOCKBUF=%q: want send,recv bytes: %w", s, err)
 		}
-		opts = append(opts, tcp.WithSocketBuffer(n))
+		opts = append(opts, tcp.WithSocketBuffers(snd, rcv))
 	}
 	if s := os.Getenv("GOCOLL_NETNS_CHUNK"); s != "" {
 		n, err := strconv.Atoi(s)
