@@ -24,14 +24,20 @@
 // from the store again before every connection attempt, so a backend
 // rebuilt under the same store keys does not chase its predecessor's.
 //
-// Data connections have TCP_NODELAY and 4 MiB kernel buffers where the kernel
-// allows that much. Each frame is a 32-byte header (sequence number,
+// Data connections have TCP_NODELAY, a 4 MiB receive buffer and a 512 KiB
+// send buffer where the kernel allows that much (a small send buffer made
+// loopback rings 12-23% faster; see DefaultSendBuffer). Under the kernel's
+// default limits (208 KiB) both are left to its autotuning: raise
+// net.core.wmem_max and rmem_max to 4 MiB to get them. Ranks are best run
+// with GOMAXPROCS at their share of the node's CPUs, which gocollrun sets.
+// Each frame is a 32-byte header (sequence number,
 // collective, dtype, op, count, root, algorithm, length) and its payload,
 // written with one vectored write by a per-peer sender goroutine, so that a
 // rank sends, receives and reduces at once (a small frame with nothing queued
 // before it is written by the calling goroutine, saving a goroutine switch on
-// the latency path); a steady-state collective allocates nothing. The receiver checks every header against its own call
-// before it reads the payload: ranks that disagree get a *core.MismatchError.
+// the latency path); a steady-state collective allocates nothing. The
+// receiver checks every header against its own call before it reads the
+// payload: ranks that disagree get a *core.MismatchError.
 //
 // # Algorithms
 //
