@@ -7,7 +7,8 @@
 // measurement then depends on that lottery. Binding rank i to CPU i mod N
 // spreads them evenly. With at least one CPU per rank nothing is bound: the
 // kernel spreads busy ranks by itself, and a rank bound to one CPU would
-// share it with its own runtime's threads.
+// share it with its own runtime's threads. Procs shares the CPUs out among
+// the ranks' Go runtimes.
 package affinity
 
 import (
