@@ -344,7 +344,10 @@ func (c *Comm) Do(ctx context.Context, req *core.Request) error {
 	// shared-memory allreduce (~0.35 us against ~0.2 us).
 	err := c.backend.Do(ctx, req)
 	if err != nil && fatal(err) {
-		c.failed.CompareAndSwap(nil, &err)
+		// A copy: taking err's own address would move it to the heap,
+		// an allocation on every call, failed or not.
+		failed := err
+		c.failed.CompareAndSwap(nil, &failed)
 	}
 	return err
 }
