@@ -49,6 +49,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -402,12 +403,26 @@ func (c *Comm) Close() error {
 		if !c.live {
 			guards = nil
 		}
-		// A rank whose store connection is gone (it died) will not say
-		// bye: stop waiting for it at once.
-		_, lost, err := store.MultiGetGuardedFrom(ctx, c.store, keys, guards)
-		if err != nil || lost != nil {
+		all := keys
+		quiet := true
+		for len(keys) > 0 {
+			_, lost, err := store.MultiGetGuardedFrom(ctx, c.store, keys, guards)
+			if lost == nil || err != nil {
+				quiet = quiet && err == nil
+				break
+			}
+			// A rank whose store connection is gone (it died) will not
+			// say bye: stop waiting for it, but not for the others,
+			// which may still be finding out through the store.
+			quiet = false
+			n := len(keys)
+			if keys, guards = withoutLost(keys, guards, lost); len(keys) == n {
+				break // nothing it names: do not spin on it
+			}
+		}
+		if !quiet {
 			var ranks []int
-			for _, i := range store.Missing(ctx, c.store, keys...) {
+			for _, i := range store.Missing(ctx, c.store, all...) {
 				ranks = append(ranks, i+1)
 			}
 			c.log.Warn("gocoll: closing the store while ranks have not closed", "ranks", ranks)
@@ -422,6 +437,18 @@ func (c *Comm) Close() error {
 	}
 	c.release()
 	return errors.Join(errs...)
+}
+
+// withoutLost drops from keys, and from guards beside them, the entries
+// whose guard is in lost.
+func withoutLost(keys, guards, lost []string) ([]string, []string) {
+	var k, g []string
+	for i := range keys {
+		if !slices.Contains(lost, guards[i]) {
+			k, g = append(k, keys[i]), append(g, guards[i])
+		}
+	}
+	return k, g
 }
 
 // release closes what Init opened.

@@ -358,3 +358,38 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		t.Fatalf("%d goroutines before, %d after Close:\n%s", base, n, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// The rank serving the store closes only once every live rank has: a dead
+// rank ends the wait for it alone. (It once ended the wait for all, and a
+// rank still learning of the death through the store lost the store.)
+func TestServerOutwaitsDeadRank(t *testing.T) {
+	port := freePort(t)
+	const n = 3
+	dead := make(chan struct{})
+	errs := goRanks(n, func(r int) []Option {
+		return []Option{WithEnviron([]string{
+			"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(n),
+			"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port),
+			"GOCOLL_SECRET=outwait-test", "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=20s",
+		})}
+	}, func(ctx context.Context, c *Comm) error {
+		if err := c.Barrier(ctx); err != nil {
+			return err
+		}
+		switch c.Rank() {
+		case 1: // dies: its store connection goes without a bye
+			c.release()
+			close(dead)
+		case 2: // still uses the store after rank 0 began to close
+			<-dead
+			time.Sleep(300 * time.Millisecond)
+			if err := c.Store().Set(ctx, "late", []byte("x")); err != nil {
+				return fmt.Errorf("the store went away while this rank used it: %w", err)
+			}
+		default:
+			<-dead
+		}
+		return nil
+	})
+	checkErrs(t, errs)
+}
