@@ -374,8 +374,9 @@ func (c *Comm) Barrier(ctx context.Context) error {
 // Close releases the backend and the store connection. On the rank that
 // serves the store it first waits, up to the default timeout (5 s after a
 // fatal error), for every other rank to close, so that none loses the
-// store while still using it.
-// Collectives after Close return core.ErrClosed. Close is idempotent.
+// store while still using it; a rank whose store connection is gone (it
+// died) is not waited for. Collectives after Close return core.ErrClosed.
+// Close is idempotent.
 func (c *Comm) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
