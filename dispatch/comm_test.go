@@ -44,6 +44,18 @@ func goRanks(n int, opts func(rank int) []Option, body func(ctx context.Context,
 	return errs
 }
 
+// kvOverTCP gives rank r of n torchrun's variables, rank 0 serving the
+// store on port, and the kv backend with a 20 s timeout.
+func kvOverTCP(port, n int, secret string) func(r int) []Option {
+	return func(r int) []Option {
+		return []Option{WithEnviron([]string{
+			"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(n),
+			"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port),
+			"GOCOLL_SECRET=" + secret, "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=20s",
+		})}
+	}
+}
+
 func checkErrs(t *testing.T, errs []error) {
 	t.Helper()
 	for r, err := range errs {
@@ -91,13 +103,7 @@ func TestInitOverTCPStore(t *testing.T) {
 	const n = 4
 	jobIDs := make([]string, n)
 	addrs := make([]string, n)
-	errs := goRanks(n, func(r int) []Option {
-		return []Option{WithEnviron([]string{
-			"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(n),
-			"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port),
-			"GOCOLL_SECRET=tcp-test", "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=20s",
-		})}
-	}, func(ctx context.Context, c *Comm) error {
+	errs := goRanks(n, kvOverTCP(port, n, "tcp-test"), func(ctx context.Context, c *Comm) error {
 		jobIDs[c.Rank()], addrs[c.Rank()] = c.JobID(), c.KVSAddr()
 		for i := 0; i < 20; i++ {
 			if err := c.Barrier(ctx); err != nil {
@@ -366,13 +372,7 @@ func TestServerOutwaitsDeadRank(t *testing.T) {
 	port := freePort(t)
 	const n = 3
 	dead := make(chan struct{})
-	errs := goRanks(n, func(r int) []Option {
-		return []Option{WithEnviron([]string{
-			"RANK=" + strconv.Itoa(r), "WORLD_SIZE=" + strconv.Itoa(n),
-			"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port),
-			"GOCOLL_SECRET=outwait-test", "GOCOLL_BACKEND=kv", "GOCOLL_TIMEOUT=20s",
-		})}
-	}, func(ctx context.Context, c *Comm) error {
+	errs := goRanks(n, kvOverTCP(port, n, "outwait-test"), func(ctx context.Context, c *Comm) error {
 		if err := c.Barrier(ctx); err != nil {
 			return err
 		}
