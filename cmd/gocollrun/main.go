@@ -155,6 +155,11 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gocollrun:", err)
 		return 1
 	}
+	if env["GOMAXPROCS"] == "" && c.np > 1 {
+		// As torchrun says of OMP_NUM_THREADS: a rank that computes in
+		// parallel itself may want more.
+		fmt.Fprintf(stderr, "gocollrun: each rank runs with %s (this node's CPUs shared out); set GOMAXPROCS to choose\n", base[len(base)-1])
+	}
 	world := c.np * c.nnodes
 	ranks := make([]rankSpec, c.np)
 	for i := range ranks {

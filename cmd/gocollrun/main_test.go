@@ -286,6 +286,9 @@ func TestGOMAXPROCS(t *testing.T) {
 		if out.String() != want {
 			t.Errorf("-np %d on %d CPUs, %q set: ranks printed\n%swant\n%s", c.np, cpus, c.env, out, want)
 		}
+		if told := strings.Contains(errb.String(), "set GOMAXPROCS to choose"); told != (c.env == "" && c.np > 1) {
+			t.Errorf("-np %d, %q set: stderr %q; want the GOMAXPROCS notice only when gocollrun chose it for several ranks", c.np, c.env, errb)
+		}
 	}
 }
 
