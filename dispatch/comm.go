@@ -45,7 +45,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/gocoll/gocoll/backends/shm"
 	"io"
 	"log/slog"
 	"net"
@@ -54,6 +53,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch/store"
 	"github.com/gocoll/gocoll/generated/coll"

@@ -65,7 +65,7 @@ func launch(ctx context.Context, np int, bind affinity.Mode, args []string, stdo
 	if err != nil {
 		return err
 	}
-	base, err := affinity.Procs(os.Environ(), np)
+	base, _, err := affinity.Procs(os.Environ(), np)
 	if err != nil {
 		return err
 	}

@@ -150,15 +150,15 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 		port, _ = strconv.Atoi(p)
 	}
 
-	base, err := affinity.Procs(withoutJobVars(environ), c.np)
+	base, procs, err := affinity.Procs(withoutJobVars(environ), c.np)
 	if err != nil {
 		fmt.Fprintln(stderr, "gocollrun:", err)
 		return 1
 	}
-	if env["GOMAXPROCS"] == "" && c.np > 1 {
+	if procs != "" && c.np > 1 {
 		// As torchrun says of OMP_NUM_THREADS: a rank that computes in
 		// parallel itself may want more.
-		fmt.Fprintf(stderr, "gocollrun: each rank runs with %s (this node's CPUs shared out); set GOMAXPROCS to choose\n", base[len(base)-1])
+		fmt.Fprintf(stderr, "gocollrun: each rank runs with %s (this node's CPUs shared out); set GOMAXPROCS to choose\n", procs)
 	}
 	world := c.np * c.nnodes
 	ranks := make([]rankSpec, c.np)

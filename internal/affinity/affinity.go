@@ -100,8 +100,9 @@ func Start(cmd *exec.Cmd, cpu int) error {
 }
 
 // Procs returns environ with GOMAXPROCS set to this process's CPUs shared
-// out among n local ranks (at least 1), unless environ sets GOMAXPROCS
-// already: the user's choice wins. It is what torchrun's OMP_NUM_THREADS=1
+// out among n local ranks (at least 1), and the "GOMAXPROCS=k" it added,
+// unless environ sets GOMAXPROCS already: the user's choice wins, and set
+// is "". It is what torchrun's OMP_NUM_THREADS=1
 // is to PyTorch workers. Each Go rank would otherwise run its goroutines
 // (a tcp backend's sender beside the caller reading and reducing) on as
 // many threads as the node has CPUs, and n ranks' threads then take the
@@ -109,16 +110,16 @@ func Start(cmd *exec.Cmd, cpu int) error {
 // goroutines in user space: 2 ranks on 2 CPUs moved a 64 MiB tcp
 // allreduce 16% and an 8 MiB one 34% faster with one thread each, shm
 // unchanged. A bound rank gets 1 either way (the runtime counts its CPUs).
-func Procs(environ []string, n int) ([]string, error) {
+func Procs(environ []string, n int) (env []string, set string, err error) {
 	for _, kv := range environ {
 		if strings.HasPrefix(kv, "GOMAXPROCS=") {
-			return environ, nil
+			return environ, "", nil
 		}
 	}
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return nil, fmt.Errorf("reading this process's CPUs: %w", err)
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+		return nil, "", fmt.Errorf("reading this process's CPUs: %w", err)
 	}
-	k := max(1, set.Count()/max(1, n))
-	return append(environ[:len(environ):len(environ)], "GOMAXPROCS="+strconv.Itoa(k)), nil
+	set = "GOMAXPROCS=" + strconv.Itoa(max(1, cpus.Count()/max(1, n)))
+	return append(environ[:len(environ):len(environ)], set), set, nil
 }

@@ -84,17 +84,17 @@ func TestStartBinds(t *testing.T) {
 func TestProcs(t *testing.T) {
 	n := allowed(t)
 	for _, c := range []struct{ ranks, want int }{{1, n}, {n, 1}, {4 * n, 1}, {0, n}} {
-		env, err := Procs([]string{"A=1"}, c.ranks)
+		env, set, err := Procs([]string{"A=1"}, c.ranks)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := []string{"A=1", "GOMAXPROCS=" + strconv.Itoa(c.want)}
-		if strings.Join(env, " ") != strings.Join(want, " ") {
-			t.Errorf("Procs(%d ranks on %d CPUs) = %q, want %q", c.ranks, n, env, want)
+		if strings.Join(env, " ") != strings.Join(want, " ") || set != want[1] {
+			t.Errorf("Procs(%d ranks on %d CPUs) = %q, %q; want %q, %q", c.ranks, n, env, set, want, want[1])
 		}
 	}
-	env, err := Procs([]string{"GOMAXPROCS=7", "B=2"}, 4*n)
-	if err != nil || strings.Join(env, " ") != "GOMAXPROCS=7 B=2" {
-		t.Errorf("Procs with GOMAXPROCS set = %q, %v; want it left alone", env, err)
+	env, set, err := Procs([]string{"GOMAXPROCS=7", "B=2"}, 4*n)
+	if err != nil || strings.Join(env, " ") != "GOMAXPROCS=7 B=2" || set != "" {
+		t.Errorf("Procs with GOMAXPROCS set = %q, %q, %v; want it left alone", env, set, err)
 	}
 }
