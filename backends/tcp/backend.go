@@ -23,8 +23,8 @@ type Backend struct {
 	rank, size int
 	cfg        config
 	timeout    time.Duration
-	peers      []*peer // by rank; nil at this rank
-	rejected   *int64  // connections dropped during setup (tests)
+	peers      []*peer       // by rank; nil at this rank
+	rejected   *atomic.Int64 // connections dropped during setup (tests)
 
 	mu      sync.Mutex    // one call at a time
 	seq     uint64        // collectives started; the next one is seq+1
@@ -178,8 +178,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		logf:    log.New(os.Stderr, "gocoll/tcp: ", log.LstdFlags).Printf,
 		lowat:   os.Getenv(EnvRcvLowat) != "0",
 	}
-	var zero int64
-	b.rejected = &zero
+	b.rejected = new(atomic.Int64)
 	b.running.Store(1)
 	if g.Size == 1 {
 		return b, nil

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gocoll/gocoll/core"
@@ -238,7 +239,7 @@ func tune(c *net.TCPConn, snd, rcv int) {
 // connect builds the full mesh: rank r accepts from every higher rank and
 // dials every lower one, two connections per pair. It returns, for every
 // other rank, its data and control connections.
-func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time, logf func(string, ...any)) (data, ctl []*net.TCPConn, rejected *int64, err error) {
+func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time, logf func(string, ...any)) (data, ctl []*net.TCPConn, rejected *atomic.Int64, err error) {
 	host, err := listenHost(cfg)
 	if err != nil {
 		return nil, nil, nil, err
@@ -263,8 +264,7 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 	n := g.Size
 	data = make([]*net.TCPConn, n)
 	ctl = make([]*net.TCPConn, n)
-	var nrej int64
-	rejected = &nrej
+	rejected = new(atomic.Int64)
 	closeAll := func() {
 		for _, cs := range [][]*net.TCPConn{data, ctl} {
 			for _, c := range cs {
@@ -281,7 +281,6 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 	// Accept: every connection is authenticated in its own goroutine, so
 	// that a silent or hostile one cannot hold up the others.
 	acc := make(chan accepted)
-	rejects := make(chan string, 16)
 	var (
 		hsMu   sync.Mutex
 		hsOpen = map[*net.TCPConn]bool{}
@@ -307,11 +306,13 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 				delete(hsOpen, c)
 				hsMu.Unlock()
 				if err != nil {
-					c.Close()
-					select {
-					case rejects <- fmt.Sprintf("rank %d dropped a connection from %s: %v", g.Rank, c.RemoteAddr(), err):
-					default:
+					// Counted before the close, so that whoever sees the
+					// connection end also sees it counted.
+					rejected.Add(1)
+					if logf != nil {
+						logf("rank %d dropped a connection from %s: %v", g.Rank, c.RemoteAddr(), err)
 					}
+					c.Close()
 					return
 				}
 				_ = c.SetDeadline(time.Time{})
@@ -389,11 +390,6 @@ func connect(ctx context.Context, g core.Group, cfg *config, deadline time.Time,
 				got++
 			}
 			*slot = a.conn
-		case msg := <-rejects:
-			if logf != nil {
-				logf("%s", msg)
-			}
-			nrej++
 		case <-ctx.Done():
 			if firstErr == nil {
 				firstErr = fmt.Errorf("no authenticated connection before the deadline (did they start, with the same secret? is %s reachable from them? see %s): %w", addr, EnvSocketIfname, ctx.Err())

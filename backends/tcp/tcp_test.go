@@ -444,7 +444,7 @@ func TestUnauthenticatedDropped(t *testing.T) {
 	defer bs[0].Close()
 	defer bs[1].Close()
 	t.Logf("intruder's handshake error: %v", derr)
-	if got := *bs[0].rejected; got < 2 {
+	if got := bs[0].rejected.Load(); got < 2 {
 		t.Errorf("rank 0 counted %d dropped connections, want 2", got)
 	}
 	noErrors(t, each(bs, func(b *Backend) error { return coll.Barrier(ctx, b) }))
