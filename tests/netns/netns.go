@@ -29,6 +29,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -162,10 +163,12 @@ func cleanStale() {
 }
 
 // Shape limits every node's outgoing traffic to rate (tc syntax, e.g.
-// "1gbit") with one-way delay (e.g. "1ms"), so that every node has a
-// full-duplex link of that rate to the bridge. It uses netem when the
-// kernel has it; otherwise it falls back to a token bucket (tbf), which
-// shapes the rate but cannot add delay. It returns what it installed.
+// "1gbit") and delays every packet by delay (e.g. "1ms") one way, so that
+// every node has a full-duplex link of that rate and latency to the
+// bridge. It uses netem where the kernel has it. Otherwise a token bucket
+// (tbf) shapes the rate and, where iptables is installed, a delayer holds
+// each node's arriving packets in a netfilter queue for the delay; without
+// iptables the delay is not emulated. It returns what it installed.
 func (n *Net) Shape(t testing.TB, rate, delay string) string {
 	t.Helper()
 	var how string
@@ -183,9 +186,69 @@ func (n *Net) Shape(t testing.TB, rate, delay string) string {
 		// (256 KiB is 2 ms at 1 Gbit/s); 12 ms of queue is what netem's
 		// default 1000-packet limit holds at this rate.
 		must(t, run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", Ifname, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "12ms"))
-		how = fmt.Sprintf("tbf rate %s (no delay: this kernel has no sch_netem, so the %s delay is not emulated)", rate, delay)
+		if _, err := exec.LookPath("iptables"); err != nil {
+			how = fmt.Sprintf("tbf rate %s (no delay: this kernel has no sch_netem and iptables is not installed, so the %s delay is not emulated)", rate, delay)
+			continue
+		}
+		d, err := time.ParseDuration(delay)
+		if err != nil {
+			t.Fatalf("delay %q: %v", delay, err)
+		}
+		var q *delayer
+		err = inNamespace(ns, func() (err error) {
+			q, err = startDelayer(d)
+			return err
+		})
+		if err == nil {
+			t.Cleanup(func() {
+				if err := q.Stop(); err != nil {
+					t.Errorf("node %s's delayer: %v", ns, err)
+				}
+			})
+			// The queue is bound before the rule exists, so no packet
+			// meets the rule without a reader.
+			err = run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-i", Ifname, "-j", "NFQUEUE", "--queue-num", "0")
+		}
+		if err != nil {
+			how = fmt.Sprintf("tbf rate %s (no delay: this kernel has no sch_netem, and a netfilter queue could not stand in: %v)", rate, err)
+			continue
+		}
+		how = fmt.Sprintf("tbf rate %s, and a %s delay on arrival through a netfilter queue (this kernel has no sch_netem)", rate, delay)
 	}
 	return how
+}
+
+// inNamespace runs fn on a thread in network namespace ns. Sockets fn
+// makes stay in ns after it returns, whichever thread uses them. Only this
+// goroutine's locked thread changes namespace; Go starts new threads from
+// a clean template thread while it is locked.
+func inNamespace(ns string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	target, err := os.Open("/run/netns/" + ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	err = unix.Setns(int(target.Fd()), unix.CLONE_NEWNET)
+	target.Close()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("entering namespace %s: %w", ns, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: Go discards it when this goroutine
+		// ends, rather than reuse a thread in the wrong namespace.
+		return fmt.Errorf("returning from namespace %s: %w", ns, err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }
 
 // Run runs a proctest body with np ranks spread over the nodes in blocks
@@ -205,40 +268,13 @@ func (n *Net) Run(t *testing.T, body string, np int, opts ...proctest.Option) []
 	}, opts...)
 
 	// The store's socket must be made inside the hub namespace (ip netns
-	// exec moves each rank to its node wherever it is started from). Only
-	// this goroutine's locked thread changes namespace; Go starts new
-	// threads from a clean template thread while it is locked, and a
-	// socket stays in the namespace it was made in.
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
+	// exec moves each rank to its node wherever it is started from).
+	var res []proctest.Result
+	if err := inNamespace(n.Hub, func() error {
+		res = proctest.Run(t, body, np, opts...)
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
-	hub, err := os.Open("/run/netns/" + n.Hub)
-	if err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	if err := unix.Setns(int(hub.Fd()), unix.CLONE_NEWNET); err != nil {
-		hub.Close()
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Fatalf("entering the hub namespace: %v", err)
-	}
-	defer func() {
-		err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET)
-		hub.Close()
-		orig.Close()
-		if err != nil {
-			// Leave the thread locked: Go discards it when this
-			// goroutine ends, rather than reuse a thread in the wrong
-			// namespace.
-			t.Errorf("returning to the original namespace: %v", err)
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	return proctest.Run(t, body, np, opts...)
+	return res
 }
