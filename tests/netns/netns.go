@@ -13,7 +13,8 @@
 // inside the hub namespace, and ranks run under "ip netns exec <node>".
 //
 // It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the ip command; tests
-// skip with a message saying so otherwise. Every namespace is deleted when
+// skip with a message saying so otherwise. Shaping a link's delay on a kernel
+// without netem also needs iptables (see Shape). Every namespace is deleted when
 // the test ends, pass or fail; namespaces left by a killed test process
 // (whose pid is gone) are deleted by the next Setup.
 package netns
