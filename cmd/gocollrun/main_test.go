@@ -161,6 +161,17 @@ func exitCode(t *testing.T, err error) int {
 	return -1
 }
 
+// waitGone reports whether pid is gone within 5 s. A SIGKILL takes effect
+// when its target next runs, and an orphan is reaped by whoever inherits
+// it, neither at once on a loaded machine; how long is not asserted.
+func waitGone(pid int) bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for !gone(pid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return gone(pid)
+}
+
 // gone reports whether pid no longer runs (a zombie waiting for a reaper
 // counts as gone: it runs nothing and holds nothing but its pid).
 func gone(pid int) bool {
@@ -225,13 +236,7 @@ func TestFailingRankStopsJob(t *testing.T) {
 		t.Fatalf("found %d rank pids and %d grandchild pids, want 4 each", len(pids), len(gpids))
 	}
 	for _, pid := range append(pids, gpids...) {
-		// Grandchildren are reaped by whoever inherits them; give that
-		// a moment (no assertion on how long).
-		deadline := time.Now().Add(5 * time.Second)
-		for !gone(pid) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if !gone(pid) {
+		if !waitGone(pid) {
 			t.Errorf("pid %d outlived gocollrun", pid)
 		}
 	}
@@ -453,11 +458,7 @@ func TestKilledLauncherTakesRanks(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	for _, pid := range readPids(t, dir, "pid-") {
-		deadline := time.Now().Add(5 * time.Second)
-		for !gone(pid) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if !gone(pid) {
+		if !waitGone(pid) {
 			unix.Kill(pid, unix.SIGKILL)
 			t.Errorf("rank pid %d outlived a killed gocollrun", pid)
 		}
@@ -494,7 +495,7 @@ func TestSecondSignalKills(t *testing.T) {
 		t.Fatalf("exit %d, want %d; stderr:\n%s", code, 128+int(syscall.SIGINT), errb)
 	}
 	for _, pid := range readPids(t, dir, "pid-") {
-		if !gone(pid) {
+		if !waitGone(pid) {
 			t.Errorf("rank pid %d survived", pid)
 		}
 	}
