@@ -275,7 +275,7 @@ func (n *Net) Run(t *testing.T, body string, np int, opts ...proctest.Option) []
 		res = proctest.Run(t, body, np, opts...)
 		return nil
 	}); err != nil {
-		t.Error(err)
+		t.Fatal(err)
 	}
 	return res
 }
