@@ -169,10 +169,11 @@ func cleanStale() {
 // bridge. It uses netem where the kernel has it. Otherwise a token bucket
 // (tbf) shapes the rate and, where iptables is installed, a delayer holds
 // each node's arriving packets in a netfilter queue for the delay; without
-// iptables the delay is not emulated. It returns what it installed.
-func (n *Net) Shape(t testing.TB, rate, delay string) string {
+// iptables the delay is not emulated. It returns what it installed, and
+// whether every node's packets are delayed.
+func (n *Net) Shape(t testing.TB, rate, delay string) (how string, delayed bool) {
 	t.Helper()
-	var how string
+	delayed = true
 	for _, ns := range n.Nodes {
 		err := run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", Ifname, "root", "netem", "delay", delay, "rate", rate)
 		if err == nil {
@@ -189,6 +190,7 @@ func (n *Net) Shape(t testing.TB, rate, delay string) string {
 		must(t, run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", Ifname, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "12ms"))
 		if _, err := exec.LookPath("iptables"); err != nil {
 			how = fmt.Sprintf("tbf rate %s (no delay: this kernel has no sch_netem and iptables is not installed, so the %s delay is not emulated)", rate, delay)
+			delayed = false
 			continue
 		}
 		d, err := time.ParseDuration(delay)
@@ -212,11 +214,12 @@ func (n *Net) Shape(t testing.TB, rate, delay string) string {
 		}
 		if err != nil {
 			how = fmt.Sprintf("tbf rate %s (no delay: this kernel has no sch_netem, and a netfilter queue could not stand in: %v)", rate, err)
+			delayed = false
 			continue
 		}
 		how = fmt.Sprintf("tbf rate %s, and a %s delay on arrival through a netfilter queue (this kernel has no sch_netem)", rate, delay)
 	}
-	return how
+	return how, delayed
 }
 
 // inNamespace runs fn on a thread in network namespace ns. Sockets fn
