@@ -301,27 +301,23 @@ var ptrArrays = sync.Pool{New: func() any { return new([16]unsafe.Pointer) }}
 // run calls k on n elements of dst and srcs, whose lengths are checked;
 // the pointer array lives in scratch if given, else in a pooled array.
 func run[T any](k rawKernel, dst []T, srcs [][]T, n int, scratch *[16]unsafe.Pointer) {
-	var ptrs []unsafe.Pointer
 	arr, pooled := scratch, false
-	switch {
-	case len(srcs) > len(arr):
-		ptrs = make([]unsafe.Pointer, len(srcs))
-		arr = nil
-	case arr == nil:
+	if arr == nil && len(srcs) <= len(arr) {
 		arr, pooled = ptrArrays.Get().(*[16]unsafe.Pointer), true
-		fallthrough
-	default:
+	}
+	var ptrs []unsafe.Pointer
+	if len(srcs) <= len(arr) {
 		ptrs = arr[:len(srcs)]
+	} else {
+		ptrs = make([]unsafe.Pointer, len(srcs))
 	}
 	for i, s := range srcs {
 		ptrs[i] = unsafe.Pointer(unsafe.SliceData(s))
 	}
 	k(unsafe.Pointer(unsafe.SliceData(dst)), &ptrs[0], len(ptrs), n)
-	if arr != nil {
-		clear(ptrs) // do not keep the buffers alive from the pool or the Reducer
-		if pooled {
-			ptrArrays.Put(arr)
-		}
+	clear(ptrs) // do not keep the buffers alive from the pool or the Reducer
+	if pooled {
+		ptrArrays.Put(arr)
 	}
 }
 

@@ -189,8 +189,8 @@ func (b *Backend) step(o *op) error {
 	for _, j := range b.peers {
 		h := b.hot[j][p]
 		var touch []byte
-		if b.touch > 0 {
-			touch = b.slot(j, p)[:b.touch]
+		if o.touch > 0 {
+			touch = b.slot(j, p)[:o.touch]
 		}
 		if err := b.waitTouch(o, j, &h.seq, &h.sleepers, k, touch); err != nil {
 			return err
@@ -381,10 +381,10 @@ func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []
 			copy(b.slot(me, p), send[off*es:(off+c)*es])
 		}
 		if !inline && d.zc == 0 && len(send) <= touchMax && !raceEnabled {
-			b.touch = len(send)
+			o.touch = len(send)
 		}
 		err := b.firstOr(o, d, i == 0)
-		b.touch = 0
+		o.touch = 0
 		if err != nil {
 			return err
 		}

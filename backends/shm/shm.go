@@ -83,10 +83,7 @@ type Backend struct {
 	oversub    bool
 	cpus       unix.CPUSet // the CPUs this rank may use, for nudge
 	nudges     int
-	// touch is how many bytes of their buffers a round's waiters load
-	// while they spin, so that a small payload arrives with the round.
-	touch     int
-	lastNudge time.Duration // since() at the last move
+	lastNudge  time.Duration // since() at the last move
 
 	mu      sync.Mutex      // one call at a time; Close waits for it
 	red     kernels.Reducer // the kernels' scratch, used under mu

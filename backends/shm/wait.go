@@ -120,6 +120,10 @@ type op struct {
 	coll     uint64
 	deadline time.Time // set on first sleep
 	p2p      int       // the peer of a send/recv, -1 for collectives
+	// touch is how many bytes of their peers' buffers the waiters of the
+	// next round load while they spin, so that a small payload arrives
+	// with the round (see touchMax).
+	touch int
 }
 
 func (o *op) name() string {
@@ -136,7 +140,7 @@ func (b *Backend) waitFor(o *op, peer int, word *uint64, sleepers *uint32, targe
 }
 
 // waitTouch is waitFor that also loads the first word of each cache line of
-// touch while it spins (see Backend.touch).
+// touch while it spins (see op.touch).
 func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, target uint64, touch []byte) error {
 	if atomic.LoadUint64(word) >= target {
 		return nil
