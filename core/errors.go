@@ -13,12 +13,29 @@ var ErrClosed = errors.New("gocoll: communicator is closed")
 // backend does not provide; errors wrapping it say which.
 var ErrUnsupported = errors.New("gocoll: unsupported")
 
+// ErrBufferLength marks a buffer whose length does not fit the collective
+// (for example recv shorter than send in an allreduce); errors wrapping it
+// say which buffer and what length it needs.
+var ErrBufferLength = errors.New("gocoll: buffer length does not fit the collective")
+
+// ErrInvalid marks any other argument one rank can tell is wrong alone: a
+// count out of range, a root or peer that is not a rank, buffers that
+// overlap. Errors wrapping it say which.
+var ErrInvalid = errors.New("gocoll: invalid argument")
+
+// ErrConcurrentUse is returned when a call starts on a communicator while
+// another is in flight there. Collectives pair calls by their order on
+// each rank, so two goroutines sharing a communicator would pair different
+// goroutines' calls across ranks; rather than return mispaired data, both
+// calls fail and the communicator stays failed.
+var ErrConcurrentUse = errors.New("gocoll: two calls in flight on one communicator: a communicator runs one call at a time, in the same order on every rank; give each goroutine its own communicator")
+
 // MismatchError reports that ranks called a collective with different
 // arguments. Every rank gets it; no buffer holds a partial result that
 // looks valid.
 type MismatchError struct {
 	Seq    uint64 // collective sequence number on this communicator
-	Field  string // "kind", "dtype", "op", "count", "root", ...
+	Field  string // "kind", "dtype", "op", "count", "root", "peer", "seq", "argument"
 	Rank   int    // this rank
 	Mine   string // this rank's value
 	Peer   int    // a rank that disagrees
@@ -26,6 +43,13 @@ type MismatchError struct {
 }
 
 func (e *MismatchError) Error() string {
+	if e.Field == "argument" {
+		if e.Mine == "invalid" {
+			return fmt.Sprintf("gocoll: collective #%d: rank %d passed an invalid argument (its own error says which)", e.Seq, e.Rank)
+		}
+		return fmt.Sprintf("gocoll: collective #%d: rank %d passed an invalid argument (%s; its own error says which); rank %d's call is abandoned",
+			e.Seq, e.Peer, e.Theirs, e.Rank)
+	}
 	return fmt.Sprintf("gocoll: collective #%d: ranks disagree on %s: rank %d passed %s, rank %d passed %s",
 		e.Seq, e.Field, e.Rank, e.Mine, e.Peer, e.Theirs)
 }

@@ -6,12 +6,15 @@ import "context"
 // to a communicator and a communicator hands it to a backend.
 //
 // Count follows NCCL's convention: the element count of the per-rank block.
-// Allreduce, reduce, broadcast, gather's and allgather's send, scatter's and
-// reduce_scatter's recv hold Count elements; the other side of allgather,
-// gather, scatter, reduce_scatter and both sides of alltoall hold Count*size.
-// Buffers a rank does not take part with (recv of reduce and gather, send of
-// scatter, on non-root ranks) are nil. Broadcast passes the same slice as
-// Send and Recv. Send may equal Recv (in place) wherever the sizes match.
+// The Kind's Shape says which buffers hold Count elements and which hold
+// Count for every rank. Buffers a rank does not take part with (recv of
+// reduce and gather, send of scatter, on non-root ranks) are empty.
+// Broadcast's one buffer is Recv (Send is nil or the same slice). Send may
+// equal Recv (in place) where the Shape allows it; no other overlap is
+// allowed.
+//
+// Check fills Type and Kernel: a backend reads the element size and the
+// reduction from them and never looks a dtype or an op up by id.
 type Request struct {
 	Kind  Kind
 	DType DType
@@ -21,6 +24,12 @@ type Request struct {
 	Peer  int // peer rank, for send and recv
 	Send  []byte
 	Recv  []byte
+
+	// Type is DType's descriptor; nil for a barrier. Set by Check.
+	Type *Type
+	// Kernel is Type's kernel for Op; nil for collectives that do not
+	// reduce. Set by Check.
+	Kernel *Kernel
 }
 
 // Comm is what the typed API needs of a communicator.
@@ -30,18 +39,38 @@ type Comm interface {
 	// Size is the number of ranks.
 	Size() int
 	// Do runs one collective. Every rank must call Do with matching Kind,
-	// DType, Op, Count and Root, in the same order; a backend that detects a
-	// disagreement returns a *MismatchError on every rank instead of data.
+	// DType, Op, Count and Root, in the same order, one call at a time; a
+	// disagreement is a *MismatchError on every rank instead of data.
 	// Do must not keep req after it returns: the typed API reuses it.
 	Do(ctx context.Context, req *Request) error
 }
 
 // Backend is a transport that runs collectives for one group of ranks:
-// backends/shm inside a node, backends/tcp between nodes.
+// backends/shm inside a node, backends/tcp between nodes. A Backend is
+// driven through a Guard (the communicator boundary), which checks each
+// request once, runs one call at a time and keeps the failure state; a
+// backend trusts what it is handed.
 type Backend interface {
-	Comm
+	// Rank is this process's rank in [0, Size).
+	Rank() int
+	// Size is the number of ranks.
+	Size() int
 	// Name is a short name for logs and benchmarks ("shm", "tcp").
 	Name() string
+	// Run runs req, which passed Check with this backend's rank and size.
+	// It compares with the peers every field that must agree (kind, dtype,
+	// op, count, root, peer, sequence) before any rank's output changes,
+	// and returns a *MismatchError on every rank when they differ.
+	Run(ctx context.Context, req *Request) error
+	// Refuse takes this rank's part in the agreement step of req, which
+	// failed Check on this rank, so that its peers return at once with a
+	// *MismatchError whose Field is "argument" and which names this rank.
+	// It moves no data. req may hold any values.
+	Refuse(ctx context.Context, req *Request) error
+	// Abort makes the call in flight on this rank, and every later one,
+	// fail with an error wrapping cause, and tells the peers where the
+	// transport can, so that theirs fail too instead of waiting.
+	Abort(cause error)
 	// Close releases the backend's resources. It does not wait for peers.
 	Close() error
 }

@@ -343,7 +343,7 @@ func (c *Comm) Do(ctx context.Context, req *core.Request) error {
 	// Group.Timeout itself and computes a deadline only when a wait is about
 	// to sleep, while a timer per call would cost more than a small
 	// shared-memory allreduce (~0.35 us against ~0.2 us).
-	err := c.backend.Do(ctx, req)
+	err := c.backend.Run(ctx, req)
 	if err != nil && fatal(err) {
 		// A copy: taking err's own address would move it to the heap,
 		// an allocation on every call, failed or not.

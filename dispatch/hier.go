@@ -69,7 +69,7 @@ func (h *hier) Do(ctx context.Context, req *core.Request) error {
 		return fmt.Errorf("gocoll: an earlier collective failed: %w", h.failed)
 	}
 	if req.Kind != coll.KindAllreduce {
-		return h.world.Do(ctx, req)
+		return h.world.Run(ctx, req)
 	}
 	err := h.allreduce(ctx, req)
 	if err != nil {
@@ -97,19 +97,19 @@ func (h *hier) allreduce(ctx context.Context, req *core.Request) error {
 	if leader {
 		recv = req.Recv
 	}
-	err := h.local.Do(ctx, &core.Request{Kind: coll.KindReduce, DType: req.DType, Op: op, Count: req.Count,
+	err := h.local.Run(ctx, &core.Request{Kind: coll.KindReduce, DType: req.DType, Op: op, Count: req.Count,
 		Root: 0, Send: req.Send, Recv: recv})
 	if err != nil {
 		return h.localError(err, "allreduce (reduce within the node)")
 	}
 	if leader {
-		err = h.leaders.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: req.DType, Op: op, Count: req.Count,
+		err = h.leaders.Run(ctx, &core.Request{Kind: coll.KindAllreduce, DType: req.DType, Op: op, Count: req.Count,
 			Send: req.Recv, Recv: req.Recv})
 		if err != nil {
 			return h.leaderError(err)
 		}
 	}
-	err = h.local.Do(ctx, &core.Request{Kind: coll.KindBroadcast, DType: req.DType, Count: req.Count,
+	err = h.local.Run(ctx, &core.Request{Kind: coll.KindBroadcast, DType: req.DType, Count: req.Count,
 		Root: 0, Send: req.Recv, Recv: req.Recv})
 	if err != nil {
 		return h.localError(err, "allreduce (broadcast within the node)")
@@ -147,3 +147,15 @@ func (h *hier) leaderError(err error) error {
 	}
 	return &core.PeerError{Op: "allreduce (between nodes)", Ranks: ranks, Err: err}
 }
+
+// Run, Refuse and Abort adapt hier to core.Backend while it still checks
+// requests itself in Do; they go once it trusts core.Check.
+
+// Run implements core.Backend.
+func (h *hier) Run(ctx context.Context, req *core.Request) error { return h.Do(ctx, req) }
+
+// Refuse implements core.Backend.
+func (h *hier) Refuse(ctx context.Context, req *core.Request) error { return h.Do(ctx, req) }
+
+// Abort implements core.Backend.
+func (h *hier) Abort(cause error) {}

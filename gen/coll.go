@@ -9,9 +9,9 @@ import (
 )
 
 // collFiles is the typed API package.
-func collFiles(s *spec.Spec) []genFile {
+func collFiles(s *spec.Spec, kernelsPath string) []genFile {
 	files := []genFile{
-		{name: "ids.go", jen: collIDs(s)},
+		{name: "ids.go", jen: collIDs(s, kernelsPath)},
 		{name: "api.go", jen: collAPI(s)},
 		{name: "tables.go", jen: collTables(s)},
 		{name: "coll_test.go", text: collTest(s)},
@@ -32,8 +32,13 @@ func kindConst(c spec.Collective) string { return "Kind" + c.Title() }
 // goType is the element type as the generated package spells it.
 func goType(d spec.DType) *jen.Statement { return jen.Id(d.Go) }
 
-func collIDs(s *spec.Spec) *jen.File {
+func collIDs(s *spec.Spec, kernelsPath string) *jen.File {
 	f := newFile(s, s.Package)
+	if kernelsPath != "" {
+		// The kernels package registers the spec's dtypes, ops and
+		// kernels with core: importing the typed API must be enough.
+		f.Anon(kernelsPath)
+	}
 	f.PackageComment(fmt.Sprintf("Package %s is the typed API of gocoll's collectives, generated from %s:", s.Package, s.Path))
 	f.PackageComment("one function per collective and element type, the ids of the element types,")
 	f.PackageComment("reduce ops and collectives (registered with package core at init), and the")
@@ -66,22 +71,6 @@ func collIDs(s *spec.Spec) *jen.File {
 			g.Id(kindConst(c)).Qual(CorePath, "Kind").Op("=").Lit(c.ID)
 		}
 	})
-	f.Comment("init tells package core the names and sizes behind the ids, for errors and")
-	f.Comment("for the byte-level runtime. Another spec registering an id differently panics there.")
-	f.Func().Id("init").Params().BlockFunc(func(g *jen.Group) {
-		for _, d := range s.DTypes {
-			g.Qual(CorePath, "RegisterDType").Call(jen.Id(dtConst(d)), qCore("DTypeInfo").Values(jen.Dict{
-				jen.Id("Name"): jen.Lit(d.Name), jen.Id("Size"): jen.Lit(d.Size),
-			}))
-		}
-		for _, o := range s.Ops {
-			g.Qual(CorePath, "RegisterOp").Call(jen.Id(opConst(o)), jen.Lit(o.Name))
-		}
-		for _, c := range s.Collectives {
-			g.Qual(CorePath, "RegisterKind").Call(jen.Id(kindConst(c)), qCore("KindInfo").Values(jen.Dict{jen.Id("Name"): jen.Lit(c.Name)}))
-		}
-	})
-
 	f.Comment("Supports reports whether the spec lets dtype dt be reduced with op.")
 	f.Func().Id("Supports").Params(jen.Id("dt").Qual(CorePath, "DType"), jen.Id("op").Qual(CorePath, "Op")).Bool().Block(
 		jen.Switch(jen.Id("dt")).BlockFunc(func(g *jen.Group) {

@@ -10,18 +10,23 @@ import (
 	"fmt"
 	"go/format"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/dave/jennifer/jen"
+	"golang.org/x/mod/modfile"
 	"github.com/gocoll/gocoll/gen/asm"
 	"github.com/gocoll/gocoll/gen/spec"
 )
 
 // CorePath is the import path of the shared runtime contracts.
 const CorePath = "github.com/gocoll/gocoll/core"
+
+// KernelPath is the import path of the spec-independent kernel runtime.
+const KernelPath = "github.com/gocoll/gocoll/kernel"
 
 // Options says what Run generates.
 type Options struct {
@@ -49,13 +54,19 @@ func Run(o Options) error {
 	// not depend on where the repository is checked out.
 	s.Path = specName(o.Spec, o.Out)
 	collDir := filepath.Join(o.Out, s.Package)
-	if err := writePackage(collDir, collFiles(s)); err != nil {
+	kdir := filepath.Join(o.Out, "kernels")
+	kpath := ""
+	if o.Kernels {
+		if kpath, err = importPath(kdir); err != nil {
+			return err
+		}
+	}
+	if err := writePackage(collDir, collFiles(s, kpath)); err != nil {
 		return err
 	}
 	if !o.Kernels {
 		return nil
 	}
-	kdir := filepath.Join(o.Out, "kernels")
 	if err := writePackage(kdir, kernelFiles(s)); err != nil {
 		return err
 	}
@@ -111,6 +122,7 @@ func newFile(s *spec.Spec, pkg string) *jen.File {
 	f := jen.NewFile(pkg)
 	f.HeaderComment(Header(s))
 	f.ImportName(CorePath, "core")
+	f.ImportName(KernelPath, "kernel")
 	return f
 }
 
@@ -216,4 +228,32 @@ func specName(specPath, out string) string {
 		}
 	}
 	return filepath.ToSlash(specPath)
+}
+
+// importPath is the Go import path of directory dir: its module's path
+// (from the nearest go.mod above it) joined with dir's place in the module.
+func importPath(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for root := abs; ; {
+		data, err := os.ReadFile(filepath.Join(root, "go.mod"))
+		if err == nil {
+			mod := modfile.ModulePath(data)
+			if mod == "" {
+				return "", fmt.Errorf("%s/go.mod has no module line", root)
+			}
+			rel, err := filepath.Rel(root, abs)
+			if err != nil {
+				return "", err
+			}
+			return path.Join(mod, filepath.ToSlash(rel)), nil
+		}
+		parent := filepath.Dir(root)
+		if parent == root {
+			return "", fmt.Errorf("no go.mod above %s: generate into a module", abs)
+		}
+		root = parent
+	}
 }

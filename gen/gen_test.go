@@ -42,7 +42,7 @@ func generateInModule(t *testing.T, specSrc []byte, kernels bool) string {
 	if err := os.MkdirAll(filepath.Join(root, "spec"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module example.com/m\n\ngo 1.26.0\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module github.com/gocoll/gocoll\n\ngo 1.26.0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sp := filepath.Join(root, "spec", "collectives.yaml")

@@ -107,6 +107,40 @@ func kernelTables(s *spec.Spec) *jen.File {
 			dd[jen.Id(kop(o))] = jen.Lit(o.Name)
 		}
 	}))
+	f.Comment("init registers the spec's dtypes, ops and kernels with package core, which")
+	f.Comment("requests resolve them through. Another spec registering an id differently panics there.")
+	f.Func().Id("init").Params().BlockFunc(func(g *jen.Group) {
+		for _, d := range s.DTypes {
+			var div jen.Code = jen.Nil()
+			for _, on := range d.Ops {
+				if o, _ := s.Op(on); o.Finish == "divide" {
+					div = jen.Id("divide" + d.Title())
+				}
+			}
+			g.Qual(CorePath, "RegisterType").Call(jen.Op("&").Qual(CorePath, "Type").Values(jen.Dict{
+				jen.Id("ID"): jen.Id(kdt(d)), jen.Id("Name"): jen.Lit(d.Name), jen.Id("Size"): jen.Lit(d.Size), jen.Id("Divide"): div,
+			}))
+		}
+		for _, o := range s.Ops {
+			fin := jen.Qual(CorePath, "FinishNone")
+			if o.Finish == "divide" {
+				fin = jen.Qual(CorePath, "FinishDivide")
+			}
+			g.Qual(CorePath, "RegisterOp").Call(jen.Op("&").Qual(CorePath, "OpInfo").Values(jen.Dict{
+				jen.Id("ID"): jen.Id(kop(o)), jen.Id("Name"): jen.Lit(o.Name), jen.Id("Finish"): fin,
+			}))
+		}
+		g.For(jen.List(jen.Id("_"), jen.Id("s")).Op(":=").Range().Id("kernelSpecs")).Block(
+			jen.Var().Id("im").Qual(KernelPath, "Impl"),
+			jen.Id("im").Index(jen.Qual(KernelPath, "Generic")).Op("=").Qual(KernelPath, "Func").Call(jen.Id("s").Dot("generic")),
+			jen.For(jen.Id("l").Op(":=").Id("AVX2"), jen.Id("l").Op("<=").Id("AVX512"), jen.Id("l").Op("++")).Block(
+				jen.If(jen.Id("a").Op(":=").Id("archKernel").Call(jen.Id("l"), jen.Id("s").Dot("dt"), jen.Id("s").Dot("asmOp")), jen.Id("a").Op("!=").Nil()).Block(
+					jen.Id("im").Index(jen.Id("l")).Op("=").Qual(KernelPath, "Func").Call(jen.Id("a")),
+				),
+			),
+			jen.Qual(CorePath, "RegisterKernel").Call(jen.Id("s").Dot("dt"), jen.Id("s").Dot("op"), jen.Id("im")),
+		)
+	})
 	f.Comment("finishers divides by the number of ranks, for each dtype x op whose op")
 	f.Comment("has a finish step; nil elsewhere.")
 	f.Var().Id("finishers").Op("=").Index(jen.Id("numDT")).Index(jen.Id("numOp")).Func().Params(jen.Qual("unsafe", "Pointer"), jen.Int(), jen.Int()).Values(jen.DictFunc(func(dd jen.Dict) {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/gocoll/gocoll/core"
+	_ "github.com/gocoll/gocoll/generated/kernels"
 	"strings"
 	"sync"
 	"unsafe"
@@ -99,70 +100,6 @@ const (
 	// KindRecv: Recv receives into buf what rank peer passed to Send.
 	KindRecv core.Kind = 11
 )
-
-// init tells package core the names and sizes behind the ids, for errors and
-// for the byte-level runtime. Another spec registering an id differently panics there.
-func init() {
-	core.RegisterDType(DTypeFloat32, core.DTypeInfo{
-		Name: "float32",
-		Size: 4,
-	})
-	core.RegisterDType(DTypeFloat64, core.DTypeInfo{
-		Name: "float64",
-		Size: 8,
-	})
-	core.RegisterDType(DTypeBFloat16, core.DTypeInfo{
-		Name: "bfloat16",
-		Size: 2,
-	})
-	core.RegisterDType(DTypeFloat16, core.DTypeInfo{
-		Name: "float16",
-		Size: 2,
-	})
-	core.RegisterDType(DTypeInt8, core.DTypeInfo{
-		Name: "int8",
-		Size: 1,
-	})
-	core.RegisterDType(DTypeUint8, core.DTypeInfo{
-		Name: "uint8",
-		Size: 1,
-	})
-	core.RegisterDType(DTypeInt32, core.DTypeInfo{
-		Name: "int32",
-		Size: 4,
-	})
-	core.RegisterDType(DTypeUint32, core.DTypeInfo{
-		Name: "uint32",
-		Size: 4,
-	})
-	core.RegisterDType(DTypeInt64, core.DTypeInfo{
-		Name: "int64",
-		Size: 8,
-	})
-	core.RegisterDType(DTypeUint64, core.DTypeInfo{
-		Name: "uint64",
-		Size: 8,
-	})
-	core.RegisterOp(OpSum, "sum")
-	core.RegisterOp(OpProd, "prod")
-	core.RegisterOp(OpMin, "min")
-	core.RegisterOp(OpMax, "max")
-	core.RegisterOp(OpBAnd, "band")
-	core.RegisterOp(OpBOr, "bor")
-	core.RegisterOp(OpBXor, "bxor")
-	core.RegisterOp(OpAvg, "avg")
-	core.RegisterKind(KindAllreduce, core.KindInfo{Name: "allreduce"})
-	core.RegisterKind(KindReduce, core.KindInfo{Name: "reduce"})
-	core.RegisterKind(KindBroadcast, core.KindInfo{Name: "broadcast"})
-	core.RegisterKind(KindAllgather, core.KindInfo{Name: "allgather"})
-	core.RegisterKind(KindReduceScatter, core.KindInfo{Name: "reduce_scatter"})
-	core.RegisterKind(KindGather, core.KindInfo{Name: "gather"})
-	core.RegisterKind(KindScatter, core.KindInfo{Name: "scatter"})
-	core.RegisterKind(KindAlltoall, core.KindInfo{Name: "alltoall"})
-	core.RegisterKind(KindBarrier, core.KindInfo{Name: "barrier"})
-	core.RegisterKind(KindSend, core.KindInfo{Name: "send"})
-	core.RegisterKind(KindRecv, core.KindInfo{Name: "recv"})
-}
 
 // Supports reports whether the spec lets dtype dt be reduced with op.
 func Supports(dt core.DType, op core.Op) bool {

@@ -4,6 +4,7 @@ package kernels
 
 import (
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/kernel"
 	"unsafe"
 )
 
@@ -75,6 +76,121 @@ var opNames = [numOp]string{
 	opMin:  "min",
 	opProd: "prod",
 	opSum:  "sum",
+}
+
+// init registers the spec's dtypes, ops and kernels with package core, which
+// requests resolve them through. Another spec registering an id differently panics there.
+func init() {
+	core.RegisterType(&core.Type{
+		Divide: divideFloat32,
+		ID:     dtFloat32,
+		Name:   "float32",
+		Size:   4,
+	})
+	core.RegisterType(&core.Type{
+		Divide: divideFloat64,
+		ID:     dtFloat64,
+		Name:   "float64",
+		Size:   8,
+	})
+	core.RegisterType(&core.Type{
+		Divide: divideBFloat16,
+		ID:     dtBFloat16,
+		Name:   "bfloat16",
+		Size:   2,
+	})
+	core.RegisterType(&core.Type{
+		Divide: divideFloat16,
+		ID:     dtFloat16,
+		Name:   "float16",
+		Size:   2,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtInt8,
+		Name:   "int8",
+		Size:   1,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtUint8,
+		Name:   "uint8",
+		Size:   1,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtInt32,
+		Name:   "int32",
+		Size:   4,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtUint32,
+		Name:   "uint32",
+		Size:   4,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtInt64,
+		Name:   "int64",
+		Size:   8,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtUint64,
+		Name:   "uint64",
+		Size:   8,
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opSum,
+		Name:   "sum",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opProd,
+		Name:   "prod",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opMin,
+		Name:   "min",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opMax,
+		Name:   "max",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opBAnd,
+		Name:   "band",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opBOr,
+		Name:   "bor",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opBXor,
+		Name:   "bxor",
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishDivide,
+		ID:     opAvg,
+		Name:   "avg",
+	})
+	for _, s := range kernelSpecs {
+		var im kernel.Impl
+		im[kernel.Generic] = kernel.Func(s.generic)
+		for l := AVX2; l <= AVX512; l++ {
+			if a := archKernel(l, s.dt, s.asmOp); a != nil {
+				im[l] = kernel.Func(a)
+			}
+		}
+		core.RegisterKernel(s.dt, s.op, im)
+	}
 }
 
 // finishers divides by the number of ranks, for each dtype x op whose op

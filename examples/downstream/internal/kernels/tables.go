@@ -4,6 +4,7 @@ package kernels
 
 import (
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/kernel"
 	"unsafe"
 )
 
@@ -36,6 +37,38 @@ var dtNames = [numDT]string{
 	dtFloat32:  "float32",
 }
 var opNames = [numOp]string{opSum: "sum"}
+
+// init registers the spec's dtypes, ops and kernels with package core, which
+// requests resolve them through. Another spec registering an id differently panics there.
+func init() {
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtFloat32,
+		Name:   "float32",
+		Size:   4,
+	})
+	core.RegisterType(&core.Type{
+		Divide: nil,
+		ID:     dtBFloat16,
+		Name:   "bfloat16",
+		Size:   2,
+	})
+	core.RegisterOp(&core.OpInfo{
+		Finish: core.FinishNone,
+		ID:     opSum,
+		Name:   "sum",
+	})
+	for _, s := range kernelSpecs {
+		var im kernel.Impl
+		im[kernel.Generic] = kernel.Func(s.generic)
+		for l := AVX2; l <= AVX512; l++ {
+			if a := archKernel(l, s.dt, s.asmOp); a != nil {
+				im[l] = kernel.Func(a)
+			}
+		}
+		core.RegisterKernel(s.dt, s.op, im)
+	}
+}
 
 // finishers divides by the number of ranks, for each dtype x op whose op
 // has a finish step; nil elsewhere.

@@ -13,6 +13,7 @@ package mycoll
 import (
 	"context"
 	"errors"
+	_ "example.com/downstream/internal/kernels"
 	"fmt"
 	"github.com/gocoll/gocoll/core"
 	"strings"
@@ -49,24 +50,6 @@ const (
 	// it.
 	KindBarrier core.Kind = 9
 )
-
-// init tells package core the names and sizes behind the ids, for errors and
-// for the byte-level runtime. Another spec registering an id differently panics there.
-func init() {
-	core.RegisterDType(DTypeFloat32, core.DTypeInfo{
-		Name: "float32",
-		Size: 4,
-	})
-	core.RegisterDType(DTypeBFloat16, core.DTypeInfo{
-		Name: "bfloat16",
-		Size: 2,
-	})
-	core.RegisterOp(OpSum, "sum")
-	core.RegisterKind(KindAllreduce, core.KindInfo{Name: "allreduce"})
-	core.RegisterKind(KindBroadcast, core.KindInfo{Name: "broadcast"})
-	core.RegisterKind(KindAllgather, core.KindInfo{Name: "allgather"})
-	core.RegisterKind(KindBarrier, core.KindInfo{Name: "barrier"})
-}
 
 // Supports reports whether the spec lets dtype dt be reduced with op.
 func Supports(dt core.DType, op core.Op) bool {

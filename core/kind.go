@@ -1,0 +1,105 @@
+package core
+
+import "fmt"
+
+// Kind identifies a collective by its wire id. The collectives are the
+// runtime's algorithms, not the spec's: a spec picks a subset of them by
+// name and id, and the generator refuses a spec whose id or shape for a
+// name differs from the one here.
+type Kind uint8
+
+// The collectives the runtime runs.
+const (
+	KindAllreduce     Kind = 1
+	KindReduce        Kind = 2
+	KindBroadcast     Kind = 3
+	KindAllgather     Kind = 4
+	KindReduceScatter Kind = 5
+	KindGather        Kind = 6
+	KindScatter       Kind = 7
+	KindAlltoall      Kind = 8
+	KindBarrier       Kind = 9
+	KindSend          Kind = 10
+	KindRecv          Kind = 11
+)
+
+// Extent is how many elements a buffer holds, in terms of a Request's
+// Count and the number of ranks.
+type Extent uint8
+
+const (
+	// None: the collective has no such buffer.
+	None Extent = iota
+	// PerRank: Count elements.
+	PerRank
+	// AllRanks: Count elements for every rank, rank order.
+	AllRanks
+)
+
+// Shape says what a collective does with a Request's fields.
+type Shape struct {
+	Name string // spec name, e.g. "reduce_scatter"
+	Op   bool   // reduces with Op
+	Root bool   // has a root rank
+	Peer bool   // point to point with rank Peer
+	Send Extent // size of Send
+	Recv Extent // size of Recv
+	// SendRootOnly and RecvRootOnly: only the root passes that buffer;
+	// the other ranks pass none.
+	SendRootOnly, RecvRootOnly bool
+	// InPlace: Send may be exactly Recv (same start, same length).
+	InPlace bool
+	// SendIsRecv: one buffer, passed as Recv; Send is nil or that same
+	// buffer (broadcast).
+	SendIsRecv bool
+}
+
+var shapes = [...]Shape{
+	KindAllreduce:     {Name: "allreduce", Op: true, Send: PerRank, Recv: PerRank, InPlace: true},
+	KindReduce:        {Name: "reduce", Op: true, Root: true, Send: PerRank, Recv: PerRank, RecvRootOnly: true, InPlace: true},
+	KindBroadcast:     {Name: "broadcast", Root: true, Recv: PerRank, SendIsRecv: true},
+	KindAllgather:     {Name: "allgather", Send: PerRank, Recv: AllRanks},
+	KindReduceScatter: {Name: "reduce_scatter", Op: true, Send: AllRanks, Recv: PerRank},
+	KindGather:        {Name: "gather", Root: true, Send: PerRank, Recv: AllRanks, RecvRootOnly: true},
+	KindScatter:       {Name: "scatter", Root: true, Send: AllRanks, Recv: PerRank, SendRootOnly: true},
+	KindAlltoall:      {Name: "alltoall", Send: AllRanks, Recv: AllRanks},
+	KindBarrier:       {Name: "barrier"},
+	KindSend:          {Name: "send", Peer: true, Send: PerRank},
+	KindRecv:          {Name: "recv", Peer: true, Recv: PerRank},
+}
+
+// Shape returns k's shape, or nil for an id the runtime does not run.
+func (k Kind) Shape() *Shape {
+	if int(k) >= len(shapes) || shapes[k].Name == "" {
+		return nil
+	}
+	return &shapes[k]
+}
+
+// Kinds lists every collective the runtime runs, by id.
+func Kinds() []Kind {
+	var ks []Kind
+	for k := range shapes {
+		if shapes[k].Name != "" {
+			ks = append(ks, Kind(k))
+		}
+	}
+	return ks
+}
+
+// KindByName returns the collective the spec calls name.
+func KindByName(name string) (Kind, bool) {
+	for k := range shapes {
+		if shapes[k].Name != "" && shapes[k].Name == name {
+			return Kind(k), true
+		}
+	}
+	return 0, false
+}
+
+func (k Kind) String() string {
+	if s := k.Shape(); s != nil {
+		return s.Name
+	}
+	return fmt.Sprintf("collective(%d)", uint8(k))
+}
