@@ -17,9 +17,9 @@ import (
 	"strings"
 
 	"github.com/dave/jennifer/jen"
-	"golang.org/x/mod/modfile"
 	"github.com/gocoll/gocoll/gen/asm"
 	"github.com/gocoll/gocoll/gen/spec"
+	"golang.org/x/mod/modfile"
 )
 
 // CorePath is the import path of the shared runtime contracts.
