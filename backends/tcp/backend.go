@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/kernel"
 )
 
-// Backend runs the spec's collectives over TCP between the ranks of a
-// group. It implements core.Backend. Collectives on one Backend run one at a
-// time, in the order every rank calls them.
+// Backend runs the runtime's collectives over TCP between the ranks of a
+// group. It implements core.Backend and is driven through a core.Guard,
+// which checks every request and runs one call at a time: Run, Refuse and
+// Close's callers must not overlap (Abort may come from any goroutine).
 type Backend struct {
 	rank, size int
 	cfg        config
@@ -26,15 +28,21 @@ type Backend struct {
 	peers      []*peer       // by rank; nil at this rank
 	rejected   *atomic.Int64 // connections dropped during setup (tests)
 
-	mu      sync.Mutex    // one call at a time
 	seq     uint64        // collectives started; the next one is seq+1
 	dl      time.Time     // the running call's deadline
 	budget  time.Duration // and how long it had
 	cur     header        // the running call's expected header
+	es      int           // the running call's element size (0: barrier)
+	kern    *core.Kernel  // the running call's reduction (nil: none)
+	red     kernel.Reducer
 	scratch []byte
 	srcs    [2][]byte // kernel arguments, kept here so that calls do not allocate
 	ownJob  []uint64  // ring: per slice (mod n+1), the send of this rank's part; in place, the allgather overwrites it
 	slotJob []uint64  // ring: per scratch slot (2n), the send job that last read it
+	notes   []endNote // settle: every rank's call, by rank (see agree.go)
+	// settling is the collective being settled: the senders skip its data
+	// frames still queued (the peers discard them anyway).
+	settling atomic.Uint64
 
 	running atomic.Uint64 // seq of the collective running or about to run
 	calls   atomic.Uint64 // Do calls started
@@ -78,6 +86,7 @@ type peer struct {
 	sendSeq  uint64    // point-to-point messages sent to this peer
 	recvSeq  uint64    // and received from it
 	deadline time.Time // deadline last set on data
+	skip     int       // settle: payload bytes of a rejected frame, unread
 
 	ctlMu   sync.Mutex    // writes on ctl
 	bye     atomic.Bool   // the peer closed in good order
@@ -165,15 +174,13 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 			return nil, err
 		}
 	}
-	timeout := g.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
+	timeout := core.Timeout(g.Timeout)
 	b := &Backend{
 		rank: g.Rank, size: g.Size, cfg: cfg, timeout: timeout,
 		peers:   make([]*peer, g.Size),
 		ownJob:  make([]uint64, g.Size+1),
 		slotJob: make([]uint64, 2*g.Size),
+		notes:   make([]endNote, g.Size),
 		quit:    make(chan struct{}),
 		logf:    log.New(os.Stderr, "gocoll/tcp: ", log.LstdFlags).Printf,
 		lowat:   os.Getenv(EnvRcvLowat) != "0",
@@ -270,7 +277,7 @@ func (b *Backend) sendLoop(p *peer) {
 	for {
 		select {
 		case j := <-p.jobs:
-			if !b.failedNow() && p.err() == nil {
+			if !b.failedNow() && p.err() == nil && !b.skip(&j.h) {
 				j.h.put(hbuf)
 				iov[0], iov[1] = hbuf, j.payload
 				bufs = iov[:2]
@@ -382,11 +389,8 @@ func (b *Backend) interrupt() {
 
 // describe turns a local failure into what peers are told.
 func (b *Backend) describe(f *failure) *abortInfo {
-	var me *core.MismatchError
 	var pe *core.PeerError
 	switch {
-	case errors.As(f.local, &me):
-		return &abortInfo{reason: abortMismatch, field: me.Field, rankA: me.Rank, valA: me.Mine, rankB: me.Peer, valB: me.Theirs}
 	case errors.As(f.local, &pe):
 		return &abortInfo{reason: abortPeer, ranks: pe.Ranks, msg: fmt.Sprintf("rank %d: %v", b.rank, pe.Err)}
 	default:
@@ -394,37 +398,12 @@ func (b *Backend) describe(f *failure) *abortInfo {
 	}
 }
 
-// failureError is the error this rank returns for f in the call op (the
-// running collective, whose expected header is b.cur).
+// failureError is the error this rank returns for f in the call op.
 func (b *Backend) failureError(f *failure, op string) error {
 	if f.local != nil {
 		return f.local
 	}
-	a := f.remote
-	switch a.reason {
-	case abortMismatch:
-		e := &core.MismatchError{Seq: a.seq, Field: a.field, Rank: b.rank}
-		mine := ""
-		if b.cur.seq == a.seq {
-			mine = b.cur.field(a.field)
-		}
-		e.Mine = mine
-		switch {
-		case b.rank == a.rankB || (mine != "" && mine == a.valB && b.rank != a.rankA):
-			e.Peer, e.Theirs = a.rankA, a.valA
-			if mine == "" {
-				e.Mine = a.valB
-			}
-		default:
-			e.Peer, e.Theirs = a.rankB, a.valB
-			if mine == "" {
-				e.Mine = a.valA
-			}
-		}
-		return e
-	default:
-		return &core.PeerError{Op: op, Ranks: a.ranks, Err: errors.New(a.msg)}
-	}
+	return &core.PeerError{Op: op, Ranks: f.remote.ranks, Err: errors.New(f.remote.msg)}
 }
 
 // opName names the running collective for errors ("allreduce #12").
@@ -488,10 +467,6 @@ func (b *Backend) ioError(p *peer, err error) error {
 	var cause error
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		if e := b.pendingMismatch(); e != nil {
-			f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
-			return b.failureError(f, b.opName())
-		}
 		blame, how := b.blame(p)
 		if e := b.check(); e != nil {
 			return e // another rank's verdict came first
@@ -519,35 +494,6 @@ func (b *Backend) ioError(p *peer, err error) error {
 // a tenth of the call's time limit, within [100 ms, 2 s].
 func (b *Backend) stallGrace() time.Duration {
 	return min(max(b.budget/10, 100*time.Millisecond), 2*time.Second)
-}
-
-// pendingMismatch looks, after a timeout, at frames other ranks sent this
-// rank that it never read: ranks that disagree on a root (or on which
-// collective comes next) send to ranks that are not waiting for them, and
-// such a frame explains the timeout better than any absent rank does. The
-// backend is failing anyway, so consuming the headers does no harm.
-func (b *Backend) pendingMismatch() error {
-	exp := b.cur
-	exp.typ = frameData
-	for _, q := range b.peers {
-		if q == nil {
-			continue
-		}
-		_ = q.data.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
-		var hb [hdrSize]byte
-		if _, err := io.ReadFull(q.data, hb[:]); err != nil {
-			continue
-		}
-		var got header
-		if got.get(hb[:]) != nil {
-			continue
-		}
-		exp.length = got.length // the length depends on the other fields
-		if field, mine, theirs := mismatch(&exp, &got); field != "" {
-			return &core.MismatchError{Seq: b.cur.seq, Field: field, Rank: b.rank, Mine: mine, Peer: q.rank, Theirs: theirs}
-		}
-	}
-	return nil
 }
 
 // blame finds who held up the running collective after this rank's wait for
@@ -623,6 +569,9 @@ func (b *Backend) post(p *peer, h *header, buf []byte) error {
 		n := min(len(buf), maxFrame)
 		j := sendJob{h: *h, payload: buf[:n]}
 		j.h.length = uint32(n)
+		if n < len(buf) {
+			j.h.flags |= flagMore
+		}
 		select {
 		case p.jobs <- j:
 		case <-b.quit:
@@ -663,7 +612,8 @@ func (b *Backend) send(p *peer, h *header, buf []byte) error {
 }
 
 // recv reads what p sent with the matching send or post into dst, checking
-// every frame's header against h.
+// every frame's header against h: a frame that does not match ends the call
+// in agreement with the peers (see unexpected).
 func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 	if err := b.use(p); err != nil {
 		return err
@@ -678,12 +628,9 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 			return b.ioError(p, err)
 		}
 		exp := *h
-		exp.typ = frameData
 		exp.length = uint32(n)
-		if field, mine, theirs := mismatch(&exp, &got); field != "" {
-			e := &core.MismatchError{Seq: b.cur.seq, Field: field, Rank: b.rank, Mine: mine, Peer: p.rank, Theirs: theirs}
-			f := b.fail(&failure{seq: b.running.Load(), local: e}, true)
-			return b.failureError(f, b.opName())
+		if field, _, _ := mismatch(&exp, &got); field != "" {
+			return b.unexpected(p, &exp, &got)
 		}
 		if n >= lowatMin && b.lowat {
 			if err := p.readLowat(dst[:n]); err != nil {

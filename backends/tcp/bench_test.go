@@ -132,13 +132,13 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 		defer pprof.StopCPUProfile()
 	}
 	for _, size := range sizes {
-		d, err := measure(ctx, b, size, itersFor(size))
+		d, err := measure(ctx, core.NewGuard(b), size, itersFor(size))
 		if err != nil {
 			return fmt.Errorf("size %d: %w", size, err)
 		}
 		if r.Rank == 0 {
 			fmt.Printf("RESULT np=%d bytes=%d algo=%v time_us=%.1f busbw_GBps=%.3f cpu_us_all_ranks=%.1f\n",
-				r.Size, size, b.choose(&core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Count: size / 4}),
+				r.Size, size, b.choose(core.KindAllreduce, size/4, size),
 				d.Seconds()*1e6, busBW(size, d, r.Size)/1e9, lastCPU.Seconds()*1e6)
 		}
 	}
@@ -178,9 +178,9 @@ func BenchmarkAllreduce(b *testing.B) {
 				}
 				b.SetBytes(int64(size))
 				b.ResetTimer()
-				errs := each(bs, func(be *Backend) error {
+				errs := each(bs, func(be rank) error {
 					for range b.N {
-						if err := coll.AllreduceFloat32(context.Background(), be, bufs[be.Rank()], bufs[be.Rank()], coll.OpSum); err != nil {
+						if err := coll.AllreduceFloat32(context.Background(), be.c, bufs[be.Rank()], bufs[be.Rank()], coll.OpSum); err != nil {
 							return err
 						}
 					}

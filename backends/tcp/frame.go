@@ -3,7 +3,6 @@ package tcp
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"strconv"
 
 	"github.com/gocoll/gocoll/core"
@@ -17,14 +16,15 @@ import (
 //	4  dtype   uint8   core.DType
 //	5  op      uint8   core.Op
 //	6  algo    uint8   Algorithm
-//	7  -       uint8   zero
+//	7  flags   uint8   flagMore, flagRefused
 //	8  seq     uint64  collective number (send/recv: per-pair message number)
 //	16 count   uint64  the collective's Count
 //	24 root    int32   Root for rooted collectives, else 0
 //	28 length  uint32  payload bytes that follow
 //
-// A data frame's receiver compares every field with what its own call
-// expects before a byte of payload is read.
+// Every frame on a data connection carries its sender's call (kind, dtype,
+// op, count, root, sequence, algorithm): the receiver compares them with
+// its own call before it reads a byte of payload (see agree.go).
 const (
 	hdrSize  = 32
 	magic    = 0x4347 // "GC" little-endian
@@ -38,6 +38,18 @@ const (
 	frameAbort frameType = 2 // control: a rank failed a collective (payload: abortInfo)
 	frameBye   frameType = 3 // control: the sender is closing in good order
 	frameStall frameType = 4 // control: the sender timed out in collective seq waiting for rank root
+	frameAgree frameType = 5 // data: a rooted collective's agreement round (no payload)
+	frameEnd   frameType = 6 // data: the sender abandons the call after a disagreement or a refusal (payload: endInfo)
+)
+
+// Header flags.
+const (
+	// flagMore marks a frame that a longer message continues in the next
+	// one (a payload above maxFrame is cut into several).
+	flagMore = 1 << 0
+	// flagRefused marks the call of a rank that refused its own request
+	// (Refuse): its other fields are whatever the request held.
+	flagRefused = 1 << 1
 )
 
 type header struct {
@@ -46,6 +58,7 @@ type header struct {
 	dtype  core.DType
 	op     core.Op
 	algo   Algorithm
+	flags  uint8
 	seq    uint64
 	count  uint64
 	root   int32
@@ -60,7 +73,7 @@ func (h *header) put(b []byte) {
 	b[4] = byte(h.dtype)
 	b[5] = byte(h.op)
 	b[6] = byte(h.algo)
-	b[7] = 0
+	b[7] = h.flags
 	binary.LittleEndian.PutUint64(b[8:], h.seq)
 	binary.LittleEndian.PutUint64(b[16:], h.count)
 	binary.LittleEndian.PutUint32(b[24:], uint32(h.root))
@@ -79,6 +92,7 @@ func (h *header) get(b []byte) error {
 	h.dtype = core.DType(b[4])
 	h.op = core.Op(b[5])
 	h.algo = Algorithm(b[6])
+	h.flags = b[7]
 	h.seq = binary.LittleEndian.Uint64(b[8:])
 	h.count = binary.LittleEndian.Uint64(b[16:])
 	h.root = int32(binary.LittleEndian.Uint32(b[24:]))
@@ -86,13 +100,13 @@ func (h *header) get(b []byte) error {
 	return nil
 }
 
-// mismatch compares a received data header with the expected one and names
-// the first field that differs, with both values as text; "" when they
-// agree. Fields are compared in the order that best explains a user error.
+// mismatch compares a received header with the expected one and names the
+// first field that differs, with both values as text; "" when they agree.
+// Flags are not compared: they describe the frame, not the call.
 func mismatch(exp, got *header) (field, mine, theirs string) {
 	switch {
-	case got.typ != frameData:
-		return "frame type", "data", fmt.Sprint(got.typ)
+	case got.typ != exp.typ:
+		return "frame type", strconv.Itoa(int(exp.typ)), strconv.Itoa(int(got.typ))
 	case got.kind != exp.kind:
 		return "kind", exp.kind.String(), got.kind.String()
 	case got.dtype != exp.dtype:
@@ -113,27 +127,6 @@ func mismatch(exp, got *header) (field, mine, theirs string) {
 	return "", "", ""
 }
 
-// field returns h's value of a field named by mismatch, as mismatch prints it.
-func (h *header) field(name string) string {
-	switch name {
-	case "kind":
-		return h.kind.String()
-	case "dtype":
-		return h.dtype.String()
-	case "op":
-		return opString(h.op)
-	case "count":
-		return strconv.FormatUint(h.count, 10)
-	case "root":
-		return strconv.Itoa(int(h.root))
-	case "seq":
-		return strconv.FormatUint(h.seq, 10)
-	case "algorithm":
-		return h.algo.String()
-	}
-	return ""
-}
-
 func opString(o core.Op) string {
 	if o == 0 {
 		return "none"
@@ -141,55 +134,42 @@ func opString(o core.Op) string {
 	return o.String()
 }
 
-// Abort reasons.
-const (
-	abortMismatch = 1 // ranks a and b disagree on field
-	abortPeer     = 2 // ranks failed or did not take part
-)
+// abortPeer is the reason of every abort frame: ranks failed or did not
+// take part. (Disagreements never fail the backend; see agree.go.)
+const abortPeer = 2
 
 // abortInfo is the payload of an abort frame: why a collective failed, in
-// enough detail that every rank returns the same kind of error.
+// enough detail that every rank returns the same error.
 type abortInfo struct {
 	seq    uint64 // the collective (the header's seq field carries it)
 	reason uint8
-	field  string // mismatch: the field
-	rankA  int    // mismatch: the detecting rank ...
-	valA   string // ... and its value
-	rankB  int    // mismatch: the rank it disagrees with ...
-	valB   string // ... and that rank's value
-	ranks  []int  // peer: the ranks that failed
-	msg    string // peer: the cause as text
+	ranks  []int  // the ranks that failed
+	msg    string // the cause as text
 }
 
 func (a *abortInfo) marshal() []byte {
 	b := []byte{a.reason}
-	b = binary.LittleEndian.AppendUint32(b, uint32(int32(a.rankA)))
-	b = binary.LittleEndian.AppendUint32(b, uint32(int32(a.rankB)))
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(a.ranks)))
 	for _, r := range a.ranks {
 		b = binary.LittleEndian.AppendUint32(b, uint32(int32(r)))
 	}
-	for _, s := range []string{a.field, a.valA, a.valB, a.msg} {
-		if len(s) > 1024 {
-			s = s[:1024]
-		}
-		b = binary.LittleEndian.AppendUint16(b, uint16(len(s)))
-		b = append(b, s...)
+	s := a.msg
+	if len(s) > 1024 {
+		s = s[:1024]
 	}
-	return b
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
 }
 
 var errShortAbort = errors.New("malformed abort frame")
 
 func (a *abortInfo) unmarshal(b []byte) error {
-	if len(b) < 11 {
+	if len(b) < 3 {
 		return errShortAbort
 	}
 	a.reason = b[0]
-	a.rankA = int(int32(binary.LittleEndian.Uint32(b[1:])))
-	a.rankB = int(int32(binary.LittleEndian.Uint32(b[5:])))
-	n := int(binary.LittleEndian.Uint16(b[9:]))
-	b = b[11:]
+	n := int(binary.LittleEndian.Uint16(b[1:]))
+	b = b[3:]
 	if len(b) < 4*n {
 		return errShortAbort
 	}
@@ -198,16 +178,13 @@ func (a *abortInfo) unmarshal(b []byte) error {
 		a.ranks[i] = int(int32(binary.LittleEndian.Uint32(b[4*i:])))
 	}
 	b = b[4*n:]
-	for _, s := range []*string{&a.field, &a.valA, &a.valB, &a.msg} {
-		if len(b) < 2 {
-			return errShortAbort
-		}
-		l := int(binary.LittleEndian.Uint16(b))
-		if len(b) < 2+l {
-			return errShortAbort
-		}
-		*s = string(b[2 : 2+l])
-		b = b[2+l:]
+	if len(b) < 2 {
+		return errShortAbort
 	}
+	l := int(binary.LittleEndian.Uint16(b))
+	if len(b) < 2+l {
+		return errShortAbort
+	}
+	a.msg = string(b[2 : 2+l])
 	return nil
 }

@@ -59,9 +59,6 @@ const (
 	// DefaultConnectTimeout bounds one connection attempt to a peer; New
 	// retries until its own deadline.
 	DefaultConnectTimeout = 5 * time.Second
-	// DefaultTimeout bounds every wait when neither the context nor the
-	// Group sets one.
-	DefaultTimeout = 5 * time.Minute
 )
 
 // Algorithm names an algorithm a collective can be forced to use.

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gocoll/gocoll/backends/tcp/tcptest"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/proctest"
@@ -32,7 +31,7 @@ func conformanceBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer b.Close()
-	return tcptest.Conformance(ctx, b, uint64(r.Size)*7, nil)
+	return runConform(ctx, core.NewGuard(b))
 }
 
 // TestConformanceProcesses runs the conformance suite with every rank a
@@ -61,12 +60,13 @@ func killBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer b.Close()
+	c := core.NewGuard(b)
 	buf := make([]float32, 1<<20)
 	for i := 0; ; i++ {
 		if i == 1 {
 			r.Mark("running")
 		}
-		err := coll.AllreduceFloat32(ctx, b, buf, buf, coll.OpSum)
+		err := coll.AllreduceFloat32(ctx, c, buf, buf, coll.OpSum)
 		if err == nil {
 			if i > 10000 {
 				return errors.New("the victim was never killed")

@@ -1,0 +1,371 @@
+package tcp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/gocoll/gocoll/core"
+)
+
+// Agreement: how the ranks find out that their calls differ.
+//
+// Every frame on a data connection carries its sender's call in its
+// header, and a receiver compares it with its own before it reads the
+// payload. What the ranks learn that way depends on the collective:
+//
+//   - allreduce, allgather, reduce_scatter, alltoall and barrier: every
+//     rank's result depends on every rank's data, so a chain of frames runs
+//     from every rank to every other, and each hop was compared. A rank
+//     that completes has therefore seen (through the chains) that every
+//     rank's call equals its own, and if any pair of ranks differs, no rank
+//     completes: the frames a rank waits for are never sent (their sender
+//     stopped at the disagreement) and an end frame comes instead. These
+//     collectives cost nothing extra when the ranks agree.
+//   - broadcast, reduce, gather and scatter: the data flows to or from the
+//     root only, so a leaf (or the root) could finish without hearing from
+//     a rank that disagrees, and ranks that disagree on the root would
+//     wait for different ranks. They first run one dissemination round of
+//     header-only frames (agree): the same pattern whatever the root, so
+//     that it completes on every rank exactly when all calls are equal.
+//     It costs ceil(log2 n) small messages before the data moves.
+//   - send and recv: the receiver compares the sender's header. A send
+//     completes when its frames are handed to the kernel, as a buffered
+//     send does, so a disagreement is the receiver's error.
+//
+// A rank that sees a frame it did not expect (a field differs, or a peer
+// ended the call) settles the call: it sends every peer an end frame
+// that holds its own call (its header, marked refused by Refuse, and its
+// chunk size), then reads each peer's data connection, discarding what the
+// peer sent for the call, up to that peer's end frame. Every rank that
+// waits for a frame from a rank that settled gets its end frame instead
+// and settles too, so every rank settles, and afterwards each holds every
+// rank's call, every stream is at the same frame boundary, and no call
+// left anything unread: the next call runs. Each rank then derives the
+// same verdict from the same table of calls (see verdict), so every rank
+// names the same field and the same culprit, with both values.
+//
+// A rank whose request failed core.Check (Refuse) settles at once with its
+// header marked refused, and its peers report that rank's bad argument.
+
+// endNote is one rank's call as its end frame states it.
+type endNote struct {
+	h      header
+	chunk  int
+	detail string // what the rank saw that it did not expect, if anything
+	have   bool
+}
+
+// maxEndPayload bounds an end frame's payload: the chunk size and a line.
+const maxEndPayload = 4 << 10
+
+// skip reports whether the sender should drop queued frame h: a data frame
+// of the collective being settled, which its receiver would only discard.
+func (b *Backend) skip(h *header) bool {
+	s := b.settling.Load()
+	return s != 0 && h.seq == s && h.typ != frameEnd && h.kind != core.KindSend
+}
+
+// agree is the agreement round of a rooted collective: a dissemination
+// barrier whose header-only frames carry the call.
+func (b *Backend) agree() error {
+	h := b.cur
+	h.typ = frameAgree
+	n, r := b.size, b.rank
+	for k := 1; k < n; k <<= 1 {
+		if err := b.post(b.peers[mod(r+k, n)], &h, nil); err != nil {
+			return err
+		}
+		if err := b.recv(b.peers[mod(r-k, n)], &h, nil); err != nil {
+			return err
+		}
+	}
+	return b.flushAll()
+}
+
+// unexpected handles a frame got from p that does not match exp, the frame
+// the running call expects; its header has been read, its payload not.
+func (b *Backend) unexpected(p *peer, exp, got *header) error {
+	if b.cur.kind == core.KindSend {
+		return b.unexpectedMessage(p, exp, got)
+	}
+	switch {
+	case got.typ == frameEnd && got.kind != core.KindSend:
+		if err := b.readEnd(p, got); err != nil {
+			return b.ioError(p, err)
+		}
+		return b.settle("")
+	case got.typ != frameData && got.typ != frameAgree:
+		return b.ioError(p, fmt.Errorf("rank %d sent a frame of type %d on its data connection", p.rank, got.typ))
+	}
+	p.skip = int(got.length)
+	field, mine, theirs := mismatch(exp, got)
+	return b.settle(fmt.Sprintf("rank %d expected %s %s and got %s from rank %d", b.rank, field, mine, theirs, p.rank))
+}
+
+// unexpectedMessage handles a send's frame that does not match what this
+// rank's recv expects: the message is discarded, so that the next one
+// lines up, and the disagreement is this rank's error. A frame of a
+// collective on the connection means the ranks interleave collectives and
+// point-to-point calls differently: the streams cannot be put back in step.
+func (b *Backend) unexpectedMessage(p *peer, exp, got *header) error {
+	if got.kind != core.KindSend || (got.typ != frameData && got.typ != frameEnd) {
+		return b.ioError(p, fmt.Errorf("rank %d sent a %v frame where this rank's recv expects a message from it; ranks must order their collectives and point-to-point calls alike", p.rank, got.kind))
+	}
+	if err := b.discardMessage(p, got); err != nil {
+		return b.ioError(p, err)
+	}
+	if got.typ == frameEnd && got.flags&flagRefused != 0 {
+		return &core.MismatchError{Seq: b.cur.seq, Field: "argument", Rank: b.rank, Mine: core.KindRecv.String(), Peer: p.rank, Theirs: core.KindSend.String()}
+	}
+	field, mine, theirs := mismatch(exp, got)
+	if field == "frame length" {
+		// The lengths follow from count and dtype, which agree here: the
+		// sender's message was cut into frames differently.
+		field = "count"
+	}
+	return &core.MismatchError{Seq: b.cur.seq, Field: field, Rank: b.rank, Mine: mine, Peer: p.rank, Theirs: theirs}
+}
+
+// discardMessage reads and drops the rest of the message whose first
+// header got has been read: its payload and any frames that continue it.
+func (b *Backend) discardMessage(p *peer, got *header) error {
+	buf := make([]byte, 64<<10)
+	for {
+		if err := discard(p, int(got.length), buf); err != nil {
+			return err
+		}
+		if got.flags&flagMore == 0 {
+			return nil
+		}
+		if _, err := io.ReadFull(p.data, p.rhdr[:]); err != nil {
+			return err
+		}
+		if err := got.get(p.rhdr[:]); err != nil {
+			return err
+		}
+	}
+}
+
+// skipMessage takes part in a recv this rank refused: it discards the
+// message p sends for it, so that the next one lines up.
+func (b *Backend) skipMessage(p *peer) error {
+	if err := b.use(p); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(p.data, p.rhdr[:]); err != nil {
+		return b.ioError(p, err)
+	}
+	var got header
+	if err := got.get(p.rhdr[:]); err != nil {
+		return b.ioError(p, err)
+	}
+	if got.kind != core.KindSend || (got.typ != frameData && got.typ != frameEnd) {
+		return b.ioError(p, fmt.Errorf("rank %d sent a %v frame where this rank's refused recv expects a message from it", p.rank, got.kind))
+	}
+	if err := b.discardMessage(p, &got); err != nil {
+		return b.ioError(p, err)
+	}
+	return nil
+}
+
+// discard reads and drops n bytes of p's data connection through buf.
+func discard(p *peer, n int, buf []byte) error {
+	for n > 0 {
+		k, err := p.data.Read(buf[:min(n, len(buf))])
+		n -= k
+		if err != nil && n > 0 {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// readEnd reads the payload of p's end frame h into p's note.
+func (b *Backend) readEnd(p *peer, h *header) error {
+	if h.length < 4 || h.length > maxEndPayload {
+		return fmt.Errorf("rank %d sent a malformed end frame (%d bytes)", p.rank, h.length)
+	}
+	buf := make([]byte, h.length)
+	if _, err := io.ReadFull(p.data, buf); err != nil {
+		return err
+	}
+	b.notes[p.rank] = endNote{h: *h, chunk: int(binary.LittleEndian.Uint32(buf)), detail: string(buf[4:]), have: true}
+	return nil
+}
+
+// settle ends the running collective on this rank after a disagreement
+// (detail says what this rank saw) or a refusal (b.cur is marked refused):
+// see the top of this file. It returns the verdict, a *core.MismatchError,
+// or the error of a failure (a peer that died or never came) that fails
+// the backend.
+func (b *Backend) settle(detail string) error {
+	b.settling.Store(b.cur.seq)
+	defer b.settling.Store(0)
+	defer clear(b.notes)
+	b.notes[b.rank] = endNote{h: b.cur, chunk: b.cfg.chunk, detail: detail, have: true}
+	for _, p := range b.peers {
+		if p != nil {
+			if err := b.use(p); err != nil {
+				return err
+			}
+		}
+	}
+	// Read every peer at once, so that no peer's write to this rank waits
+	// while this rank waits for another peer.
+	errs := make([]error, b.size)
+	var wg sync.WaitGroup
+	for _, p := range b.peers {
+		if p != nil && !b.notes[p.rank].have {
+			wg.Go(func() { errs[p.rank] = b.drainToEnd(p) })
+		}
+	}
+	if len(detail) > 1024 {
+		detail = detail[:1024]
+	}
+	payload := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+len(detail)), uint32(b.cfg.chunk))
+	payload = append(payload, detail...)
+	h := b.cur
+	h.typ = frameEnd
+	var werr error
+	for _, p := range b.peers {
+		if p != nil {
+			if werr = b.post(p, &h, payload); werr != nil {
+				break // a failure: the interrupt ends the reads
+			}
+		}
+	}
+	wg.Wait()
+	if werr == nil {
+		werr = b.flushAll()
+	}
+	if werr != nil {
+		return werr
+	}
+	if err := b.check(); err != nil {
+		return err
+	}
+	var missing []int
+	var cause error
+	for r, err := range errs {
+		if err != nil {
+			missing = append(missing, r)
+			if cause == nil || errors.Is(cause, os.ErrDeadlineExceeded) {
+				cause = err
+			}
+		}
+	}
+	if missing != nil {
+		if b.closed.Load() {
+			return core.ErrClosed
+		}
+		return &core.PeerError{Op: b.opName() + " (settling a disagreement)", Ranks: missing, Err: cause}
+	}
+	return b.verdict()
+}
+
+// drainToEnd reads p's data connection up to p's end frame for the
+// running collective, dropping everything before it.
+func (b *Backend) drainToEnd(p *peer) error {
+	var hb [hdrSize]byte
+	buf := make([]byte, 64<<10)
+	n := p.skip
+	p.skip = 0
+	for {
+		if err := discard(p, n, buf); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(p.data, hb[:]); err != nil {
+			return err
+		}
+		var h header
+		if err := h.get(hb[:]); err != nil {
+			return err
+		}
+		if h.typ == frameEnd && h.kind != core.KindSend {
+			return b.readEnd(p, &h)
+		}
+		n = int(h.length)
+	}
+}
+
+// verdict derives, from every rank's call in b.notes, the error this rank
+// returns. Every rank derives it from the same table, so all name the
+// same field and culprit:
+//   - a rank that refused its request: the lowest such rank;
+//   - else the first field, in the order kind, dtype, op, count, root, seq,
+//     algorithm, chunk size, on which the ranks differ. The value most
+//     ranks passed (on a tie, the lowest rank's) is the reference, and the
+//     lowest rank that passed another is the culprit: it names the
+//     culprit, and the culprits name the lowest rank with the reference.
+func (b *Backend) verdict() error {
+	notes := b.notes
+	me := &notes[b.rank]
+	for r := range notes {
+		if notes[r].h.flags&flagRefused != 0 {
+			return &core.MismatchError{Seq: b.cur.seq, Field: "argument", Rank: b.rank, Mine: me.h.kind.String(),
+				Peer: r, Theirs: notes[r].h.kind.String()}
+		}
+	}
+	type field struct {
+		name string
+		key  func(*endNote) uint64
+		text func(*endNote) string
+	}
+	fields := []field{
+		{"kind", func(e *endNote) uint64 { return uint64(e.h.kind) }, func(e *endNote) string { return e.h.kind.String() }},
+		{"dtype", func(e *endNote) uint64 { return uint64(e.h.dtype) }, func(e *endNote) string { return e.h.dtype.String() }},
+		{"op", func(e *endNote) uint64 { return uint64(e.h.op) }, func(e *endNote) string { return opString(e.h.op) }},
+		{"count", func(e *endNote) uint64 { return e.h.count }, func(e *endNote) string { return strconv.FormatUint(e.h.count, 10) }},
+		{"root", func(e *endNote) uint64 { return uint64(uint32(e.h.root)) }, func(e *endNote) string { return strconv.Itoa(int(e.h.root)) }},
+		{"seq", func(e *endNote) uint64 { return e.h.seq }, func(e *endNote) string { return strconv.FormatUint(e.h.seq, 10) }},
+		{"algorithm", func(e *endNote) uint64 { return uint64(e.h.algo) }, func(e *endNote) string { return e.h.algo.String() }},
+		{"chunk size", func(e *endNote) uint64 { return uint64(e.chunk) }, func(e *endNote) string { return strconv.Itoa(e.chunk) }},
+	}
+	for _, f := range fields {
+		ref, best := 0, 0
+		for i := range notes {
+			c := 0
+			for j := range notes {
+				if f.key(&notes[j]) == f.key(&notes[i]) {
+					c++
+				}
+			}
+			if c > best {
+				ref, best = i, c
+			}
+		}
+		if best == len(notes) {
+			continue
+		}
+		refKey := f.key(&notes[ref])
+		peer := ref
+		if f.key(me) == refKey {
+			for i := range notes {
+				if f.key(&notes[i]) != refKey {
+					peer = i
+					break
+				}
+			}
+		}
+		return &core.MismatchError{Seq: b.cur.seq, Field: f.name, Rank: b.rank, Mine: f.text(me), Peer: peer, Theirs: f.text(&notes[peer])}
+	}
+	// Equal calls that exchanged frames they did not expect: nothing any
+	// rank passed explains it, so the backend cannot vouch for the
+	// streams.
+	what := ""
+	for r := range notes {
+		if notes[r].detail != "" {
+			what = notes[r].detail
+			break
+		}
+	}
+	return fmt.Errorf("tcp: %s: the ranks' calls agree but their frames did not (%s)", b.opName(), what)
+}
