@@ -12,45 +12,8 @@ import (
 	"github.com/gocoll/gocoll/core"
 )
 
-// Agreement: how the ranks find out that their calls differ.
-//
-// Every frame on a data connection carries its sender's call in its
-// header, and a receiver compares it with its own before it reads the
-// payload. What the ranks learn that way depends on the collective:
-//
-//   - allreduce, allgather, reduce_scatter, alltoall and barrier: every
-//     rank's result depends on every rank's data, so a chain of frames runs
-//     from every rank to every other, and each hop was compared. A rank
-//     that completes has therefore seen (through the chains) that every
-//     rank's call equals its own, and if any pair of ranks differs, no rank
-//     completes: the frames a rank waits for are never sent (their sender
-//     stopped at the disagreement) and an end frame comes instead. These
-//     collectives cost nothing extra when the ranks agree.
-//   - broadcast, reduce, gather and scatter: the data flows to or from the
-//     root only, so a leaf (or the root) could finish without hearing from
-//     a rank that disagrees, and ranks that disagree on the root would
-//     wait for different ranks. They first run one dissemination round of
-//     header-only frames (agree): the same pattern whatever the root, so
-//     that it completes on every rank exactly when all calls are equal.
-//     It costs ceil(log2 n) small messages before the data moves.
-//   - send and recv: the receiver compares the sender's header. A send
-//     completes when its frames are handed to the kernel, as a buffered
-//     send does, so a disagreement is the receiver's error.
-//
-// A rank that sees a frame it did not expect (a field differs, or a peer
-// ended the call) settles the call: it sends every peer an end frame
-// that holds its own call (its header, marked refused by Refuse, and its
-// chunk size), then reads each peer's data connection, discarding what the
-// peer sent for the call, up to that peer's end frame. Every rank that
-// waits for a frame from a rank that settled gets its end frame instead
-// and settles too, so every rank settles, and afterwards each holds every
-// rank's call, every stream is at the same frame boundary, and no call
-// left anything unread: the next call runs. Each rank then derives the
-// same verdict from the same table of calls (see verdict), so every rank
-// names the same field and the same culprit, with both values.
-//
-// A rank whose request failed core.Check (Refuse) settles at once with its
-// header marked refused, and its peers report that rank's bad argument.
+// Agreement: how the ranks find out that their calls differ, and how they
+// end such a call in step. The package documentation describes the design.
 
 // endNote is one rank's call as its end frame states it.
 type endNote struct {

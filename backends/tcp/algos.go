@@ -50,8 +50,8 @@ func chunks(lo, hi, ce int, f func(c, e int) error) error {
 // way, in order of i, so 2(n-1) chunks are in flight on each connection
 // while the partial sums live in a few chunk-sized scratch buffers that
 // stay in cache. (One ring over the whole buffer needs a whole segment of
-// partial sums in flight; kept in recv, they went through memory twice
-// more: 64 MiB at np=4 took ~20% longer.)
+// partial sums in flight; kept in recv, they would go through memory twice
+// more.)
 func (b *Backend) allreduceRing(send, recv []byte, count int) error {
 	n, r := b.size, b.rank
 	es := b.es
@@ -472,9 +472,9 @@ func (b *Backend) allgatherRing(send, recv []byte, count int) error {
 // The right neighbour reads a step's partial sums only in its next step,
 // after all of this step's: a whole block of them is in flight at once.
 // Steps therefore alternate between two block-sized scratch regions, and a
-// step reuses its region once the sends of two steps back are out. (Four
-// chunk-sized slots instead stalled every rank on full socket buffers:
-// 64 MiB took 136 ms against 4 ms for 8 MiB at np=4.)
+// step reuses its region once the sends of two steps back are out. (A few
+// chunk-sized slots would be reused before the neighbour reads them, and
+// every rank would stall on full socket buffers.)
 func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
 	n, r := b.size, b.rank
 	es := b.es

@@ -19,8 +19,8 @@ import (
 
 // Backend runs the runtime's collectives over TCP between the ranks of a
 // group. It implements core.Backend and is driven through a core.Guard,
-// which checks every request and runs one call at a time: Run, Refuse and
-// Close's callers must not overlap (Abort may come from any goroutine).
+// which checks every request and runs one call at a time: calls to Run and
+// Refuse must not overlap. Abort and Close may come from any goroutine.
 type Backend struct {
 	rank, size int
 	cfg        config

@@ -1,5 +1,10 @@
-// Package tcp is gocoll's backend between nodes: the spec's collectives over
-// TCP, the role Gloo plays for torch.distributed.
+// Package tcp is gocoll's backend between nodes: the runtime's collectives
+// over TCP, the role Gloo plays for torch.distributed. It implements
+// core.Backend and is driven through a core.Guard, which checks every
+// request (core.Check) once and runs one call at a time: the backend
+// trusts what it is handed, and reads the element size and the reduction
+// from the request's Type and Kernel, so it serves any spec's dtypes and
+// ops.
 //
 // # Connections
 //
@@ -25,19 +30,17 @@
 // rebuilt under the same store keys does not chase its predecessor's.
 //
 // Data connections have TCP_NODELAY, a 4 MiB receive buffer and a 512 KiB
-// send buffer where the kernel allows that much (a small send buffer made
-// loopback rings 12-23% faster; see DefaultSendBuffer). Under the kernel's
+// send buffer where the kernel allows that much (see DefaultSendBuffer for
+// why the send side is small). Under the kernel's
 // default limits (208 KiB) both are left to its autotuning: raise
 // net.core.wmem_max and rmem_max to 4 MiB to get them. Ranks are best run
 // with GOMAXPROCS at their share of the node's CPUs, which gocollrun sets.
-// Each frame is a 32-byte header (sequence number,
-// collective, dtype, op, count, root, algorithm, length) and its payload,
-// written with one vectored write by a per-peer sender goroutine, so that a
-// rank sends, receives and reduces at once (a small frame with nothing queued
-// before it is written by the calling goroutine, saving a goroutine switch on
-// the latency path); a steady-state collective allocates nothing. The
-// receiver checks every header against its own call before it reads the
-// payload: ranks that disagree get a *core.MismatchError.
+// Each frame is a 32-byte header (sequence number, collective, dtype, op,
+// count, root, algorithm, flags, length) and its payload, written with one
+// vectored write by a per-peer sender goroutine, so that a rank sends,
+// receives and reduces at once (a small frame with nothing queued before it
+// is written by the calling goroutine, saving a goroutine switch on the
+// latency path); a steady-state collective allocates nothing.
 //
 // # Algorithms
 //
@@ -61,26 +64,74 @@
 // Results are identical bit for bit on every rank: where two ranks compute
 // the same element they combine the same operands in the same order, and
 // otherwise one rank computes it and the others copy its bytes. Avg is a sum
-// followed by one division (kernels.Finish) of the final value.
+// followed by one division (core.Kernel.Finish) of the final value.
+//
+// # Agreement
+//
+// Every rank must call with the same kind, dtype, op, count and root, in
+// the same order (the sequence number), with options that pick the same
+// algorithm and chunk size. Every frame on a data connection carries its
+// sender's call in its header, and a receiver compares that with its own
+// call before it reads a byte of payload. What a rank learns that way
+// depends on the collective:
+//
+//   - allreduce, allgather, reduce_scatter, alltoall and barrier: every
+//     rank's result depends on every rank's data, so a chain of frames runs
+//     from every rank to every other, each hop compared. A rank that
+//     completes has thus seen that every call equals its own; and if any
+//     two differ, no rank completes, since some frame it needs is never
+//     sent (its sender stopped at the difference). Agreement costs these
+//     collectives nothing: no extra message, no extra round trip.
+//   - broadcast, reduce, gather and scatter: data flows to or from the root
+//     only, so a rank could finish without hearing from one that differs,
+//     and ranks that disagree on the root would wait for different ranks.
+//     They first run one dissemination round of header-only frames, whose
+//     pattern does not depend on any argument: it completes on every rank
+//     exactly when all calls are equal, before any data moves. That costs
+//     ceil(log2 n) small messages per call.
+//   - send and recv: the receiver compares the sender's header. A send
+//     completes once its frames are handed to the kernel, as a buffered
+//     send does, so a disagreement is the receiver's error; the message is
+//     discarded and the next one lines up.
+//
+// A rank that reads a frame it did not expect settles the call: it sends
+// every peer an end frame holding its own call, then reads each peer's
+// data connection, dropping what the peer sent for the call, up to the
+// peer's end frame (queued frames of the call that were not yet written
+// are not sent). A rank waiting for a frame from a rank that settled gets
+// its end frame instead and settles too. So every rank settles, each ends
+// with every rank's call, and every stream stops at the same frame
+// boundary: the backend stays in step and the next call runs. Each rank
+// derives the verdict from the same table of calls: the first field (kind,
+// dtype, op, count, root, seq, algorithm, chunk size) on which ranks
+// differ, the value most ranks passed (on a tie, the lowest rank's) as the
+// reference, and the lowest rank that passed another value as the culprit.
+// Every rank returns a *core.MismatchError with its own value that names
+// the culprit and its value (the culprit names the lowest rank holding the
+// reference). The output buffers of a collective without an agreement
+// round may hold partial results when it fails so; the error says not to
+// use them.
+//
+// A rank whose request failed core.Check (Refuse) settles at once with its
+// call marked refused, so its peers return a *core.MismatchError on
+// "argument" that names it, at once and still in step. A refused send tells
+// its peer in place of the message; a refused recv discards the message.
 //
 // # Failures
 //
 // Every wait is bounded by the call's context deadline or the group's
-// timeout. A rank that dies or resets a connection makes the collective fail
-// on every rank with a *core.PeerError naming it: the rank that sees the
-// broken connection tells all others on their control connections and
-// interrupts their waits. A rank whose wait times out first reads any frame
-// it was sent but did not expect (ranks that disagree on a root wait for
-// different ranks: that is a *core.MismatchError), then reports whom it
-// waited for to every rank and, after a short grace, follows those reports
-// to the rank that held everyone up (it never arrived, or hangs) and names
-// that one, not the innocent ranks waiting on it. A cancelled context
-// abandons the call and the others are told which rank left.
+// timeout (core.Timeout). A rank that dies or resets a connection makes the
+// collective fail on every rank with a *core.PeerError naming it: the rank
+// that sees the broken connection tells all others on their control
+// connections and interrupts their waits. A rank whose wait times out
+// reports whom it waited for to every rank and, after a short grace,
+// follows those reports to the rank that held everyone up (it never
+// arrived, or hangs) and names that one, not the innocent ranks waiting on
+// it. A cancelled context, or Abort (which any goroutine may call),
+// abandons the call, and the others are told which rank left.
 //
-// Ranks whose part of a rooted collective (broadcast, scatter, gather,
-// reduce) did not depend on a disagreeing rank may return success from that
-// call; the disagreement reaches them as the error of their next call. After any failure the streams between ranks are out of step, so
-// the backend stays failed (every later call returns the error) and must be
+// After any such failure the streams between ranks are out of step, so the
+// backend stays failed (every later call returns the error) and must be
 // closed and rebuilt. Close says goodbye to every peer, closes every
 // connection and ends every goroutine the backend started.
 package tcp

@@ -39,7 +39,7 @@ const (
 	frameBye   frameType = 3 // control: the sender is closing in good order
 	frameStall frameType = 4 // control: the sender timed out in collective seq waiting for rank root
 	frameAgree frameType = 5 // data: a rooted collective's agreement round (no payload)
-	frameEnd   frameType = 6 // data: the sender abandons the call after a disagreement or a refusal (payload: endInfo)
+	frameEnd   frameType = 6 // data: the sender ends the call after a disagreement or a refusal (payload: chunk size, detail)
 )
 
 // Header flags.

@@ -25,8 +25,8 @@ const (
 	EnvRcvLowat = "GOCOLL_TCP_RCVLOWAT"
 )
 
-// Defaults, chosen by measurement on loopback of a 2-core Zen 3 (see
-// bench_test.go). Every one can be overridden with an Option.
+// Defaults, chosen by measurement on loopback (bench_test.go measures
+// them). Every one can be overridden with an Option.
 const (
 	// DefaultChunkSize is the piece a pipelined algorithm (ring, chain)
 	// moves per frame: large enough that per-frame costs (three system
@@ -48,10 +48,10 @@ const (
 	// its autotuning is left alone. The receive side is large, so that a
 	// whole chunk is awaited with one wake-up (SO_RCVLOWAT is capped at
 	// half the buffer) and a sender seldom waits for window. The send side
-	// is small: measured on loopback, 2 to 4 ranks, 2-64 MiB ring
-	// allreduces ran 12-23% faster with 512 KiB than with 1 MiB, and 10%
-	// faster than with the kernel's autotuning; 384 KiB and 768 KiB were
-	// each slower than 512 KiB, whatever the chunk size. Both are ample
+	// is small: a sender that can run far ahead of its receiver in the
+	// kernel lets the stages of a ring drift apart, and large ring
+	// allreduces on loopback ran fastest at 512 KiB, ahead of both larger
+	// and smaller buffers and of the kernel's autotuning. Both are ample
 	// for a 1 Gbit/s link; a link whose bandwidth-delay product exceeds
 	// ~1 MiB wants a larger send buffer (WithSocketBuffers).
 	DefaultSendBuffer = 512 << 10
