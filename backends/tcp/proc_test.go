@@ -16,6 +16,7 @@ import (
 func TestMain(m *testing.M) {
 	proctest.Register("conformance", conformanceBody)
 	proctest.Register("kill", killBody)
+	proctest.Register("agreement", agreementBody)
 	proctest.Main(m)
 }
 
@@ -103,4 +104,42 @@ func TestKillRank(t *testing.T) {
 			t.Logf("rank %d after %v: %s", r.Rank, r.Duration.Round(time.Millisecond), r.Err)
 		}
 	}
+}
+
+// agreementBody runs, with every rank a process, the root disagreements
+// of rootCases and a call that one rank refuses (a short buffer): every
+// rank must return the MismatchError that names the right rank and field,
+// and the calls after must run.
+func agreementBody(ctx context.Context, r *proctest.Rank) error {
+	b, err := procGroup(ctx, r, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	c := core.NewGuard(b)
+	for _, rc := range rootCases {
+		if err := runRootCase(ctx, c, rc, func(string, ...any) {}); err != nil {
+			return fmt.Errorf("%s: %w", rc.name, err)
+		}
+	}
+	const culprit = 1
+	req := request(core.KindAllreduce, coll.DTypeFloat32, coll.OpSum, 1000, 0, r.Rank, r.Size)
+	if r.Rank == culprit {
+		req.Recv = req.Recv[:17]
+	}
+	err = c.Do(ctx, req)
+	if r.Rank == culprit {
+		if !errors.Is(err, core.ErrBufferLength) {
+			return fmt.Errorf("the refused allreduce: got %v, want ErrBufferLength", err)
+		}
+	} else if err := checkRefused(err, r.Rank, culprit, core.KindAllreduce); err != nil {
+		return err
+	}
+	return inStep(ctx, c)
+}
+
+// TestAgreementProcesses: disagreements and a refused call with every
+// rank a process; see agreementBody.
+func TestAgreementProcesses(t *testing.T) {
+	proctest.Run(t, "agreement", 4, proctest.Timeout(time.Minute))
 }

@@ -20,6 +20,9 @@ import (
 // between ranks are out of step, and every later call returns the error.
 func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 	next := b.seq + 1
+	// A failure recorded since the last call (a peer's abort that came on
+	// the control connection, Abort, Close): the streams are out of step,
+	// and the call must not put frames on them.
 	if f := b.failure.Load(); f != nil && f.seq <= next {
 		return b.failureError(f, fmt.Sprintf("%v #%d", req.Kind, next))
 	}
