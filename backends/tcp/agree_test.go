@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -568,4 +569,168 @@ func TestAbort(t *testing.T) {
 		t.Errorf("rank 1, the next call: got %v, want a PeerError naming rank 0", err)
 	}
 	t.Logf("rank 0: %v\nrank 2: %v", errs[0], errs[2])
+}
+
+// TestRandomDisagreements runs random sequences of calls in which ranks
+// now and then pass other arguments, or refuse a call, and checks that
+// every call ends as the package documentation says on every rank: nil
+// when the calls agree, else the same verdict, with the ranks in step.
+func TestRandomDisagreements(t *testing.T) {
+	t.Run("np=4", func(t *testing.T) { randomDisagreements(t, 4, 1) })
+	// Tiny frames: many per call, so that disagreements meet pipelines
+	// in full flow.
+	t.Run("np=5/small-frames", func(t *testing.T) { randomDisagreements(t, 5, 2, smallAlgos...) })
+}
+
+func randomDisagreements(t *testing.T, n int, seed uint64, opts ...Option) {
+	calls := 150
+	if testing.Short() {
+		calls = 40
+	}
+	kinds := []core.Kind{core.KindAllreduce, core.KindReduce, core.KindBroadcast, core.KindAllgather,
+		core.KindReduceScatter, core.KindGather, core.KindScatter, core.KindAlltoall, core.KindBarrier}
+	dtypes := []core.DType{coll.DTypeFloat32, coll.DTypeInt32, coll.DTypeFloat64}
+	ops := []core.Op{coll.OpSum, coll.OpMax}
+	counts := []int{0, 1, 5, 1000, 70000, 300000}
+	type call struct {
+		kind   core.Kind
+		dtype  core.DType
+		op     core.Op
+		count  int
+		root   int
+		refuse bool
+	}
+	rng := rand.New(rand.NewPCG(seed, 2))
+	plan := make([][]call, calls)
+	for i := range plan {
+		plan[i] = make([]call, n)
+		base := call{kinds[rng.IntN(len(kinds))], dtypes[rng.IntN(len(dtypes))], ops[rng.IntN(len(ops))], counts[rng.IntN(len(counts))], rng.IntN(n), false}
+		for r := range n {
+			plan[i][r] = base
+		}
+		for range rng.IntN(3) { // up to two ranks differ
+			c := &plan[i][rng.IntN(n)]
+			switch rng.IntN(6) {
+			case 0:
+				c.kind = kinds[rng.IntN(len(kinds))]
+			case 1:
+				c.dtype = dtypes[rng.IntN(len(dtypes))]
+			case 2:
+				c.op = ops[rng.IntN(len(ops))]
+			case 3:
+				c.count = counts[rng.IntN(len(counts))]
+			case 4:
+				c.root = rng.IntN(n)
+			case 5:
+				c.refuse = c.kind != core.KindBarrier
+			}
+		}
+	}
+	// The fields as core.Check leaves them, in the verdict's order.
+	fields := func(c call) []string {
+		sh := c.kind.Shape()
+		f := []string{c.kind.String(), c.dtype.String(), c.op.String(), strconv.Itoa(c.count), strconv.Itoa(c.root)}
+		if !sh.Op {
+			f[2] = "none"
+		}
+		if !sh.Root {
+			f[4] = "0"
+		}
+		if c.kind == core.KindBarrier {
+			f[1], f[3] = core.DType(0).String(), "0"
+		}
+		return f
+	}
+	names := []string{"kind", "dtype", "op", "count", "root"}
+	rs := group(t, n, opts...)
+	ctx := context.Background()
+	noErrors(t, each(rs, func(b rank) error {
+		me := b.Rank()
+		for i, cs := range plan {
+			c := cs[me]
+			req := request(c.kind, c.dtype, c.op, c.count, c.root, me, n)
+			if c.refuse {
+				req.Count++ // the buffers no longer fit
+			}
+			err := b.c.Do(ctx, req)
+			// What every rank must return.
+			refuser := -1
+			for r := range n {
+				if cs[r].refuse {
+					refuser = r
+					break
+				}
+			}
+			switch {
+			case c.refuse:
+				if !errors.Is(err, core.ErrBufferLength) {
+					return fmt.Errorf("call %d: rank %d refused: got %v", i, me, err)
+				}
+			case refuser >= 0:
+				if err := checkRefused(err, me, refuser, cs[refuser].kind); err != nil {
+					return fmt.Errorf("call %d: %w", i, err)
+				}
+			default:
+				field := -1
+				for f := range names {
+					for r := range n {
+						if fields(cs[r])[f] != fields(cs[0])[f] {
+							field = f
+						}
+					}
+					if field >= 0 {
+						break
+					}
+				}
+				if field < 0 {
+					if err != nil {
+						return fmt.Errorf("call %d: rank %d: the calls agree, got %v", i, me, err)
+					}
+					continue
+				}
+				vals := make([]string, n)
+				for r := range n {
+					vals[r] = fields(cs[r])[field]
+				}
+				if err := checkVerdict(err, me, names[field], vals); err != nil {
+					return fmt.Errorf("call %d: %w", i, err)
+				}
+			}
+		}
+		return inStep(ctx, b.c)
+	}))
+}
+
+// checkVerdict checks rank r's error from a call in which ranks passed
+// vals (by rank) for field: the value most ranks passed (on a tie, the
+// lowest rank's) is the reference, and the lowest rank that passed another
+// the culprit. Ranks with the reference name the culprit; the others name
+// the lowest rank with the reference.
+func checkVerdict(err error, r int, field string, vals []string) error {
+	ref, best := 0, 0
+	for i := range vals {
+		c := 0
+		for j := range vals {
+			if vals[j] == vals[i] {
+				c++
+			}
+		}
+		if c > best {
+			ref, best = i, c
+		}
+	}
+	peer := ref
+	if vals[r] == vals[ref] {
+		for i := range vals {
+			if vals[i] != vals[ref] {
+				peer = i
+				break
+			}
+		}
+	}
+	var me *core.MismatchError
+	if !errors.As(err, &me) || me.Field != field || me.Rank != r || me.Mine != vals[r] || me.Peer != peer || me.Theirs != vals[peer] {
+		return fmt.Errorf("rank %d: got %v, want a MismatchError on %s naming rank %d (values by rank: %v)", r, err, field, peer, vals)
+	}
+	return nil
 }
