@@ -9,7 +9,7 @@ import (
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/backends/tcp"
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // This file is the one place that knows the backends.

@@ -55,8 +55,8 @@ import (
 
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
 	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/store"
 )
 
 // Comm is a communicator: this process's place in a job, and the backend

@@ -25,7 +25,7 @@ import (
 	"sync"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // Option configures New.

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/memstore"
+	"github.com/gocoll/gocoll/store"
 )
 
 // group runs body on n goroutine ranks, each with its own kv backend on
