@@ -95,7 +95,7 @@ var shapes = [...]Shape{
 		Result: ResultConcat, ResultRootOnly: true},
 	KindScatter: {Name: "scatter", Root: true, Send: AllRanks, Recv: PerRank, SendRootOnly: true,
 		Result: ResultRootBlock},
-	KindAlltoall: {Name: "alltoall", Send: AllRanks, Recv: AllRanks,
+	KindAlltoall: {Name: "alltoall", Send: AllRanks, Recv: AllRanks, InPlace: true,
 		Result: ResultTranspose},
 	KindBarrier: {Name: "barrier"},
 	KindSend:    {Name: "send", Peer: true, Send: PerRank},
