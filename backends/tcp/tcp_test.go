@@ -108,19 +108,9 @@ var smallAlgos = []Option{WithThresholds(64, 512, 256), WithChunkSize(64)}
 // chunks and that reach every algorithm for every dtype.
 var conformOptions = conform.Options{Sizes: []int{0, 1, 7, 33, 300}, RandomSizes: []int{7, 300}}
 
-// runConform runs the conformance suite on c. Alltoall runs out of place
-// only: core's shape gives it no in-place form, which the suite's own
-// table (from generated/coll) still offers.
+// runConform runs the conformance suite on c.
 func runConform(ctx context.Context, c core.Comm) error {
-	isAlltoall := func(cs coll.Case) bool { return cs.Kind == core.KindAlltoall }
-	o := conformOptions
-	o.Filter = func(cs coll.Case) bool { return !isAlltoall(cs) }
-	if err := conform.Run(ctx, c, o); err != nil {
-		return err
-	}
-	o = conformOptions
-	o.Filter, o.NoInPlace = isAlltoall, true
-	return conform.Run(ctx, c, o)
+	return conform.Run(ctx, c, conformOptions)
 }
 
 func TestConformanceLoopback(t *testing.T) {

@@ -47,15 +47,7 @@ func conformanceBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer b.Close()
-	// Alltoall runs out of place only: core's shape gives it no in-place
-	// form, which the suite's own table still offers.
-	isAlltoall := func(c coll.Case) bool { return c.Kind == core.KindAlltoall }
-	o := conform.Options{Sizes: []int{0, 1, 7, 33, 300}, RandomSizes: []int{7, 300}, Filter: func(c coll.Case) bool { return !isAlltoall(c) }}
-	if err := conform.Run(ctx, b, o); err != nil {
-		return err
-	}
-	o.Filter, o.NoInPlace = isAlltoall, true
-	return conform.Run(ctx, b, o)
+	return conform.Run(ctx, b, conform.Options{Sizes: []int{0, 1, 7, 33, 300}, RandomSizes: []int{7, 300}})
 }
 
 // TestConformanceNodes runs the conformance suite with ranks on 2 and 3
