@@ -83,7 +83,7 @@ func (b *Backend) unexpectedMessage(p *peer, exp, got *header) error {
 		return b.ioError(p, err)
 	}
 	if got.typ == frameEnd && got.flags&flagRefused != 0 {
-		return &core.MismatchError{Seq: b.cur.seq, Field: "argument", Rank: b.rank, Mine: core.KindRecv.String(), Peer: p.rank, Theirs: core.KindSend.String()}
+		return &core.MismatchError{Seq: b.cur.seq, Field: "argument", Rank: b.rank, Mine: "valid", Peer: p.rank, Theirs: got.describe()}
 	}
 	field, mine, theirs := mismatch(exp, got)
 	if field == "frame length" {
@@ -273,8 +273,11 @@ func (b *Backend) verdict() error {
 	me := &notes[b.rank]
 	for r := range notes {
 		if notes[r].h.flags&flagRefused != 0 {
-			return &core.MismatchError{Seq: b.cur.seq, Field: "argument", Rank: b.rank, Mine: me.h.kind.String(),
-				Peer: r, Theirs: notes[r].h.kind.String()}
+			mine := "valid"
+			if me.h.flags&flagRefused != 0 {
+				mine = "invalid"
+			}
+			return &core.MismatchError{Seq: b.cur.seq, Field: "argument", Rank: b.rank, Mine: mine, Peer: r, Theirs: notes[r].h.describe()}
 		}
 	}
 	type field struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -72,10 +73,11 @@ func checkMismatch(err error, r int, field string, culprit int, val func(q int) 
 }
 
 // checkRefused checks a rank's error from a call in which rank culprit
-// refused its own request, of kind: a "argument" MismatchError naming it.
+// refused its own request, of kind: an "argument" MismatchError naming it
+// and describing its call.
 func checkRefused(err error, r, culprit int, kind core.Kind) error {
 	var me *core.MismatchError
-	if !errors.As(err, &me) || me.Field != "argument" || me.Rank != r || me.Peer != culprit || me.Theirs != kind.String() {
+	if !errors.As(err, &me) || me.Field != "argument" || me.Rank != r || me.Mine != "valid" || me.Peer != culprit || !strings.HasPrefix(me.Theirs, kind.String()) {
 		return fmt.Errorf("rank %d: got %v, want a MismatchError naming rank %d's invalid %v argument", r, err, culprit, kind)
 	}
 	return nil
@@ -386,6 +388,23 @@ func TestRefuse(t *testing.T) {
 	}
 }
 
+// TestRefuseNil: a backend asked to refuse a nil request still tells its
+// peers, which fail at once naming it.
+func TestRefuseNil(t *testing.T) {
+	rs := group(t, 3)
+	ctx := context.Background()
+	noErrors(t, each(rs, func(b rank) error {
+		if b.Rank() == 1 {
+			if err := b.Refuse(ctx, nil); err != nil {
+				return err
+			}
+		} else if err := checkRefused(coll.Barrier(ctx, b.c), b.Rank(), 1, 0); err != nil {
+			return err
+		}
+		return inStep(ctx, b.c)
+	}))
+}
+
 // TestSendRecvAgreement: a recv whose message disagrees with it returns a
 // MismatchError naming the sender, a refused send makes the receiver
 // return one naming the sender, a refused recv discards the message; and
@@ -432,7 +451,7 @@ func TestSendRecvAgreement(t *testing.T) {
 		{name: "count", send: msg(core.KindSend, i32, 8, 1), recv: msg(core.KindRecv, i32, 9, 0), field: "count", mine: "9", theirs: "8"},
 		{name: "dtype", send: msg(core.KindSend, f32, 4000, 1), recv: msg(core.KindRecv, i32, 4000, 0), field: "dtype", mine: "int32", theirs: "float32"},
 		{name: "refused send", send: func() *core.Request { r := msg(core.KindSend, i32, 8, 1); r.Send = r.Send[:3]; return r }(),
-			recv: msg(core.KindRecv, i32, 8, 0), sendErr: core.ErrBufferLength, field: "argument", mine: "recv", theirs: "send"},
+			recv: msg(core.KindRecv, i32, 8, 0), sendErr: core.ErrBufferLength, field: "argument", mine: "valid", theirs: "send of 8 int32"},
 		{name: "refused recv", send: msg(core.KindSend, i32, 100000, 1),
 			recv: func() *core.Request { r := msg(core.KindRecv, i32, 100000, 0); r.Recv = r.Recv[:5]; return r }(), recvRefused: true},
 	} {

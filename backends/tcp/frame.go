@@ -3,6 +3,7 @@ package tcp
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/gocoll/gocoll/core"
@@ -125,6 +126,23 @@ func mismatch(exp, got *header) (field, mine, theirs string) {
 		return "frame length", strconv.FormatUint(uint64(exp.length), 10), strconv.FormatUint(uint64(got.length), 10)
 	}
 	return "", "", ""
+}
+
+// describe says what call h stands for, from its raw fields (a refused
+// call's may be anything), for a peer's error: "allreduce of 16 float32,
+// op sum".
+func (h *header) describe() string {
+	if h.kind == core.KindBarrier {
+		return h.kind.String()
+	}
+	s := fmt.Sprintf("%v of %d %v", h.kind, int64(h.count), h.dtype)
+	if h.op != 0 {
+		s += ", op " + h.op.String()
+	}
+	if h.root != 0 {
+		s += ", root " + strconv.Itoa(int(h.root))
+	}
+	return s
 }
 
 func opString(o core.Op) string {

@@ -98,11 +98,15 @@ func (b *Backend) end(err error) error {
 // *core.MismatchError naming it ("argument") at once, and the ranks stay in
 // step. A send or recv with a peer in range tells that peer only (a recv
 // discards what the peer sends); one whose peer is out of range has no
-// partner to tell. Refuse returns nil, or the error that failed the
-// backend when the peers could not be reached.
+// partner to tell. A nil req is refused as a collective. Refuse returns
+// nil, or the error that failed the backend when the peers could not be
+// reached.
 func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
 	if b.size == 1 {
 		return nil
+	}
+	if req == nil {
+		req = &core.Request{}
 	}
 	next := b.seq + 1
 	if f := b.failure.Load(); f != nil && f.seq <= next {
