@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/gocoll/gocoll/core"
 )
@@ -99,13 +100,13 @@ func (b *Backend) unexpectedMessage(p *peer, exp, got *header) error {
 func (b *Backend) discardMessage(p *peer, got *header) error {
 	buf := make([]byte, 64<<10)
 	for {
-		if err := discard(p, int(got.length), buf); err != nil {
+		if err := b.discard(p, int(got.length), buf); err != nil {
 			return err
 		}
 		if got.flags&flagMore == 0 {
 			return nil
 		}
-		if _, err := io.ReadFull(p.data, p.rhdr[:]); err != nil {
+		if _, err := b.fill(p, p.rhdr[:], false, false); err != nil {
 			return err
 		}
 		if err := got.get(p.rhdr[:]); err != nil {
@@ -120,7 +121,7 @@ func (b *Backend) skipMessage(p *peer) error {
 	if err := b.use(p); err != nil {
 		return err
 	}
-	if _, err := io.ReadFull(p.data, p.rhdr[:]); err != nil {
+	if _, err := b.fill(p, p.rhdr[:], false, false); err != nil {
 		return b.ioError(p, err)
 	}
 	var got header
@@ -137,18 +138,158 @@ func (b *Backend) skipMessage(p *peer) error {
 }
 
 // discard reads and drops n bytes of p's data connection through buf.
-func discard(p *peer, n int, buf []byte) error {
+func (b *Backend) discard(p *peer, n int, buf []byte) error {
 	for n > 0 {
-		k, err := p.data.Read(buf[:min(n, len(buf))])
-		n -= k
-		if err != nil && n > 0 {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
+		k := min(n, len(buf))
+		if _, err := b.fill(p, buf[:k], false, false); err != nil {
 			return err
 		}
+		n -= k
 	}
 	return nil
+}
+
+// errEvidence is fill's report that a wait was woken and found frames
+// showing that the ranks' calls differ: the call must settle.
+var errEvidence = errors.New("tcp: a peer's frame shows that the ranks' calls differ")
+
+// fill reads len(buf) bytes of p's data connection into buf and returns
+// how many it read. With lowat it asks the kernel (SO_RCVLOWAT) to wake it
+// only once all of it is there, rather than for every segment: fewer
+// wake-ups and reads. A read that tick wakes before the call's deadline is
+// resumed; with scan, the wake first looks for frames that show the ranks
+// disagree (probe), and returns errEvidence if it finds one.
+func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
+	got := 0
+	for got < len(buf) {
+		if lowat {
+			p.setLowat(len(buf) - got) // bytes beyond this payload may never come
+		}
+		k, err := p.data.Read(buf[got:])
+		got += k
+		if err == nil || got == len(buf) {
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && !b.failedNow() && time.Now().Before(b.dl) {
+			b.unwake()
+			// After the deadlines are restored: a failure recorded before is
+			// seen here, and the interrupt of one recorded after overrides
+			// them.
+			if !b.failedNow() {
+				if scan && b.probe(p) {
+					err = errEvidence
+				} else {
+					continue
+				}
+			}
+		}
+		if lowat {
+			p.setLowat(1)
+		}
+		if err == io.EOF && got > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return got, err
+	}
+	if lowat {
+		p.setLowat(1)
+	}
+	return got, nil
+}
+
+// wakeEvery is how often tick wakes a call that waits, so that it looks
+// for frames showing that the ranks disagree. Ranks whose calls differ may
+// run different algorithms, each rank waiting for a frame that its peer,
+// following another pattern, never sends, while the frames that would show
+// the difference lie unread on other connections; a wake finds them.
+const wakeEvery = 20 * time.Millisecond
+
+// arm starts the ticker for the call that starts (b.active is set).
+func (b *Backend) arm() {
+	if b.ticker != nil && !b.armed.Load() && b.armed.CompareAndSwap(false, true) {
+		b.ticker.Reset(wakeEvery)
+	}
+}
+
+// tick wakes the call that was running at the previous tick as well (one
+// that has waited at least wakeEvery), and ticks on while calls run.
+func (b *Backend) tick() {
+	if b.closed.Load() {
+		return
+	}
+	c := b.active.Load()
+	if c == 0 {
+		b.armed.Store(false)
+		// A call that started since the load above found armed set and
+		// left the ticker alone: tick on for it.
+		if b.active.Load() == 0 || !b.armed.CompareAndSwap(false, true) {
+			return
+		}
+	} else if b.lastTick.Swap(c) == c {
+		past := time.Unix(1, 0)
+		for _, p := range b.peers {
+			if p != nil {
+				_ = p.data.SetReadDeadline(past)
+			}
+		}
+	}
+	b.ticker.Reset(wakeEvery)
+}
+
+// unwake restores the read deadlines a tick moved.
+func (b *Backend) unwake() {
+	for _, p := range b.peers {
+		if p != nil {
+			_ = p.data.SetReadDeadline(b.dl)
+		}
+	}
+}
+
+// probe looks, without taking anything from the streams, at the next frame
+// each peer but p (whose frame the caller is inside) has sent this rank. It
+// reports whether one of them belongs to the running collective and
+// differs from this rank's call, or ends it: the ranks disagree. (A frame
+// of a later collective is no evidence: its sender may just be ahead.)
+func (b *Backend) probe(p *peer) bool {
+	var hb [hdrSize]byte
+	c := &b.cur
+	for _, q := range b.peers {
+		if q == nil || q == p || !q.peek(hb[:]) {
+			continue
+		}
+		var h header
+		if h.get(hb[:]) != nil || h.kind == core.KindSend || h.seq != c.seq {
+			continue
+		}
+		if h.typ == frameEnd || h.kind != c.kind || h.dtype != c.dtype || h.op != c.op ||
+			h.count != c.count || h.root != c.root || h.algo != c.algo {
+			return true
+		}
+	}
+	return false
+}
+
+// settleInHeader settles the call after fill found evidence while this
+// rank read the header of p's next frame, k bytes of it: the rest of the
+// frame is read or left for the drain.
+func (b *Backend) settleInHeader(p *peer, k int) error {
+	if k > 0 {
+		if _, err := b.fill(p, p.rhdr[k:], false, false); err != nil {
+			return b.ioError(p, err)
+		}
+		var got header
+		if err := got.get(p.rhdr[:]); err != nil {
+			return b.ioError(p, err)
+		}
+		if got.typ == frameEnd && got.kind != core.KindSend {
+			if err := b.readEnd(p, &got); err != nil {
+				return b.ioError(p, err)
+			}
+		} else {
+			p.skip = int(got.length)
+		}
+	}
+	return b.settle("")
 }
 
 // readEnd reads the payload of p's end frame h into p's note.
@@ -157,7 +298,7 @@ func (b *Backend) readEnd(p *peer, h *header) error {
 		return fmt.Errorf("rank %d sent a malformed end frame (%d bytes)", p.rank, h.length)
 	}
 	buf := make([]byte, h.length)
-	if _, err := io.ReadFull(p.data, buf); err != nil {
+	if _, err := b.fill(p, buf, false, false); err != nil {
 		return err
 	}
 	b.notes[p.rank] = endNote{h: *h, chunk: int(binary.LittleEndian.Uint32(buf)), detail: string(buf[4:]), have: true}
@@ -242,10 +383,10 @@ func (b *Backend) drainToEnd(p *peer) error {
 	n := p.skip
 	p.skip = 0
 	for {
-		if err := discard(p, n, buf); err != nil {
+		if err := b.discard(p, n, buf); err != nil {
 			return err
 		}
-		if _, err := io.ReadFull(p.data, hb[:]); err != nil {
+		if _, err := b.fill(p, hb[:], false, false); err != nil {
 			return err
 		}
 		var h header

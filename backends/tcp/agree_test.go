@@ -175,7 +175,7 @@ func TestMismatch(t *testing.T) {
 	type tc struct {
 		name    string
 		field   string
-		culprit int
+		culprit int // the one rank that differs; -1: several
 		req     func(r int) *core.Request
 		val     func(r int) string
 	}
@@ -200,6 +200,14 @@ func TestMismatch(t *testing.T) {
 				func(r int) string { return pick(r == 0, coll.OpMax, coll.OpSum).String() }},
 		)
 	}
+	// Ranks 0 and 3 run recursive doubling (first partner r^1), ranks 1
+	// and 2 Rabenseifner (first partner r^2): each waits for a rank that
+	// sends to another, and the frames that show the difference lie
+	// unread.
+	diverge := func(r int) int { return pick(r == 0 || r == 3, 16, 10000) }
+	cases = append(cases, tc{"allreduce/algorithms-diverge", "count", -1, // two against two
+		func(r int) *core.Request { return request(core.KindAllreduce, f32, coll.OpSum, diverge(r), 0, r, n) },
+		func(r int) string { return strconv.Itoa(diverge(r)) }})
 	kindOf := func(r int) core.Kind { return pick(r == 3, core.KindBarrier, core.KindAllreduce) }
 	cases = append(cases,
 		tc{"allreduce/kind", "kind", 3,
@@ -235,9 +243,16 @@ func TestMismatch(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
+			vals := make([]string, n)
+			for r := range vals {
+				vals[r] = c.val(r)
+			}
 			noErrors(t, each(rs, func(b rank) error {
 				err := b.c.Do(ctx, c.req(b.Rank()))
-				if err := checkMismatch(err, b.Rank(), c.field, c.culprit, c.val); err != nil {
+				if err := checkMismatch(err, b.Rank(), c.field, c.culprit, c.val); c.culprit >= 0 && err != nil {
+					return err
+				}
+				if err := checkVerdict(err, b.Rank(), c.field, vals); err != nil {
 					return err
 				}
 				return inStep(ctx, b.c)
@@ -641,7 +656,12 @@ func randomDisagreements(t *testing.T, n int, seed uint64, opts ...Option) {
 			case 4:
 				c.root = rng.IntN(n)
 			case 5:
-				c.refuse = c.kind != core.KindBarrier
+				c.refuse = true
+			}
+		}
+		for r := range n {
+			if plan[i][r].kind == core.KindBarrier {
+				plan[i][r].refuse = false // a barrier has no argument to get wrong
 			}
 		}
 	}

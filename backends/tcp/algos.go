@@ -276,25 +276,29 @@ func (b *Backend) allreduceRabenseifner(send, recv []byte, count int) error {
 	return b.foldOut(recv, rem)
 }
 
-// broadcastTree: binomial tree from the root, log2(n) rounds.
+// broadcastTree: a binomial tree from the root, run on the rounds of a
+// dissemination barrier so that it also is the call's agreement round (see
+// the package documentation): in round k every rank sends a frame to the
+// rank k further on and receives one from the rank k back, and a frame
+// carries the data when its sender has it and its receiver has not. The
+// ranks at distance [k, 2k) from the root get the data in round k, so
+// every rank gets it once, after log2(n) rounds as in a plain tree.
 func (b *Backend) broadcastTree(buf []byte, root int) error {
-	n := b.size
-	vr := mod(b.rank-root, n)
-	mask := 1
-	for mask < n {
-		if vr&mask != 0 {
-			if err := b.recv(b.peers[mod(vr-mask+root, n)], &b.cur, buf); err != nil {
-				return err
-			}
-			break
+	n, r := b.size, b.rank
+	d := mod(r-root, n)
+	for k := 1; k < n; k <<= 1 {
+		var out, in []byte
+		if d < k && d+k < n {
+			out = buf
 		}
-		mask <<= 1
-	}
-	for mask >>= 1; mask > 0; mask >>= 1 {
-		if vr+mask < n {
-			if err := b.post(b.peers[mod(vr+mask+root, n)], &b.cur, buf); err != nil {
-				return err
-			}
+		if d >= k && d < 2*k {
+			in = buf
+		}
+		if err := b.post(b.peers[mod(r+k, n)], &b.cur, out); err != nil {
+			return err
+		}
+		if err := b.recv(b.peers[mod(r-k, n)], &b.cur, in); err != nil {
+			return err
 		}
 	}
 	return b.flushAll()
@@ -335,42 +339,58 @@ func (b *Backend) broadcastChain(buf []byte, root int) error {
 	return nil
 }
 
-// reduceTree: binomial tree towards the root; each rank combines its
-// partial result (lower relative ranks) with its child's (higher) in that
+// reduceTree: a binomial tree towards the root, run on the rounds of a
+// dissemination barrier (towards lower ranks) so that it also is the
+// call's agreement round: in round k every rank sends a frame to the rank
+// k back and receives one from the rank k further on. A rank whose
+// distance from the root has k as its lowest bit sends its partial result
+// in round k; one whose distance is a multiple of 2k combines its partial
+// result (lower distances) with the one that arrives (higher) in that
 // order.
 func (b *Backend) reduceTree(send, recv []byte, root int) error {
-	n := b.size
-	vr := mod(b.rank-root, n)
+	n, r := b.size, b.rank
+	d := mod(r-root, n)
 	acc := send // read-only until the first combination
-	var work []byte
-	if vr == 0 {
+	var work, in []byte
+	if d == 0 {
 		work = recv
 	}
-	var in []byte
-	for mask := 1; mask < n; mask <<= 1 {
-		if vr&mask != 0 {
-			return b.send(b.peers[mod(vr-mask+root, n)], &b.cur, acc)
+	for k := 1; k < n; k <<= 1 {
+		var out []byte
+		if d&(2*k-1) == k {
+			out = acc // final: this rank receives no more data
 		}
-		if vr+mask >= n {
+		if err := b.post(b.peers[mod(r-k, n)], &b.cur, out); err != nil {
+			return err
+		}
+		if d&(2*k-1) != 0 || d+k >= n {
+			if err := b.recv(b.peers[mod(r+k, n)], &b.cur, nil); err != nil {
+				return err
+			}
 			continue
 		}
 		if in == nil {
-			// Scratch: the child's data, then (non-root) this rank's sums.
+			// Scratch: the child's data, then (off the root) this rank's
+			// sums.
 			t := b.buffer(2 * len(send))
 			in = t[:len(send)]
 			if work == nil {
 				work = t[len(send):]
 			}
 		}
-		if err := b.recv(b.peers[mod(vr+mask+root, n)], &b.cur, in); err != nil {
+		if err := b.recv(b.peers[mod(r+k, n)], &b.cur, in); err != nil {
 			return err
 		}
 		b.reduce(work, acc, in)
 		acc = work
 	}
-	// Only the root gets here.
-	copyIfDistinct(recv, acc)
-	b.finish(recv)
+	if err := b.flushAll(); err != nil {
+		return err
+	}
+	if d == 0 {
+		copyIfDistinct(recv, acc)
+		b.finish(recv)
+	}
 	return nil
 }
 

@@ -43,6 +43,11 @@ type Backend struct {
 	// settling is the collective being settled: the senders skip its data
 	// frames still queued (the peers discard them anyway).
 	settling atomic.Uint64
+	// ticker wakes a call that has waited since the previous tick (see
+	// tick); armed while calls run, lastTick is the call it saw last.
+	ticker   *time.Timer
+	armed    atomic.Bool
+	lastTick atomic.Uint64
 
 	running atomic.Uint64 // seq of the collective running or about to run
 	calls   atomic.Uint64 // Do calls started
@@ -121,29 +126,6 @@ func (p *peer) setLowat(n int) {
 	_ = p.raw.Control(p.lowatFn)
 }
 
-// readLowat fills dst, asking the kernel to wake this goroutine only once
-// all of it is there rather than for every 64 KiB that arrives: fewer
-// wake-ups and reads. SO_RCVLOWAT follows what is still missing, since
-// bytes beyond this payload may never come.
-func (p *peer) readLowat(dst []byte) error {
-	defer p.setLowat(1)
-	for got := 0; got < len(dst); {
-		p.setLowat(len(dst) - got)
-		k, err := p.data.Read(dst[got:])
-		got += k
-		if err != nil {
-			if got == len(dst) {
-				return nil
-			}
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
-}
-
 // inlineMax is the largest frame the calling goroutine writes itself when
 // the peer's sender is idle: far below any socket buffer, so the write does
 // not wait for the peer to read.
@@ -205,6 +187,8 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		return nil, err
 	}
 	b.rejected = rejected
+	b.ticker = time.AfterFunc(time.Hour, b.tick)
+	b.ticker.Stop()
 	for j := range g.Size {
 		if j == g.Rank {
 			continue
@@ -251,6 +235,9 @@ func (b *Backend) Close() error {
 			buf = append(buf, payload...)
 		}
 		b.fail(&failure{seq: 0, local: core.ErrClosed}, false)
+		if b.ticker != nil {
+			b.ticker.Stop()
+		}
 		bye := header{typ: frameBye}
 		buf = append(buf, make([]byte, hdrSize)...)
 		bye.put(buf[len(buf)-hdrSize:])
@@ -618,9 +605,13 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 	if err := b.use(p); err != nil {
 		return err
 	}
+	scan := b.cur.kind != core.KindSend // a collective looks for disagreement while it waits
 	for {
 		n := min(len(dst), maxFrame)
-		if _, err := io.ReadFull(p.data, p.rhdr[:]); err != nil {
+		if k, err := b.fill(p, p.rhdr[:], false, scan); err != nil {
+			if err == errEvidence {
+				return b.settleInHeader(p, k)
+			}
 			return b.ioError(p, err)
 		}
 		var got header
@@ -632,12 +623,12 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 		if field, _, _ := mismatch(&exp, &got); field != "" {
 			return b.unexpected(p, &exp, &got)
 		}
-		if n >= lowatMin && b.lowat {
-			if err := p.readLowat(dst[:n]); err != nil {
-				return b.ioError(p, err)
-			}
-		} else if n > 0 {
-			if _, err := io.ReadFull(p.data, dst[:n]); err != nil {
+		if n > 0 {
+			if k, err := b.fill(p, dst[:n], n >= lowatMin && b.lowat, scan); err != nil {
+				if err == errEvidence {
+					p.skip = n - k
+					return b.settle("")
+				}
 				return b.ioError(p, err)
 			}
 		}

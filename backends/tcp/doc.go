@@ -85,14 +85,26 @@
 //   - broadcast, reduce, gather and scatter: data flows to or from the root
 //     only, so a rank could finish without hearing from one that differs,
 //     and ranks that disagree on the root would wait for different ranks.
-//     They first run one dissemination round of header-only frames, whose
-//     pattern does not depend on any argument: it completes on every rank
-//     exactly when all calls are equal, before any data moves. That costs
+//     The binomial trees of broadcast and reduce therefore run on the
+//     rounds of a dissemination barrier, whose pattern does not depend on
+//     the root: every round each rank sends a frame (with data, or just its
+//     header) to the rank 2^k on and receives one from the rank 2^k back
+//     (towards the root for reduce), so they agree in the log2(n) rounds
+//     a tree takes anyway. The pipelined chains, gather and scatter first
+//     run such a barrier of header-only frames, before any data moves:
 //     ceil(log2 n) small messages per call.
 //   - send and recv: the receiver compares the sender's header. A send
 //     completes once its frames are handed to the kernel, as a buffered
 //     send does, so a disagreement is the receiver's error; the message is
 //     discarded and the next one lines up.
+//
+// Ranks whose calls differ may run different algorithms, and then a rank
+// can wait for a frame that its peer, following another pattern, never
+// sends, while the frames that would show the difference lie unread on
+// other connections. So a call that has waited for a while (wakeEvery) is
+// woken now and then to look at the next header waiting on each other
+// connection without taking it (MSG_PEEK); a header of this call that
+// differs from it, or an end frame, starts the settling below.
 //
 // A rank that reads a frame it did not expect settles the call: it sends
 // every peer an end frame holding its own call, then reads each peer's

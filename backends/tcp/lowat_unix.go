@@ -16,3 +16,17 @@ func (p *peer) initLowat() {
 		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, p.lowat)
 	}
 }
+
+// peek copies the first len(buf) bytes waiting on the data connection into
+// buf without taking them, and reports whether that many were there. It
+// never waits.
+func (p *peer) peek(buf []byte) bool {
+	if p.raw == nil {
+		return false
+	}
+	n := 0
+	err := p.raw.Control(func(fd uintptr) {
+		n, _, _ = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	})
+	return err == nil && n == len(buf)
+}

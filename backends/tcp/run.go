@@ -56,6 +56,7 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 	call := b.calls.Add(1)
 	b.active.Store(call)
 	defer b.active.Store(0)
+	b.arm()
 	if ctx.Done() != nil {
 		defer b.watch(ctx, call)()
 	}
@@ -254,21 +255,21 @@ func (b *Backend) run(req *core.Request, algo Algorithm) error {
 		}
 		return b.allreduceRing(req.Send, req.Recv, req.Count)
 	case core.KindReduce:
-		if err := b.agree(); err != nil {
-			return err
-		}
 		if algo == Chain {
+			if err := b.agree(); err != nil {
+				return err
+			}
 			return b.reduceChain(req.Send, req.Recv, req.Count, req.Root)
 		}
-		return b.reduceTree(req.Send, req.Recv, req.Root)
+		return b.reduceTree(req.Send, req.Recv, req.Root) // agrees as it goes
 	case core.KindBroadcast:
-		if err := b.agree(); err != nil {
-			return err
-		}
 		if algo == Chain {
+			if err := b.agree(); err != nil {
+				return err
+			}
 			return b.broadcastChain(req.Recv, req.Root)
 		}
-		return b.broadcastTree(req.Recv, req.Root)
+		return b.broadcastTree(req.Recv, req.Root) // agrees as it goes
 	case core.KindAllgather:
 		return b.allgatherRing(req.Send, req.Recv, req.Count)
 	case core.KindReduceScatter:
