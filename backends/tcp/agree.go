@@ -202,7 +202,7 @@ func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 // run different algorithms, each rank waiting for a frame that its peer,
 // following another pattern, never sends, while the frames that would show
 // the difference lie unread on other connections; a wake finds them.
-const wakeEvery = 20 * time.Millisecond
+var wakeEvery = 20 * time.Millisecond // a variable for tests
 
 // arm starts the ticker for the call that starts (b.active is set).
 func (b *Backend) arm() {

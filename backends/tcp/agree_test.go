@@ -14,6 +14,7 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/tests/conform"
 )
 
 // pick is yes if c holds, else no.
@@ -772,4 +773,48 @@ func checkVerdict(err error, r int, field string, vals []string) error {
 		return fmt.Errorf("rank %d: got %v, want a MismatchError on %s naming rank %d (values by rank: %v)", r, err, field, peer, vals)
 	}
 	return nil
+}
+
+// TestWakesLeaveHealthyCallsAlone: calls woken far more often than usual
+// (every millisecond, so that most waits and payload reads are
+// interrupted and resumed, SO_RCVLOWAT reads included) still give right
+// results and find no disagreement where there is none.
+func TestWakesLeaveHealthyCallsAlone(t *testing.T) {
+	defer func(d time.Duration) { wakeEvery = d }(wakeEvery)
+	wakeEvery = time.Millisecond
+	const n = 3
+	rs := group(t, n)
+	ctx := context.Background()
+	count := 4<<20 + 3 // float32: 16 MiB, long enough to be woken many times
+	noErrors(t, each(rs, func(b rank) error {
+		send := make([]float32, count)
+		for i := range send {
+			send[i] = float32(i%1000 + b.Rank())
+		}
+		recv := make([]float32, count)
+		for _, algo := range []func() error{
+			func() error { return coll.AllreduceFloat32(ctx, b.c, send, recv, coll.OpSum) },
+			func() error { return coll.BroadcastFloat32(ctx, b.c, recv, 1) },
+		} {
+			if err := algo(); err != nil {
+				return err
+			}
+		}
+		for i, v := range recv {
+			if want := float32(n*(i%1000) + n*(n-1)/2); v != want {
+				return fmt.Errorf("element %d = %v, want %v", i, v, want)
+			}
+		}
+		return inStep(ctx, b.c)
+	}))
+	if err := runConformSmall(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runConformSmall runs the conformance suite at a few sizes on rs.
+func runConformSmall(ctx context.Context, rs []rank) error {
+	return errors.Join(each(rs, func(b rank) error {
+		return conform.Run(ctx, b.c, conform.Options{Sizes: []int{1, 300, 70000}, NoRandom: true})
+	})...)
 }
