@@ -306,8 +306,8 @@ func (b *Backend) readEnd(p *peer, h *header) error {
 }
 
 // settle ends the running collective on this rank after a disagreement
-// (detail says what this rank saw) or a refusal (b.cur is marked refused):
-// see the top of this file. It returns the verdict, a *core.MismatchError,
+// (detail says what this rank saw) or a refusal (b.cur is marked refused),
+// as the package documentation describes. It returns the verdict, a *core.MismatchError,
 // or the error of a failure (a peer that died or never came) that fails
 // the backend.
 func (b *Backend) settle(detail string) error {

@@ -50,8 +50,8 @@ type Backend struct {
 	lastTick atomic.Uint64
 
 	running atomic.Uint64 // seq of the collective running or about to run
-	calls   atomic.Uint64 // Do calls started
-	active  atomic.Uint64 // the running Do call's number, 0 when idle
+	calls   atomic.Uint64 // Run and Refuse calls started
+	active  atomic.Uint64 // the running call's number, 0 when idle
 	failure atomic.Pointer[failure]
 
 	closed    atomic.Bool

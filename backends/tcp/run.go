@@ -13,11 +13,12 @@ import (
 // Run implements core.Backend: it runs req, which passed core.Check with
 // this backend's rank and size, so its buffers fit, its Type and Kernel
 // are set and the fields its kind does not use are zero. The ranks'
-// calls are compared as agree.go describes; a disagreement is a
-// *core.MismatchError on every rank, after which the ranks are still in
-// step and the next call runs. Any other error (a rank that died, broke its
-// connections, timed out or aborted) fails the backend: the streams
-// between ranks are out of step, and every later call returns the error.
+// calls are compared as the package documentation describes; a
+// disagreement is a *core.MismatchError on every rank, after which the
+// ranks are still in step and the next call runs. Any other error (a rank
+// that died, broke its connections, timed out or aborted) fails the
+// backend: the streams between ranks are out of step, and every later
+// call returns the error.
 func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 	next := b.seq + 1
 	// A failure recorded since the last call (a peer's abort that came on
@@ -47,12 +48,7 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 		b.cur.seq = next
 		b.running.Store(next)
 	}
-	now := time.Now()
-	b.dl = now.Add(b.timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(b.dl) {
-		b.dl = d
-	}
-	b.budget = b.dl.Sub(now)
+	b.setDeadline(ctx)
 	call := b.calls.Add(1)
 	b.active.Store(call)
 	defer b.active.Store(0)
@@ -61,6 +57,17 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 		defer b.watch(ctx, call)()
 	}
 	return b.end(b.run(req, algo))
+}
+
+// setDeadline sets the running call's deadline: the backend's timeout from
+// now, or ctx's deadline if that is earlier.
+func (b *Backend) setDeadline(ctx context.Context) {
+	now := time.Now()
+	b.dl = now.Add(b.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(b.dl) {
+		b.dl = d
+	}
+	b.budget = b.dl.Sub(now)
 }
 
 // watch makes a cancellation of ctx (not its deadline: the connections'
@@ -135,12 +142,7 @@ func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
 		b.cur.seq = next
 		b.running.Store(next)
 	}
-	now := time.Now()
-	b.dl = now.Add(b.timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(b.dl) {
-		b.dl = d
-	}
-	b.budget = b.dl.Sub(now)
+	b.setDeadline(ctx)
 	call := b.calls.Add(1)
 	b.active.Store(call)
 	defer b.active.Store(0)
