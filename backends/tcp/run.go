@@ -31,6 +31,8 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 	if req.Type != nil {
 		b.es = req.Type.Size
 	}
+	// Check bounds Count x Size x ranks by MaxInt, so no byte count or
+	// offset the algorithms derive from them can wrap.
 	algo := b.choose(req.Kind, req.Count, req.Count*b.es)
 	b.cur = header{typ: frameData, kind: req.Kind, dtype: req.DType, op: req.Op, algo: algo, count: uint64(req.Count), root: int32(req.Root)}
 	if req.Kind == core.KindSend || req.Kind == core.KindRecv {
