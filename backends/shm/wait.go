@@ -33,8 +33,10 @@ const (
 )
 
 var (
-	errPeerDied   = errors.New("the process exited")
-	errPeerClosed = errors.New("the rank closed its shm backend")
+	errPeerDied       = errors.New("the process exited")
+	errPeerClosed     = errors.New("the rank closed its shm backend")
+	errPeerAborted    = errors.New("the rank aborted its communicator")
+	errPeerConcurrent = errors.New("the rank aborted its communicator: two goroutines called it at once")
 )
 
 func futexSleep(addr *uint32, val uint32, d time.Duration) {
@@ -150,6 +152,8 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 	}
 	atomic.AddUint32(sleepers, 1)
 	defer atomic.AddUint32(sleepers, ^uint32(0))
+	b.sleepWord.Store(low32(word))
+	defer b.sleepWord.Store(nil)
 	for {
 		v := atomic.LoadUint64(word)
 		if v >= target {
@@ -162,12 +166,6 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 				return nil
 			}
 			if err == core.ErrClosed {
-				return err
-			}
-			if o.p2p >= 0 {
-				// Collectives are still in step; only this channel's
-				// two ends may now disagree on what comes next.
-				b.bad[o.p2p] = err
 				return err
 			}
 			return b.fail(err)
@@ -183,7 +181,10 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 // health checks everything that can end a wait early: this backend closing,
 // the context, a peer that closed, failed or died, the deadline.
 func (b *Backend) health(o *op, peer int, word *uint64, target uint64) error {
-	if b.closing.Load() {
+	if b.stop.Load() != 0 {
+		if c := b.abortCause.Load(); c != nil {
+			return fmt.Errorf("shm: %s: aborted on this rank: %w", o.name(), *c)
+		}
 		return core.ErrClosed
 	}
 	scope := b.peers
@@ -222,19 +223,20 @@ func (b *Backend) health(o *op, peer int, word *uint64, target uint64) error {
 			if f < 0 || f >= b.size || f == b.rank {
 				f = j
 			}
-			return &core.PeerError{Op: o.name(), Ranks: []int{f}, Err: fmt.Errorf("%w (reported by rank %d)", causeErr(atomic.LoadUint64(&c.cause)), j)}
+			err := causeErr(atomic.LoadUint64(&c.cause))
+			if f != j {
+				err = fmt.Errorf("%w (reported by rank %d)", err, j)
+			}
+			return &core.PeerError{Op: o.name(), Ranks: []int{f}, Err: err}
 		}
 	}
 	if err := o.ctx.Err(); err != nil {
 		return &core.PeerError{Op: o.name(), Ranks: b.missing(o, peer, target), Err: err}
 	}
-	now := time.Now()
 	if o.deadline.IsZero() {
-		o.deadline = now.Add(b.timeout)
-		if dl, ok := o.ctx.Deadline(); ok && dl.Before(o.deadline) {
-			o.deadline = dl
-		}
+		o.deadline = core.Deadline(o.ctx, b.timeout)
 	}
+	now := time.Now()
 	if !now.Before(o.deadline) {
 		return &core.PeerError{Op: o.name(), Ranks: b.missing(o, peer, target), Err: context.DeadlineExceeded}
 	}
@@ -249,6 +251,8 @@ const (
 	causeCanceled
 	causeDied
 	causeClosed
+	causeAborted
+	causeConcurrent
 )
 
 func causeOf(err error) uint64 {
@@ -261,6 +265,10 @@ func causeOf(err error) uint64 {
 		return causeDied
 	case errors.Is(err, errPeerClosed):
 		return causeClosed
+	case errors.Is(err, errPeerAborted):
+		return causeAborted
+	case errors.Is(err, errPeerConcurrent):
+		return causeConcurrent
 	}
 	return causeOther
 }
@@ -275,6 +283,10 @@ func causeErr(c uint64) error {
 		return errPeerDied
 	case causeClosed:
 		return errPeerClosed
+	case causeAborted:
+		return errPeerAborted
+	case causeConcurrent:
+		return errPeerConcurrent
 	}
 	return errors.New("it failed")
 }
@@ -330,21 +342,33 @@ func (b *Backend) dead(scope []int) []int {
 	return out
 }
 
-// fail records a fatal error: the ranks are out of step, so every later
-// call returns it, and peers waiting on this rank learn of it at once.
+// fail records a fatal error (the ranks are out of step) in this rank's
+// control line, so that peers waiting on this rank learn of it at once and
+// name the rank it blames. It returns err.
 func (b *Backend) fail(err error) error {
-	if b.failed == nil {
-		b.failed = err
-		me := b.cold[b.rank]
-		var pe *core.PeerError
-		if errors.As(err, &pe) && len(pe.Ranks) > 0 {
-			atomic.StoreUint64(&me.failed, uint64(pe.Ranks[0])+1)
-		}
-		atomic.StoreUint64(&me.cause, causeOf(err))
-		atomic.StoreUint32(&me.state, stateFailed)
-		b.wakeMine()
+	f := b.rank
+	var pe *core.PeerError
+	if errors.As(err, &pe) && len(pe.Ranks) > 0 {
+		f = pe.Ranks[0]
 	}
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	b.markFailed(f, causeOf(err))
 	return err
+}
+
+// markFailed marks this rank's control line failed, blaming rank f, unless
+// it is marked already, and wakes its waiters. The caller holds memMu and
+// the workspace is mapped.
+func (b *Backend) markFailed(f int, cause uint64) {
+	me := b.cold[b.rank]
+	if atomic.LoadUint32(&me.state) != stateLive {
+		return
+	}
+	atomic.StoreUint64(&me.failed, uint64(f)+1)
+	atomic.StoreUint64(&me.cause, cause)
+	atomic.StoreUint32(&me.state, stateFailed)
+	b.wakeMine()
 }
 
 // wakeMine wakes every waiter on any of this rank's words, so that they
