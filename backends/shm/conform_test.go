@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/proctest"
 	"github.com/gocoll/gocoll/tests/conform"
 )
@@ -57,7 +56,7 @@ func runConformance(ctx context.Context, g *core.Guard, m confMode, random bool)
 		opts.RandomSizes = []int{1, 301}
 	}
 	if m.reduceOnly {
-		opts.Filter = func(c coll.Case) bool {
+		opts.Filter = func(c conform.Case) bool {
 			s := c.Kind.Shape()
 			return s != nil && s.Op
 		}
