@@ -294,6 +294,34 @@ func checkP2PAgreement(ctx context.Context, g *core.Guard) error {
 			return fmt.Errorf("%s: after the mismatch: %w", c.name, err)
 		}
 	}
+	// A refusal right after a message that went through must not reach
+	// the sender before its send of that message returned.
+	for i := range 20 {
+		count := 1 + i%2*9000
+		switch me {
+		case 0:
+			req := &core.Request{Kind: core.KindSend, DType: coll.DTypeInt32, Count: count, Peer: 1, Send: make([]byte, 4*count)}
+			if err := g.Do(ctx, req); err != nil {
+				return fmt.Errorf("round %d: the message before the refused one: %w", i, err)
+			}
+			var mm *core.MismatchError
+			if err := g.Do(ctx, req); !errors.As(err, &mm) || mm.Field != "argument" || mm.Peer != 1 {
+				return fmt.Errorf("round %d: want an argument mismatch naming rank 1, got %v", i, err)
+			}
+		case 1:
+			req := &core.Request{Kind: core.KindRecv, DType: coll.DTypeInt32, Count: count, Peer: 0, Recv: make([]byte, 4*count)}
+			if err := g.Do(ctx, req); err != nil {
+				return fmt.Errorf("round %d: the message before the refused one: %w", i, err)
+			}
+			req.Recv = req.Recv[1:]
+			if err := g.Do(ctx, req); !errors.Is(err, core.ErrBufferLength) {
+				return fmt.Errorf("round %d: the refused recv returned %v, want core.ErrBufferLength", i, err)
+			}
+		}
+	}
+	if err := exchange(ctx, g, 1); err != nil {
+		return fmt.Errorf("after the refusals: %w", err)
+	}
 	if err := g.Err(); err != nil {
 		return fmt.Errorf("the communicator failed: %w", err)
 	}

@@ -84,7 +84,7 @@ func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) err
 				return err
 			}
 		}
-		if err := b.broken(peer, mine, theirs, hdr); err != nil {
+		if err := b.broken(peer, mine, theirs, hdr, false); err != nil {
 			return err
 		}
 		h := int(c & 1)
@@ -98,15 +98,20 @@ func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) err
 	if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, b.sent[peer]); err != nil {
 		return err
 	}
-	return b.broken(peer, mine, theirs, hdr)
+	return b.broken(peer, mine, theirs, hdr, true)
 }
 
 // broken takes up a break the receiver published since the last one this
 // rank took up (see the top of this file): it resumes the channel's count
 // from it and returns the mismatch. Without one it returns nil.
-func (b *Backend) broken(peer int, mine, theirs *chanLine, hdr [3]uint64) error {
+//
+// After the message's last chunk (final), a break may already be the next
+// message's: the receiver took every chunk and refused what follows. A
+// break of this message resumes from at most the chunk it refused + 2,
+// one of the next from the last chunk + 3; the next send takes it up.
+func (b *Backend) broken(peer int, mine, theirs *chanLine, hdr [3]uint64, final bool) error {
 	brk := atomic.LoadUint64(&theirs.brk)
-	if brk == b.brkSeen[peer] {
+	if brk == b.brkSeen[peer] || final && brk >= b.sent[peer]+3 {
 		return nil
 	}
 	b.brkSeen[peer] = brk
