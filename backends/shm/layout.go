@@ -211,8 +211,7 @@ func (l *layout) heap(r int) int        { return l.heapOff + r*l.heapSize }
 // defaultSmallThreshold is where split allreduce overtakes direct for n
 // ranks. Two ranks: never (direct reads 2 inputs, split reads 2 and copies
 // once more). More: direct makes each rank read n inputs, so the crossover
-// falls with n; measured (BenchmarkTune, quiet machine) at 64 KiB for
-// n = 3 and between 16 and 64 KiB for n = 4.
+// falls with n (BenchmarkTune finds it on a given machine).
 func defaultSmallThreshold(n int) int {
 	if n <= 2 {
 		return 1 << 62

@@ -15,7 +15,7 @@ import (
 )
 
 // Waiting: a waiter first spins on the peer's word (a cross-core round trip
-// is ~80 ns, a futex wake ~90 us), then registers as a sleeper on the
+// costs a tiny fraction of a futex wake), then registers as a sleeper on the
 // peer's line and sleeps in FUTEX_WAIT on the word's low 32 bits. The
 // futex is the shared (not private) kind: the word lives in memory mapped by
 // several processes. A publisher stores its new value, then wakes only if a
@@ -62,12 +62,11 @@ func publish(word *uint64, sleepers *uint32, v uint64) {
 // spinOn waits for *word >= target for up to b.spin and reports whether it
 // got there: on plain loads while the ranks are on CPUs of their own,
 // yielding between loads while a local rank shares this CPU (see cpu.go).
-// The clock and the CPUs are read only every 256 loads (~0.1-0.2 us),
-// every 32 while yielding or when ranks outnumber CPUs and sharing is the
-// rule: a peer that is a line transfer away is caught without paying for
-// either (~12 and ~20 ns), and a check is rarely under way when its line
-// arrives. (Checked every 32 loads, they took a quarter of the profile
-// samples of two goroutine ranks doing 8-byte allreduces back to back.)
+// The clock and the CPUs are read only every 256 loads, every 32 while
+// yielding or when ranks outnumber CPUs and sharing is the rule: a peer
+// that is a line transfer away is caught without paying for either, and a
+// check is rarely under way when its line arrives; read more often, they
+// are a large part of a small collective's cost.
 //
 // The goroutine keeps its thread while it spins. Preempted after 10 ms of
 // spinning, an unlocked goroutine is often picked up by another thread,
@@ -79,7 +78,7 @@ func (b *Backend) spinOn(word *uint64, target uint64, touch []byte) bool {
 	var start time.Duration
 	// When ranks outnumber CPUs sharing is the rule: find out before the
 	// first load, not 31 loads on, so that a peer on this CPU gets it at
-	// once (8-byte allreduce at np=4 on 2 CPUs: 3.5 -> 3.3 us).
+	// once.
 	crowded := b.oversub && b.crowded()
 	for i := 1; ; i++ {
 		if atomic.LoadUint64(word) >= target {
