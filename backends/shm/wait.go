@@ -164,7 +164,9 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 			if atomic.LoadUint64(word) >= target {
 				return nil
 			}
-			if err == core.ErrClosed {
+			if b.stop.Load() != 0 {
+				// Closed or aborted: Close and Abort mark this
+				// rank's control line themselves.
 				return err
 			}
 			return b.fail(err)
