@@ -46,7 +46,7 @@ func checkAbortIdle(ctx context.Context, g *core.Guard) error {
 		}
 		return nil
 	}
-	if err := wantPeerError(allreduceI32(ctx, g, i32s(1), make([]byte, 4)), culprit); err != nil {
+	if err := wantAborted(allreduceI32(ctx, g, i32s(1), make([]byte, 4))); err != nil {
 		return fmt.Errorf("the call in flight: %w", err)
 	}
 	if err := allreduceI32(ctx, g, i32s(1), make([]byte, 4)); err == nil {
@@ -85,7 +85,18 @@ func checkAbortInFlight(ctx context.Context, g *core.Guard) error {
 		}
 		err = allreduceI32(ctx, g, i32s(int32(me)), out)
 	}
-	return wantPeerError(err, culprit)
+	return wantAborted(err)
+}
+
+// wantAborted checks that err names the culprit and says it aborted.
+func wantAborted(err error) error {
+	if err := wantPeerError(err, culprit); err != nil {
+		return err
+	}
+	if !errors.Is(err, errPeerAborted) {
+		return fmt.Errorf("the error does not say that rank %d aborted: %v", culprit, err)
+	}
+	return nil
 }
 
 func TestAbortGoroutines(t *testing.T) {
