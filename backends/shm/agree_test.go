@@ -166,11 +166,12 @@ var agreeCases = []agreeCase{
 		culprit: func(r *core.Request, n int) { r.Count = -3 }},
 }
 
-// checkAgreement runs every agreeCase at a small and a large count (one
-// round; many chunks through both algorithms), then a plain allreduce.
+// checkAgreement runs every agreeCase at a small, a middle and a large
+// count (one round; many chunks through both algorithms), then a plain
+// allreduce.
 func checkAgreement(ctx context.Context, g *core.Guard) error {
 	me, n := g.Rank(), g.Size()
-	for _, count := range []int{4, 300000} {
+	for _, count := range []int{4, 1000, 300000} {
 		for _, c := range agreeCases {
 			// A culprit whose call is valid gets buffers for its own
 			// call; one whose call is not spoils a valid one.

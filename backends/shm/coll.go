@@ -68,6 +68,9 @@ func (b *Backend) run(ctx context.Context, req *core.Request) error {
 // "argument" naming it at once, and moves no data. req may hold anything:
 // the descriptor carries its raw fields.
 func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
+	if req == nil {
+		req = &core.Request{} // an unknown collective: its peers still learn
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.stop.Load() != 0 {
