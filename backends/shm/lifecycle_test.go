@@ -12,6 +12,7 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/memstore"
 	"github.com/gocoll/gocoll/internal/proctest"
 )
 
@@ -55,20 +56,27 @@ func checkAbortIdle(ctx context.Context, g *core.Guard) error {
 	return nil
 }
 
-// checkAbortInFlight: rank 1 is in a collective, waiting for a late rank
-// 2, when another goroutine aborts it. Its call returns the cause; rank 0,
-// in the same collective, and rank 2, which arrives late, either complete
-// it (rank 1 had published its part) with the right result or fail naming
-// rank 1, and their next calls fail naming rank 1.
-func checkAbortInFlight(ctx context.Context, g *core.Guard) error {
+// checkAbortInFlight: rank 1 is in a collective, waiting for rank 2, when
+// another goroutine aborts it; rank 2 arrives only once that is done (st
+// carries the word). Rank 1's call returns the cause; rank 0, in the same
+// collective, and rank 2 either complete it (rank 1 had published its
+// part) with the right result or fail naming rank 1, and their next calls
+// fail naming rank 1.
+func checkAbortInFlight(ctx context.Context, g *core.Guard, st core.Store) error {
 	me, n := g.Rank(), g.Size()
 	if me == 2 {
-		time.Sleep(300 * time.Millisecond)
+		if _, err := st.Get(ctx, "aborted"); err != nil {
+			return err
+		}
 	}
 	if me == culprit {
 		go func() {
-			time.Sleep(100 * time.Millisecond)
+			// Once the call sleeps waiting for rank 2.
+			for backend(g).sleepWord.Load() == nil {
+				time.Sleep(time.Millisecond)
+			}
 			g.Abort(errTestAbort)
+			st.Set(ctx, "aborted", nil)
 		}()
 	}
 	out := make([]byte, 4)
@@ -101,20 +109,31 @@ func wantAborted(err error) error {
 
 func TestAbortGoroutines(t *testing.T) {
 	t.Run("idle", func(t *testing.T) { mustOK(t, goRanks(t, 3, nil, checkAbortIdle)) })
-	t.Run("in-flight", func(t *testing.T) { mustOK(t, goRanks(t, 3, nil, checkAbortInFlight)) })
+	t.Run("in-flight", func(t *testing.T) {
+		st := memstore.New()
+		mustOK(t, goRanks(t, 3, nil, func(ctx context.Context, g *core.Guard) error {
+			return checkAbortInFlight(ctx, g, st)
+		}))
+	})
 }
 
 func abortBody(ctx context.Context, r *proctest.Rank) error {
-	for name, check := range map[string]func(context.Context, *core.Guard) error{"idle": checkAbortIdle, "in-flight": checkAbortInFlight} {
-		g, err := newProcComm(ctx, r, "shm-"+name+"/")
-		if err != nil {
-			return err
-		}
-		err = check(ctx, g)
-		g.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
+	g, err := newProcComm(ctx, r, "shm-idle/")
+	if err != nil {
+		return err
+	}
+	err = checkAbortIdle(ctx, g)
+	g.Close()
+	if err != nil {
+		return fmt.Errorf("idle: %w", err)
+	}
+	if g, err = newProcComm(ctx, r, "shm-in-flight/"); err != nil {
+		return err
+	}
+	err = checkAbortInFlight(ctx, g, core.WithPrefix(r.Store, "abort/"))
+	g.Close()
+	if err != nil {
+		return fmt.Errorf("in-flight: %w", err)
 	}
 	return nil
 }

@@ -154,20 +154,22 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 	b.sleepWord.Store(low32(word))
 	defer b.sleepWord.Store(nil)
 	for {
+		// A wait that slept may have been woken by Close or Abort, which
+		// end the call even if the peer published meanwhile.
 		v := atomic.LoadUint64(word)
-		if v >= target {
+		if v >= target && b.stop.Load() == 0 {
 			return nil
 		}
 		if err := b.health(o, peer, word, target); err != nil {
-			// The peer may have published just before it closed or
-			// failed: only a wait that cannot complete is an error.
-			if atomic.LoadUint64(word) >= target {
-				return nil
-			}
 			if b.stop.Load() != 0 {
 				// Closed or aborted: Close and Abort mark this
 				// rank's control line themselves.
 				return err
+			}
+			// The peer may have published just before it closed or
+			// failed: only a wait that cannot complete is an error.
+			if atomic.LoadUint64(word) >= target {
+				return nil
 			}
 			return b.fail(err)
 		}
