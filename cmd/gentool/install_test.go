@@ -76,6 +76,23 @@ func TestReleaseVersionsAgree(t *testing.T) {
 		t.Errorf("%s/go.mod has no tool directive for %s", downstreamDir, gentoolModule)
 	}
 
+	// The READMEs show the commands a user types, at the release version.
+	for _, readme := range []string{"README.md", downstreamDir + "/README.md"} {
+		data, err := os.ReadFile(filepath.Join(repo, readme))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := readmeVersion.FindAllSubmatch(data, -1)
+		if len(found) == 0 {
+			t.Errorf("%s shows no go get command at a version of gocoll's modules", readme)
+		}
+		for _, m := range found {
+			if string(m[2]) != version {
+				t.Errorf("%s installs %s@%s, want @%s; %s", readme, m[1], m[2], version, hint)
+			}
+		}
+	}
+
 	data, err := os.ReadFile(filepath.Join(repo, "go.work"))
 	if err != nil {
 		t.Fatalf("in-repo builds resolve gocoll's modules through go.work: %v", err)
@@ -112,6 +129,9 @@ func TestReleaseVersionsAgree(t *testing.T) {
 		}
 	}
 }
+
+// readmeVersion matches a gocoll module path at a version, as go get takes it.
+var readmeVersion = regexp.MustCompile(`(github\.com/gocoll/gocoll[\w/]*)@(\S+)`)
 
 // TestInstallFromProxy installs gentool as a user would, offline: it
 // serves the working tree's three published modules at the release
