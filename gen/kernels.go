@@ -2,6 +2,7 @@ package gen
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/dave/jennifer/jen"
 	"github.com/gocoll/gocoll/gen/spec"
@@ -117,9 +118,14 @@ func kernelTables(s *spec.Spec) *jen.File {
 					div = jen.Id("divide" + d.Title())
 				}
 			}
-			g.Qual(CorePath, "RegisterType").Call(jen.Op("&").Qual(CorePath, "Type").Values(jen.Dict{
+			dict := jen.Dict{
 				jen.Id("ID"): jen.Id(kdt(d)), jen.Id("Name"): jen.Lit(d.Name), jen.Id("Size"): jen.Lit(d.Size), jen.Id("Divide"): div,
-			}))
+				jen.Id("Class"): jen.Qual(CorePath, classConst(d.Class)),
+			}
+			if e, m := floatLayout(d); e != 0 {
+				dict[jen.Id("ExpBits")], dict[jen.Id("MantBits")] = jen.Lit(e), jen.Lit(m)
+			}
+			g.Qual(CorePath, "RegisterType").Call(jen.Op("&").Qual(CorePath, "Type").Values(dict))
 		}
 		for _, o := range s.Ops {
 			fin := jen.Qual(CorePath, "FinishNone")
@@ -402,4 +408,42 @@ func kernelTypedAPI(s *spec.Spec) *jen.File {
 		}
 	}
 	return f
+}
+
+// classConst names core's Class constant for a spec class.
+func classConst(class string) string {
+	switch class {
+	case "int":
+		return "ClassInt"
+	case "uint":
+		return "ClassUint"
+	case "complex":
+		return "ClassComplex"
+	}
+	return "ClassFloat"
+}
+
+// floatLayout is the exponent and mantissa width of a float dtype (of each
+// part of a complex one), from its element size and accumulator: a 2-byte
+// float reduced in float32 is bfloat16 when its Go type says so.
+func floatLayout(d spec.DType) (exp, mant int) {
+	if d.Class != "float" && d.Class != "complex" {
+		return 0, 0
+	}
+	part := d.Size
+	if d.Class == "complex" {
+		part /= 2
+	}
+	switch part {
+	case 8:
+		return 11, 52
+	case 4:
+		return 8, 23
+	case 2:
+		if strings.Contains(strings.ToLower(d.Go), "bfloat") {
+			return 8, 7
+		}
+		return 5, 10
+	}
+	return 0, 0
 }

@@ -236,7 +236,7 @@ func conformBody(ctx context.Context, r *proctest.Rank) error {
 		NoInPlace: fast, CaseTimeout: collTimeout}
 	if dts := os.Getenv(envDTypes); dts != "" {
 		names := strings.Split(dts, ",")
-		opts.Filter = func(c coll.Case) bool { return c.DType == 0 || slices.Contains(names, c.DType.String()) }
+		opts.Filter = func(c conform.Case) bool { return c.DType == 0 || slices.Contains(names, c.DType.String()) }
 	}
 	if err := conform.Run(ctx, c, opts); err != nil {
 		return fmt.Errorf("backend %s (dispatch chose %s): %w", be, c.Backend(), err)

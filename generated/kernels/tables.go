@@ -82,60 +82,78 @@ var opNames = [numOp]string{
 // requests resolve them through. Another spec registering an id differently panics there.
 func init() {
 	core.RegisterType(&core.Type{
-		Divide: divideFloat32,
-		ID:     dtFloat32,
-		Name:   "float32",
-		Size:   4,
+		Class:    core.ClassFloat,
+		Divide:   divideFloat32,
+		ExpBits:  8,
+		ID:       dtFloat32,
+		MantBits: 23,
+		Name:     "float32",
+		Size:     4,
 	})
 	core.RegisterType(&core.Type{
-		Divide: divideFloat64,
-		ID:     dtFloat64,
-		Name:   "float64",
-		Size:   8,
+		Class:    core.ClassFloat,
+		Divide:   divideFloat64,
+		ExpBits:  11,
+		ID:       dtFloat64,
+		MantBits: 52,
+		Name:     "float64",
+		Size:     8,
 	})
 	core.RegisterType(&core.Type{
-		Divide: divideBFloat16,
-		ID:     dtBFloat16,
-		Name:   "bfloat16",
-		Size:   2,
+		Class:    core.ClassFloat,
+		Divide:   divideBFloat16,
+		ExpBits:  8,
+		ID:       dtBFloat16,
+		MantBits: 7,
+		Name:     "bfloat16",
+		Size:     2,
 	})
 	core.RegisterType(&core.Type{
-		Divide: divideFloat16,
-		ID:     dtFloat16,
-		Name:   "float16",
-		Size:   2,
+		Class:    core.ClassFloat,
+		Divide:   divideFloat16,
+		ExpBits:  5,
+		ID:       dtFloat16,
+		MantBits: 10,
+		Name:     "float16",
+		Size:     2,
 	})
 	core.RegisterType(&core.Type{
+		Class:  core.ClassInt,
 		Divide: nil,
 		ID:     dtInt8,
 		Name:   "int8",
 		Size:   1,
 	})
 	core.RegisterType(&core.Type{
+		Class:  core.ClassUint,
 		Divide: nil,
 		ID:     dtUint8,
 		Name:   "uint8",
 		Size:   1,
 	})
 	core.RegisterType(&core.Type{
+		Class:  core.ClassInt,
 		Divide: nil,
 		ID:     dtInt32,
 		Name:   "int32",
 		Size:   4,
 	})
 	core.RegisterType(&core.Type{
+		Class:  core.ClassUint,
 		Divide: nil,
 		ID:     dtUint32,
 		Name:   "uint32",
 		Size:   4,
 	})
 	core.RegisterType(&core.Type{
+		Class:  core.ClassInt,
 		Divide: nil,
 		ID:     dtInt64,
 		Name:   "int64",
 		Size:   8,
 	})
 	core.RegisterType(&core.Type{
+		Class:  core.ClassUint,
 		Divide: nil,
 		ID:     dtUint64,
 		Name:   "uint64",

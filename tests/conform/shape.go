@@ -1,14 +1,9 @@
 package conform
 
-import (
-	"fmt"
+import "github.com/gocoll/gocoll/core"
 
-	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
-)
-
-// shape is a collective's description from the spec's shape table
-// (coll.Collectives), in the form the runner uses. The runner builds
+// shape is a collective's description from the runtime's shape table
+// (core.Kind.Shape), in the form the runner uses. The runner builds
 // requests and expectations from it alone; it never looks at names.
 type shape struct {
 	kind   core.Kind
@@ -16,9 +11,10 @@ type shape struct {
 	op     bool // takes a reduce op
 	root   bool // takes a root rank
 	peer   bool // point to point: takes a peer rank
-	result string
+	result core.Result
 	// resultOnRoot: only the root's output is defined.
 	resultOnRoot bool
+	inPlace      bool // Send may be exactly Recv
 }
 
 type bufShape struct {
@@ -27,48 +23,27 @@ type bufShape struct {
 	onRoot  bool   // only the root passes it; others pass nil
 }
 
-// Result kinds of spec/collectives.yaml.
-const (
-	resNone        = "none"
-	resReduce      = "reduce"
-	resConcat      = "concat"
-	resRoot        = "root"
-	resReduceBlock = "reduce_block"
-	resRootBlock   = "root_block"
-	resTranspose   = "transpose"
-	resPeer        = "peer"
-)
-
-// shapes indexes coll.Collectives by kind.
-func shapes() (map[core.Kind]shape, error) {
+// shapes indexes core's shape table by kind.
+func shapes() map[core.Kind]shape {
 	m := map[core.Kind]shape{}
-	for _, ci := range coll.Collectives {
-		s := shape{
-			kind:         ci.Kind,
-			op:           ci.Op,
-			root:         ci.Root,
-			peer:         ci.Peer,
-			result:       ci.Result.Kind,
-			resultOnRoot: ci.Result.On == "root",
-		}
-		for _, b := range ci.Buffers {
-			bs := bufShape{role: b.Role, perRank: b.Count == "count*size", onRoot: b.On == "root"}
-			switch {
-			case b.Role != "send" && b.Role != "recv" && b.Role != "inout":
-				return nil, fmt.Errorf("conform: %v: buffer %q has role %q, which this runner does not know; update tests/conform", ci.Kind, b.Name, b.Role)
-			case b.Count != "count" && b.Count != "count*size":
-				return nil, fmt.Errorf("conform: %v: buffer %q has count %q, which this runner does not know; update tests/conform", ci.Kind, b.Name, b.Count)
-			}
-			s.bufs = append(s.bufs, bs)
-		}
-		switch s.result {
-		case resNone, resReduce, resConcat, resRoot, resReduceBlock, resRootBlock, resTranspose, resPeer:
+	for _, k := range core.Kinds() {
+		cs := k.Shape()
+		s := shape{kind: k, op: cs.Op, root: cs.Root, peer: cs.Peer, result: cs.Result,
+			resultOnRoot: cs.ResultRootOnly, inPlace: cs.InPlace}
+		switch {
+		case cs.SendIsRecv:
+			s.bufs = append(s.bufs, bufShape{role: "inout", perRank: cs.Recv == core.AllRanks, onRoot: cs.RecvRootOnly})
 		default:
-			return nil, fmt.Errorf("conform: %v: result kind %q is unknown to this runner; update tests/conform", ci.Kind, s.result)
+			if cs.Send != core.None {
+				s.bufs = append(s.bufs, bufShape{role: "send", perRank: cs.Send == core.AllRanks, onRoot: cs.SendRootOnly})
+			}
+			if cs.Recv != core.None {
+				s.bufs = append(s.bufs, bufShape{role: "recv", perRank: cs.Recv == core.AllRanks, onRoot: cs.RecvRootOnly})
+			}
 		}
-		m[s.kind] = s
+		m[k] = s
 	}
-	return m, nil
+	return m
 }
 
 // input returns the index of the buffer holding this rank's contribution
@@ -93,18 +68,17 @@ func (s shape) output() int {
 	return -1
 }
 
-// inPlaceable reports whether the send and recv buffers have the same size,
-// so that a caller may pass one slice as both.
+// inPlaceable reports whether a caller may pass one slice as send and recv.
 func (s shape) inPlaceable() bool {
 	in, out := s.input(), s.output()
-	return in >= 0 && out >= 0 && in != out && s.bufs[in].perRank == s.bufs[out].perRank
+	return s.inPlace && in >= 0 && out >= 0 && in != out
 }
 
 // sameEverywhere reports whether every rank's output must be identical
 // (so that the ranks' hashes can be compared).
 func (s shape) sameEverywhere() bool {
 	switch s.result {
-	case resReduce, resConcat, resRoot:
+	case core.ResultReduce, core.ResultConcat, core.ResultRoot:
 		return !s.resultOnRoot
 	}
 	return false
