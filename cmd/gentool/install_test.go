@@ -220,7 +220,7 @@ func TestInstallFromProxy(t *testing.T) {
 			continue
 		}
 		if !bytes.Equal(got, want) {
-			t.Errorf("installed gentool wrote a %s that differs from %s's (go generate there, or a gen change that only the working tree has)", rel, downstreamDir)
+			t.Errorf("installed gentool wrote %s unlike %s's copy: run go generate there and commit the result", rel, downstreamDir)
 		}
 	}
 	extra := walkGenerated(t, mod)
