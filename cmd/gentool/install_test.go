@@ -193,8 +193,11 @@ func TestInstallFromProxy(t *testing.T) {
 		start := time.Now()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			t.Fatalf("go %s: %v\n%s\n(third-party modules must be in the module cache: run go mod download at the repository root)",
-				strings.Join(args, " "), err, out)
+			hint := ""
+			if bytes.Contains(out, []byte(fileURL(cache))) {
+				hint = "\nthird-party modules must be in the module cache: run go mod download at the repository root"
+			}
+			t.Fatalf("go %s: %v\n%s%s", strings.Join(args, " "), err, out, hint)
 		}
 		t.Logf("go %s (%v)", strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
 	}
