@@ -42,16 +42,22 @@ var opNames = [numOp]string{opSum: "sum"}
 // requests resolve them through. Another spec registering an id differently panics there.
 func init() {
 	core.RegisterType(&core.Type{
-		Divide: nil,
-		ID:     dtFloat32,
-		Name:   "float32",
-		Size:   4,
+		Class:    core.ClassFloat,
+		Divide:   nil,
+		ExpBits:  8,
+		ID:       dtFloat32,
+		MantBits: 23,
+		Name:     "float32",
+		Size:     4,
 	})
 	core.RegisterType(&core.Type{
-		Divide: nil,
-		ID:     dtBFloat16,
-		Name:   "bfloat16",
-		Size:   2,
+		Class:    core.ClassFloat,
+		Divide:   nil,
+		ExpBits:  8,
+		ID:       dtBFloat16,
+		MantBits: 7,
+		Name:     "bfloat16",
+		Size:     2,
 	})
 	core.RegisterOp(&core.OpInfo{
 		Finish: core.FinishNone,
