@@ -202,17 +202,17 @@ func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 // run different algorithms, each rank waiting for a frame that its peer,
 // following another pattern, never sends, while the frames that would show
 // the difference lie unread on other connections; a wake finds them.
-var wakeEvery = 20 * time.Millisecond // a variable for tests
+var wakeEvery = 20 * time.Millisecond // a variable for tests; New copies it
 
 // arm starts the ticker for the call that starts (b.active is set).
 func (b *Backend) arm() {
 	if b.ticker != nil && !b.armed.Load() && b.armed.CompareAndSwap(false, true) {
-		b.ticker.Reset(wakeEvery)
+		b.ticker.Reset(b.wakeEvery)
 	}
 }
 
 // tick wakes the call that was running at the previous tick as well (one
-// that has waited at least wakeEvery), and ticks on while calls run.
+// that has waited at least b.wakeEvery), and ticks on while calls run.
 func (b *Backend) tick() {
 	if b.closed.Load() {
 		return
@@ -233,7 +233,7 @@ func (b *Backend) tick() {
 			}
 		}
 	}
-	b.ticker.Reset(wakeEvery)
+	b.ticker.Reset(b.wakeEvery)
 }
 
 // unwake restores the read deadlines a tick moved.

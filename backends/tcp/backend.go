@@ -45,9 +45,10 @@ type Backend struct {
 	settling atomic.Uint64
 	// ticker wakes a call that has waited since the previous tick (see
 	// tick); armed while calls run, lastTick is the call it saw last.
-	ticker   *time.Timer
-	armed    atomic.Bool
-	lastTick atomic.Uint64
+	ticker    *time.Timer
+	wakeEvery time.Duration
+	armed     atomic.Bool
+	lastTick  atomic.Uint64
 
 	running atomic.Uint64 // seq of the collective running or about to run
 	calls   atomic.Uint64 // Run and Refuse calls started
@@ -187,6 +188,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		return nil, err
 	}
 	b.rejected = rejected
+	b.wakeEvery = wakeEvery
 	b.ticker = time.AfterFunc(time.Hour, b.tick)
 	b.ticker.Stop()
 	for j := range g.Size {
