@@ -8,7 +8,6 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
-	"github.com/gocoll/gocoll/generated/kernels"
 )
 
 // hier is the backend auto picks when the job spans several nodes and
@@ -114,9 +113,11 @@ func (h *hier) allreduce(ctx context.Context, req *core.Request) error {
 	if err != nil {
 		return h.localError(err, "allreduce (broadcast within the node)")
 	}
-	if err := kernels.Finish(req.DType, req.Op, req.Recv, h.size); err != nil {
-		return fmt.Errorf("gocoll: allreduce: %w", err)
+	t := core.LookupType(req.DType)
+	if t == nil || t.Kernel(req.Op) == nil {
+		return fmt.Errorf("gocoll: allreduce: %w: no kernel for %v %v", core.ErrUnsupported, req.DType, req.Op)
 	}
+	t.Kernel(req.Op).Finish(req.Recv, h.size)
 	return nil
 }
 

@@ -6,7 +6,6 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
-	"github.com/gocoll/gocoll/generated/kernels"
 )
 
 const (
@@ -45,7 +44,7 @@ func shapeOf(req *core.Request, n int) (*shape, error) {
 	if sh.es == 0 {
 		return nil, fmt.Errorf("kv: %w: dtype %v is not registered (import generated/coll)", core.ErrUnsupported, req.DType)
 	}
-	if sh.op && !kernels.Supports(req.DType, req.Op) {
+	if t := core.LookupType(req.DType); sh.op && (t == nil || t.Kernel(req.Op) == nil) {
 		return nil, fmt.Errorf("kv: %w: %v does not support op %v", core.ErrUnsupported, req.DType, req.Op)
 	}
 	if req.Count < 0 {
@@ -180,12 +179,9 @@ func (sh *shape) complete(req *core.Request, me, n int, get func(names []string,
 		return append(all, vs[me:]...), nil
 	}
 	reduce := func(dst []byte, srcs [][]byte) error {
-		if err := kernels.Reduce(sh.dt, req.Op, dst, srcs); err != nil {
-			return fmt.Errorf("kv: %v: %w", sh.kind, err)
-		}
-		if err := kernels.Finish(sh.dt, req.Op, dst, n); err != nil {
-			return fmt.Errorf("kv: %v: %w", sh.kind, err)
-		}
+		k := core.LookupType(sh.dt).Kernel(req.Op) // shape checked it exists
+		k.Reduce(nil, dst, srcs)
+		k.Finish(dst, n)
 		return nil
 	}
 	switch sh.kind {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
-	"github.com/gocoll/gocoll/generated/kernels"
 )
 
 // Do implements core.Comm: it runs one collective (or a send/recv).
@@ -282,12 +281,13 @@ func split(c, es, n, j int) (lo, hi int) {
 }
 
 func (b *Backend) reduce(dt core.DType, o core.Op, dst []byte, srcs [][]byte) error {
-	if err := b.red.Reduce(dt, o, dst, srcs); err != nil {
-		return fmt.Errorf("shm: reduce %v %v: %w", dt, o, err)
+	t := core.LookupType(dt)
+	if t == nil || t.Kernel(o) == nil {
+		return fmt.Errorf("shm: reduce %v %v: %w", dt, o, core.ErrUnsupported)
 	}
-	if err := kernels.Finish(dt, o, dst, b.size); err != nil {
-		return fmt.Errorf("shm: finishing %v %v: %w", dt, o, err)
-	}
+	k := t.Kernel(o)
+	k.Reduce(&b.red, dst, srcs)
+	k.Finish(dst, b.size)
 	return nil
 }
 

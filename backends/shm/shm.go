@@ -64,7 +64,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/kernels"
+	"github.com/gocoll/gocoll/kernel"
 )
 
 // Backend runs collectives among the ranks of one node through shared
@@ -85,8 +85,8 @@ type Backend struct {
 	nudges     int
 	lastNudge  time.Duration // since() at the last move
 
-	mu      sync.Mutex      // one call at a time; Close waits for it
-	red     kernels.Reducer // the kernels' scratch, used under mu
+	mu      sync.Mutex     // one call at a time; Close waits for it
+	red     kernel.Reducer // the kernels' scratch, used under mu
 	closing atomic.Bool
 	closed  bool
 	failed  error // fatal error: ranks are out of step

@@ -9,7 +9,6 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
-	"github.com/gocoll/gocoll/generated/kernels"
 )
 
 // Do implements core.Comm: it runs one collective (or one send or recv)
@@ -314,21 +313,33 @@ func sameStart(a, b []byte) bool {
 
 // reduce sets dst = x op y with the running call's dtype and op.
 func (b *Backend) reduce(dst, x, y []byte) error {
-	b.srcs[0], b.srcs[1] = x, y
-	err := kernels.Reduce(b.cur.dtype, b.cur.op, dst, b.srcs[:])
-	b.srcs[0], b.srcs[1] = nil, nil
+	k, err := b.kernel()
 	if err != nil {
 		return fmt.Errorf("tcp: %s: reducing: %w", b.opName(), err)
 	}
+	b.srcs[0], b.srcs[1] = x, y
+	k.Reduce(nil, dst, b.srcs[:])
+	b.srcs[0], b.srcs[1] = nil, nil
 	return nil
 }
 
 // finish applies the op's final step (avg's divide) to a final result.
 func (b *Backend) finish(buf []byte) error {
-	if err := kernels.Finish(b.cur.dtype, b.cur.op, buf, b.size); err != nil {
+	k, err := b.kernel()
+	if err != nil {
 		return fmt.Errorf("tcp: %s: finishing: %w", b.opName(), err)
 	}
+	k.Finish(buf, b.size)
 	return nil
+}
+
+// kernel is the running call's dtype x op kernel.
+func (b *Backend) kernel() (*core.Kernel, error) {
+	t := core.LookupType(b.cur.dtype)
+	if t == nil || t.Kernel(b.cur.op) == nil {
+		return nil, fmt.Errorf("%w: no kernel for %v %v", core.ErrUnsupported, b.cur.dtype, b.cur.op)
+	}
+	return t.Kernel(b.cur.op), nil
 }
 
 // blockRange returns elements [lo, hi) of part i when count elements are

@@ -61,7 +61,7 @@
 // Results are identical bit for bit on every rank: where two ranks compute
 // the same element they combine the same operands in the same order, and
 // otherwise one rank computes it and the others copy its bytes. Avg is a sum
-// followed by one division (kernels.Finish) of the final value.
+// followed by one division (core.Kernel.Finish) of the final value.
 //
 // # Failures
 //

@@ -1,7 +1,7 @@
 // Package conform checks a communicator against the spec: it runs every
-// case of generated/coll.Cases (each collective x dtype x op) at several
+// case of Cases (each collective x registered dtype x op) at several
 // sizes, compares each rank's output bit for bit with a reference computed
-// from the spec's shape table, and checks that all ranks agree.
+// from the runtime's shapes, and checks that all ranks agree.
 //
 // Every rank of a job calls Run with the same Options and its own
 // communicator (any backend, or a dispatch communicator):
@@ -16,7 +16,7 @@
 // which every op is exact in any order (small integers; products of mostly
 // 1s), so each output has one right answer whatever order a backend
 // reduces in; a second pass draws random bits (see passRandom). Reductions
-// in the reference go through generated/kernels' pure-Go kernels; the
+// in the reference go through the registered pure-Go kernels; the
 // runner never switches on a collective's name, only on its shape.
 package conform
 
@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
 )
 
 // DefaultSizes are the per-rank block sizes, in elements, Run uses when
@@ -44,10 +43,10 @@ type Options struct {
 	// Bytes are per-rank block sizes in bytes, turned into a count per
 	// dtype (rounded down): e.g. a backend's workspace size and 3.5x it.
 	Bytes []int
-	// Cases replaces coll.Cases (e.g. a subset for a quick test).
-	Cases []coll.Case
+	// Cases replaces Cases() (e.g. a subset for a quick test).
+	Cases []Case
 	// Filter, when set, skips the cases for which it returns false.
-	Filter func(coll.Case) bool
+	Filter func(Case) bool
 	// NoInPlace skips the in-place variant (the same slice as send and
 	// recv, where the spec's sizes allow it).
 	NoInPlace bool
@@ -80,10 +79,10 @@ func Run(ctx context.Context, comm core.Comm, opts Options) error {
 	}
 	cases := opts.Cases
 	if cases == nil {
-		cases = coll.Cases
+		cases = Cases()
 	}
 	if opts.Filter != nil {
-		var kept []coll.Case
+		var kept []Case
 		for _, c := range cases {
 			if opts.Filter(c) {
 				kept = append(kept, c)
@@ -93,7 +92,7 @@ func Run(ctx context.Context, comm core.Comm, opts Options) error {
 	}
 	for _, c := range cases {
 		if _, ok := sh[c.Kind]; !ok {
-			return fmt.Errorf("conform: case %v has no entry in coll.Collectives; regenerate generated/coll", c.Kind)
+			return fmt.Errorf("conform: case %v is not a collective the runtime runs", c.Kind)
 		}
 		if len(sh[c.Kind].bufs) == 0 {
 			continue // moves no data: DType is 0
@@ -221,7 +220,7 @@ type runRecord struct {
 
 // caseRun is one case at one size, in or out of place.
 type caseRun struct {
-	c       coll.Case
+	c       Case
 	idx     int
 	sizeIdx int
 	count   int

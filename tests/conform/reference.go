@@ -1,8 +1,10 @@
 package conform
 
 import (
+	"fmt"
+
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/kernels"
+	"github.com/gocoll/gocoll/kernel"
 )
 
 // referenceReduce computes dst = srcs[0] op srcs[1] op ... (in rank order)
@@ -10,8 +12,12 @@ import (
 // the pure-Go kernels, so every backend and ISA level is held to the same
 // reference while the process's active level stays what the backend uses.
 func referenceReduce(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
-	if err := kernels.ReduceGeneric(dt, op, dst, srcs); err != nil {
-		return err
+	t := core.LookupType(dt)
+	if t == nil || t.Kernel(op) == nil {
+		return fmt.Errorf("conform: %w: no kernel for %v %v", core.ErrUnsupported, dt, op)
 	}
-	return kernels.Finish(dt, op, dst, len(srcs))
+	k := t.Kernel(op)
+	k.ReduceAt(kernel.Generic, nil, dst, srcs)
+	k.Finish(dst, len(srcs))
+	return nil
 }

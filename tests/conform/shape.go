@@ -4,11 +4,10 @@ import (
 	"fmt"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
 )
 
-// shape is a collective's description from the spec's shape table
-// (coll.Collectives), in the form the runner uses. The runner builds
+// shape is a collective's description from the runtime's shapes
+// (core.Kind.Shape), in the form the runner uses. The runner builds
 // requests and expectations from it alone; it never looks at names.
 type shape struct {
 	kind   core.Kind
@@ -27,7 +26,7 @@ type bufShape struct {
 	onRoot  bool   // only the root passes it; others pass nil
 }
 
-// Result kinds of spec/collectives.yaml.
+// Result kinds, as spec/collectives.yaml names them.
 const (
 	resNone        = "none"
 	resReduce      = "reduce"
@@ -39,34 +38,49 @@ const (
 	resPeer        = "peer"
 )
 
-// shapes indexes coll.Collectives by kind.
+// shapes indexes the runtime's collectives by kind.
 func shapes() (map[core.Kind]shape, error) {
 	m := map[core.Kind]shape{}
-	for _, ci := range coll.Collectives {
-		s := shape{
-			kind:         ci.Kind,
-			op:           ci.Op,
-			root:         ci.Root,
-			peer:         ci.Peer,
-			result:       ci.Result.Kind,
-			resultOnRoot: ci.Result.On == "root",
-		}
-		for _, b := range ci.Buffers {
-			bs := bufShape{role: b.Role, perRank: b.Count == "count*size", onRoot: b.On == "root"}
-			switch {
-			case b.Role != "send" && b.Role != "recv" && b.Role != "inout":
-				return nil, fmt.Errorf("conform: %v: buffer %q has role %q, which this runner does not know; update tests/conform", ci.Kind, b.Name, b.Role)
-			case b.Count != "count" && b.Count != "count*size":
-				return nil, fmt.Errorf("conform: %v: buffer %q has count %q, which this runner does not know; update tests/conform", ci.Kind, b.Name, b.Count)
-			}
-			s.bufs = append(s.bufs, bs)
-		}
-		switch s.result {
-		case resNone, resReduce, resConcat, resRoot, resReduceBlock, resRootBlock, resTranspose, resPeer:
+	for _, k := range core.Kinds() {
+		sh := k.Shape()
+		s := shape{kind: k, op: sh.Op, root: sh.Root, peer: sh.Peer}
+		switch {
+		case sh.SendIsRecv:
+			s.bufs = append(s.bufs, bufShape{role: "inout", perRank: sh.Recv == core.AllRanks, onRoot: sh.RecvRootOnly})
 		default:
-			return nil, fmt.Errorf("conform: %v: result kind %q is unknown to this runner; update tests/conform", ci.Kind, s.result)
+			if sh.Send != core.None {
+				s.bufs = append(s.bufs, bufShape{role: "send", perRank: sh.Send == core.AllRanks, onRoot: sh.SendRootOnly})
+			}
+			if sh.Recv != core.None {
+				s.bufs = append(s.bufs, bufShape{role: "recv", perRank: sh.Recv == core.AllRanks, onRoot: sh.RecvRootOnly})
+			}
 		}
-		m[s.kind] = s
+		// What each rank's output holds follows from the shape: a reduce op
+		// with a recv block per rank leaves one block of the result on each;
+		// without an op, a root spreads its data, a gather concatenates, a
+		// point-to-point receive holds the peer's send.
+		send, recv := sh.Send != core.None, sh.Recv != core.None
+		switch {
+		case !recv:
+			s.result = resNone
+		case sh.Op && sh.Send == core.AllRanks && sh.Recv == core.PerRank:
+			s.result = resReduceBlock
+		case sh.Op:
+			s.result, s.resultOnRoot = resReduce, sh.RecvRootOnly
+		case sh.SendIsRecv:
+			s.result = resRoot
+		case sh.Peer:
+			s.result = resPeer
+		case sh.Root && sh.Send == core.AllRanks:
+			s.result = resRootBlock
+		case send && sh.Send == core.AllRanks && sh.Recv == core.AllRanks:
+			s.result = resTranspose
+		case send && sh.Recv == core.AllRanks:
+			s.result, s.resultOnRoot = resConcat, sh.RecvRootOnly
+		default:
+			return nil, fmt.Errorf("conform: %v: no result kind fits its shape %+v; update tests/conform", k, *sh)
+		}
+		m[k] = s
 	}
 	return m, nil
 }

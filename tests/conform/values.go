@@ -42,24 +42,19 @@ const (
 
 // dtypeClass says how to draw values of dt, from the spec's dtype table.
 func dtypeClass(dt core.DType) (class, error) {
-	for _, d := range coll.DTypes {
-		if d.ID != dt {
-			continue
-		}
-		switch d.Class {
-		case "float":
-			switch dt {
-			case coll.DTypeFloat32, coll.DTypeFloat64, coll.DTypeBFloat16, coll.DTypeFloat16:
-				return classFloat, nil
-			}
-		case "int":
-			return classInt, nil
-		case "uint":
-			return classUint, nil
-		}
-		return 0, fmt.Errorf("conform: dtype %v (class %q) is unknown to this runner; update tests/conform/values.go", dt, d.Class)
+	t := core.LookupType(dt)
+	if t == nil {
+		return 0, fmt.Errorf("conform: dtype %v is not registered", dt)
 	}
-	return 0, fmt.Errorf("conform: dtype %v is not in coll.DTypes", dt)
+	switch dt {
+	case coll.DTypeFloat32, coll.DTypeFloat64, coll.DTypeBFloat16, coll.DTypeFloat16:
+		return classFloat, nil
+	case coll.DTypeInt8, coll.DTypeInt32, coll.DTypeInt64:
+		return classInt, nil
+	case coll.DTypeUint8, coll.DTypeUint32, coll.DTypeUint64:
+		return classUint, nil
+	}
+	return 0, fmt.Errorf("conform: dtype %v is unknown to this runner; update tests/conform/values.go", t.Name)
 }
 
 // checkable reports whether a reference result exists for op on dt in

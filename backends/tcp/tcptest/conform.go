@@ -24,14 +24,14 @@ import (
 // into blocks and chunks.
 var DefaultCounts = []int{0, 1, 7, 33, 300}
 
-// Conformance runs every case of coll.Cases at each count on c and returns
+// Conformance runs every case of cases() at each count on c and returns
 // the first wrong result, naming the case. seed varies the data; every rank
 // must pass the same seed and counts.
 func Conformance(ctx context.Context, c core.Comm, seed uint64, counts []int) error {
 	if counts == nil {
 		counts = DefaultCounts
 	}
-	for ci, cs := range coll.Cases {
+	for ci, cs := range cases() {
 		for _, count := range counts {
 			if err := runCase(ctx, c, seed, ci, cs, count); err != nil {
 				return fmt.Errorf("case %v/%v/%s count %d: %w", cs.Kind, cs.DType, opName(cs.Op), count, err)
@@ -210,7 +210,7 @@ func diff(what string, got, want []byte, es int) error {
 	return nil
 }
 
-func runCase(ctx context.Context, c core.Comm, seed uint64, ci int, cs coll.Case, count int) error {
+func runCase(ctx context.Context, c core.Comm, seed uint64, ci int, cs confCase, count int) error {
 	n, r := c.Size(), c.Rank()
 	dt, op := cs.DType, cs.Op
 	es := dt.Size()
@@ -391,4 +391,35 @@ func agree(ctx context.Context, c core.Comm, buf []byte) error {
 		}
 	}
 	return nil
+}
+
+// confCase is one collective x dtype x op (0 where the collective has
+// none) the suite runs.
+type confCase struct {
+	Kind  core.Kind
+	DType core.DType
+	Op    core.Op
+}
+
+// cases lists every collective the runtime runs with every registered
+// dtype and, where it reduces, every op of the dtype, by id.
+func cases() []confCase {
+	var cs []confCase
+	for _, k := range core.Kinds() {
+		sh := k.Shape()
+		if sh.Send == core.None && sh.Recv == core.None {
+			cs = append(cs, confCase{Kind: k})
+			continue
+		}
+		for _, t := range core.Types() {
+			if !sh.Op {
+				cs = append(cs, confCase{Kind: k, DType: t.ID})
+				continue
+			}
+			for _, o := range t.Ops() {
+				cs = append(cs, confCase{Kind: k, DType: t.ID, Op: o.ID})
+			}
+		}
+	}
+	return cs
 }
