@@ -52,20 +52,54 @@ type Shape struct {
 	// SendIsRecv: one buffer, passed as Recv; Send is nil or that same
 	// buffer (broadcast).
 	SendIsRecv bool
+	// Result is what the output holds afterwards, on every rank or, with
+	// ResultRootOnly, on the root alone.
+	Result         Result
+	ResultRootOnly bool
 }
 
+// Result says what a collective leaves in its output buffer.
+type Result uint8
+
+const (
+	// ResultNone: there is no output (barrier, send).
+	ResultNone Result = iota
+	// ResultReduce: op over every rank's send, element-wise.
+	ResultReduce
+	// ResultConcat: every rank's send, concatenated in rank order.
+	ResultConcat
+	// ResultRoot: the root's buffer.
+	ResultRoot
+	// ResultReduceBlock: block [rank] of op over every rank's send.
+	ResultReduceBlock
+	// ResultRootBlock: block [rank] of the root's send.
+	ResultRootBlock
+	// ResultTranspose: block [j] is block [rank] of rank j's send.
+	ResultTranspose
+	// ResultPeer: the peer's send buffer.
+	ResultPeer
+)
+
 var shapes = [...]Shape{
-	KindAllreduce:     {Name: "allreduce", Op: true, Send: PerRank, Recv: PerRank, InPlace: true},
-	KindReduce:        {Name: "reduce", Op: true, Root: true, Send: PerRank, Recv: PerRank, RecvRootOnly: true, InPlace: true},
-	KindBroadcast:     {Name: "broadcast", Root: true, Recv: PerRank, SendIsRecv: true},
-	KindAllgather:     {Name: "allgather", Send: PerRank, Recv: AllRanks},
-	KindReduceScatter: {Name: "reduce_scatter", Op: true, Send: AllRanks, Recv: PerRank},
-	KindGather:        {Name: "gather", Root: true, Send: PerRank, Recv: AllRanks, RecvRootOnly: true},
-	KindScatter:       {Name: "scatter", Root: true, Send: AllRanks, Recv: PerRank, SendRootOnly: true},
-	KindAlltoall:      {Name: "alltoall", Send: AllRanks, Recv: AllRanks},
-	KindBarrier:       {Name: "barrier"},
-	KindSend:          {Name: "send", Peer: true, Send: PerRank},
-	KindRecv:          {Name: "recv", Peer: true, Recv: PerRank},
+	KindAllreduce: {Name: "allreduce", Op: true, Send: PerRank, Recv: PerRank, InPlace: true,
+		Result: ResultReduce},
+	KindReduce: {Name: "reduce", Op: true, Root: true, Send: PerRank, Recv: PerRank, RecvRootOnly: true, InPlace: true,
+		Result: ResultReduce, ResultRootOnly: true},
+	KindBroadcast: {Name: "broadcast", Root: true, Recv: PerRank, SendIsRecv: true,
+		Result: ResultRoot},
+	KindAllgather: {Name: "allgather", Send: PerRank, Recv: AllRanks,
+		Result: ResultConcat},
+	KindReduceScatter: {Name: "reduce_scatter", Op: true, Send: AllRanks, Recv: PerRank,
+		Result: ResultReduceBlock},
+	KindGather: {Name: "gather", Root: true, Send: PerRank, Recv: AllRanks, RecvRootOnly: true,
+		Result: ResultConcat, ResultRootOnly: true},
+	KindScatter: {Name: "scatter", Root: true, Send: AllRanks, Recv: PerRank, SendRootOnly: true,
+		Result: ResultRootBlock},
+	KindAlltoall: {Name: "alltoall", Send: AllRanks, Recv: AllRanks, InPlace: true,
+		Result: ResultTranspose},
+	KindBarrier: {Name: "barrier"},
+	KindSend:    {Name: "send", Peer: true, Send: PerRank},
+	KindRecv:    {Name: "recv", Peer: true, Recv: PerRank, Result: ResultPeer},
 }
 
 // Shape returns k's shape, or nil for an id the runtime does not run.

@@ -21,15 +21,48 @@ type Op uint8
 // A generated kernels package builds one per dtype of its spec and
 // registers it with RegisterType.
 type Type struct {
-	ID   DType
-	Name string // spec name, e.g. "bfloat16"
-	Size int    // bytes per element
+	ID    DType
+	Name  string // spec name, e.g. "bfloat16"
+	Size  int    // bytes per element
+	Class Class  // what the bytes hold
+	// ExpBits and MantBits are the IEEE-style layout of a ClassFloat
+	// element, or of each of the two parts of a ClassComplex one: what a
+	// tool needs to make values of the type without knowing its Go type.
+	ExpBits, MantBits uint8
 	// Divide divides n elements at p by nranks in place, rounding once:
 	// the finish step of ops whose Finish is FinishDivide. Nil when no op
 	// of the type needs it.
 	Divide func(p unsafe.Pointer, n, nranks int)
 
 	kernels [256]atomic.Pointer[Kernel] // by op id
+}
+
+// Class is what an element's bytes hold.
+type Class uint8
+
+const (
+	// ClassInt is a two's-complement signed integer.
+	ClassInt Class = iota + 1
+	// ClassUint is an unsigned integer.
+	ClassUint
+	// ClassFloat is a binary floating-point number (see Type.ExpBits).
+	ClassFloat
+	// ClassComplex is two floats, real part first.
+	ClassComplex
+)
+
+func (c Class) String() string {
+	switch c {
+	case ClassInt:
+		return "int"
+	case ClassUint:
+		return "uint"
+	case ClassFloat:
+		return "float"
+	case ClassComplex:
+		return "complex"
+	}
+	return fmt.Sprintf("class(%d)", uint8(c))
 }
 
 // Finish is what an op does to a reduction's final result, once.
@@ -117,7 +150,7 @@ func RegisterType(t *Type) *Type {
 		return t
 	}
 	old := types[t.ID].Load()
-	if old.Name != t.Name || old.Size != t.Size {
+	if old.Name != t.Name || old.Size != t.Size || old.Class != t.Class || old.ExpBits != t.ExpBits || old.MantBits != t.MantBits {
 		panic(fmt.Sprintf("gocoll: dtype id %d registered as %s (%d bytes) and %s (%d bytes); specs must agree on ids",
 			t.ID, old.Name, old.Size, t.Name, t.Size))
 	}

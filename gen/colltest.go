@@ -57,6 +57,12 @@ func collTest(s *spec.Spec) *jen.File {
 					sh = append(sh, field("SendIsRecv", jen.True()))
 				}
 			}
+			if r := resultConsts[c.Result.Kind]; r != "ResultNone" {
+				sh = append(sh, field("Result", qCore(r)))
+			}
+			if c.Result.On == "root" {
+				sh = append(sh, field("ResultRootOnly", jen.True()))
+			}
 			g.Line().Values(field("Kind", jen.Lit(c.ID)), field("Shape", qCore("Shape").Values(sh...)))
 		}
 		g.Line()
@@ -158,3 +164,10 @@ func collTest(s *spec.Spec) *jen.File {
 // field is one key: value of a composite literal. Unlike jen.Dict, a
 // literal of fields stays on one line: the tables read one entry a line.
 func field(name string, v jen.Code) jen.Code { return jen.Id(name).Op(":").Add(v) }
+
+// resultConsts names core's Result constant for each result kind a spec
+// may give.
+var resultConsts = map[string]string{
+	"none": "ResultNone", "reduce": "ResultReduce", "concat": "ResultConcat", "root": "ResultRoot",
+	"reduce_block": "ResultReduceBlock", "root_block": "ResultRootBlock", "transpose": "ResultTranspose", "peer": "ResultPeer",
+}

@@ -252,3 +252,12 @@ func TestEnsureArchKernel(t *testing.T) {
 		t.Fatalf("%s still there beside another archKernel: %v", noasmFile, err)
 	}
 }
+
+// TestResultKinds: every result kind a spec may give has core's name.
+func TestResultKinds(t *testing.T) {
+	for k := range spec.ResultKinds {
+		if resultConsts[k] == "" {
+			t.Errorf("result kind %q has no core.Result constant in resultConsts", k)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package gen
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/dave/jennifer/jen"
 	"github.com/gocoll/gocoll/gen/asm"
@@ -110,7 +111,11 @@ func kernelTables(s *spec.Spec) *jen.File {
 	f.Comment("spec that registers one of their ids differently panics there.")
 	f.Func().Id("init").Params().BlockFunc(func(g *jen.Group) {
 		for _, d := range s.DTypes {
-			fields := []jen.Code{field("ID", jen.Id(kdt(d))), field("Name", jen.Lit(d.Name)), field("Size", jen.Lit(d.Size))}
+			fields := []jen.Code{field("ID", jen.Id(kdt(d))), field("Name", jen.Lit(d.Name)), field("Size", jen.Lit(d.Size)),
+				field("Class", jen.Qual(CorePath, classConst(d.Class)))}
+			if e, m := floatLayout(d); e != 0 {
+				fields = append(fields, field("ExpBits", jen.Lit(e)), field("MantBits", jen.Lit(m)))
+			}
 			if divides(s, d) {
 				fields = append(fields, field("Divide", jen.Qual(GenericPath, genericFamily(d)+"Divide").Index(elemType(d))))
 			}
@@ -187,4 +192,42 @@ func kernelsBench(s *spec.Spec) *jen.File {
 		jen.Qual(KernelTestPath, "BenchCopy").Call(jen.Id("b")),
 	)
 	return f
+}
+
+// classConst names core's Class constant for a spec class.
+func classConst(class string) string {
+	switch class {
+	case "int":
+		return "ClassInt"
+	case "uint":
+		return "ClassUint"
+	case "complex":
+		return "ClassComplex"
+	}
+	return "ClassFloat"
+}
+
+// floatLayout is the exponent and mantissa width of a float dtype (of each
+// part of a complex one), from its element size and accumulator: a 2-byte
+// float reduced in float32 is bfloat16 when its Go type says so.
+func floatLayout(d spec.DType) (exp, mant int) {
+	if d.Class != "float" && d.Class != "complex" {
+		return 0, 0
+	}
+	part := d.Size
+	if d.Class == "complex" {
+		part /= 2
+	}
+	switch part {
+	case 8:
+		return 11, 52
+	case 4:
+		return 8, 23
+	case 2:
+		if strings.Contains(strings.ToLower(d.Go), "bfloat") {
+			return 8, 7
+		}
+		return 5, 10
+	}
+	return 0, 0
 }

@@ -116,17 +116,17 @@ var funcs = []apitest.Func{
 
 // shapes is every collective as the spec describes it, by the spec's id.
 var shapes = []apitest.Shape{
-	{Kind: 1, Shape: core.Shape{Name: "allreduce", Op: true, Send: core.PerRank, Recv: core.PerRank}},
-	{Kind: 2, Shape: core.Shape{Name: "reduce", Op: true, Root: true, Send: core.PerRank, Recv: core.PerRank, RecvRootOnly: true}},
-	{Kind: 3, Shape: core.Shape{Name: "broadcast", Root: true, Recv: core.PerRank, SendIsRecv: true}},
-	{Kind: 4, Shape: core.Shape{Name: "allgather", Send: core.PerRank, Recv: core.AllRanks}},
-	{Kind: 5, Shape: core.Shape{Name: "reduce_scatter", Op: true, Send: core.AllRanks, Recv: core.PerRank}},
-	{Kind: 6, Shape: core.Shape{Name: "gather", Root: true, Send: core.PerRank, Recv: core.AllRanks, RecvRootOnly: true}},
-	{Kind: 7, Shape: core.Shape{Name: "scatter", Root: true, Send: core.AllRanks, SendRootOnly: true, Recv: core.PerRank}},
-	{Kind: 8, Shape: core.Shape{Name: "alltoall", Send: core.AllRanks, Recv: core.AllRanks}},
+	{Kind: 1, Shape: core.Shape{Name: "allreduce", Op: true, Send: core.PerRank, Recv: core.PerRank, Result: core.ResultReduce}},
+	{Kind: 2, Shape: core.Shape{Name: "reduce", Op: true, Root: true, Send: core.PerRank, Recv: core.PerRank, RecvRootOnly: true, Result: core.ResultReduce, ResultRootOnly: true}},
+	{Kind: 3, Shape: core.Shape{Name: "broadcast", Root: true, Recv: core.PerRank, SendIsRecv: true, Result: core.ResultRoot}},
+	{Kind: 4, Shape: core.Shape{Name: "allgather", Send: core.PerRank, Recv: core.AllRanks, Result: core.ResultConcat}},
+	{Kind: 5, Shape: core.Shape{Name: "reduce_scatter", Op: true, Send: core.AllRanks, Recv: core.PerRank, Result: core.ResultReduceBlock}},
+	{Kind: 6, Shape: core.Shape{Name: "gather", Root: true, Send: core.PerRank, Recv: core.AllRanks, RecvRootOnly: true, Result: core.ResultConcat, ResultRootOnly: true}},
+	{Kind: 7, Shape: core.Shape{Name: "scatter", Root: true, Send: core.AllRanks, SendRootOnly: true, Recv: core.PerRank, Result: core.ResultRootBlock}},
+	{Kind: 8, Shape: core.Shape{Name: "alltoall", Send: core.AllRanks, Recv: core.AllRanks, Result: core.ResultTranspose}},
 	{Kind: 9, Shape: core.Shape{Name: "barrier"}},
 	{Kind: 10, Shape: core.Shape{Name: "send", Peer: true, Send: core.PerRank}},
-	{Kind: 11, Shape: core.Shape{Name: "recv", Peer: true, Recv: core.PerRank}},
+	{Kind: 11, Shape: core.Shape{Name: "recv", Peer: true, Recv: core.PerRank, Result: core.ResultPeer}},
 }
 
 // dtypes is every element type of the spec with its ops.

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
 )
 
 // chunkElems bounds the elements the reference computes at once, so that
@@ -33,19 +32,19 @@ func (r *runner) segments(s shape, cr *caseRun, outElems int) []segment {
 	}
 	zero := func(int) int { return 0 }
 	switch s.result {
-	case resReduce:
+	case core.ResultReduce:
 		segs = []segment{{0, outElems, -1, 0}}
-	case resReduceBlock:
+	case core.ResultReduceBlock:
 		segs = []segment{{0, outElems, -1, me * c}}
-	case resRoot:
+	case core.ResultRoot:
 		segs = []segment{{0, outElems, cr.root, 0}}
-	case resRootBlock:
+	case core.ResultRootBlock:
 		segs = []segment{{0, outElems, cr.root, me * c}}
-	case resConcat:
+	case core.ResultConcat:
 		blocks(func(j int) int { return j }, zero)
-	case resTranspose:
+	case core.ResultTranspose:
 		blocks(func(j int) int { return j }, func(int) int { return me * c })
-	case resPeer:
+	case core.ResultPeer:
 		segs = []segment{{0, outElems, cr.peer, 0}}
 	}
 	return segs
@@ -137,7 +136,13 @@ func (r *runner) agree(ctx context.Context) error {
 		binary.LittleEndian.PutUint64(rec[8+8*i:], run.hash)
 	}
 	all := make([]byte, len(rec)*r.size)
-	req := &core.Request{Kind: coll.KindAllgather, DType: coll.DTypeUint8, Count: len(rec), Send: rec, Recv: all}
+	// Any registered dtype moves the bytes: rec is a whole number of
+	// 8-byte words, and no registered element is wider than 16 bytes.
+	dt, err := wordType(len(rec))
+	if err != nil {
+		return err
+	}
+	req := &core.Request{Kind: core.KindAllgather, DType: dt.ID, Count: len(rec) / dt.Size, Send: rec, Recv: all}
 	if err := r.do(ctx, req); err != nil {
 		return fmt.Errorf("conform: rank %d: exchanging the ranks' output hashes with an allgather: %w", r.rank, err)
 	}
@@ -181,4 +186,18 @@ func (r *runner) agree(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// wordType picks a registered dtype whose size divides n, the smallest.
+func wordType(n int) (*core.Type, error) {
+	var best *core.Type
+	for _, t := range core.Types() {
+		if n%t.Size == 0 && (best == nil || t.Size < best.Size) {
+			best = t
+		}
+	}
+	if best == nil {
+		return nil, fmt.Errorf("conform: no registered dtype moves %d bytes: import a generated package", n)
+	}
+	return best, nil
 }

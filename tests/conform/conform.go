@@ -1,7 +1,10 @@
-// Package conform checks a communicator against the spec: it runs every
-// case of Cases (each collective x registered dtype x op) at several
-// sizes, compares each rank's output bit for bit with a reference computed
-// from the runtime's shapes, and checks that all ranks agree.
+// Package conform checks a communicator against the specs it was built
+// with: it runs every case the core registry holds (each collective x
+// registered dtype x op, see Cases) at several sizes, compares each rank's
+// output bit for bit with a reference computed from the collective's
+// shape, and checks that all ranks agree. It is the one conformance
+// reference of gocoll: every backend's suite and the cross-backend tests
+// run it, and a downstream module runs it on its own dtypes.
 //
 // Every rank of a job calls Run with the same Options and its own
 // communicator (any backend, or a dispatch communicator):
@@ -16,8 +19,9 @@
 // which every op is exact in any order (small integers; products of mostly
 // 1s), so each output has one right answer whatever order a backend
 // reduces in; a second pass draws random bits (see passRandom). Reductions
-// in the reference go through the registered pure-Go kernels; the
-// runner never switches on a collective's name, only on its shape.
+// in the reference go through the registered pure-Go kernels; the runner
+// never switches on a collective's name or a dtype's id, only on shapes,
+// classes and float layouts.
 package conform
 
 import (
@@ -29,6 +33,40 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 )
+
+// Case is one combination Run checks: a collective, an element type and,
+// for collectives that reduce, an op (0 otherwise). Collectives that move
+// no data have one case with DType 0.
+type Case struct {
+	Kind  core.Kind
+	DType core.DType
+	Op    core.Op
+}
+
+// Cases lists every combination the registry allows: each runtime
+// collective with each registered dtype and, where it reduces, each op
+// that dtype has. Import the generated packages whose dtypes to check
+// before calling it.
+func Cases() []Case {
+	var cs []Case
+	for _, k := range core.Kinds() {
+		sh := k.Shape()
+		if sh.Send == core.None && sh.Recv == core.None {
+			cs = append(cs, Case{Kind: k})
+			continue
+		}
+		for _, t := range core.Types() {
+			if !sh.Op {
+				cs = append(cs, Case{Kind: k, DType: t.ID})
+				continue
+			}
+			for _, o := range t.Ops() {
+				cs = append(cs, Case{Kind: k, DType: t.ID, Op: o.ID})
+			}
+		}
+	}
+	return cs
+}
 
 // DefaultSizes are the per-rank block sizes, in elements, Run uses when
 // Options.Sizes and Options.Bytes are both empty: empty, one element, odd,
@@ -73,10 +111,7 @@ type Options struct {
 // exchange their verdicts, so that every rank fails when any rank saw a
 // mismatch or ranks disagree bit for bit.
 func Run(ctx context.Context, comm core.Comm, opts Options) error {
-	sh, err := shapes()
-	if err != nil {
-		return err
-	}
+	sh := shapes()
 	cases := opts.Cases
 	if cases == nil {
 		cases = Cases()
@@ -92,12 +127,12 @@ func Run(ctx context.Context, comm core.Comm, opts Options) error {
 	}
 	for _, c := range cases {
 		if _, ok := sh[c.Kind]; !ok {
-			return fmt.Errorf("conform: case %v is not a collective the runtime runs", c.Kind)
+			return fmt.Errorf("conform: case %v: the runtime has no such collective", c.Kind)
 		}
 		if len(sh[c.Kind].bufs) == 0 {
 			continue // moves no data: DType is 0
 		}
-		if _, err := dtypeClass(c.DType); err != nil {
+		if _, err := layoutOf(c.DType); err != nil {
 			return err
 		}
 	}

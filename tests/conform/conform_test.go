@@ -72,7 +72,7 @@ func (c *memComm) Do(ctx context.Context, req *core.Request) error {
 }
 
 func (c *memComm) do(ctx context.Context, req *core.Request) error {
-	sh, _ := shapes()
+	sh := shapes()
 	s := sh[req.Kind]
 	if s.peer {
 		if req.Send != nil {
@@ -128,30 +128,30 @@ func compute(s shape, reqs []*core.Request) error {
 		in[i] = append([]byte(nil), q.Send...)
 	}
 	var red []byte
-	if s.result == resReduce || s.result == resReduceBlock {
+	if s.result == core.ResultReduce || s.result == core.ResultReduceBlock {
 		red = make([]byte, len(in[0]))
-		if err := referenceReduce(r0.DType, r0.Op, red, in); err != nil {
-			return err
-		}
+		k := core.LookupType(r0.DType).Kernel(r0.Op)
+		k.Reduce(nil, red, in)
+		k.Finish(red, n)
 	}
 	for me, q := range reqs {
 		if q.Recv == nil {
 			continue
 		}
 		switch s.result {
-		case resReduce:
+		case core.ResultReduce:
 			copy(q.Recv, red)
-		case resReduceBlock:
+		case core.ResultReduceBlock:
 			copy(q.Recv, red[me*blk:(me+1)*blk])
-		case resRoot:
+		case core.ResultRoot:
 			copy(q.Recv, in[r0.Root])
-		case resRootBlock:
+		case core.ResultRootBlock:
 			copy(q.Recv, in[r0.Root][me*blk:(me+1)*blk])
-		case resConcat:
+		case core.ResultConcat:
 			for j := range n {
 				copy(q.Recv[j*blk:], in[j])
 			}
-		case resTranspose:
+		case core.ResultTranspose:
 			for j := range n {
 				copy(q.Recv[j*blk:(j+1)*blk], in[j][me*blk:(me+1)*blk])
 			}
@@ -213,7 +213,7 @@ func TestCoverage(t *testing.T) {
 		}
 	}
 	for _, c := range Cases() {
-		s, _ := shapes()
+		s := shapes()
 		if s[c.Kind].peer {
 			continue // rank 0 sends with one kind and receives with the other
 		}
@@ -225,7 +225,7 @@ func TestCoverage(t *testing.T) {
 		t.Error("no in-place call")
 	}
 	if len(Cases()) < 100 {
-		t.Errorf("only %d cases: is generated/coll complete?", len(Cases()))
+		t.Errorf("only %d cases: is generated/coll imported?", len(Cases()))
 	}
 }
 
@@ -243,7 +243,7 @@ func TestCatches(t *testing.T) {
 	}{{
 		name: "wrong element",
 		tamper: func(rank int, q *core.Request) {
-			if rank == 2 && isCase(q, coll.KindAllreduce, coll.DTypeFloat32, coll.OpSum) {
+			if rank == 2 && isCase(q, core.KindAllreduce, coll.DTypeFloat32, coll.OpSum) {
 				q.Recv[4*3] ^= 1
 			}
 		},
@@ -251,7 +251,7 @@ func TestCatches(t *testing.T) {
 	}, {
 		name: "send buffer changed",
 		tamper: func(rank int, q *core.Request) {
-			if rank == 2 && isCase(q, coll.KindAllgather, coll.DTypeInt8, 0) && len(q.Send) > 0 && &q.Send[0] != &q.Recv[0] {
+			if rank == 2 && isCase(q, core.KindAllgather, coll.DTypeInt8, 0) && len(q.Send) > 0 && &q.Send[0] != &q.Recv[0] {
 				q.Send[1]++
 			}
 		},
@@ -259,7 +259,7 @@ func TestCatches(t *testing.T) {
 	}, {
 		name: "write past the end",
 		tamper: func(rank int, q *core.Request) {
-			if rank == 2 && isCase(q, coll.KindReduceScatter, coll.DTypeUint64, coll.OpBXor) {
+			if rank == 2 && isCase(q, core.KindReduceScatter, coll.DTypeUint64, coll.OpBXor) {
 				q.Recv[:len(q.Recv)+1][len(q.Recv)] = 0
 			}
 		},
@@ -269,7 +269,7 @@ func TestCatches(t *testing.T) {
 		tamper: func(rank int, q *core.Request) {
 			// Random-pass float sums have no reference (their rounding
 			// depends on the order): only the agreement check sees this.
-			if rank == 2 && isCase(q, coll.KindAllreduce, coll.DTypeBFloat16, coll.OpAvg) {
+			if rank == 2 && isCase(q, core.KindAllreduce, coll.DTypeBFloat16, coll.OpAvg) {
 				q.Recv[0] ^= 1
 			}
 		},
@@ -320,7 +320,7 @@ type failing struct {
 }
 
 func (f failing) Do(ctx context.Context, q *core.Request) error {
-	if q.Kind == coll.KindBroadcast {
+	if q.Kind == core.KindBroadcast {
 		return f.err
 	}
 	return f.Comm.Do(ctx, q)

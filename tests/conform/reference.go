@@ -13,10 +13,13 @@ import (
 // reference while the process's active level stays what the backend uses.
 func referenceReduce(dt core.DType, op core.Op, dst []byte, srcs [][]byte) error {
 	t := core.LookupType(dt)
-	if t == nil || t.Kernel(op) == nil {
-		return fmt.Errorf("conform: %w: no kernel for %v %v", core.ErrUnsupported, dt, op)
+	if t == nil {
+		return fmt.Errorf("conform: dtype %v is not registered", dt)
 	}
 	k := t.Kernel(op)
+	if k == nil {
+		return fmt.Errorf("conform: %v has no op %v", t.Name, op)
+	}
 	k.ReduceAt(kernel.Generic, nil, dst, srcs)
 	k.Finish(dst, len(srcs))
 	return nil

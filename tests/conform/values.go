@@ -6,7 +6,6 @@ import (
 	"math"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
 )
 
 // pass selects how inputs are drawn.
@@ -32,30 +31,51 @@ func (p pass) String() string {
 	return "random"
 }
 
-type class uint8
+// layout is how an element's bytes hold its value, from the dtype's
+// registered descriptor: the runner never looks at a dtype's id.
+type layout struct {
+	class core.Class
+	size  int  // bytes per element
+	lane  int  // bytes per part: size, or size/2 for a complex element
+	exp   uint // float exponent bits (float and complex)
+	mant  uint // float mantissa bits
+}
 
-const (
-	classFloat class = iota
-	classInt
-	classUint
-)
+// floatish: the class rounds (float or complex).
+func (l layout) floatish() bool { return l.class == core.ClassFloat || l.class == core.ClassComplex }
 
-// dtypeClass says how to draw values of dt, from the spec's dtype table.
-func dtypeClass(dt core.DType) (class, error) {
+// layoutOf reads dt's layout from the registry.
+func layoutOf(dt core.DType) (layout, error) {
 	t := core.LookupType(dt)
 	if t == nil {
-		return 0, fmt.Errorf("conform: dtype %v is not registered", dt)
+		return layout{}, fmt.Errorf("conform: dtype %v is not registered: import the generated package that has it", dt)
 	}
-	switch dt {
-	case coll.DTypeFloat32, coll.DTypeFloat64, coll.DTypeBFloat16, coll.DTypeFloat16:
-		return classFloat, nil
-	case coll.DTypeInt8, coll.DTypeInt32, coll.DTypeInt64:
-		return classInt, nil
-	case coll.DTypeUint8, coll.DTypeUint32, coll.DTypeUint64:
-		return classUint, nil
+	l := layout{class: t.Class, size: t.Size, lane: t.Size, exp: uint(t.ExpBits), mant: uint(t.MantBits)}
+	if t.Class == core.ClassComplex {
+		l.lane = t.Size / 2
 	}
-	return 0, fmt.Errorf("conform: dtype %v is unknown to this runner; update tests/conform/values.go", t.Name)
+	switch {
+	case l.lane != 1 && l.lane != 2 && l.lane != 4 && l.lane != 8:
+		return layout{}, fmt.Errorf("conform: dtype %v has %d-byte parts, which this runner cannot draw", t.Name, l.lane)
+	case l.floatish() && (l.exp == 0 || l.mant == 0 || 1+int(l.exp+l.mant) != 8*l.lane):
+		return layout{}, fmt.Errorf("conform: float dtype %v registers no usable layout (%d exponent, %d mantissa bits)", t.Name, l.exp, l.mant)
+	case t.Class < core.ClassInt || t.Class > core.ClassComplex:
+		return layout{}, fmt.Errorf("conform: dtype %v has class %v, which this runner does not know", t.Name, t.Class)
+	}
+	return l, nil
 }
+
+// opName is the registered name of op: the runner picks exact values by
+// what the op computes, which only its name says.
+func opName(op core.Op) string {
+	if o := core.LookupOp(op); o != nil {
+		return o.Name
+	}
+	return ""
+}
+
+// minMax reports whether op orders its inputs rather than combines them.
+func minMax(op core.Op) bool { n := opName(op); return n == "min" || n == "max" }
 
 // checkable reports whether a reference result exists for op on dt in
 // pass p (see passRandom).
@@ -63,8 +83,8 @@ func checkable(dt core.DType, op core.Op, p pass) bool {
 	if p == passExact || op == 0 {
 		return true
 	}
-	c, _ := dtypeClass(dt)
-	return c != classFloat || op == coll.OpMin || op == coll.OpMax
+	l, _ := layoutOf(dt)
+	return !l.floatish() || minMax(op)
 }
 
 // gen draws the inputs of one rank for one case: element i of the rank's
@@ -73,13 +93,10 @@ func checkable(dt core.DType, op core.Op, p pass) bool {
 // of every check, so each element costs a hash and a table lookup or a few
 // bit operations; the choice among them is made once, in newGen.
 type gen struct {
-	dt    core.DType
-	op    core.Op
+	l     layout
 	size  int // element size
 	mode  drawMode
 	table []uint64 // modeTable: the element bits to pick from
-	// The float layout, for modeRandFloat and modeNoNaN.
-	mantBits, expBits uint
 }
 
 type drawMode uint8
@@ -92,46 +109,37 @@ const (
 )
 
 func newGen(dt core.DType, op core.Op, p pass, nrank int) *gen {
-	g := &gen{dt: dt, op: op, size: dt.Size()}
-	cls, err := dtypeClass(dt)
+	l, err := layoutOf(dt)
+	g := &gen{l: l, size: l.size}
 	if err != nil || g.size == 0 {
 		return g // a collective without data; nothing is drawn
 	}
-	switch dt {
-	case coll.DTypeFloat32:
-		g.expBits, g.mantBits = 8, 23
-	case coll.DTypeFloat64:
-		g.expBits, g.mantBits = 11, 52
-	case coll.DTypeBFloat16:
-		g.expBits, g.mantBits = 8, 7
-	case coll.DTypeFloat16:
-		g.expBits, g.mantBits = 5, 10
-	}
+	name := opName(op)
 	switch {
-	case p == passRandom && (op == 0 || cls != classFloat):
+	case p == passRandom && (op == 0 || !l.floatish()):
 		g.mode = modeBits // any bits are exact for data movement and integer ops
-	case cls != classFloat && op == coll.OpProd:
+	case !l.floatish() && name == "prod":
 		g.mode, g.table = modeTable, g.values(prodFactors(nrank, false))
-	case cls != classFloat:
+	case !l.floatish():
 		g.mode = modeBits // wrap-around arithmetic is exact in any order
-	case p == passRandom && (op == coll.OpMin || op == coll.OpMax):
+	case p == passRandom && minMax(op):
 		g.mode = modeNoNaN
 	case p == passRandom:
 		g.mode = modeRandFloat
 	default:
-		g.mode, g.table = modeTable, g.values(exactFloats(op, nrank))
+		g.mode, g.table = modeTable, g.values(exactFloats(name, nrank))
 	}
 	return g
 }
 
 // exactFloats are values for which op over nrank of them is exact in any
 // order in every float dtype, bfloat16's 8-bit significand included.
-func exactFloats(op core.Op, nrank int) []float64 {
+func exactFloats(op string, nrank int) []float64 {
 	var vs []float64
 	switch op {
-	case coll.OpProd:
+	case "prod":
 		return prodFactors(nrank, true)
-	case coll.OpSum, coll.OpAvg:
+	case "sum", "avg":
 		// Every partial sum stays within +-256, where bfloat16 still
 		// holds every integer.
 		r := max(1, 256/max(nrank, 1))
@@ -162,30 +170,66 @@ func prodFactors(nrank int, float bool) []float64 {
 	return []float64{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, -1, last}
 }
 
-// values encodes vs as element bits of g's dtype.
+// values encodes vs as the bits of one part of g's dtype (the whole
+// element, or each half of a complex one).
 func (g *gen) values(vs []float64) []uint64 {
 	out := make([]uint64, len(vs))
-	cls, _ := dtypeClass(g.dt)
 	for i, v := range vs {
-		if cls != classFloat {
+		if !g.l.floatish() {
 			out[i] = uint64(int64(v))
 			continue
 		}
-		switch g.dt {
-		case coll.DTypeFloat32:
-			out[i] = uint64(math.Float32bits(float32(v)))
-		case coll.DTypeFloat64:
-			out[i] = math.Float64bits(v)
-		case coll.DTypeBFloat16:
-			out[i] = uint64(coll.BFloat16FromFloat32(float32(v)))
-		case coll.DTypeFloat16:
-			out[i] = uint64(coll.Float16FromFloat32(float32(v)))
-		}
+		out[i] = encodeFloat(v, g.l.exp, g.l.mant)
 	}
 	return out
 }
 
-// draw turns a hash into element bits (in the low size*8 bits).
+// encodeFloat returns the bits of v in a binary float format of exp
+// exponent and mant mantissa bits. v must be exact in that format (the
+// runner's values are small integers, halves, signed zeros, infinities).
+func encodeFloat(v float64, exp, mant uint) uint64 {
+	b := math.Float64bits(v)
+	sign := b >> 63 << (exp + mant)
+	inf := (uint64(1)<<exp - 1) << mant
+	switch {
+	case math.IsInf(v, 0):
+		return sign | inf
+	case math.IsNaN(v):
+		return sign | inf | 1<<(mant-1)
+	case v == 0:
+		return sign
+	}
+	frac, e := math.Frexp(math.Abs(v)) // |v| = frac * 2^e, frac in [0.5, 1)
+	m := (frac*2 - 1) * math.Ldexp(1, int(mant))
+	if m != math.Trunc(m) {
+		panic(fmt.Sprintf("conform: %v is not exact with %d mantissa bits", v, mant))
+	}
+	bias := 1<<(exp-1) - 1
+	return sign | uint64(e-1+bias)<<mant | uint64(m)
+}
+
+// decodeFloat is encodeFloat's inverse, for error messages.
+func decodeFloat(u uint64, exp, mant uint) float64 {
+	sign := 1.0
+	if u>>(exp+mant)&1 == 1 {
+		sign = -1
+	}
+	e := int(u >> mant & (1<<exp - 1))
+	m := float64(u & (1<<mant - 1))
+	bias := 1<<(exp-1) - 1
+	switch e {
+	case 0:
+		return sign * math.Ldexp(m, 1-bias-int(mant))
+	case 1<<exp - 1:
+		if m != 0 {
+			return math.NaN()
+		}
+		return math.Inf(int(sign))
+	}
+	return sign * math.Ldexp(1+m/math.Ldexp(1, int(mant)), e-bias)
+}
+
+// draw turns a hash into the bits of one part (in the low lane*8 bits).
 func (g *gen) draw(h uint64) uint64 {
 	switch g.mode {
 	case modeTable:
@@ -193,12 +237,12 @@ func (g *gen) draw(h uint64) uint64 {
 	case modeRandFloat:
 		// sign, a random mantissa and an exponent in [-8, 8]: far from
 		// overflow, but sums and products round.
-		sign := h >> 63 << (g.size*8 - 1)
-		exp := uint64(1)<<(g.expBits-1) - 1 + (h>>1)&15 - 8
-		return sign | exp<<g.mantBits | (h>>12)&(1<<g.mantBits-1)
+		sign := h >> 63 << (g.l.lane*8 - 1)
+		exp := uint64(1)<<(g.l.exp-1) - 1 + (h>>1)&15 - 8
+		return sign | exp<<g.l.mant | (h>>12)&(1<<g.l.mant-1)
 	case modeNoNaN:
-		mant := uint64(1)<<g.mantBits - 1
-		exp := (uint64(1)<<g.expBits - 1) << g.mantBits
+		mant := uint64(1)<<g.l.mant - 1
+		exp := (uint64(1)<<g.l.exp - 1) << g.l.mant
 		if h&exp == exp && h&mant != 0 {
 			h &^= mant // NaN becomes an infinity of the same sign
 		}
@@ -207,11 +251,13 @@ func (g *gen) draw(h uint64) uint64 {
 }
 
 // fill writes elements [first, first+len(dst)/size) of the input seeded by
-// seed into dst.
+// seed into dst, part by part.
 func (g *gen) fill(dst []byte, seed uint64, first int) {
-	n := len(dst) / g.size
-	key := func(i int) uint64 { return mix(seed ^ uint64(first+i)*0xd6e8feb86659fd93) }
-	switch g.size {
+	lane := g.l.lane
+	n := len(dst) / lane
+	base := first * (g.size / lane)
+	key := func(i int) uint64 { return mix(seed ^ uint64(base+i)*0xd6e8feb86659fd93) }
+	switch lane {
 	case 1:
 		for i := range n {
 			dst[i] = byte(g.draw(key(i)))
@@ -231,35 +277,34 @@ func (g *gen) fill(dst []byte, seed uint64, first int) {
 	}
 }
 
-// format renders element i of b for an error message: its value and its bits.
+// format renders the element at the start of b for an error message: its
+// value and its bits.
 func format(dt core.DType, b []byte) string {
-	switch dt {
-	case coll.DTypeFloat32:
-		u := binary.LittleEndian.Uint32(b)
-		return fmt.Sprintf("%v (%#08x)", math.Float32frombits(u), u)
-	case coll.DTypeFloat64:
-		u := binary.LittleEndian.Uint64(b)
-		return fmt.Sprintf("%v (%#016x)", math.Float64frombits(u), u)
-	case coll.DTypeBFloat16:
-		u := binary.LittleEndian.Uint16(b)
-		return fmt.Sprintf("%v (%#04x)", coll.BFloat16(u).Float32(), u)
-	case coll.DTypeFloat16:
-		u := binary.LittleEndian.Uint16(b)
-		return fmt.Sprintf("%v (%#04x)", coll.Float16(u).Float32(), u)
-	case coll.DTypeInt8:
-		return fmt.Sprint(int8(b[0]))
-	case coll.DTypeUint8:
-		return fmt.Sprint(b[0])
-	case coll.DTypeInt32:
-		return fmt.Sprint(int32(binary.LittleEndian.Uint32(b)))
-	case coll.DTypeUint32:
-		return fmt.Sprint(binary.LittleEndian.Uint32(b))
-	case coll.DTypeInt64:
-		return fmt.Sprint(int64(binary.LittleEndian.Uint64(b)))
-	case coll.DTypeUint64:
-		return fmt.Sprint(binary.LittleEndian.Uint64(b))
+	l, err := layoutOf(dt)
+	if err != nil || len(b) < l.size {
+		return fmt.Sprintf("%x", b)
 	}
-	return fmt.Sprintf("%x", b)
+	part := func(p []byte) (uint64, string) {
+		var u uint64
+		for i := l.lane - 1; i >= 0; i-- {
+			u = u<<8 | uint64(p[i])
+		}
+		switch l.class {
+		case core.ClassInt:
+			shift := 64 - 8*l.lane
+			return u, fmt.Sprint(int64(u<<shift) >> shift)
+		case core.ClassUint:
+			return u, fmt.Sprint(u)
+		}
+		return u, fmt.Sprintf("%v (%#0*x)", decodeFloat(u, l.exp, l.mant), 2+2*l.lane, u)
+	}
+	if l.class == core.ClassComplex {
+		_, re := part(b)
+		_, im := part(b[l.lane:])
+		return fmt.Sprintf("(%s, %s)", re, im)
+	}
+	_, s := part(b)
+	return s
 }
 
 // seedFor mixes what identifies a rank's input for one case into a seed.
