@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/gocoll/gocoll/half"
-	"github.com/x448/float16"
 )
 
 // elem is how the tests see an element type: lanes of one scalar kind
@@ -82,7 +81,7 @@ func randomBits(r *rand.Rand, lane string) uint64 {
 		if p < 20 {
 			return uint64(r.Uint32() & 0xffff)
 		}
-		return uint64(float16.Fromfloat32(float32(math.Ldexp(r.Float64()*2-1, r.IntN(8)-3))).Bits())
+		return uint64(half.Float16FromFloat32(float32(math.Ldexp(r.Float64()*2-1, r.IntN(8)-3))))
 	case "float64":
 		if p < 4 {
 			sp := specials[lane]
@@ -135,9 +134,10 @@ func getLane(b []byte, size int) uint64 {
 // The oracle is an element-wise reduction written independently of the
 // kernels: float32 arithmetic done in float64 and rounded once (exact for
 // +, * and / of float32s, since float64 has more than twice the bits), the
-// x86 NaN rule spelled out, float16 converted by x448/float16, bfloat16 by
-// package half (tested exhaustively against math/big there), division
-// done in math/big.
+// x86 NaN rule spelled out, division done in math/big. 16-bit floats are
+// converted by package half, whose own tests check every conversion
+// against independent ones (math/big, x448/float16); kerneltest itself
+// needs no module beyond gocoll's, so a downstream module can run it.
 
 // x86NaN32 is the NaN x86 returns for a op b when the result is NaN.
 func x86NaN32(a, b float32) float32 {
@@ -267,8 +267,8 @@ func oracleInt(lane, op string, a, b uint64) uint64 {
 
 func widenBF16(h uint64) float32 { return half.BFloat16(h).Float32() }
 func roundBF16(f float32) uint64 { return uint64(half.BFloat16FromFloat32(f)) }
-func widenF16(h uint64) float32  { return float16.Frombits(uint16(h)).Float32() }
-func roundF16(f float32) uint64  { return uint64(float16.Fromfloat32(f).Bits()) }
+func widenF16(h uint64) float32  { return half.Float16(h).Float32() }
+func roundF16(f float32) uint64  { return uint64(half.Float16FromFloat32(f)) }
 
 // oracleLane reduces one lane position: xs are the inputs' bits, in order.
 func oracleLane(lane, op string, xs []uint64) uint64 {
