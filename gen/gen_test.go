@@ -201,7 +201,8 @@ func TestOwnDTypeNeedsKernels(t *testing.T) {
 
 // TestSubsetSpecsBuildAndPass generates packages from specs unlike
 // gocoll's, in a module that uses this checkout, and runs go vet and the
-// generated tests there.
+// generated tests there; one of them without kernels of its own, on
+// gocoll's.
 func TestSubsetSpecsBuildAndPass(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and tests generated modules")
@@ -210,9 +211,20 @@ func TestSubsetSpecsBuildAndPass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	type run struct {
+		src     string
+		kernels bool
+	}
+	runs := map[string]run{"ints without kernels": {subsetSpecs["ints"], false}}
 	for name, src := range subsetSpecs {
+		runs[name] = run{src, true}
+	}
+	for name, r := range runs {
 		t.Run(name, func(t *testing.T) {
-			root := generateInModule(t, []byte(src), true, "example.com/m")
+			root := generateInModule(t, []byte(r.src), r.kernels, "example.com/m")
+			if _, err := os.Stat(filepath.Join(root, "generated", "kernels")); os.IsNotExist(err) == r.kernels {
+				t.Fatalf("generated/kernels exists: %v, want %v", err == nil, r.kernels)
+			}
 			mod := "module example.com/m\n\ngo 1.26.0\n\nrequire github.com/gocoll/gocoll v0.0.0\n\nreplace github.com/gocoll/gocoll => " + repo + "\n"
 			if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte(mod), 0o644); err != nil {
 				t.Fatal(err)
