@@ -39,7 +39,9 @@ func TestMain(m *testing.M) {
 // jobs are the backends the end-to-end test runs complex64 over, each at
 // the rank counts it applies to, with the node every rank claims
 // (GOCOLL_NODE_ID): one node for shm; one per rank for tcp; two ranks a
-// node for the hierarchical backend (shm inside a node, tcp between).
+// node for the hierarchical backend (shm inside a node, tcp between),
+// which dispatch picks (auto) only for two nodes or more with several
+// ranks on one of them: 3 ranks or more.
 var jobs = []struct {
 	name    string
 	backend string // GOCOLL_BACKEND
