@@ -32,12 +32,6 @@ type Case struct {
 	Asm bool
 }
 
-// Known reports whether the tests know element type elem.
-func Known(elem string) bool {
-	_, ok := elems[elem]
-	return ok
-}
-
 // resolved is a case with its registered kernel.
 type resolved struct {
 	Case
