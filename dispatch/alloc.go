@@ -1,17 +1,18 @@
 package dispatch
 
 import (
+	"github.com/gocoll/gocoll/backends/hier"
 	"github.com/gocoll/gocoll/backends/shm"
 )
 
 // sharedHeap is the shared-memory backend serving this rank's node: the
 // backend itself, or the node part of the hierarchical backend.
 func (c *Comm) sharedHeap() *shm.Backend {
-	switch b := c.backend.(type) {
+	switch b := c.guard.Backend().(type) {
 	case *shm.Backend:
 		return b
-	case *hier:
-		if l, ok := b.local.(*shm.Backend); ok {
+	case *hier.Backend:
+		if l, ok := b.Local().(*shm.Backend); ok {
 			return l
 		}
 	}

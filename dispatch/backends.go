@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/gocoll/gocoll/backends/hier"
 	"github.com/gocoll/gocoll/backends/kv"
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/backends/tcp"
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // This file is the one place that knows the backends.
@@ -75,27 +76,37 @@ func (c *Comm) autoBackend() string {
 // the tcp group of the leaders: the same order everywhere, so no rank
 // waits in one group for a rank that is setting up another.
 func (c *Comm) newHier(ctx context.Context, world core.Group) (_ core.Backend, err error) {
-	h := &hier{rank: c.rank, size: c.size, nodes: c.nodes, nodeRank: c.nodeRank}
+	var cfg hier.Config
 	defer func() {
 		if err != nil {
-			h.Close()
+			for _, b := range []core.Backend{cfg.Local, cfg.World, cfg.Leaders} {
+				if b != nil {
+					b.Close()
+				}
+			}
 		}
 	}()
 	node := "node" + strconv.Itoa(c.nodeRank)
 	local := core.Group{Rank: c.localRank, Size: c.localSize, Store: store.Prefix(c.store, "shm/"+node+"/"),
 		JobID: c.jobID + "-" + node, Secret: c.secret, Timeout: c.timeout}
-	if h.local, err = shm.New(ctx, local, c.shmOpts...); err != nil {
+	if cfg.Local, err = shm.New(ctx, local, c.shmOpts...); err != nil {
 		return nil, fmt.Errorf("dispatch: starting the shm backend of node %d: %w", c.nodeRank, err)
 	}
-	if h.world, err = tcp.New(ctx, world); err != nil {
+	if cfg.World, err = tcp.New(ctx, world); err != nil {
 		return nil, fmt.Errorf("dispatch: starting the tcp backend: %w", err)
 	}
 	if c.localRank == 0 {
 		leaders := core.Group{Rank: c.nodeRank, Size: c.numNodes, Store: store.Prefix(c.store, "tcp-leaders/"),
 			JobID: c.jobID, Secret: c.secret, Timeout: c.timeout}
-		if h.leaders, err = tcp.New(ctx, leaders); err != nil {
+		if cfg.Leaders, err = tcp.New(ctx, leaders); err != nil {
 			return nil, fmt.Errorf("dispatch: starting the tcp backend between node leaders: %w", err)
 		}
+	}
+	cfg.Nodes = c.nodes
+	cfg.Store = store.Prefix(c.store, "hier/")
+	h, err := hier.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
 	}
 	return h, nil
 }

@@ -45,24 +45,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
 	"strconv"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
-	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/store"
 )
 
 // Comm is a communicator: this process's place in a job, and the backend
 // that runs its collectives. It implements core.Comm. Collectives on one
-// Comm must be called in the same order on every rank; they are
-// serialized by the backend.
+// Comm must be called in the same order on every rank, one at a time: a
+// call that starts while another is in flight fails, and so does the
+// other (core.ErrConcurrentUse), rather than pair different calls across
+// ranks.
 type Comm struct {
 	rank, size           int
 	localRank, localSize int
@@ -75,16 +75,16 @@ type Comm struct {
 	log                  *slog.Logger
 	shmOpts              []shm.Option
 
-	store   core.Store    // this job's namespace in the store
-	live    bool          // this rank holds an ephemeral "alive/<rank>" key in store
-	client  *store.Client // dialled by Init; nil with WithStore
-	server  *store.Server // served by this rank (rank 0 or a lone process)
-	backend core.Backend
+	store  core.Store    // this job's namespace in the store
+	live   bool          // this rank holds an ephemeral "alive/<rank>" key in store
+	client *store.Client // dialled by Init; nil with WithStore
+	server *store.Server // served by this rank (rank 0 or a lone process)
+	// guard runs the backend's calls: the one request check, one call
+	// at a time, the failed and closed states.
+	guard *core.Guard
 
-	// Atomics rather than a mutex: Do reads them on every call, and a
-	// small shared-memory collective takes about 0.2 us in all.
-	closed atomic.Bool
-	failed atomic.Pointer[error] // the fatal error after which every collective fails
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ core.Comm = (*Comm)(nil)
@@ -162,11 +162,13 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 			"launcher_local", fmt.Sprintf("%d/%d", l.localRank, l.localSize), "launcher_node", l.nodeRank,
 			"local", fmt.Sprintf("%d/%d", c.localRank, c.localSize), "node", c.nodeRank)
 	}
-	if c.backend, err = c.newBackend(ctx, l.backend); err != nil {
+	b, err := c.newBackend(ctx, l.backend)
+	if err != nil {
 		return nil, err
 	}
+	c.guard = core.NewGuard(b)
 	c.log.Debug("gocoll: ready", "size", c.size, "local_rank", c.localRank, "node", c.nodeRank,
-		"nodes", c.numNodes, "backend", c.backend.Name(), "source", l.source)
+		"nodes", c.numNodes, "backend", b.Name(), "source", l.source)
 	return c, nil
 }
 
@@ -326,49 +328,30 @@ func (c *Comm) Timeout() time.Duration { return c.timeout }
 func (c *Comm) Store() core.Store { return store.Prefix(c.store, "app/") }
 
 // Backend is the name of the backend running the collectives: "shm",
-// "tcp" or "kv".
-func (c *Comm) Backend() string { return c.backend.Name() }
+// "tcp", "shm+tcp" or "kv".
+func (c *Comm) Backend() string { return c.guard.Backend().Name() }
 
-// Do runs one collective; see core.Comm. It fails with core.ErrClosed
-// after Close, and with the first fatal error (a rank that never came, a
-// lost connection, a cancelled wait) after one happened.
+// Do runs one collective; see core.Comm and core.Guard. Every call is
+// checked once here (core.Check) before the backend runs it; a rank whose
+// call fails the check tells its peers, which fail at once naming it. Two
+// calls in flight at once fail with core.ErrConcurrentUse. After Close it
+// fails with core.ErrClosed, and after an error that leaves the ranks out
+// of step (a rank that never came, a lost connection, a cancelled wait)
+// with that error.
+//
+// There is no context.WithTimeout here: the backends bound their waits by
+// the communicator's timeout themselves, computing a deadline only when a
+// wait is about to sleep, while a timer per call would cost more than a
+// small shared-memory allreduce.
 func (c *Comm) Do(ctx context.Context, req *core.Request) error {
-	if c.closed.Load() {
-		return core.ErrClosed
-	}
-	if failed := c.failed.Load(); failed != nil {
-		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; start a new job: %w", *failed)
-	}
-	// No context.WithTimeout here: every backend bounds its waits by
-	// Group.Timeout itself and computes a deadline only when a wait is about
-	// to sleep, while a timer per call would cost more than a small
-	// shared-memory allreduce (~0.35 us against ~0.2 us).
-	err := c.backend.Run(ctx, req)
-	if err != nil && fatal(err) {
-		// A copy: taking err's own address would move it to the heap,
-		// an allocation on every call, failed or not.
-		failed := err
-		c.failed.CompareAndSwap(nil, &failed)
-	}
-	return err
-}
-
-// fatal reports whether err leaves the ranks out of step. Argument errors
-// and mismatches are reported by every rank at the same collective, so the
-// next one still lines up; timeouts and broken connections do not.
-func fatal(err error) bool {
-	var pe *core.PeerError
-	var ne net.Error
-	return errors.As(err, &pe) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, store.ErrClosed) ||
-		errors.As(err, &ne)
+	return c.guard.Do(ctx, req)
 }
 
 // Barrier returns once every rank has entered it, or with a
 // *core.PeerError naming the ranks that had not when ctx ended or the
 // default timeout passed.
 func (c *Comm) Barrier(ctx context.Context) error {
-	return c.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+	return c.Do(ctx, &core.Request{Kind: core.KindBarrier})
 }
 
 // Close releases the backend and the store connection. On the rank that
@@ -378,18 +361,18 @@ func (c *Comm) Barrier(ctx context.Context) error {
 // died) is not waited for. Collectives after Close return core.ErrClosed.
 // Close is idempotent.
 func (c *Comm) Close() error {
-	if !c.closed.CompareAndSwap(false, true) {
-		return nil
-	}
+	c.closeOnce.Do(func() { c.closeErr = c.close() })
+	return c.closeErr
+}
+
+func (c *Comm) close() error {
 	var errs []error
-	if c.backend != nil {
-		if err := c.backend.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("dispatch: closing the %s backend: %w", c.backend.Name(), err))
-		}
+	if err := c.guard.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("dispatch: closing the %s backend: %w", c.guard.Backend().Name(), err))
 	}
 	if c.server != nil && c.size > 1 {
 		wait := c.timeout
-		if c.failed.Load() != nil {
+		if c.guard.Err() != nil {
 			// Ranks may have died with the job: do not hold the
 			// process for the whole timeout waiting for them.
 			wait = min(wait, 5*time.Second)

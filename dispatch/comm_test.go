@@ -393,3 +393,30 @@ func TestServerOutwaitsDeadRank(t *testing.T) {
 	})
 	checkErrs(t, errs)
 }
+
+// Comm.Do checks each call once: a rank whose call fails the check gets
+// its own error, every other rank a MismatchError naming it at once (not
+// at the minute's timeout), and the communicator stays usable.
+func TestBadArgumentNamedOnEveryRank(t *testing.T) {
+	s := memstore.New()
+	const n, bad = 3, 1
+	errs := goRanks(n, func(r int) []Option {
+		return []Option{WithStore(s), WithRank(r), WithSize(n), WithBackend("kv"), WithTimeout(time.Minute)}
+	}, func(ctx context.Context, c *Comm) error {
+		recv := make([]byte, 8)
+		if c.Rank() == bad {
+			recv = recv[:6]
+		}
+		err := c.Do(ctx, &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2,
+			Send: make([]byte, 8), Recv: recv})
+		var me *core.MismatchError
+		switch {
+		case c.Rank() == bad && !errors.Is(err, core.ErrBufferLength):
+			return fmt.Errorf("own error %v; want ErrBufferLength", err)
+		case c.Rank() != bad && (!errors.As(err, &me) || me.Field != "argument" || me.Peer != bad):
+			return fmt.Errorf("want a MismatchError naming rank %d's argument, got %v", bad, err)
+		}
+		return c.Barrier(ctx)
+	})
+	checkErrs(t, errs)
+}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gocoll/gocoll/core"
 )
 
 // Environment variables gocoll reads besides the launchers' own.
@@ -31,8 +33,8 @@ const (
 )
 
 // DefaultTimeout bounds every wait when neither WithTimeout nor
-// GOCOLL_TIMEOUT says otherwise.
-const DefaultTimeout = 5 * time.Minute
+// GOCOLL_TIMEOUT says otherwise: core's, the one default of every layer.
+const DefaultTimeout = core.DefaultTimeout
 
 // convention is one launcher's naming of the rank variables.
 type convention struct {

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -124,23 +125,28 @@ func hierCase(ctx context.Context, c *Comm, count int) error {
 	return nil
 }
 
-// A disagreement inside one node must not leave the other nodes waiting
-// for ever: every rank returns an error.
+// A disagreement inside one node must not leave the other nodes waiting:
+// every rank, on every node, returns a MismatchError naming the field and
+// the rank that disagreed, at once (not at the timeout, which would be a
+// PeerError), and the next collective lines up.
 func TestHierMismatchFailsEveryRank(t *testing.T) {
 	s := memstore.New()
-	layout := []string{"a", "a", "b", "b"}
-	errs := goRanks(4, func(r int) []Option {
-		return []Option{WithStore(s), WithRank(r), WithSize(4), WithNodeID(layout[r]), WithTimeout(5 * time.Second)}
+	layout := []string{"a", "a", "b", "b", "c"}
+	const odd = 1
+	errs := goRanks(len(layout), func(r int) []Option {
+		return []Option{WithStore(s), WithRank(r), WithSize(len(layout)), WithNodeID(layout[r]), WithTimeout(time.Minute)}
 	}, func(ctx context.Context, c *Comm) error {
 		count := 8
-		if c.Rank() == 1 {
+		if c.Rank() == odd {
 			count = 9
 		}
 		send, recv := make([]float32, count), make([]float32, count)
-		if err := coll.AllreduceFloat32(ctx, c, send, recv, coll.OpSum); err == nil {
-			return fmt.Errorf("rank %d: a mismatched allreduce succeeded", c.Rank())
+		err := coll.AllreduceFloat32(ctx, c, send, recv, coll.OpSum)
+		var me *core.MismatchError
+		if !errors.As(err, &me) || me.Field != "count" || me.Rank != c.Rank() || (c.Rank() != odd && me.Peer != odd) {
+			return fmt.Errorf("want a count MismatchError naming rank %d, got %v", odd, err)
 		}
-		return nil
+		return c.Barrier(ctx)
 	})
 	checkErrs(t, errs)
 }

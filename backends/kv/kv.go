@@ -5,14 +5,17 @@
 // It is slow (every byte crosses the store server twice) but simple enough
 // to be obviously correct, so it serves as the reference the fast
 // backends (shm, tcp) are tested against, and as the fallback where they
-// cannot run. Its reductions use generated/kernels, so its numerics are
-// the same as theirs bit for bit.
+// cannot run. It reduces with the request's kernel, as they do, so its
+// numerics are the same as theirs bit for bit.
 //
 // Every collective is also a rendezvous: each rank publishes a header
-// (kind, dtype, op, count, root, or an argument error) and waits for every
-// other rank's. That is where disagreements are caught (every rank
-// returns the same *core.MismatchError) and where a rank that never comes
-// is named in a *core.PeerError.
+// (kind, dtype, op, count, root, or that it refused its own call) and
+// waits for every other rank's. That is where disagreements are caught
+// (every rank returns a *core.MismatchError) and where a rank that never
+// comes is named in a *core.PeerError.
+//
+// A Backend is driven through a core.Guard, which checks each request
+// once and runs one call at a time; Run trusts what it is handed.
 package kv
 
 import (
@@ -23,9 +26,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // Option configures New.
@@ -44,8 +48,12 @@ func WithChunkSize(n int) Option {
 // batchBytes bounds the payload of one MultiSet or MultiGet.
 const batchBytes = 4 << 20
 
+// noticeTimeout bounds how long Abort spends telling the peers through
+// the store: it must return even when the store is gone.
+const noticeTimeout = 5 * time.Second
+
 // Backend runs collectives through a core.Store. It implements
-// core.Backend. Calls are serialized: one collective at a time per rank.
+// core.Backend.
 type Backend struct {
 	g     core.Group
 	s     core.Store
@@ -54,13 +62,15 @@ type Backend struct {
 	live   bool     // ranks hold ephemeral "alive/<rank>" keys (the store supports them)
 	guards []string // every rank's alive key, by rank
 
-	mu      sync.Mutex
+	// The state of the calls, which the Guard runs one at a time.
 	seq     uint64
 	written [2][]string    // keys this rank wrote in the last two collectives
 	sendSeq map[int]uint64 // next send sequence number per peer
 	recvSeq map[int]uint64 // next recv sequence number per peer
-	closed  bool
-	failed  error // the fatal error after which every call fails
+
+	mu      sync.Mutex
+	cancel  context.CancelCauseFunc // ends the call in flight; nil between calls
+	aborted error                   // the cause Abort was given
 }
 
 var _ core.Backend = (*Backend)(nil)
@@ -79,11 +89,11 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 	for _, o := range opts {
 		o(b)
 	}
-	ctx, cancel := b.bound(ctx)
+	ctx, cancel := context.WithDeadline(ctx, core.Deadline(ctx, g.Timeout))
 	defer cancel()
 	// An ephemeral key that lives as long as this rank's store
 	// connection: peers waiting for this rank stop waiting when it dies.
-	live, err := store.SetEphemeralIn(ctx, b.s, "alive/"+strconv.Itoa(g.Rank), nil)
+	live, err := store.SetEphemeralIn(ctx, b.s, aliveKey(g.Rank), nil)
 	if err != nil {
 		return nil, fmt.Errorf("kv: announcing rank %d: %w", g.Rank, err)
 	}
@@ -104,28 +114,133 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 // Name implements core.Backend.
 func (b *Backend) Name() string { return "kv" }
 
-// Rank implements core.Comm.
+// Rank implements core.Backend.
 func (b *Backend) Rank() int { return b.g.Rank }
 
-// Size implements core.Comm.
+// Size implements core.Backend.
 func (b *Backend) Size() int { return b.g.Size }
 
-// Close implements core.Backend. It does not wait for peers; keys of the
-// last collectives stay in the store, which dies with the job.
+// Close implements core.Backend: a call still in flight ends with
+// core.ErrClosed. It does not wait for peers; keys of the last
+// collectives stay in the store, which dies with the job.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.closed = true
+	if b.cancel != nil {
+		b.cancel(core.ErrClosed)
+	}
 	return nil
 }
 
-// bound applies the group's timeout: every wait ends by then, or by ctx's
-// deadline if that comes first (as in backends/shm and backends/tcp).
-func (b *Backend) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	if b.g.Timeout <= 0 {
-		return context.WithCancel(ctx)
+// ErrPeerGone is the cause in a *core.PeerError for ranks whose store
+// connection closed while others waited for them: the process exited or
+// crashed.
+var ErrPeerGone = errors.New("kv: the rank's store connection closed (its process exited or crashed)")
+
+// ErrPeerAborted is the cause in a *core.PeerError for ranks whose calls
+// were aborted (core.Backend's Abort): the error says why.
+var ErrPeerAborted = errors.New("kv: the rank aborted its calls")
+
+// Abort implements core.Backend. The call in flight and every later one
+// fail with an error wrapping cause. The peers learn of it through the
+// store: this rank records the cause and gives up its "alive" key, so
+// their waits for it end at once where the store guards waits (the TCP
+// store does), and at their timeout elsewhere.
+func (b *Backend) Abort(cause error) {
+	b.mu.Lock()
+	if b.aborted != nil {
+		b.mu.Unlock()
+		return
 	}
-	return context.WithTimeout(ctx, b.g.Timeout)
+	b.aborted = cause
+	if b.cancel != nil {
+		b.cancel(cause)
+	}
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), min(core.Timeout(b.g.Timeout), noticeTimeout))
+	defer cancel()
+	// Best effort: a store that is gone has told the peers already.
+	b.s.Set(ctx, abortKey(b.g.Rank), []byte(cause.Error()))
+	if b.live {
+		b.s.Delete(ctx, aliveKey(b.g.Rank))
+	}
+}
+
+// begin starts a call: it bounds ctx by the group's timeout and lets
+// Abort and Close end it.
+func (b *Backend) begin(ctx context.Context) (context.Context, func(), error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.aborted != nil {
+		return nil, nil, fmt.Errorf("kv: the backend was aborted: %w", b.aborted)
+	}
+	ctx, stop := context.WithDeadline(ctx, core.Deadline(ctx, b.g.Timeout))
+	ctx, cancel := context.WithCancelCause(ctx)
+	b.cancel = cancel
+	return ctx, func() {
+		b.mu.Lock()
+		b.cancel = nil
+		b.mu.Unlock()
+		cancel(nil)
+		stop()
+	}, nil
+}
+
+// ended turns err, the failure of a call whose ctx Abort or Close ended,
+// into one that wraps their cause.
+func ended(ctx context.Context, what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cause := context.Cause(ctx); cause != nil && ctx.Err() == context.Canceled && cause != context.Canceled {
+		return fmt.Errorf("kv: %s: %w", what, cause)
+	}
+	return err
+}
+
+// Run implements core.Backend.
+func (b *Backend) Run(ctx context.Context, req *core.Request) error {
+	ctx, done, err := b.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	switch req.Kind {
+	case core.KindSend:
+		err = b.send(ctx, req, false)
+	case core.KindRecv:
+		err = b.recv(ctx, req, false)
+	default:
+		err = b.collective(ctx, req, false)
+	}
+	return ended(ctx, req.Kind.String(), err)
+}
+
+// Refuse implements core.Backend. In a collective this rank publishes a
+// header that says it refused, and waits for the others' as in any
+// collective, so that every rank leaves the call together; a refused send
+// tells its receiver the same way. A refused recv has no one to tell:
+// sends do not wait for their receiver.
+func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
+	ctx, done, err := b.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	switch req.Kind {
+	case core.KindSend, core.KindRecv:
+		if req.Peer < 0 || req.Peer >= b.g.Size || req.Peer == b.g.Rank {
+			return nil // no peer of this group waits for the call
+		}
+		if req.Kind == core.KindSend {
+			err = b.send(ctx, req, true)
+		} else {
+			err = b.recv(ctx, req, true)
+		}
+	default:
+		err = b.collective(ctx, req, true)
+	}
+	return ended(ctx, req.Kind.String()+" (refused)", err)
 }
 
 func rankKeys(prefix string, n int) []string {
@@ -135,6 +250,9 @@ func rankKeys(prefix string, n int) []string {
 	}
 	return ks
 }
+
+func aliveKey(r int) string { return "alive/" + strconv.Itoa(r) }
+func abortKey(r int) string { return "abort/" + strconv.Itoa(r) }
 
 // peerError turns a failed wait on keys (one per rank) into an error
 // naming the ranks whose keys are missing.
@@ -146,55 +264,95 @@ func (b *Backend) peerError(ctx context.Context, op string, keys []string, err e
 	return &core.PeerError{Op: op, Ranks: store.Missing(ctx, b.s, keys...), Err: ctx.Err()}
 }
 
-// ErrPeerGone is the cause in a *core.PeerError for ranks whose store
-// connection closed while others waited for them: the process exited or
-// crashed.
-var ErrPeerGone = errors.New("kv: the rank's store connection closed (its process exited or crashed)")
-
-// goneError names the ranks whose "alive/<rank>" keys are lost.
-func goneError(op string, lost []string) error {
-	var ranks []int
+// goneError names the ranks whose "alive/<rank>" keys are lost: those
+// that recorded an abort as aborted, the others as gone.
+func (b *Backend) goneError(ctx context.Context, op string, lost []string) error {
+	var gone, aborted []int
+	var why []string
 	for _, k := range lost {
-		if r, err := strconv.Atoi(strings.TrimPrefix(k, "alive/")); err == nil {
-			ranks = append(ranks, r)
+		r, err := strconv.Atoi(strings.TrimPrefix(k, "alive/"))
+		if err != nil {
+			continue
+		}
+		if cause, ok := b.abortCause(ctx, r); ok {
+			aborted = append(aborted, r)
+			why = append(why, fmt.Sprintf("rank %d: %s", r, cause))
+		} else {
+			gone = append(gone, r)
 		}
 	}
-	return &core.PeerError{Op: op, Ranks: ranks, Err: ErrPeerGone}
+	if len(aborted) > 0 {
+		return &core.PeerError{Op: op, Ranks: aborted, Err: fmt.Errorf("%w (%s)", ErrPeerAborted, strings.Join(why, "; "))}
+	}
+	return &core.PeerError{Op: op, Ranks: gone, Err: ErrPeerGone}
 }
 
-// header is what every rank publishes for a collective.
+// abortCause reads what rank r recorded when it aborted. Abort records
+// it before it gives up its alive key, so a rank whose key is lost either
+// has a cause there already or died.
+func (b *Backend) abortCause(ctx context.Context, r int) (string, bool) {
+	t, ok := b.s.(interface {
+		TryGet(context.Context, string) ([]byte, bool, error)
+	})
+	if !ok {
+		return "", false
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noticeTimeout)
+	defer cancel()
+	v, found, err := t.TryGet(ctx, abortKey(r))
+	return string(v), found && err == nil
+}
+
+// header is what every rank publishes for a collective, and a sender for
+// a send.
 type header struct {
-	kind  core.Kind
-	dtype core.DType
-	op    core.Op
-	count uint64
-	root  uint32
-	err   string // an argument error on this rank: every rank fails with it
+	kind    core.Kind
+	dtype   core.DType
+	op      core.Op
+	refused bool // the rank's own call failed its check: it moves no data
+	count   int64
+	root    int64
+}
+
+const headerLen = 4 + 8 + 8
+
+func headerOf(req *core.Request, refused bool) *header {
+	return &header{kind: req.Kind, dtype: req.DType, op: req.Op, refused: refused, count: int64(req.Count), root: int64(req.Root)}
 }
 
 func (h *header) encode() []byte {
-	b := []byte{byte(h.kind), byte(h.dtype), byte(h.op)}
-	b = binary.BigEndian.AppendUint64(b, h.count)
-	b = binary.BigEndian.AppendUint32(b, h.root)
-	return append(b, h.err...)
+	b := []byte{byte(h.kind), byte(h.dtype), byte(h.op), 0}
+	if h.refused {
+		b[3] = 1
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(h.count))
+	return binary.BigEndian.AppendUint64(b, uint64(h.root))
 }
 
 func decodeHeader(v []byte) (*header, error) {
-	if len(v) < 15 {
-		return nil, fmt.Errorf("kv: header of %d bytes, want at least 15: is another job using this store prefix?", len(v))
+	if len(v) != headerLen || v[3] > 1 {
+		return nil, fmt.Errorf("kv: a header of %d bytes, want %d: is another job using this store prefix?", len(v), headerLen)
 	}
 	return &header{
-		kind: core.Kind(v[0]), dtype: core.DType(v[1]), op: core.Op(v[2]),
-		count: binary.BigEndian.Uint64(v[3:]), root: binary.BigEndian.Uint32(v[11:]),
-		err: string(v[15:]),
+		kind: core.Kind(v[0]), dtype: core.DType(v[1]), op: core.Op(v[2]), refused: v[3] == 1,
+		count: int64(binary.BigEndian.Uint64(v[4:])), root: int64(binary.BigEndian.Uint64(v[12:])),
 	}, nil
 }
 
-// mismatch compares mine with theirs field by field, in the order a
-// reader would check them.
-func mismatch(seq uint64, me, peer int, mine, theirs *header) *core.MismatchError {
+// String describes the call h stands for, for a peer's error.
+func (h *header) String() string {
+	if h.kind == core.KindBarrier {
+		return h.kind.String()
+	}
+	return fmt.Sprintf("%v of %d %v", h.kind, h.count, h.dtype)
+}
+
+// disagree compares mine with theirs on every field that must agree.
+func disagree(seq uint64, me, peer int, mine, theirs *header) *core.MismatchError {
 	e := &core.MismatchError{Seq: seq, Rank: me, Peer: peer}
 	switch {
+	case theirs.refused:
+		e.Field, e.Mine, e.Theirs = "argument", mine.String(), theirs.String()
 	case mine.kind != theirs.kind:
 		e.Field, e.Mine, e.Theirs = "kind", mine.kind.String(), theirs.kind.String()
 	case mine.dtype != theirs.dtype:
@@ -202,129 +360,65 @@ func mismatch(seq uint64, me, peer int, mine, theirs *header) *core.MismatchErro
 	case mine.op != theirs.op:
 		e.Field, e.Mine, e.Theirs = "op", mine.op.String(), theirs.op.String()
 	case mine.count != theirs.count:
-		e.Field, e.Mine, e.Theirs = "count", strconv.FormatUint(mine.count, 10), strconv.FormatUint(theirs.count, 10)
+		e.Field, e.Mine, e.Theirs = "count", strconv.FormatInt(mine.count, 10), strconv.FormatInt(theirs.count, 10)
 	case mine.root != theirs.root:
-		e.Field, e.Mine, e.Theirs = "root", strconv.Itoa(int(mine.root)), strconv.Itoa(int(theirs.root))
+		e.Field, e.Mine, e.Theirs = "root", strconv.FormatInt(mine.root, 10), strconv.FormatInt(theirs.root, 10)
 	default:
 		return nil
 	}
 	return e
 }
 
-// Do implements core.Comm.
-func (b *Backend) Do(ctx context.Context, req *core.Request) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return core.ErrClosed
-	}
-	if b.failed != nil {
-		return fmt.Errorf("kv: an earlier collective failed, so ranks are out of step; make a new communicator: %w", b.failed)
-	}
-	ctx, cancel := b.bound(ctx)
-	defer cancel()
-	var err error
-	switch req.Kind {
-	case kindSend:
-		err = b.send(ctx, req)
-	case kindRecv:
-		err = b.recv(ctx, req)
-	default:
-		err = b.collective(ctx, req)
-	}
-	if err != nil && fatal(err) {
-		b.failed = err
-	}
-	return err
-}
-
-// fatal reports whether err leaves ranks out of step. A mismatch or an
-// argument error is seen by every rank at the same point, so the next
-// collective still lines up; anything else (a timeout, a lost store) does
-// not.
-func fatal(err error) bool {
-	var me *core.MismatchError
-	var ae *ArgError
-	return !errors.As(err, &me) && !errors.As(err, &ae) && !errors.Is(err, core.ErrUnsupported)
-}
-
-// ArgError reports a collective called with unusable arguments on some
-// rank; every rank of the collective returns it.
-type ArgError struct {
-	Seq  uint64
-	Rank int    // the rank whose arguments are wrong
-	Msg  string // what is wrong
-	Err  error  // the cause, on the rank that made the mistake (may be nil)
-}
-
-// Unwrap returns the cause, e.g. core.ErrUnsupported.
-func (e *ArgError) Unwrap() error { return e.Err }
-
-func (e *ArgError) Error() string {
-	return fmt.Sprintf("kv: collective #%d: rank %d: %s", e.Seq, e.Rank, e.Msg)
-}
-
-// collective runs every kind except send and recv.
-func (b *Backend) collective(ctx context.Context, req *core.Request) error {
+// collective runs every kind except send and recv, or (refused) takes
+// this rank's part in its rendezvous without data.
+func (b *Backend) collective(ctx context.Context, req *core.Request, refused bool) error {
 	b.seq++
 	seq := b.seq
 	me, n := b.g.Rank, b.g.Size
 	pre := "c/" + strconv.FormatUint(seq, 10) + "/"
+	op := fmt.Sprintf("%v #%d", req.Kind, seq)
 
 	// Every rank has finished collective seq-2 once this rank has seen
 	// all headers of seq-1, so this rank's keys from seq-2 can go.
-	if old := b.written[0]; len(old) > 0 {
-		for _, k := range old {
-			if err := b.s.Delete(ctx, k); err != nil {
-				return fmt.Errorf("kv: cleaning up: %w", err)
-			}
+	for _, k := range b.written[0] {
+		if err := b.s.Delete(ctx, k); err != nil {
+			return fmt.Errorf("kv: %s: cleaning up: %w", op, err)
 		}
 	}
 	b.written[0], b.written[1] = b.written[1], nil
 
-	sh, argErr := shapeOf(req, n)
-	h := &header{kind: req.Kind, dtype: req.DType, count: uint64(max(req.Count, 0))}
-	if argErr == nil {
-		if sh.op {
-			h.op = req.Op
-		}
-		if sh.rooted {
-			h.root = uint32(req.Root)
-		}
-		argErr = sh.check(req, me, n)
-	}
-	if argErr != nil {
-		h.err = argErr.Error()
-	}
-
 	// Publish data, then the header: a rank that sees the header finds
 	// the data in place.
-	var names []string
-	var vals [][]byte
-	if h.err == "" {
-		names, vals = sh.publish(req, me, n)
+	mine := headerOf(req, refused)
+	var sh *shape
+	if !refused {
+		sh = shapeOf(req)
+		names, vals := sh.publish(req, me, n)
 		for i := range names {
 			names[i] = pre + "d/" + names[i]
 		}
-	}
-	keys, err := b.put(ctx, names, vals)
-	b.written[1] = keys
-	if err != nil {
-		return fmt.Errorf("kv: %v #%d: publishing: %w", req.Kind, seq, err)
+		keys, err := b.put(ctx, names, vals)
+		b.written[1] = keys
+		if err != nil {
+			return fmt.Errorf("kv: %s: publishing: %w", op, err)
+		}
 	}
 	hk := pre + "h/" + strconv.Itoa(me)
-	if err := b.s.Set(ctx, hk, h.encode()); err != nil {
-		return fmt.Errorf("kv: %v #%d: publishing header: %w", req.Kind, seq, err)
+	if err := b.s.Set(ctx, hk, mine.encode()); err != nil {
+		return fmt.Errorf("kv: %s: publishing the header: %w", op, err)
 	}
 	b.written[1] = append(b.written[1], hk)
 
 	hkeys := rankKeys(pre+"h/", n)
 	raw, lost, err := store.MultiGetGuardedFrom(ctx, b.s, hkeys, b.guards)
 	if err != nil {
-		return b.peerError(ctx, fmt.Sprintf("%v #%d", req.Kind, seq), hkeys, err)
+		return b.peerError(ctx, op, hkeys, err)
 	}
 	if lost != nil {
-		return goneError(fmt.Sprintf("%v #%d", req.Kind, seq), lost)
+		return b.goneError(ctx, op, lost)
+	}
+	if refused {
+		return nil
 	}
 	hs := make([]*header, n)
 	for r, v := range raw {
@@ -332,18 +426,15 @@ func (b *Backend) collective(ctx context.Context, req *core.Request) error {
 			return err
 		}
 	}
+	// A refusal first: it is why the others' fields may not fit.
 	for r, hr := range hs {
-		if hr.err != "" {
-			ae := &ArgError{Seq: seq, Rank: r, Msg: hr.err}
-			if r == me {
-				ae.Err = argErr
-			}
-			return ae
+		if hr.refused {
+			return disagree(seq, me, r, mine, hr)
 		}
 	}
 	for r, hr := range hs {
 		if r != me {
-			if e := mismatch(seq, me, r, h, hr); e != nil {
+			if e := disagree(seq, me, r, mine, hr); e != nil {
 				return e
 			}
 		}
@@ -354,7 +445,7 @@ func (b *Backend) collective(ctx context.Context, req *core.Request) error {
 		}
 		vs, err := b.fetch(ctx, names, size)
 		if err != nil {
-			return nil, fmt.Errorf("kv: %v #%d: fetching data: %w", req.Kind, seq, err)
+			return nil, fmt.Errorf("kv: %s: fetching data: %w", op, err)
 		}
 		return vs, nil
 	}
@@ -439,44 +530,44 @@ func (b *Backend) fetch(ctx context.Context, names []string, size int) ([][]byte
 	return out, nil
 }
 
-// send publishes req.Send for the peer; it does not wait for the peer to
-// receive (the store buffers it), so a pair of ranks can each Send and
-// then Recv without deadlock.
-func (b *Backend) send(ctx context.Context, req *core.Request) error {
-	if err := b.checkPeer(req); err != nil {
-		return err
-	}
-	if err := checkLen(b.g.Rank, "send buffer", req.Send, req.Count, req.DType); err != nil {
-		return err
-	}
+// p2pPrefix is where the n-th message from rank from to rank to lives.
+func p2pPrefix(from, to int, n uint64) string {
+	return "p/" + strconv.Itoa(from) + "/" + strconv.Itoa(to) + "/" + strconv.FormatUint(n, 10) + "/"
+}
+
+// send publishes req.Send for the peer, or (refused) a header that says
+// this rank refused its send. It does not wait for the peer to receive
+// (the store buffers it), so a pair of ranks can each Send and then Recv
+// without deadlock.
+func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) error {
 	n := b.sendSeq[req.Peer]
 	b.sendSeq[req.Peer]++
-	pre := fmt.Sprintf("p/%d/%d/%d/", b.g.Rank, req.Peer, n)
-	if _, err := b.put(ctx, []string{pre + "d"}, [][]byte{req.Send}); err != nil {
-		return fmt.Errorf("kv: send #%d to rank %d: %w", n, req.Peer, err)
+	pre := p2pPrefix(b.g.Rank, req.Peer, n)
+	if !refused {
+		if _, err := b.put(ctx, []string{pre + "d"}, [][]byte{req.Send}); err != nil {
+			return fmt.Errorf("kv: send #%d to rank %d: %w", n, req.Peer, err)
+		}
 	}
-	h := &header{kind: kindSend, dtype: req.DType, count: uint64(req.Count)}
-	if err := b.s.Set(ctx, pre+"h", h.encode()); err != nil {
+	if err := b.s.Set(ctx, pre+"h", headerOf(req, refused).encode()); err != nil {
 		return fmt.Errorf("kv: send #%d to rank %d: %w", n, req.Peer, err)
 	}
 	return nil
 }
 
 // recv waits for the peer's matching send, copies it out and deletes it.
-func (b *Backend) recv(ctx context.Context, req *core.Request) error {
-	if err := b.checkPeer(req); err != nil {
-		return err
-	}
-	if err := checkLen(b.g.Rank, "recv buffer", req.Recv, req.Count, req.DType); err != nil {
-		return err
-	}
+// A refused recv only keeps its place in the sequence of messages from
+// the peer: the sender does not wait for it.
+func (b *Backend) recv(ctx context.Context, req *core.Request, refused bool) error {
 	n := b.recvSeq[req.Peer]
 	b.recvSeq[req.Peer]++
-	pre := fmt.Sprintf("p/%d/%d/%d/", req.Peer, b.g.Rank, n)
+	if refused {
+		return nil
+	}
+	pre := p2pPrefix(req.Peer, b.g.Rank, n)
 	op := fmt.Sprintf("recv #%d from rank %d", n, req.Peer)
 	var guards []string
 	if b.live {
-		guards = []string{"alive/" + strconv.Itoa(req.Peer)}
+		guards = []string{aliveKey(req.Peer)}
 	}
 	vs, lost, err := store.MultiGetGuardedFrom(ctx, b.s, []string{pre + "h"}, guards)
 	if err != nil {
@@ -486,18 +577,23 @@ func (b *Backend) recv(ctx context.Context, req *core.Request) error {
 		return fmt.Errorf("kv: %s: %w", op, err)
 	}
 	if lost != nil {
-		return goneError(op, lost)
+		return b.goneError(ctx, op, lost)
 	}
-	v := vs[0]
-	h, err := decodeHeader(v)
+	theirs, err := decodeHeader(vs[0])
 	if err != nil {
 		return err
 	}
-	mine := &header{kind: kindSend, dtype: req.DType, count: uint64(req.Count)}
-	if e := mismatch(n, b.g.Rank, req.Peer, mine, h); e != nil {
+	// The sender's header says send; compare it with what this rank
+	// expects to receive.
+	mine := headerOf(req, false)
+	mine.kind = core.KindSend
+	if e := disagree(n, b.g.Rank, req.Peer, mine, theirs); e != nil {
+		if theirs.refused {
+			b.s.Delete(ctx, pre+"h")
+		}
 		return e
 	}
-	size := req.Count * req.DType.Size()
+	size := len(req.Recv)
 	data, err := b.fetch(ctx, []string{pre + "d"}, size)
 	if err != nil {
 		return fmt.Errorf("kv: %s: %w", op, err)
@@ -509,24 +605,4 @@ func (b *Backend) recv(ctx context.Context, req *core.Request) error {
 		}
 	}
 	return b.s.Delete(ctx, pre+"h")
-}
-
-func (b *Backend) checkPeer(req *core.Request) error {
-	if req.Peer < 0 || req.Peer >= b.g.Size || req.Peer == b.g.Rank {
-		return &ArgError{Rank: b.g.Rank, Msg: fmt.Sprintf("peer %d is not another rank of 0..%d", req.Peer, b.g.Size-1)}
-	}
-	if req.DType.Size() == 0 {
-		return fmt.Errorf("kv: %w: dtype %v is not registered (import generated/coll)", core.ErrUnsupported, req.DType)
-	}
-	if req.Count < 0 {
-		return &ArgError{Rank: b.g.Rank, Msg: fmt.Sprintf("count %d is negative", req.Count)}
-	}
-	return nil
-}
-
-func checkLen(rank int, what string, buf []byte, count int, dt core.DType) error {
-	if want := count * dt.Size(); len(buf) != want {
-		return &ArgError{Rank: rank, Msg: fmt.Sprintf("%s holds %d bytes, want %d (%d × %v)", what, len(buf), want, count, dt)}
-	}
-	return nil
 }

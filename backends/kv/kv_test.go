@@ -15,14 +15,15 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/memstore"
+	"github.com/gocoll/gocoll/store"
 )
 
 // group runs body on n goroutine ranks, each with its own kv backend on
-// the stores mk returns, and returns each rank's error.
-func group(t *testing.T, n int, mk func(rank int) core.Store, timeout time.Duration, body func(ctx context.Context, b *Backend) error, opts ...Option) []error {
+// the stores mk returns behind a core.Guard, as a communicator drives it,
+// and returns each rank's error.
+func group(t *testing.T, n int, mk func(rank int) core.Store, timeout time.Duration, body func(ctx context.Context, b *core.Guard) error, opts ...Option) []error {
 	t.Helper()
 	// No deadline: the group's timeout bounds every wait, as in a job.
 	ctx := context.Background()
@@ -37,15 +38,16 @@ func group(t *testing.T, n int, mk func(rank int) core.Store, timeout time.Durat
 				errs[r] = err
 				return
 			}
-			defer b.Close()
-			errs[r] = body(ctx, b)
+			g := core.NewGuard(b)
+			defer g.Close()
+			errs[r] = body(ctx, g)
 		}()
 	}
 	wg.Wait()
 	return errs
 }
 
-func memGroup(t *testing.T, n int, body func(ctx context.Context, b *Backend) error, opts ...Option) []error {
+func memGroup(t *testing.T, n int, body func(ctx context.Context, b *core.Guard) error, opts ...Option) []error {
 	s := memstore.New()
 	return group(t, n, func(int) core.Store { return s }, 10*time.Second, body, opts...)
 }
@@ -111,9 +113,9 @@ func testCollectives(t *testing.T, n, chunk, count int) {
 	}
 	const root = 1
 	rootOf := func() int { return root % n }
-	type result struct{ allreduce, reduce, bcast, allgather, rs, gather, scatter, a2a, inplace []byte }
+	type result struct{ allreduce, reduce, bcast, allgather, rs, gather, scatter, a2a []byte }
 	res := make([]result, n)
-	errs := memGroup(t, n, func(ctx context.Context, b *Backend) error {
+	errs := memGroup(t, n, func(ctx context.Context, b *core.Guard) error {
 		r := b.Rank()
 		out := &res[r]
 		send := f32bytes(ins[r][:count])
@@ -159,10 +161,6 @@ func testCollectives(t *testing.T, n, chunk, count int) {
 		}
 		out.a2a = make([]byte, 4*count*n)
 		if err := do(&core.Request{Kind: coll.KindAlltoall, Send: all, Recv: out.a2a}); err != nil {
-			return err
-		}
-		out.inplace = append([]byte(nil), all...)
-		if err := do(&core.Request{Kind: coll.KindAlltoall, Send: out.inplace, Recv: out.inplace}); err != nil {
 			return err
 		}
 		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); err != nil {
@@ -222,14 +220,13 @@ func testCollectives(t *testing.T, n, chunk, count int) {
 			wantA2A = append(wantA2A, ins[j][r*count:(r+1)*count]...)
 		}
 		check("alltoall", res[r].a2a, wantA2A)
-		check("alltoall in place", res[r].inplace, wantA2A)
 	}
 }
 
 func TestAvgAndIntMax(t *testing.T) {
 	const n, count = 3, 5
 	got := make([][2][]byte, n)
-	errs := memGroup(t, n, func(ctx context.Context, b *Backend) error {
+	errs := memGroup(t, n, func(ctx context.Context, b *core.Guard) error {
 		r := b.Rank()
 		f := make([]float32, count)
 		iv := make([]int32, count)
@@ -268,7 +265,7 @@ func TestAvgAndIntMax(t *testing.T) {
 func TestSendRecv(t *testing.T) {
 	const n = 3
 	got := make([][]byte, n)
-	errs := memGroup(t, n, func(ctx context.Context, b *Backend) error {
+	errs := memGroup(t, n, func(ctx context.Context, b *core.Guard) error {
 		r := b.Rank()
 		// A ring exchange, twice: everyone sends right, then receives from left.
 		for round := 0; round < 2; round++ {
@@ -290,48 +287,156 @@ func TestSendRecv(t *testing.T) {
 	noErrors(t, errs)
 }
 
-// Every rank gets a MismatchError naming a disagreeing rank, and the next
+// Every field that must agree is compared: every rank gets a
+// MismatchError naming it and a disagreeing rank, and the next
 // collective still works.
 func TestMismatch(t *testing.T) {
-	const n = 3
-	errs := memGroup(t, n, func(ctx context.Context, b *Backend) error {
-		r := b.Rank()
-		count := 4
-		if r == 2 {
-			count = 5
-		}
-		err := b.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: count,
-			Send: make([]byte, 4*count), Recv: make([]byte, 4*count)})
-		var me *core.MismatchError
-		if !errors.As(err, &me) || me.Field != "count" {
-			return fmt.Errorf("want a count MismatchError, got %v", err)
-		}
-		if (r == 2) != (me.Peer != 2) {
-			return fmt.Errorf("mismatch names rank %d: %v", me.Peer, err)
-		}
-		return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
-	})
-	noErrors(t, errs)
+	const n, odd = 3, 2
+	for _, tc := range []struct {
+		field string
+		req   func(r int) *core.Request
+	}{
+		{"count", func(r int) *core.Request {
+			count := 4
+			if r == odd {
+				count = 5
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: count,
+				Send: make([]byte, 4*count), Recv: make([]byte, 4*count)}
+		}},
+		{"dtype", func(r int) *core.Request {
+			dt := coll.DTypeFloat32
+			if r == odd {
+				dt = coll.DTypeInt32
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: dt, Op: coll.OpSum, Count: 2, Send: make([]byte, 8), Recv: make([]byte, 8)}
+		}},
+		{"op", func(r int) *core.Request {
+			op := coll.OpSum
+			if r == odd {
+				op = coll.OpMax
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: op, Count: 2, Send: make([]byte, 8), Recv: make([]byte, 8)}
+		}},
+		{"root", func(r int) *core.Request {
+			root := 0
+			if r == odd {
+				root = 1
+			}
+			return &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeFloat32, Count: 2, Root: root, Recv: make([]byte, 8)}
+		}},
+		{"kind", func(r int) *core.Request {
+			if r == odd {
+				return &core.Request{Kind: coll.KindAllgather, DType: coll.DTypeFloat32, Count: 2, Send: make([]byte, 8), Recv: make([]byte, 8*n)}
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2, Send: make([]byte, 8), Recv: make([]byte, 8)}
+		}},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			errs := memGroup(t, n, func(ctx context.Context, b *core.Guard) error {
+				r := b.Rank()
+				err := b.Do(ctx, tc.req(r))
+				var me *core.MismatchError
+				if !errors.As(err, &me) || me.Field != tc.field || me.Rank != r {
+					return fmt.Errorf("want a %s MismatchError, got %v", tc.field, err)
+				}
+				if (r == odd) != (me.Peer != odd) {
+					return fmt.Errorf("mismatch names rank %d: %v", me.Peer, err)
+				}
+				return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+			})
+			noErrors(t, errs)
+		})
+	}
 }
 
-// A rank with a bad buffer fails every rank with the same ArgError.
-func TestArgErrorOnEveryRank(t *testing.T) {
-	const n = 3
-	errs := memGroup(t, n, func(ctx context.Context, b *Backend) error {
-		send := make([]byte, 16)
-		if b.Rank() == 1 {
-			send = send[:12]
+// A rank whose call fails its own check (a short buffer, an op its dtype
+// lacks, a collective id no one runs) gets that error, and every other
+// rank a MismatchError naming it with Field "argument", at once; the next
+// collective still lines up.
+func TestRefusedCallNamesTheRank(t *testing.T) {
+	const n, bad = 3, 1
+	for _, tc := range []struct {
+		name string
+		req  func(r int) *core.Request
+		want error // the bad rank's own error
+	}{
+		{"short send", func(r int) *core.Request {
+			send := make([]byte, 16)
+			if r == bad {
+				send = send[:12]
+			}
+			return &core.Request{Kind: coll.KindAllgather, DType: coll.DTypeFloat32, Count: 4, Send: send, Recv: make([]byte, 16*n)}
+		}, core.ErrBufferLength},
+		{"unsupported op", func(r int) *core.Request {
+			op := coll.OpSum
+			if r == bad {
+				op = coll.OpBXor
+			}
+			return &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: op, Count: 1, Send: make([]byte, 4), Recv: make([]byte, 4)}
+		}, core.ErrUnsupported},
+		{"unknown collective", func(r int) *core.Request {
+			kind := coll.KindAllreduce
+			if r == bad {
+				kind = 99
+			}
+			return &core.Request{Kind: kind, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 1, Send: make([]byte, 4), Recv: make([]byte, 4)}
+		}, core.ErrUnsupported},
+		{"root out of range", func(r int) *core.Request {
+			root := 0
+			if r == bad {
+				root = n
+			}
+			return &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeFloat32, Count: 1, Root: root, Recv: make([]byte, 4)}
+		}, core.ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A minute's timeout: a peer left waiting would show as a
+			// PeerError after it, not as the MismatchError wanted.
+			s := memstore.New()
+			errs := group(t, n, func(int) core.Store { return s }, time.Minute, func(ctx context.Context, b *core.Guard) error {
+				err := b.Do(ctx, tc.req(b.Rank()))
+				if b.Rank() == bad {
+					if !errors.Is(err, tc.want) {
+						return fmt.Errorf("own error %v, want one wrapping %v", err, tc.want)
+					}
+				} else {
+					var me *core.MismatchError
+					if !errors.As(err, &me) || me.Field != "argument" || me.Peer != bad || me.Rank != b.Rank() {
+						return fmt.Errorf("want a MismatchError naming rank %d's argument, got %v", bad, err)
+					}
+				}
+				return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// A send refused on the sending rank fails the matching recv at once,
+// naming the sender; the next message between them still lines up.
+func TestRefusedSend(t *testing.T) {
+	s := memstore.New()
+	errs := group(t, 2, func(int) core.Store { return s }, time.Minute, func(ctx context.Context, b *core.Guard) error {
+		if b.Rank() == 0 {
+			if err := b.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeFloat32, Count: 2, Peer: 1, Send: make([]byte, 7)}); !errors.Is(err, core.ErrBufferLength) {
+				return fmt.Errorf("short send: %v", err)
+			}
+			return b.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeFloat32, Count: 1, Peer: 1, Send: f32bytes([]float32{3})})
 		}
-		err := b.Do(ctx, &core.Request{Kind: coll.KindAllgather, DType: coll.DTypeFloat32, Count: 4, Send: send, Recv: make([]byte, 16*n)})
-		var ae *ArgError
-		if !errors.As(err, &ae) || ae.Rank != 1 || !strings.Contains(err.Error(), "send holds 12 bytes") {
-			return fmt.Errorf("want rank 1's ArgError, got %v", err)
+		err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 2, Peer: 0, Recv: make([]byte, 8)})
+		var me *core.MismatchError
+		if !errors.As(err, &me) || me.Field != "argument" || me.Peer != 0 {
+			return fmt.Errorf("recv of a refused send: %v", err)
 		}
-		err = b.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpBXor, Count: 1, Send: make([]byte, 4), Recv: make([]byte, 4)})
-		if !errors.As(err, &ae) || (b.Rank() == 0 && !errors.Is(err, core.ErrUnsupported)) {
-			return fmt.Errorf("float32 bxor: want an ArgError wrapping ErrUnsupported, got %v", err)
+		got := make([]byte, 4)
+		if err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 1, Peer: 0, Recv: got}); err != nil {
+			return err
 		}
-		return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+		if string(got) != string(f32bytes([]float32{3})) {
+			return fmt.Errorf("the next message: %x", got)
+		}
+		return nil
 	})
 	noErrors(t, errs)
 }
@@ -341,7 +446,7 @@ func TestArgErrorOnEveryRank(t *testing.T) {
 func TestPeerNeverArrives(t *testing.T) {
 	const n, absent = 4, 2
 	s := memstore.New()
-	errs := group(t, n, func(int) core.Store { return s }, time.Second, func(ctx context.Context, b *Backend) error {
+	errs := group(t, n, func(int) core.Store { return s }, time.Second, func(ctx context.Context, b *core.Guard) error {
 		if b.Rank() == absent {
 			return nil
 		}
@@ -350,7 +455,7 @@ func TestPeerNeverArrives(t *testing.T) {
 		if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != fmt.Sprint([]int{absent}) || !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("want a PeerError naming rank %d, got %v", absent, err)
 		}
-		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); err == nil || !strings.Contains(err.Error(), "earlier collective failed") {
+		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); err == nil || !strings.Contains(err.Error(), "failed earlier") {
 			return fmt.Errorf("collective after a fatal error: %v", err)
 		}
 		return nil
@@ -380,7 +485,7 @@ func TestOverTCPStore(t *testing.T) {
 	}
 	const count = 1 << 16 // 256 KiB per rank, several chunks at 64 KiB
 	got := make([][]byte, n)
-	errs := group(t, n, func(r int) core.Store { return clients[r].WithPrefix("job/") }, 20*time.Second, func(ctx context.Context, b *Backend) error {
+	errs := group(t, n, func(r int) core.Store { return clients[r].WithPrefix("job/") }, 20*time.Second, func(ctx context.Context, b *core.Guard) error {
 		r := b.Rank()
 		got[r] = make([]byte, 4*count*n)
 		for i := 0; i < 3; i++ {
@@ -420,7 +525,7 @@ func TestDeadRankNamedWithoutTimeout(t *testing.T) {
 		}
 		defer clients[r].Close()
 	}
-	errs := group(t, n, func(r int) core.Store { return clients[r].WithPrefix("job/") }, time.Minute, func(ctx context.Context, b *Backend) error {
+	errs := group(t, n, func(r int) core.Store { return clients[r].WithPrefix("job/") }, time.Minute, func(ctx context.Context, b *core.Guard) error {
 		if b.Rank() == dead {
 			return clients[dead].Close() // as if the process died
 		}
@@ -433,6 +538,91 @@ func TestDeadRankNamedWithoutTimeout(t *testing.T) {
 		var pe *core.PeerError
 		if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != fmt.Sprint([]int{dead}) || !errors.Is(err, ErrPeerGone) {
 			return fmt.Errorf("want a PeerError naming rank %d as gone, got %v", dead, err)
+		}
+		return nil
+	})
+	noErrors(t, errs)
+}
+
+// tcpStoreGroup runs body on n ranks that each meet through their own
+// client of one TCP store server, so that waits are guarded by the ranks'
+// alive keys.
+func tcpStoreGroup(t *testing.T, n int, timeout time.Duration, body func(ctx context.Context, b *core.Guard) error) []error {
+	t.Helper()
+	secret := []byte("kv-tcp")
+	srv, err := store.Listen("127.0.0.1:0", secret, store.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	clients := make([]*store.Client, n)
+	for r := range clients {
+		if clients[r], err = store.Dial(context.Background(), srv.Addr(), secret); err != nil {
+			t.Fatal(err)
+		}
+		defer clients[r].Close()
+	}
+	return group(t, n, func(r int) core.Store { return clients[r].WithPrefix("job/") }, timeout, body)
+}
+
+// Two calls in flight on one rank's communicator (F1) fail both, and the
+// peers waiting for that rank fail at once with a PeerError that names it
+// and says why, not at their timeout.
+func TestConcurrentUseAbortsEveryRank(t *testing.T) {
+	const n = 3
+	errs := tcpStoreGroup(t, n, time.Minute, func(ctx context.Context, b *core.Guard) error {
+		if b.Rank() != 0 {
+			// Waits for rank 0, whose calls below never join it.
+			err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+			var pe *core.PeerError
+			if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != "[0]" || !errors.Is(err, ErrPeerAborted) ||
+				!strings.Contains(err.Error(), "two calls in flight") {
+				return fmt.Errorf("want a PeerError naming rank 0 as aborted for concurrent use, got %v", err)
+			}
+			return nil
+		}
+		// Two receives no one sends to: neither can finish before the
+		// other starts, whichever starts first.
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range errs {
+			wg.Go(func() {
+				errs[i] = b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 1, Peer: 1 + i, Recv: make([]byte, 4)})
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if !errors.Is(err, core.ErrConcurrentUse) {
+				return fmt.Errorf("call %d: %v; want ErrConcurrentUse", i, err)
+			}
+		}
+		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); !errors.Is(err, core.ErrConcurrentUse) {
+			return fmt.Errorf("a call after the abort: %v; want the abort's cause", err)
+		}
+		return nil
+	})
+	noErrors(t, errs)
+}
+
+// Abort from another goroutine ends this rank's call in flight with the
+// cause, and the peers' waits for it at once.
+func TestAbort(t *testing.T) {
+	const n = 3
+	cause := errors.New("the job is shutting down")
+	errs := tcpStoreGroup(t, n, time.Minute, func(ctx context.Context, b *core.Guard) error {
+		if b.Rank() != 0 {
+			err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+			var pe *core.PeerError
+			if !errors.As(err, &pe) || fmt.Sprint(pe.Ranks) != "[0]" || !errors.Is(err, ErrPeerAborted) || !strings.Contains(err.Error(), cause.Error()) {
+				return fmt.Errorf("want a PeerError naming rank 0 as aborted, got %v", err)
+			}
+			return nil
+		}
+		time.AfterFunc(100*time.Millisecond, func() { b.Abort(cause) })
+		// Before or after the abort, this call fails with its cause.
+		err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 1, Peer: 1, Recv: make([]byte, 4)})
+		if !errors.Is(err, cause) {
+			return fmt.Errorf("the call in flight: %v; want the abort's cause", err)
 		}
 		return nil
 	})

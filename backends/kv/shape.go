@@ -1,119 +1,24 @@
 package kv
 
 import (
-	"fmt"
 	"strconv"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/generated/coll"
 )
 
-const (
-	kindSend = coll.KindSend
-	kindRecv = coll.KindRecv
-)
-
-// shape is how one kind of collective moves data through the store.
+// shape is how one collective moves data through the store.
 type shape struct {
-	op     bool // takes a reduce op
-	rooted bool // takes a root
-	kind   core.Kind
-	dt     core.DType
-	es     int // element size
-	blk    int // bytes of one per-rank block: count * es
+	kind core.Kind
+	blk  int // bytes of one per-rank block: count * element size
 }
 
-// shapeOf describes req for a group of n ranks, or says why it cannot run.
-func shapeOf(req *core.Request, n int) (*shape, error) {
-	sh := &shape{kind: req.Kind, dt: req.DType}
-	switch req.Kind {
-	case coll.KindAllreduce, coll.KindReduceScatter:
-		sh.op = true
-	case coll.KindReduce:
-		sh.op, sh.rooted = true, true
-	case coll.KindBroadcast, coll.KindGather, coll.KindScatter:
-		sh.rooted = true
-	case coll.KindAllgather, coll.KindAlltoall, coll.KindBarrier:
-	default:
-		return nil, fmt.Errorf("kv: %w: collective %v", core.ErrUnsupported, req.Kind)
+// shapeOf describes req, which passed core.Check.
+func shapeOf(req *core.Request) *shape {
+	sh := &shape{kind: req.Kind}
+	if req.Type != nil {
+		sh.blk = req.Count * req.Type.Size
 	}
-	if req.Kind == coll.KindBarrier {
-		return sh, nil
-	}
-	sh.es = req.DType.Size()
-	if sh.es == 0 {
-		return nil, fmt.Errorf("kv: %w: dtype %v is not registered (import generated/coll)", core.ErrUnsupported, req.DType)
-	}
-	if t := core.LookupType(req.DType); sh.op && (t == nil || t.Kernel(req.Op) == nil) {
-		return nil, fmt.Errorf("kv: %w: %v does not support op %v", core.ErrUnsupported, req.DType, req.Op)
-	}
-	if req.Count < 0 {
-		return nil, fmt.Errorf("count %d is negative", req.Count)
-	}
-	if sh.rooted && (req.Root < 0 || req.Root >= n) {
-		return nil, fmt.Errorf("root %d is not a rank of 0..%d", req.Root, n-1)
-	}
-	sh.blk = req.Count * sh.es
-	return sh, nil
-}
-
-// check verifies rank me's buffers have the sizes the spec gives them.
-func (sh *shape) check(req *core.Request, me, n int) error {
-	one, all := sh.blk, sh.blk*n
-	isRoot := me == req.Root
-	need := func(what string, buf []byte, want int) error {
-		if len(buf) != want {
-			return fmt.Errorf("%s holds %d bytes, want %d (count %d of %v)", what, len(buf), want, req.Count, req.DType)
-		}
-		return nil
-	}
-	var err error
-	switch sh.kind {
-	case coll.KindAllreduce:
-		err = firstErr(need("send", req.Send, one), need("recv", req.Recv, one))
-	case coll.KindReduce:
-		err = need("send", req.Send, one)
-		if isRoot && err == nil {
-			err = need("recv", req.Recv, one)
-		}
-	case coll.KindBroadcast:
-		err = need("buf", bcastBuf(req), one)
-	case coll.KindAllgather:
-		err = firstErr(need("send", req.Send, one), need("recv", req.Recv, all))
-	case coll.KindReduceScatter:
-		err = firstErr(need("send", req.Send, all), need("recv", req.Recv, one))
-	case coll.KindGather:
-		err = need("send", req.Send, one)
-		if isRoot && err == nil {
-			err = need("recv", req.Recv, all)
-		}
-	case coll.KindScatter:
-		err = need("recv", req.Recv, one)
-		if isRoot && err == nil {
-			err = need("send", req.Send, all)
-		}
-	case coll.KindAlltoall:
-		err = firstErr(need("send", req.Send, all), need("recv", req.Recv, all))
-	}
-	return err
-}
-
-func firstErr(errs ...error) error {
-	for _, e := range errs {
-		if e != nil {
-			return e
-		}
-	}
-	return nil
-}
-
-// bcastBuf is broadcast's single buffer: callers pass it as both Send and
-// Recv, but either alone is accepted.
-func bcastBuf(req *core.Request) []byte {
-	if req.Recv != nil {
-		return req.Recv
-	}
-	return req.Send
+	return sh
 }
 
 func name(r int) string     { return strconv.Itoa(r) }
@@ -123,26 +28,26 @@ func block(r, j int) string { return strconv.Itoa(r) + "/" + strconv.Itoa(j) }
 func (sh *shape) publish(req *core.Request, me, n int) (names []string, vals [][]byte) {
 	isRoot := me == req.Root
 	switch sh.kind {
-	case coll.KindAllreduce, coll.KindAllgather:
+	case core.KindAllreduce, core.KindAllgather:
 		if n > 1 {
 			names, vals = []string{name(me)}, [][]byte{req.Send}
 		}
-	case coll.KindReduce, coll.KindGather:
+	case core.KindReduce, core.KindGather:
 		if !isRoot {
 			names, vals = []string{name(me)}, [][]byte{req.Send}
 		}
-	case coll.KindBroadcast:
+	case core.KindBroadcast:
 		if isRoot && n > 1 {
-			names, vals = []string{name(me)}, [][]byte{bcastBuf(req)}
+			names, vals = []string{name(me)}, [][]byte{req.Recv}
 		}
-	case coll.KindReduceScatter, coll.KindAlltoall:
+	case core.KindReduceScatter, core.KindAlltoall:
 		for j := 0; j < n; j++ {
 			if j != me {
 				names = append(names, block(me, j))
 				vals = append(vals, req.Send[j*sh.blk:(j+1)*sh.blk])
 			}
 		}
-	case coll.KindScatter:
+	case core.KindScatter:
 		if isRoot {
 			for j := 0; j < n; j++ {
 				if j != me {
@@ -178,20 +83,20 @@ func (sh *shape) complete(req *core.Request, me, n int, get func(names []string,
 		all = append(all, mine)
 		return append(all, vs[me:]...), nil
 	}
-	reduce := func(dst []byte, srcs [][]byte) error {
-		k := core.LookupType(sh.dt).Kernel(req.Op) // shape checked it exists
-		k.Reduce(nil, dst, srcs)
-		k.Finish(dst, n)
-		return nil
+	// The inputs are fetched before dst is written, so dst may be this
+	// rank's send buffer (in place).
+	reduce := func(dst []byte, srcs [][]byte) {
+		req.Kernel.Reduce(nil, dst, srcs)
+		req.Kernel.Finish(dst, n)
 	}
 	switch sh.kind {
-	case coll.KindAllreduce:
+	case core.KindAllreduce:
 		srcs, err := gatherAll(req.Send, name)
 		if err != nil {
 			return err
 		}
-		return reduce(req.Recv, srcs)
-	case coll.KindReduce:
+		reduce(req.Recv, srcs)
+	case core.KindReduce:
 		if !isRoot {
 			return nil
 		}
@@ -199,8 +104,8 @@ func (sh *shape) complete(req *core.Request, me, n int, get func(names []string,
 		if err != nil {
 			return err
 		}
-		return reduce(req.Recv, srcs)
-	case coll.KindBroadcast:
+		reduce(req.Recv, srcs)
+	case core.KindBroadcast:
 		if isRoot {
 			return nil
 		}
@@ -208,30 +113,25 @@ func (sh *shape) complete(req *core.Request, me, n int, get func(names []string,
 		if err != nil {
 			return err
 		}
-		copy(bcastBuf(req), vs[0])
-	case coll.KindAllgather, coll.KindGather:
-		if sh.kind == coll.KindGather && !isRoot {
+		copy(req.Recv, vs[0])
+	case core.KindAllgather, core.KindGather:
+		if sh.kind == core.KindGather && !isRoot {
 			return nil
 		}
 		all, err := gatherAll(req.Send, name)
 		if err != nil {
 			return err
 		}
-		// My own block first, with copy's overlap rules, in case send
-		// lies inside recv; the others come from the store.
-		copy(req.Recv[me*blk:(me+1)*blk], req.Send)
 		for r, v := range all {
-			if r != me {
-				copy(req.Recv[r*blk:(r+1)*blk], v)
-			}
+			copy(req.Recv[r*blk:(r+1)*blk], v)
 		}
-	case coll.KindReduceScatter:
+	case core.KindReduceScatter:
 		srcs, err := gatherAll(req.Send[me*blk:(me+1)*blk], func(r int) string { return block(r, me) })
 		if err != nil {
 			return err
 		}
-		return reduce(req.Recv, srcs)
-	case coll.KindScatter:
+		reduce(req.Recv, srcs)
+	case core.KindScatter:
 		if isRoot {
 			copy(req.Recv, req.Send[me*blk:(me+1)*blk])
 			return nil
@@ -241,18 +141,13 @@ func (sh *shape) complete(req *core.Request, me, n int, get func(names []string,
 			return err
 		}
 		copy(req.Recv, vs[0])
-	case coll.KindAlltoall:
+	case core.KindAlltoall:
 		all, err := gatherAll(req.Send[me*blk:(me+1)*blk], func(r int) string { return block(r, me) })
 		if err != nil {
 			return err
 		}
-		// Every other rank's block is already fetched, so writing recv
-		// is safe even when it is send (in place).
-		copy(req.Recv[me*blk:(me+1)*blk], req.Send[me*blk:(me+1)*blk])
 		for r, v := range all {
-			if r != me {
-				copy(req.Recv[r*blk:(r+1)*blk], v)
-			}
+			copy(req.Recv[r*blk:(r+1)*blk], v)
 		}
 	}
 	return nil

@@ -280,12 +280,19 @@ func split(c, es, n, j int) (lo, hi int) {
 	return min(start*unit, c), min((start+cnt)*unit, c)
 }
 
-func (b *Backend) reduce(dt core.DType, o core.Op, dst []byte, srcs [][]byte) error {
-	t := core.LookupType(dt)
-	if t == nil || t.Kernel(o) == nil {
-		return fmt.Errorf("shm: reduce %v %v: %w", dt, o, core.ErrUnsupported)
+// reduce reduces srcs into dst with req's kernel (Check's, which a caller
+// such as the hierarchical backend may have replaced; by id for a request
+// that did not pass Check) and finishes it.
+func (b *Backend) reduce(req *core.Request, dst []byte, srcs [][]byte) error {
+	k := req.Kernel
+	if k == nil {
+		if t := core.LookupType(req.DType); t != nil {
+			k = t.Kernel(req.Op)
+		}
 	}
-	k := t.Kernel(o)
+	if k == nil {
+		return fmt.Errorf("shm: reduce %v %v: %w", req.DType, req.Op, core.ErrUnsupported)
+	}
 	k.Reduce(&b.red, dst, srcs)
 	k.Finish(dst, b.size)
 	return nil
@@ -316,7 +323,7 @@ func (b *Backend) allreduce(o *op, d desc, req *core.Request, es int, toAll bool
 		}
 		srcs := b.srcs[:1]
 		srcs[0] = send
-		return b.reduce(req.DType, req.Op, recv, srcs)
+		return b.reduce(req, recv, srcs)
 	}
 	if bytes >= b.zcMin {
 		d.zc = b.heapOffset(send)
@@ -406,7 +413,7 @@ func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []
 				}
 			}
 			srcs[me] = send[off*es : (off+c)*es]
-			if err := b.reduce(req.DType, req.Op, recv[off*es:(off+c)*es], srcs); err != nil {
+			if err := b.reduce(req, recv[off*es:(off+c)*es], srcs); err != nil {
 				return b.fail(err)
 			}
 		}
@@ -447,7 +454,7 @@ func (b *Backend) split(o *op, d desc, req *core.Request, es int, send, recv []b
 		// The slice goes to the other buffer, written in the next round:
 		// nobody reads that buffer until then.
 		q := 1 - p
-		if err := b.reduce(req.DType, req.Op, b.slot(me, q)[lo*es:hi*es], srcs); err != nil {
+		if err := b.reduce(req, b.slot(me, q)[lo*es:hi*es], srcs); err != nil {
 			return b.fail(err)
 		}
 		if err := b.step(o); err != nil {
@@ -582,7 +589,7 @@ func (b *Backend) blocks(o *op, d desc, req *core.Request, es int) error {
 			for j := range srcs {
 				srcs[j] = b.slot(j, p)[me*cb : (me+1)*cb]
 			}
-			if err := b.reduce(req.DType, req.Op, dst, srcs); err != nil {
+			if err := b.reduce(req, dst, srcs); err != nil {
 				return b.fail(err)
 			}
 		case coll.KindScatter:

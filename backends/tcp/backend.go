@@ -31,6 +31,7 @@ type Backend struct {
 	dl      time.Time     // the running call's deadline
 	budget  time.Duration // and how long it had
 	cur     header        // the running call's expected header
+	kern    *core.Kernel  // the running call's kernel, from its request
 	scratch []byte
 	srcs    [2][]byte // kernel arguments, kept here so that calls do not allocate
 	ownJob  []uint64  // ring: per slice (mod n+1), the send of this rank's part; in place, the allgather overwrites it

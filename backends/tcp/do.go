@@ -40,6 +40,7 @@ func (b *Backend) Do(ctx context.Context, req *core.Request) error {
 	algo := b.choose(req)
 
 	b.cur = header{typ: frameData, kind: req.Kind, dtype: req.DType, op: req.Op, algo: algo, count: uint64(req.Count)}
+	b.kern = req.Kernel
 	switch req.Kind {
 	case coll.KindReduce, coll.KindBroadcast, coll.KindGather, coll.KindScatter:
 		b.cur.root = int32(req.Root)
@@ -333,8 +334,13 @@ func (b *Backend) finish(buf []byte) error {
 	return nil
 }
 
-// kernel is the running call's dtype x op kernel.
+// kernel is the running call's dtype x op kernel: Check's (which a caller
+// such as the hierarchical backend may have replaced), or by id for a
+// request that did not pass Check.
 func (b *Backend) kernel() (*core.Kernel, error) {
+	if b.kern != nil {
+		return b.kern, nil
+	}
 	t := core.LookupType(b.cur.dtype)
 	if t == nil || t.Kernel(b.cur.op) == nil {
 		return nil, fmt.Errorf("%w: no kernel for %v %v", core.ErrUnsupported, b.cur.dtype, b.cur.op)

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/dispatch"
-	"github.com/gocoll/gocoll/dispatch/store"
 	"github.com/gocoll/gocoll/internal/affinity"
+	"github.com/gocoll/gocoll/store"
 )
 
 // launched reports whether a launcher started this process as one rank of

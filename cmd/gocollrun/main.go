@@ -38,8 +38,8 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/dispatch"
-	"github.com/gocoll/gocoll/dispatch/store"
 	"github.com/gocoll/gocoll/internal/affinity"
+	"github.com/gocoll/gocoll/store"
 )
 
 func main() {

@@ -11,7 +11,7 @@ import (
 
 	"example.com/downstream/internal/mycoll"
 	"github.com/gocoll/gocoll/dispatch"
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // TestWithGocollRuntime runs this module's generated API over gocoll's

@@ -1,5 +1,5 @@
 // Package memstore is an in-process core.Store for tests that run ranks as
-// goroutines. Processes meet through dispatch's TCP store instead.
+// goroutines. Processes meet through the TCP store of package store instead.
 package memstore
 
 import (

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // Exit codes of a child.

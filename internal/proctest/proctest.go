@@ -4,7 +4,7 @@
 // shared memory, sockets, futexes and crashes behave differently between
 // goroutines of one process. proctest re-executes the test binary itself np
 // times; each child runs one registered body as one rank, meeting its peers
-// through a dispatch/store server that the parent (the test) runs.
+// through a store server (package store) that the parent (the test) runs.
 //
 // Use it in three steps:
 //
@@ -44,7 +44,7 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
-	"github.com/gocoll/gocoll/dispatch/store"
+	"github.com/gocoll/gocoll/store"
 )
 
 // Environment variables that tell a child which body to run as which rank.
@@ -100,7 +100,7 @@ func lookup(name string) (func(context.Context, *Rank) error, bool) {
 // Rank is what a body learns about its process.
 type Rank struct {
 	Rank, Size int
-	// Store is a dispatch/store client connected to the server the parent
+	// Store is a store client connected to the server the parent
 	// runs for this Run; it is fresh for every Run, so keys need no job
 	// prefix. proctest closes it after the body returns.
 	Store core.Store

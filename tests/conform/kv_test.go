@@ -30,8 +30,9 @@ func TestKVGoroutineRanks(t *testing.T) {
 						errs[r] = err
 						return
 					}
-					defer b.Close()
-					errs[r] = Run(ctx, b, Options{Sizes: []int{0, 1, 7, 300}})
+					g := core.NewGuard(b)
+					defer g.Close()
+					errs[r] = Run(ctx, g, Options{Sizes: []int{0, 1, 7, 300}})
 				})
 			}
 			wg.Wait()

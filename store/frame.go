@@ -11,7 +11,7 @@ import (
 // frames: a 4-byte big-endian body length, then the body. Every length in a
 // body is checked against what is left of the body and against fixed
 // bounds before anything is allocated, so a malformed frame costs the
-// server at most one frame buffer and closes only its own connection.
+// server at most the bytes it sent and closes only its own connection.
 //
 // Request body:
 //
@@ -105,7 +105,15 @@ var errFrame = errors.New("malformed frame")
 // errFrameTooLarge marks a frame whose announced length exceeds the bound.
 var errFrameTooLarge = errors.New("frame exceeds the size limit")
 
-// readFrame reads one frame body of at most max bytes.
+// readChunk is the most a frame body grows by per read. A header may
+// announce up to the frame limit, and a client that sends only part of
+// that must cost the server the bytes it sent, not the bytes it announced.
+const readChunk = 64 << 10
+
+// readFrame reads one frame body of at most max bytes. The body's memory
+// follows the bytes that arrive: a short body is read into one buffer of
+// its length; a longer one in readChunk pieces, joined once the last
+// piece is in.
 func readFrame(r io.Reader, max int) ([]byte, error) {
 	var h [frameHeader]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
@@ -115,14 +123,36 @@ func readFrame(r io.Reader, max int) ([]byte, error) {
 	if uint64(n) > uint64(max) {
 		return nil, fmt.Errorf("%w: %d bytes announced, limit %d", errFrameTooLarge, n, max)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	if n <= readChunk {
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return nil, unexpected(err)
 		}
-		return nil, err
+		return body, nil
+	}
+	pieces := make([][]byte, 0, (int(n)+readChunk-1)/readChunk)
+	for left := int(n); left > 0; {
+		p := make([]byte, min(left, readChunk))
+		if _, err := io.ReadFull(r, p); err != nil {
+			return nil, unexpected(err)
+		}
+		pieces = append(pieces, p)
+		left -= len(p)
+	}
+	body := make([]byte, 0, n)
+	for _, p := range pieces {
+		body = append(body, p...)
 	}
 	return body, nil
+}
+
+// unexpected turns the end of the stream inside a frame into
+// io.ErrUnexpectedEOF: only a frame boundary is a clean end.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 func appendBytes(b, v []byte) []byte {

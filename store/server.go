@@ -51,6 +51,13 @@ func WithHandshakeTimeout(d time.Duration) ServerOption {
 	return func(c *serverConfig) { c.handshakeTimeout = d }
 }
 
+// WithIOTimeout bounds how long the server waits for the next byte of a
+// frame it has begun to read, and for a client to take a response
+// (default 30s). A connection that stalls longer is closed, and what it
+// had sent of a frame is freed with it. Waiting for a frame to begin has
+// no bound: idle clients are normal.
+func WithIOTimeout(d time.Duration) ServerOption { return func(c *serverConfig) { c.ioTimeout = d } }
+
 // Server is a running store server. Its zero value is not usable; call
 // Listen.
 type Server struct {
@@ -75,6 +82,15 @@ func Listen(addr string, secret []byte, opts ...ServerOption) (*Server, error) {
 	if len(secret) == 0 {
 		return nil, errors.New("store: Listen needs a non-empty job secret (GOCOLL_SECRET)")
 	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("store: listening on %s: %w", addr, err)
+	}
+	return serve(ln, secret, newConfig(opts)), nil
+}
+
+// newConfig applies opts to the defaults.
+func newConfig(opts []ServerOption) serverConfig {
 	cfg := serverConfig{
 		log:              slog.Default(),
 		maxFrame:         DefaultMaxFrame,
@@ -85,10 +101,11 @@ func Listen(addr string, secret []byte, opts ...ServerOption) (*Server, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("store: listening on %s: %w", addr, err)
-	}
+	return cfg
+}
+
+// serve runs a server on ln.
+func serve(ln net.Listener, secret []byte, cfg serverConfig) *Server {
 	s := &Server{
 		ln:      ln,
 		secret:  append([]byte(nil), secret...),
@@ -100,7 +117,7 @@ func Listen(addr string, secret []byte, opts ...ServerOption) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.accept()
-	return s, nil
+	return s
 }
 
 // Addr returns the address the server listens on, as "host:port".
@@ -219,16 +236,26 @@ func (c *serverConn) serve() {
 }
 
 // readFrame waits as long as needed for a frame to start (idle clients
-// are normal), then bounds how long its body may take, so a client that
-// stops halfway cannot hold a buffer forever.
+// are normal), then for at most ioTimeout between the frame's bytes, so a
+// client that stops halfway loses its connection and the part it sent.
 func (c *serverConn) readFrame() ([]byte, error) {
 	c.nc.SetReadDeadline(time.Time{})
 	var h [1]byte
 	if _, err := io.ReadFull(c.nc, h[:]); err != nil {
 		return nil, err
 	}
-	c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.ioTimeout))
-	return readFrame(io.MultiReader(bytes.NewReader(h[:]), c.nc), c.s.cfg.maxFrame)
+	return readFrame(io.MultiReader(bytes.NewReader(h[:]), idleReader{c.nc, c.s.cfg.ioTimeout}), c.s.cfg.maxFrame)
+}
+
+// idleReader reads from nc with a deadline that each read moves on by d.
+type idleReader struct {
+	nc net.Conn
+	d  time.Duration
+}
+
+func (r idleReader) Read(p []byte) (int, error) {
+	r.nc.SetReadDeadline(time.Now().Add(r.d))
+	return r.nc.Read(p)
 }
 
 // handle acts on one request. Requests that may block run in their own

@@ -11,7 +11,7 @@ import (
 // whatever they accept must re-encode to the same bytes. The seed corpus
 // is in testdata/fuzz/FuzzDecodeFrame; CI runs
 //
-//	go test ./dispatch/store -run '^$' -fuzz FuzzDecodeFrame -fuzztime 10s
+//	go test ./store -run '^$' -fuzz FuzzDecodeFrame -fuzztime 10s
 func FuzzDecodeFrame(f *testing.F) {
 	for _, r := range []*request{
 		{op: opSet, id: 1, keys: []string{"k"}, values: [][]byte{[]byte("v")}},

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -659,5 +660,142 @@ func TestEphemeralAndGuardedWait(t *testing.T) {
 	}
 	if v, ok, _ := a.TryGet(ctx, "taken-over"); !ok || string(v) != "a" {
 		t.Fatalf("an overwritten ephemeral key was deleted with its old connection: %q, %v", v, ok)
+	}
+}
+
+// countingListener hands the server connections that count the bytes it
+// reads from them, so a test can tell when the server has taken in what a
+// client sent.
+type countingListener struct {
+	net.Listener
+	read atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: nc, read: &l.read}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// liveHeap is the heap in use after a collection.
+func liveHeap() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// Clients that announce a 16 MiB frame and send half of it cost the server
+// about the half they sent, not what they announced; and each such
+// connection, once it stalls past the I/O timeout, is closed and its part
+// of a frame freed.
+func TestPartialFramesCostWhatWasSent(t *testing.T) {
+	const (
+		conns     = 40
+		announced = DefaultMaxFrame
+		sent      = announced / 2
+		// What the server reads of a client's handshake.
+		handshake = nonceLen + macLen
+	)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	s := serve(cl, secret, newConfig([]ServerOption{
+		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		// Long enough that no connection stalls out while the others
+		// are still sending; the test waits it out once.
+		WithIOTimeout(10 * time.Second),
+	}))
+	defer s.Close()
+
+	frame := binary.BigEndian.AppendUint32(nil, announced)
+	frame = append(frame, make([]byte, sent)...)
+	before := liveHeap()
+	ncs := make([]net.Conn, conns)
+	for i := range ncs {
+		ncs[i] = authedRaw(t, s)
+		defer ncs[i].Close()
+		if _, err := ncs[i].Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := int64(conns * (handshake + len(frame)))
+	for deadline := time.Now().Add(time.Minute); cl.read.Load() < want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server read %d of the %d bytes sent in a minute", cl.read.Load(), want)
+		}
+	}
+	grew := liveHeap() - before
+	// The bytes sent, plus at most one read piece per connection and a
+	// little for the connections themselves; announcing cost nothing.
+	limit := int64(conns*(sent+2*readChunk)) + 8<<20
+	t.Logf("%d connections, %d MiB announced and %d MiB sent each: heap grew by %.1f MiB (limit %.1f MiB)",
+		conns, announced>>20, sent>>20, float64(grew)/(1<<20), float64(limit)/(1<<20))
+	if grew > limit {
+		t.Errorf("the server holds %d bytes for %d bytes sent; memory must follow the bytes received", grew, conns*sent)
+	}
+	if grew < int64(conns*sent)*3/4 {
+		t.Errorf("heap grew by only %d bytes for %d bytes held: the measurement missed the partial frames", grew, conns*sent)
+	}
+
+	// Stalled: each connection is closed at its I/O timeout.
+	for _, nc := range ncs {
+		nc.SetReadDeadline(time.Now().Add(time.Minute))
+		if n, err := io.Copy(io.Discard, nc); n != 0 || (err != nil && !errors.Is(err, syscall.ECONNRESET)) {
+			t.Fatalf("a stalled connection: read %d bytes, err %v; want it closed", n, err)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		s.connMu.Lock()
+		left := len(s.conns)
+		s.connMu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still served after their clients stalled", left)
+		}
+	}
+	if after := liveHeap() - before; after > 8<<20 {
+		t.Errorf("heap still %d bytes above the start after the stalled connections closed", after)
+	}
+}
+
+// A body longer than one read piece comes back whole, in order; one cut
+// short in any piece is an unexpected EOF, not a short body.
+func TestReadFrameInPieces(t *testing.T) {
+	for _, n := range []int{0, 1, readChunk - 1, readChunk, readChunk + 1, 3*readChunk + 17} {
+		body := make([]byte, n)
+		for i := range body {
+			body[i] = byte(i*7 + i>>16)
+		}
+		frame := append(binary.BigEndian.AppendUint32(nil, uint32(n)), body...)
+		got, err := readFrame(bytes.NewReader(frame), DefaultMaxFrame)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Errorf("%d-byte body: err %v, equal %v", n, err, bytes.Equal(got, body))
+		}
+		for _, cut := range []int{frameHeader + n/2, frameHeader + n - 1} {
+			if cut < frameHeader || cut >= len(frame) {
+				continue
+			}
+			if _, err := readFrame(bytes.NewReader(frame[:cut]), DefaultMaxFrame); !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("%d-byte body cut after %d bytes: err %v, want io.ErrUnexpectedEOF", n, cut, err)
+			}
+		}
 	}
 }

@@ -1,0 +1,306 @@
+package hier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gocoll/gocoll/backends/kv"
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/memstore"
+	"github.com/gocoll/gocoll/store"
+)
+
+// The stages here run on kv backends: real backends with real agreement,
+// refusal and abort, in one process, so that hier's own logic is tested
+// apart from the transports dispatch builds it from.
+
+// job runs body on one goroutine rank per job rank, each with a
+// hierarchical backend (behind a core.Guard, as a communicator drives it)
+// for the node layout nodes, whose stages are kv backends on the stores
+// storeOf returns, and returns each rank's error.
+func job(t *testing.T, nodes [][]int, timeout time.Duration, storeOf func(rank int) core.Store,
+	body func(ctx context.Context, g *core.Guard) error) []error {
+	t.Helper()
+	size := 0
+	for _, n := range nodes {
+		size += len(n)
+	}
+	ctx := context.Background()
+	errs := make([]error, size)
+	var wg sync.WaitGroup
+	for node, ranks := range nodes {
+		for local, rank := range ranks {
+			wg.Go(func() {
+				s := storeOf(rank)
+				group := func(prefix string, r, n int) core.Group {
+					return core.Group{Rank: r, Size: n, Store: store.Prefix(s, prefix), JobID: "hier-test", Timeout: timeout}
+				}
+				var cfg Config
+				var err error
+				defer func() {
+					if err != nil {
+						errs[rank] = err
+					}
+				}()
+				if cfg.Local, err = kv.New(ctx, group("local"+strconv.Itoa(node)+"/", local, len(ranks))); err != nil {
+					return
+				}
+				if cfg.World, err = kv.New(ctx, group("world/", rank, size)); err != nil {
+					return
+				}
+				if local == 0 {
+					if cfg.Leaders, err = kv.New(ctx, group("leaders/", node, len(nodes))); err != nil {
+						return
+					}
+				}
+				cfg.Nodes, cfg.Store = nodes, store.Prefix(s, "hier/")
+				h, err := New(cfg)
+				if err != nil {
+					return
+				}
+				g := core.NewGuard(h)
+				defer g.Close()
+				errs[rank] = body(ctx, g)
+			})
+		}
+	}
+	wg.Wait()
+	return errs
+}
+
+func memJob(t *testing.T, nodes [][]int, body func(ctx context.Context, g *core.Guard) error) []error {
+	s := memstore.New()
+	// A minute: a rank left waiting would fail at it with a PeerError,
+	// not with the error a test wants.
+	return job(t, nodes, time.Minute, func(int) core.Store { return s }, body)
+}
+
+func noErrors(t *testing.T, errs []error) {
+	t.Helper()
+	for r, err := range errs {
+		if err != nil {
+			t.Errorf("rank %d: %v", r, err)
+		}
+	}
+}
+
+var layouts = [][][]int{
+	{{0, 1}, {2, 3}},
+	{{0, 3}, {1, 2}, {4}},
+	{{0, 1, 2}},
+}
+
+// val is rank r's element i: small integers, so that every sum, max and
+// average below is exact in float32 whatever the order of folding.
+func val(r, i int) float32 { return float32((r*7 + i*3) % 4) }
+
+// The staged allreduce against a fold computed here, for ops with and
+// without a finish step, in and out of place; other collectives run on
+// the world backend.
+func TestAllreduce(t *testing.T) {
+	const count = 5
+	for _, nodes := range layouts {
+		t.Run(fmt.Sprint(nodes), func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				n, me := g.Size(), g.Rank()
+				for _, op := range []core.Op{coll.OpSum, coll.OpMax, coll.OpAvg} {
+					send := make([]float32, count)
+					for i := range send {
+						send[i] = val(me, i)
+					}
+					out := make([]float32, count)
+					if err := coll.AllreduceFloat32(ctx, g, send, out, op); err != nil {
+						return fmt.Errorf("%v: %w", op, err)
+					}
+					if err := coll.AllreduceFloat32(ctx, g, send, send, op); err != nil {
+						return fmt.Errorf("%v in place: %w", op, err)
+					}
+					for i := range out {
+						want := val(0, i)
+						for r := 1; r < n; r++ {
+							switch op {
+							case coll.OpMax:
+								want = max(want, val(r, i))
+							default:
+								want += val(r, i)
+							}
+						}
+						if op == coll.OpAvg {
+							want /= float32(n)
+						}
+						if out[i] != want || send[i] != want {
+							return fmt.Errorf("%v [%d] = %v (in place %v), want %v", op, i, out[i], send[i], want)
+						}
+					}
+				}
+				all := make([]int32, n)
+				if err := coll.AllgatherInt32(ctx, g, []int32{int32(me * 10)}, all); err != nil {
+					return err
+				}
+				for r, v := range all {
+					if v != int32(r*10) {
+						return fmt.Errorf("allgather = %v", all)
+					}
+				}
+				return nil
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// A rank whose allreduce fails its own check gets that error; every other
+// rank, on its node and on the others, a MismatchError naming it with
+// Field "argument"; and the next allreduce lines up. The culprit is a
+// leader or not, in turn.
+func TestRefusedAllreduceNamesTheCulprit(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	for _, bad := range []int{0, 2, 3, 4} {
+		t.Run(fmt.Sprint("rank", bad), func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				recv := make([]byte, 8)
+				if g.Rank() == bad {
+					recv = recv[:4]
+				}
+				err := g.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2,
+					Send: make([]byte, 8), Recv: recv})
+				if g.Rank() == bad {
+					if !errors.Is(err, core.ErrBufferLength) {
+						return fmt.Errorf("own error %v; want ErrBufferLength", err)
+					}
+				} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
+					return err
+				}
+				return lineUp(ctx, g)
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// A disagreement inside one node, or between nodes, is a MismatchError
+// on every rank naming the field and a rank that passed the other value;
+// and the next allreduce lines up.
+func TestMismatchNamesTheCulprit(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	for _, tc := range []struct {
+		name string
+		odd  []int // the ranks that pass count 3 instead of 2
+	}{
+		{"within a node", []int{3}},
+		{"a leader within its node", []int{1}},
+		{"a whole node", []int{1, 2}},
+		{"a lone node", []int{4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				count := 2
+				odd := slices.Contains(tc.odd, g.Rank())
+				if odd {
+					count = 3
+				}
+				err := g.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: count,
+					Send: make([]byte, 4*count), Recv: make([]byte, 4*count)})
+				var me *core.MismatchError
+				if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(count) {
+					return fmt.Errorf("want a count MismatchError with this rank's count %d, got %v", count, err)
+				}
+				if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
+					return fmt.Errorf("the mismatch names rank %d, which passed the same count: %v", me.Peer, err)
+				}
+				return lineUp(ctx, g)
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// A refused call of another kind runs on the world backend: every rank
+// names the culprit.
+func TestRefusedBroadcastNamesTheCulprit(t *testing.T) {
+	const bad = 2
+	errs := memJob(t, [][]int{{0, 1}, {2, 3}}, func(ctx context.Context, g *core.Guard) error {
+		root := 0
+		if g.Rank() == bad {
+			root = 7
+		}
+		err := g.Do(ctx, &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeFloat32, Count: 1, Root: root, Recv: make([]byte, 4)})
+		if g.Rank() == bad {
+			if !errors.Is(err, core.ErrInvalid) {
+				return fmt.Errorf("own error %v; want ErrInvalid", err)
+			}
+		} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
+			return err
+		}
+		return lineUp(ctx, g)
+	})
+	noErrors(t, errs)
+}
+
+// Abort on one rank, which no peer's stage is waiting for yet, ends every
+// rank's allreduce: the peers in its stages learn it from their backends,
+// and abort theirs in turn, so that ranks waiting in other stages learn
+// it too; none waits for its timeout.
+func TestAbortReachesEveryNode(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	secret := []byte("hier-abort")
+	srv, err := store.Listen("127.0.0.1:0", secret, store.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	clients := make([]*store.Client, 5)
+	for r := range clients {
+		if clients[r], err = store.Dial(context.Background(), srv.Addr(), secret); err != nil {
+			t.Fatal(err)
+		}
+		defer clients[r].Close()
+	}
+	cause := errors.New("rank 3 gives up")
+	const aborter = 3
+	errs := job(t, nodes, time.Minute, func(r int) core.Store { return clients[r] }, func(ctx context.Context, g *core.Guard) error {
+		if g.Rank() == aborter {
+			g.Abort(cause)
+			if err := lineUp(ctx, g); !errors.Is(err, cause) {
+				return fmt.Errorf("a call after Abort: %v; want its cause", err)
+			}
+			return nil
+		}
+		err := lineUp(ctx, g)
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || !errors.Is(err, kv.ErrPeerAborted) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("want a PeerError naming an aborted rank, got %v", err)
+		}
+		return nil
+	})
+	noErrors(t, errs)
+}
+
+func wantMismatch(err error, rank int, field string, peer int) error {
+	var me *core.MismatchError
+	if !errors.As(err, &me) || me.Field != field || me.Peer != peer || me.Rank != rank {
+		return fmt.Errorf("want a %s MismatchError naming rank %d, got %v", field, peer, err)
+	}
+	return nil
+}
+
+// lineUp runs an allreduce that every rank agrees on and checks its sum.
+func lineUp(ctx context.Context, g *core.Guard) error {
+	out := make([]int32, 1)
+	if err := coll.AllreduceInt32(ctx, g, []int32{1}, out, coll.OpSum); err != nil {
+		return err
+	}
+	if out[0] != int32(g.Size()) {
+		return fmt.Errorf("the next allreduce = %d, want %d", out[0], g.Size())
+	}
+	return nil
+}
