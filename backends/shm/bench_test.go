@@ -51,7 +51,8 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	if err != nil {
 		return err
 	}
-	defer b.Close()
+	g := core.NewGuard(b)
+	defer g.Close()
 	es := dt.Size()
 	count := bytes / es
 	var send []byte
@@ -66,10 +67,10 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 		send[i] = byte(i % 7) // small values: no NaN or Inf for either dtype
 	}
 	recv := make([]byte, count*es)
-	req := &core.Request{Kind: coll.KindAllreduce, DType: dt, Op: coll.OpSum, Count: count, Send: send, Recv: recv}
+	req := &core.Request{Kind: core.KindAllreduce, DType: dt, Op: coll.OpSum, Count: count, Send: send, Recv: recv}
 	run := func(k int) error {
 		for i := 0; i < k; i++ {
-			if err := b.Do(ctx, req); err != nil {
+			if err := g.Do(ctx, req); err != nil {
 				return err
 			}
 		}
@@ -80,7 +81,7 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	}
 	var per []float64
 	for rep := 0; rep < 5; rep++ {
-		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); err != nil {
+		if err := g.Do(ctx, &core.Request{Kind: core.KindBarrier}); err != nil {
 			return err
 		}
 		t0 := time.Now()

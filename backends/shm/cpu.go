@@ -12,10 +12,10 @@ import (
 
 // Which CPU a rank runs on decides how it waits. A peer on another CPU
 // makes progress while this rank spins, so spinning on plain loads is
-// cheapest (a line transfer, ~80 ns); yielding would only add a system
-// call (~0.4 us here even when there is nothing else to run). A peer that
-// shares this CPU cannot run until this rank gives the CPU up, so then the
-// waiter yields at once. Each rank publishes its CPU in its cold line while
+// cheapest (a line transfer); yielding would only add a system call, which
+// costs several line transfers even when there is nothing else to run. A
+// peer that shares this CPU cannot run until this rank gives the CPU up,
+// so then the waiter yields at once. Each rank publishes its CPU in its cold line while
 // it waits; waiters read their peers'. The CPU is a hint that can be a
 // moment stale; it changes only how long a wait takes, never its result.
 
@@ -72,10 +72,9 @@ func (b *Backend) crowded() bool {
 // leaves alone are nudged far less often: the Go scheduler preempts a
 // spinning goroutine every 10 ms, and the thread that takes it up again,
 // or wakes its locked thread, often runs on the peer's CPU, where the
-// kernel's wake-up placement puts the rank too. (A fixed budget of 8 moves
-// ran out within a second, and a move at most every 10 ms left ranks
-// sharing for half of some runs: 3.6-4.8 us per 8-byte allreduce instead
-// of 0.2-0.25.)
+// kernel's wake-up placement puts the rank too: a rank must be able to
+// move again soon after a move, and a small message costs an order of
+// magnitude more while two ranks share a CPU.
 const nudgeEvery = time.Millisecond
 
 // mayNudge reports whether nudgeEvery has passed since the last move.

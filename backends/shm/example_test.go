@@ -27,7 +27,10 @@ func ExampleBackend_Alloc() {
 	}
 	defer b.Free(buf)
 	buf[0] = 1
-	err = b.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum,
+	// Every call goes through a core.Guard: it checks the request once
+	// and owns the communicator's failure state.
+	comm := core.NewGuard(b)
+	err = comm.Do(ctx, &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum,
 		Count: 1024, Send: buf, Recv: buf})
 	fmt.Println(err, b.Name())
 	// Output: <nil> shm

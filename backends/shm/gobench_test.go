@@ -12,9 +12,9 @@ import (
 // goroutine ranks of one process (each with its own mapping), for profiling
 // the per-call overhead without process start-up in the picture.
 func BenchmarkAllreduce8BGoroutines(b *testing.B) {
-	mustOK(b, goRanks(b, 2, nil, func(ctx context.Context, be *Backend) error {
+	mustOK(b, goRanks(b, 2, nil, func(ctx context.Context, be *core.Guard) error {
 		send, recv := make([]byte, 8), make([]byte, 8)
-		req := &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2, Send: send, Recv: recv}
+		req := &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2, Send: send, Recv: recv}
 		if be.Rank() == 0 {
 			b.ResetTimer()
 		}
@@ -28,12 +28,12 @@ func BenchmarkAllreduce8BGoroutines(b *testing.B) {
 }
 
 // BenchmarkOverhead8B: an 8-byte allreduce on one rank: the per-call cost
-// of validation, descriptor, round bookkeeping and the kernel call, without
-// any waiting.
+// of the Guard's check, descriptor, round bookkeeping and the kernel call,
+// without any waiting.
 func BenchmarkOverhead8B(b *testing.B) {
-	mustOK(b, goRanks(b, 1, nil, func(ctx context.Context, be *Backend) error {
+	mustOK(b, goRanks(b, 1, nil, func(ctx context.Context, be *core.Guard) error {
 		send, recv := make([]byte, 8), make([]byte, 8)
-		req := &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2, Send: send, Recv: recv}
+		req := &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2, Send: send, Recv: recv}
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
 			if err := be.Do(ctx, req); err != nil {

@@ -22,8 +22,14 @@ func TestMain(m *testing.M) {
 var jobSeq int
 
 // goRanks runs body as n goroutine ranks of one in-process group (each with
-// its own mapping of a real memfd workspace) and returns their errors.
-func goRanks(t testing.TB, n int, opts []Option, body func(ctx context.Context, b *Backend) error) []error {
+// its own mapping of a real memfd workspace, behind a core.Guard as every
+// user's calls are) and returns their errors.
+func goRanks(t testing.TB, n int, opts []Option, body func(ctx context.Context, g *core.Guard) error) []error {
+	return goRanksTimeout(t, n, 30*time.Second, opts, body)
+}
+
+// goRanksTimeout is goRanks with the group's timeout.
+func goRanksTimeout(t testing.TB, n int, timeout time.Duration, opts []Option, body func(ctx context.Context, g *core.Guard) error) []error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -36,14 +42,15 @@ func goRanks(t testing.TB, n int, opts []Option, body func(ctx context.Context, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			g := core.Group{Rank: r, Size: n, Store: core.WithPrefix(st, "shm/"), JobID: job, Timeout: 30 * time.Second}
+			g := core.Group{Rank: r, Size: n, Store: core.WithPrefix(st, "shm/"), JobID: job, Timeout: timeout}
 			b, err := New(ctx, g, opts...)
 			if err != nil {
 				errs[r] = fmt.Errorf("rank %d: New: %w", r, err)
 				return
 			}
-			defer b.Close()
-			if err := body(ctx, b); err != nil {
+			guard := core.NewGuard(b)
+			defer guard.Close()
+			if err := body(ctx, guard); err != nil {
 				errs[r] = fmt.Errorf("rank %d: %w", r, err)
 			}
 		}()
@@ -65,6 +72,18 @@ func mustOK(t testing.TB, errs []error) {
 func procRanks(t testing.TB, name string, np int, opts ...proctest.Option) []proctest.Result {
 	t.Helper()
 	return proctest.Run(t, name, np, append([]proctest.Option{proctest.Timeout(2 * time.Minute)}, opts...)...)
+}
+
+// backend is the shm backend behind g.
+func backend(g *core.Guard) *Backend { return g.Backend().(*Backend) }
+
+// newProcComm builds the backend of a process rank, behind a core.Guard.
+func newProcComm(ctx context.Context, r *proctest.Rank, prefix string, opts ...Option) (*core.Guard, error) {
+	b, err := newProcBackend(ctx, r, prefix, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return core.NewGuard(b), nil
 }
 
 // newProcBackend builds the backend of a process rank.

@@ -23,7 +23,7 @@ const (
 	pageSize   = 4096
 	headerSize = pageSize
 	magic      = 0x4c4f43434f474d53 // "SMGOCCOL" little-endian
-	version    = 2
+	version    = 3
 	// ctrlLines is how many lines apart ranks' control lines lie: two hot
 	// lines and a cold one.
 	ctrlLines = 3
@@ -47,7 +47,7 @@ type header struct {
 // that peers detect disagreement before they touch its data.
 type desc struct {
 	coll  uint64 // collective number on this backend (1-based)
-	what  uint64 // kind | dtype<<8 | op<<16 | invalid<<24
+	what  uint64 // kind | dtype<<8 | op<<16 | descInvalid for a refused call
 	count uint64
 	root  uint64
 	zc    uint64 // 1 + offset of the send buffer in the rank's heap, or 0
@@ -63,7 +63,7 @@ const inlineMax = 16
 type hotLine struct {
 	seq      uint64 // last round of this parity published; futex on its low 32 bits
 	sleepers uint32 // waiters asleep on seq
-	what     uint32 // descriptor: kind | dtype<<8 | op<<16 | invalid<<24
+	what     uint32 // descriptor: kind | dtype<<8 | op<<16 | descInvalid
 	coll     uint64 // descriptor: collective number
 	count    uint64 // descriptor: count
 	root     uint64 // descriptor: root
@@ -89,12 +89,14 @@ type coldLine struct {
 
 // chanLine is one side of a send/recv channel between two ranks: the
 // sender's line counts published chunks and describes them, the receiver's
-// counts consumed chunks and flags a mismatch.
+// counts consumed chunks and breaks a message that does not match (see
+// p2p.go).
 type chanLine struct {
 	seq      uint64
 	sleepers uint32
-	flag     uint32       // receiver: 1 = the message did not match
-	hdr      [2][3]uint64 // sender: per buffer {message, dtype, count}; receiver: hdr[0] = its {message, dtype, count} on mismatch
+	_        uint32
+	brk      uint64       // receiver: the count both sides resume from after the last broken message; 0: none yet
+	hdr      [2][3]uint64 // sender: per buffer {message, dtype, count}; receiver: hdr[0] = its own of the last broken message
 }
 
 const (
@@ -209,8 +211,7 @@ func (l *layout) heap(r int) int        { return l.heapOff + r*l.heapSize }
 // defaultSmallThreshold is where split allreduce overtakes direct for n
 // ranks. Two ranks: never (direct reads 2 inputs, split reads 2 and copies
 // once more). More: direct makes each rank read n inputs, so the crossover
-// falls with n; measured (BenchmarkTune, quiet machine) at 64 KiB for
-// n = 3 and between 16 and 64 KiB for n = 4.
+// falls with n (BenchmarkTune finds it on a given machine).
 func defaultSmallThreshold(n int) int {
 	if n <= 2 {
 		return 1 << 62

@@ -5,13 +5,14 @@ import (
 	"time"
 )
 
-// Defaults, chosen by measurement on a 2-core Zen 3 (see bench_test.go and
-// the package documentation). Every one can be overridden with an Option.
+// Defaults; the benchmarks in bench_test.go compare the alternatives on a
+// given machine. Every one can be overridden with an Option.
 const (
 	// DefaultBufferSize is the size of each of a rank's two data buffers:
-	// the chunk a large collective moves per round. Chunks of 256 KiB to
-	// 1 MiB measured best (BenchmarkChunk); 512 KiB keeps a direct
-	// allreduce's working set of two ranks in a Zen 3 core's L2.
+	// the chunk a large collective moves per round. Chunks must be large
+	// enough that a round's synchronisation is small beside its copy, and
+	// small enough that a direct allreduce's working set of two ranks stays
+	// in a core's L2 (BenchmarkChunk compares sizes).
 	DefaultBufferSize = 512 << 10
 	// DefaultSmallThreshold caps the largest allreduce or reduce (in
 	// bytes) that uses the direct algorithm, in which every rank reduces

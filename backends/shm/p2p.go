@@ -14,115 +14,134 @@ import (
 // buffer: message number, dtype, count) and a receiver line that counts
 // consumed ones. The sender may run two chunks ahead; it returns once the
 // receiver has taken the last chunk, so that a receiver's mismatch error
-// reaches the sender too. A mismatch breaks the channel for good (both
-// sides stop using it) because the two sides no longer agree on what
-// follows.
+// reaches the sender too.
+//
+// The receiver compares the header of a message's first chunk with its own
+// call before it copies a byte. When they differ (or either side refused
+// its call), it breaks the message: it records its own header and a resume
+// count B beyond anything the sender can have published, and acks B. The
+// sender, which is waiting for an ack of that message, sees B, reports the
+// mismatch from the receiver's header, and moves its own count to B; the
+// receiver waits for that before it returns. Both then go on counting from
+// B, so the next message pairs as if the broken one had gone through.
 
-// brokenAck is what a receiver publishes as its consumed count when it
-// refuses a message: more than any chunk the sender can be waiting for.
-const brokenAck = 1 << 62
+// p2pInvalid marks the header of a refused call (in its dtype word).
+const p2pInvalid = 1 << 32
 
-func (b *Backend) p2pCheck(req *core.Request, buf []byte, name string) (int, error) {
-	if req.Peer < 0 || req.Peer >= b.size || req.Peer == b.rank {
-		return 0, fmt.Errorf("shm: %v: peer %d is not another rank of this group of %d", req.Kind, req.Peer, b.size)
+// p2pHeader is what a side of a channel says about its call: message
+// number, dtype (and p2pInvalid for a refused call), count.
+func p2pHeader(msg uint64, req *core.Request, refused bool) [3]uint64 {
+	dt := uint64(req.DType)
+	if refused {
+		dt |= p2pInvalid
 	}
-	es := b.dtSize(req.DType)
-	if es == 0 {
-		return 0, fmt.Errorf("shm: %v: dtype %v is not registered (import generated/coll): %w", req.Kind, req.DType, core.ErrUnsupported)
-	}
-	if req.Count < 0 || len(buf) < req.Count*es {
-		return 0, fmt.Errorf("shm: %v: %s buffer holds %d bytes, count %d of %v needs %d", req.Kind, name, len(buf), req.Count, req.DType, req.Count*es)
-	}
-	if err := b.bad[req.Peer]; err != nil {
-		return 0, fmt.Errorf("shm: the channel with rank %d broke earlier: %w", req.Peer, err)
-	}
-	return es, nil
+	return [3]uint64{msg, dt, uint64(req.Count)}
 }
 
-func p2pMismatch(me, peer int, msg, dt, count uint64, theirMsg, theirDT, theirCount uint64) error {
-	e := &core.MismatchError{Seq: msg, Rank: me, Peer: peer}
+// p2pMismatch is the error of a message whose two sides disagree. Both
+// sides compare the same two headers in the same order, so they name the
+// same field.
+func p2pMismatch(me, peer int, myKind, theirKind core.Kind, mine, theirs [3]uint64) error {
+	e := &core.MismatchError{Seq: mine[0], Rank: me, Peer: peer}
 	switch {
-	case dt != theirDT:
-		e.Field, e.Mine, e.Theirs = "dtype", core.DType(dt).String(), core.DType(theirDT).String()
-	case count != theirCount:
-		e.Field, e.Mine, e.Theirs = "count", strconv.FormatUint(count, 10), strconv.FormatUint(theirCount, 10)
+	case mine[1]&p2pInvalid != 0:
+		e.Field, e.Mine, e.Peer, e.Theirs = "argument", "invalid", me, describeP2P(myKind, mine)
+	case theirs[1]&p2pInvalid != 0:
+		e.Field, e.Mine, e.Theirs = "argument", "valid", describeP2P(theirKind, theirs)
+	case mine[0] != theirs[0]:
+		e.Field, e.Mine, e.Theirs = "seq", "message #"+strconv.FormatUint(mine[0], 10), "message #"+strconv.FormatUint(theirs[0], 10)
+	case mine[1] != theirs[1]:
+		e.Field, e.Mine, e.Theirs = "dtype", core.DType(mine[1]).String(), core.DType(theirs[1]).String()
 	default:
-		e.Field, e.Mine, e.Theirs = "message", "#"+strconv.FormatUint(msg, 10), "#"+strconv.FormatUint(theirMsg, 10)
+		e.Field, e.Mine, e.Theirs = "count", strconv.FormatInt(int64(mine[2]), 10), strconv.FormatInt(int64(theirs[2]), 10)
 	}
 	return e
 }
 
-func (b *Backend) send(ctx context.Context, req *core.Request) error {
-	es, err := b.p2pCheck(req, req.Send, "send")
-	if err != nil {
-		return err
-	}
+// describeP2P says what a refused send or recv asked for; its fields may
+// be anything.
+func describeP2P(k core.Kind, h [3]uint64) string {
+	return fmt.Sprintf("%v of %d %v (message #%d)", k, int64(h[2]), core.DType(uint8(h[1])), h[0])
+}
+
+// send sends req.Send to req.Peer, or, refused, tells the peer that this
+// rank's send failed its check.
+func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) error {
 	me, peer := b.rank, req.Peer
-	o := &op{ctx: ctx, kind: req.Kind, p2p: peer}
+	o := op{ctx: ctx, kind: core.KindSend, p2p: peer}
 	mine, theirs := b.chanS(me, peer), b.chanR(me, peer)
 	b.msgs[peer]++
-	msg := b.msgs[peer]
-	buf := req.Send[:req.Count*es]
-	P := b.lay.p2pSize
-	refused := func() error {
-		if atomic.LoadUint32(&theirs.flag) == 0 {
-			return nil
-		}
-		h := theirs.hdr[0]
-		err := p2pMismatch(me, peer, msg, uint64(req.DType), uint64(req.Count), h[0], h[1], h[2])
-		b.bad[peer] = err
-		return err
+	hdr := p2pHeader(b.msgs[peer], req, refused)
+	buf := req.Send
+	if refused {
+		buf = nil // a header alone
 	}
+	P := b.lay.p2pSize
 	for i := 0; i < chunks(len(buf), P); i++ {
 		c := b.sent[peer] + 1
 		if c > 2 {
-			if err := b.waitFor(o, peer, &theirs.seq, &theirs.sleepers, c-2); err != nil {
+			if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, c-2); err != nil {
 				return err
 			}
 		}
-		if err := refused(); err != nil {
+		if err := b.broken(peer, mine, theirs, hdr, false); err != nil {
 			return err
 		}
 		h := int(c & 1)
 		lo := i * P
 		hi := min(lo+P, len(buf))
 		copy(b.p2pBuf(me, peer, h), buf[lo:hi])
-		mine.hdr[h] = [3]uint64{msg, uint64(req.DType), uint64(req.Count)}
+		mine.hdr[h] = hdr
 		publish(&mine.seq, &mine.sleepers, c)
 		b.sent[peer] = c
 	}
-	if err := b.waitFor(o, peer, &theirs.seq, &theirs.sleepers, b.sent[peer]); err != nil {
+	if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, b.sent[peer]); err != nil {
 		return err
 	}
-	return refused()
+	return b.broken(peer, mine, theirs, hdr, true)
 }
 
-func (b *Backend) recv(ctx context.Context, req *core.Request) error {
-	es, err := b.p2pCheck(req, req.Recv, "recv")
-	if err != nil {
-		return err
+// broken takes up a break the receiver published since the last one this
+// rank took up (see the top of this file): it resumes the channel's count
+// from it and returns the mismatch. Without one it returns nil.
+//
+// After the message's last chunk (final), a break may already be the next
+// message's: the receiver took every chunk and refused what follows. A
+// break of this message resumes from at most the chunk it refused + 2,
+// one of the next from the last chunk + 3; the next send takes it up.
+func (b *Backend) broken(peer int, mine, theirs *chanLine, hdr [3]uint64, final bool) error {
+	brk := atomic.LoadUint64(&theirs.brk)
+	if brk == b.brkSeen[peer] || final && brk >= b.sent[peer]+3 {
+		return nil
 	}
+	b.brkSeen[peer] = brk
+	err := p2pMismatch(b.rank, peer, core.KindSend, core.KindRecv, hdr, theirs.hdr[0])
+	b.sent[peer] = brk
+	publish(&mine.seq, &mine.sleepers, brk)
+	return err
+}
+
+// recv receives req.Recv from req.Peer, or, refused, breaks the message the
+// peer sends (or will send) so that its send fails at once.
+func (b *Backend) recv(ctx context.Context, req *core.Request, refused bool) error {
 	me, peer := b.rank, req.Peer
-	o := &op{ctx: ctx, kind: req.Kind, p2p: peer}
+	o := op{ctx: ctx, kind: core.KindRecv, p2p: peer}
 	theirs, mine := b.chanS(peer, me), b.chanR(peer, me)
 	b.rmsgs[peer]++
-	msg := b.rmsgs[peer]
-	want := [3]uint64{msg, uint64(req.DType), uint64(req.Count)}
-	buf := req.Recv[:req.Count*es]
+	want := p2pHeader(b.rmsgs[peer], req, refused)
+	if refused {
+		return b.breakMessage(&o, peer, mine, theirs, want, nil)
+	}
+	buf := req.Recv
 	P := b.lay.p2pSize
 	for i := 0; i < chunks(len(buf), P); i++ {
 		c := b.recvd[peer] + 1
-		if err := b.waitFor(o, peer, &theirs.seq, &theirs.sleepers, c); err != nil {
+		if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, c); err != nil {
 			return err
 		}
 		h := int(c & 1)
 		if got := theirs.hdr[h]; got != want {
-			err := p2pMismatch(me, peer, msg, want[1], want[2], got[0], got[1], got[2])
-			mine.hdr[0] = want
-			atomic.StoreUint32(&mine.flag, 1)
-			publish(&mine.seq, &mine.sleepers, brokenAck)
-			b.bad[peer] = err
-			return err
+			return b.breakMessage(&o, peer, mine, theirs, want, p2pMismatch(me, peer, core.KindRecv, core.KindSend, want, got))
 		}
 		lo := i * P
 		hi := min(lo+P, len(buf))
@@ -131,4 +150,20 @@ func (b *Backend) recv(ctx context.Context, req *core.Request) error {
 		b.recvd[peer] = c
 	}
 	return nil
+}
+
+// breakMessage refuses the message the peer is sending: it publishes this
+// rank's header and a resume count beyond the sender's reach (the sender
+// runs at most two chunks ahead of the acks), waits until the sender has
+// taken it up, and returns mismatch.
+func (b *Backend) breakMessage(o *op, peer int, mine, theirs *chanLine, want [3]uint64, mismatch error) error {
+	brk := b.recvd[peer] + 3
+	mine.hdr[0] = want
+	atomic.StoreUint64(&mine.brk, brk)
+	publish(&mine.seq, &mine.sleepers, brk)
+	if err := b.waitFor(o, peer, &theirs.seq, &theirs.sleepers, brk); err != nil {
+		return err
+	}
+	b.recvd[peer] = brk
+	return mismatch
 }

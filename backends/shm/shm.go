@@ -1,6 +1,8 @@
 // Package shm is gocoll's intra-node backend: the ranks of one node run
-// every collective through a shared-memory workspace, with SIMD reduction
-// (generated/kernels) and a per-rank sequence-number state machine.
+// every collective through a shared-memory workspace, with a per-rank
+// sequence-number state machine. It reduces with the kernels a request
+// carries (whatever spec registered its dtype with core), and trusts
+// core.Check: drive it through a core.Guard.
 //
 // # Workspace
 //
@@ -34,9 +36,17 @@
 // 5 us before it sleeps. Two ranks that share a CPU while the node has one
 // for each are separated: the higher one moves its thread.
 //
-// Every collective's first round carries a descriptor (kind, dtype, op,
-// count, root) that each rank compares with its peers' before touching data:
-// a disagreement gives every rank a *core.MismatchError.
+// Every collective's first round carries a descriptor (sequence number,
+// kind, dtype, op, count, root) that each rank compares with its peers'
+// before any output changes: a disagreement gives every rank a
+// *core.MismatchError naming the same field. A rank whose call failed its
+// own check (Refuse) takes part in that round with a descriptor marked
+// invalid, so that its peers fail at once naming it. Send and recv compare
+// message number, dtype and count the same way (p2p.go).
+//
+// A rank that fails (a dead or silent peer, a cancelled call, Abort) marks
+// its control line failed and wakes its waiters; a peer that waits on it
+// reads the mark and fails naming it, instead of waiting out the timeout.
 //
 // # Algorithms
 //
@@ -68,7 +78,9 @@ import (
 )
 
 // Backend runs collectives among the ranks of one node through shared
-// memory. Its methods must not be called concurrently except Close.
+// memory. It implements core.Backend: Run and Refuse run one call at a
+// time (core.Guard sees to that); Abort and Close may be called from any
+// goroutine at any time.
 type Backend struct {
 	rank, size int
 	peers      []int // every rank but this one
@@ -85,36 +97,49 @@ type Backend struct {
 	nudges     int
 	lastNudge  time.Duration // since() at the last move
 
-	mu      sync.Mutex     // one call at a time; Close waits for it
-	red     kernel.Reducer // the kernels' scratch, used under mu
-	closing atomic.Bool
-	closed  bool
-	failed  error // fatal error: ranks are out of step
+	mu      sync.Mutex     // held by Run and Refuse; Close waits for it
+	reducer kernel.Reducer // the kernels' scratch, used under mu
+
+	// stop is checked at the start of every call and by every wait that
+	// sleeps: Close and Abort set it, so that a call in flight ends
+	// within a sleep slice and later ones at once.
+	stop       atomic.Uint32
+	abortCause atomic.Pointer[error]
+	// memMu guards the mapping against Close unmapping it while Abort
+	// (from another goroutine) writes this rank's control line.
+	memMu sync.Mutex
+	// sleepWord is the futex word the call in flight sleeps on, if any,
+	// so that Abort and Close can wake it.
+	sleepWord atomic.Pointer[uint32]
 
 	round uint64 // last round this rank published
 	coll  uint64 // collectives started
 
-	sent  []uint64 // per destination: chunks published
-	recvd []uint64 // per source: chunks consumed
-	msgs  []uint64 // per destination: messages sent
-	rmsgs []uint64 // per source: messages received
-	bad   []error  // per peer: a broken send/recv channel
+	sent    []uint64 // per destination: chunks published
+	recvd   []uint64 // per source: chunks consumed
+	msgs    []uint64 // per destination: messages sent
+	rmsgs   []uint64 // per source: messages received
+	brkSeen []uint64 // per destination: the last break its receiver made that this rank took up
 
 	srcs [][]byte // scratch list of reduce inputs
 	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc
-	zcMin int        // smallest input read in place from the heap (tests lower it)
-	sizes [256]uint8 // element sizes by dtype, filled as met
+	zcMin int // smallest input read in place from the heap (tests lower it)
 }
+
+const (
+	stopClosing = 1 << iota
+	stopAborted
+)
 
 var _ core.Backend = (*Backend)(nil)
 
 // New builds the shared-memory backend for the ranks of one node. g.Rank
 // and g.Size are node-local; every local rank must call New. g.Store (a
 // namespaced store) carries rank 0's socket address, g.JobID names the
-// workspace and g.Timeout bounds every wait whose context has no earlier
-// deadline.
+// workspace and g.Timeout (core.Timeout: 0 is core.DefaultTimeout) bounds
+// every wait whose context has no earlier deadline.
 func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 	if g.Size < 1 || g.Rank < 0 || g.Rank >= g.Size {
 		return nil, fmt.Errorf("shm: rank %d of %d is not a valid position in the group", g.Rank, g.Size)
@@ -128,10 +153,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 			return nil, err
 		}
 	}
-	timeout := g.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Minute
-	}
+	timeout := core.Timeout(g.Timeout)
 	sctx := ctx
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -163,8 +185,8 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		timeout: timeout,
 		sent:    make([]uint64, g.Size), recvd: make([]uint64, g.Size),
 		msgs: make([]uint64, g.Size), rmsgs: make([]uint64, g.Size),
-		bad:  make([]error, g.Size),
-		srcs: make([][]byte, g.Size), zc: make([]uint64, g.Size),
+		brkSeen: make([]uint64, g.Size),
+		srcs:    make([][]byte, g.Size), zc: make([]uint64, g.Size),
 	}
 	for j := 0; j < g.Size; j++ {
 		b.hot = append(b.hot, [2]*hotLine{
@@ -247,13 +269,15 @@ func (b *Backend) BufferSize() int { return b.lay.bufferSize }
 // on this rank gets a *core.PeerError at once. A call in progress in another
 // goroutine returns core.ErrClosed within a few milliseconds.
 func (b *Backend) Close() error {
-	b.closing.Store(true)
+	b.stop.Or(stopClosing)
+	b.wakeCall()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	if b.mem == nil {
 		return nil
 	}
-	b.closed = true
 	me := b.cold[b.rank]
 	if atomic.LoadUint32(&me.state) == stateLive {
 		atomic.StoreUint32(&me.state, stateClosed)
@@ -267,6 +291,49 @@ func (b *Backend) Close() error {
 		return fmt.Errorf("shm: unmapping the workspace: %w", err)
 	}
 	return nil
+}
+
+// Abort implements core.Backend: the call in flight on this rank returns
+// an error wrapping cause within a sleep slice, every later call at once,
+// and the peers' calls that wait on this rank (in flight or later) fail
+// naming it: the rank marks its control line failed and wakes its waiters.
+// It may be called from any goroutine, concurrently with Run.
+func (b *Backend) Abort(cause error) {
+	if cause == nil {
+		cause = errors.New("shm: aborted")
+	}
+	b.abortCause.CompareAndSwap(nil, &cause)
+	b.stop.Or(stopAborted)
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	if b.mem == nil {
+		return
+	}
+	code := uint64(causeAborted)
+	if errors.Is(cause, core.ErrConcurrentUse) {
+		code = causeConcurrent
+	}
+	b.markFailed(b.rank, code)
+	if w := b.sleepWord.Load(); w != nil {
+		futexWakeAll(w)
+	}
+}
+
+// stopped is the error of a call that starts after Close or Abort.
+func (b *Backend) stopped() error {
+	if c := b.abortCause.Load(); c != nil {
+		return fmt.Errorf("shm: this rank's communicator was aborted; build a new one: %w", *c)
+	}
+	return core.ErrClosed
+}
+
+// wakeCall wakes the call in flight if it sleeps, so that it sees stop.
+func (b *Backend) wakeCall() {
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	if w := b.sleepWord.Load(); w != nil && b.mem != nil {
+		futexWakeAll(w)
+	}
 }
 
 func (b *Backend) chanS(s, d int) *chanLine {

@@ -23,6 +23,7 @@ func newSharedStore() core.Store { return memstore.New() }
 func registerBodies() {
 	proctest.Register("conform", conformBody)
 	proctest.Register("mismatch", mismatchBody)
+	proctest.Register("abort", abortBody)
 	proctest.Register("kill", killBody)
 	proctest.Register("many", manyBody)
 	proctest.Register("sleepcpu", sleepCPUBody)
@@ -37,13 +38,13 @@ func i32s(vals ...int32) []byte {
 	return b
 }
 
-func allreduceI32(ctx context.Context, b *Backend, send, recv []byte) error {
-	return b.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeInt32, Op: coll.OpSum, Count: len(send) / 4, Send: send, Recv: recv})
+func allreduceI32(ctx context.Context, c core.Comm, send, recv []byte) error {
+	return c.Do(ctx, &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeInt32, Op: coll.OpSum, Count: len(send) / 4, Send: send, Recv: recv})
 }
 
 func TestSmoke(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 5} {
-		mustOK(t, goRanks(t, n, nil, func(ctx context.Context, b *Backend) error {
+		mustOK(t, goRanks(t, n, nil, func(ctx context.Context, b *core.Guard) error {
 			for _, count := range []int{1, 5000, 300000, 1 << 20} {
 				send := make([]byte, 4*count)
 				for i := 0; i < count; i++ {
@@ -60,84 +61,15 @@ func TestSmoke(t *testing.T) {
 					}
 				}
 			}
-			return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+			return b.Do(ctx, &core.Request{Kind: core.KindBarrier})
 		}))
 	}
-}
-
-// checkMismatch has rank 1 pass a different count; every rank must get a
-// *core.MismatchError about the count, and the next collective must work.
-func checkMismatch(ctx context.Context, b *Backend) error {
-	for _, count := range []int{4, 100000} { // small and large algorithm
-		c := count
-		if b.Rank() == 1 {
-			c++
-		}
-		send := make([]byte, 4*c)
-		recv := make([]byte, 4*c)
-		err := allreduceI32(ctx, b, send, recv)
-		var me *core.MismatchError
-		if !errors.As(err, &me) || me.Field != "count" {
-			return fmt.Errorf("count %d: want a count mismatch error, got %v", count, err)
-		}
-	}
-	if err := allreduceI32(ctx, b, i32s(int32(b.Rank())), make([]byte, 4)); err != nil {
-		return fmt.Errorf("allreduce after the mismatch: %w", err)
-	}
-	// So are a different op, dtype and root.
-	for _, field := range []string{"op", "dtype", "root"} {
-		req := &core.Request{Kind: coll.KindReduce, DType: coll.DTypeInt32, Op: coll.OpSum, Count: 2, Send: make([]byte, 8), Recv: make([]byte, 8)}
-		if b.Rank() == 1 {
-			switch field {
-			case "op":
-				req.Op = coll.OpMax
-			case "dtype":
-				req.DType = coll.DTypeUint32
-			case "root":
-				req.Root = 1
-			}
-		}
-		err := b.Do(ctx, req)
-		var me *core.MismatchError
-		if !errors.As(err, &me) || me.Field != field {
-			return fmt.Errorf("%s: want a %s mismatch error, got %v", field, field, err)
-		}
-	}
-	// A different kind is caught as well.
-	req := &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeInt32, Count: 1, Send: make([]byte, 4), Recv: nil}
-	req.Recv = req.Send
-	if b.Rank() == 1 {
-		req = &core.Request{Kind: coll.KindBarrier}
-	}
-	err := b.Do(ctx, req)
-	var me *core.MismatchError
-	if !errors.As(err, &me) || me.Field != "kind" {
-		return fmt.Errorf("kind: want a kind mismatch error, got %v", err)
-	}
-	return nil
-}
-
-func TestMismatchGoroutines(t *testing.T) {
-	mustOK(t, goRanks(t, 3, nil, checkMismatch))
-}
-
-func mismatchBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, "shm/")
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	return checkMismatch(ctx, b)
-}
-
-func TestMismatchProcesses(t *testing.T) {
-	procRanks(t, "mismatch", 4)
 }
 
 // TestClosedPeer: a rank that closes makes its peers' next collective fail
 // at once, naming it, instead of waiting for the timeout.
 func TestClosedPeer(t *testing.T) {
-	errs := goRanks(t, 3, nil, func(ctx context.Context, b *Backend) error {
+	errs := goRanks(t, 3, nil, func(ctx context.Context, b *core.Guard) error {
 		if b.Rank() == 2 {
 			return nil // closes
 		}
@@ -152,7 +84,7 @@ func TestClosedPeer(t *testing.T) {
 }
 
 func TestTimeoutNamesMissingRank(t *testing.T) {
-	errs := goRanks(t, 3, nil, func(ctx context.Context, b *Backend) error {
+	errs := goRanks(t, 3, nil, func(ctx context.Context, b *core.Guard) error {
 		if b.Rank() == 1 {
 			time.Sleep(1500 * time.Millisecond) // never calls the collective
 			return nil
@@ -175,7 +107,7 @@ func TestTimeoutNamesMissingRank(t *testing.T) {
 // killBody loops allreduces of mixed sizes; the parent kills rank 2 once
 // it has done some. The others must fail naming rank 2 as dead.
 func killBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, "shm/", WithBufferSize(64<<10))
+	b, err := newProcComm(ctx, r, "shm/", WithBufferSize(64<<10))
 	if err != nil {
 		return err
 	}
@@ -222,7 +154,7 @@ func TestKillProcesses(t *testing.T) {
 
 // manyBody: 10,000 back-to-back allreduces of mixed sizes, each checked.
 func manyBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, "shm/", WithBufferSize(64<<10))
+	b, err := newProcComm(ctx, r, "shm/", WithBufferSize(64<<10))
 	if err != nil {
 		return err
 	}
@@ -230,7 +162,7 @@ func manyBody(ctx context.Context, r *proctest.Rank) error {
 	return manyAllreduces(ctx, b, 10000)
 }
 
-func manyAllreduces(ctx context.Context, b *Backend, iters int) error {
+func manyAllreduces(ctx context.Context, b *core.Guard, iters int) error {
 	n := b.Size()
 	sizes := []int{1, 2, 100, 1000, 5000, 1, 7, 20000} // elements; 20000 int32 = 80 KB: two chunks
 	send := make([]byte, 4*60000)
@@ -266,7 +198,7 @@ func TestManyAllreducesProcesses(t *testing.T) {
 }
 
 func TestManyAllreducesGoroutines(t *testing.T) {
-	mustOK(t, goRanks(t, 3, []Option{WithBufferSize(64 << 10)}, func(ctx context.Context, b *Backend) error {
+	mustOK(t, goRanks(t, 3, []Option{WithBufferSize(64 << 10)}, func(ctx context.Context, b *core.Guard) error {
 		return manyAllreduces(ctx, b, 1000)
 	}))
 }
@@ -280,7 +212,7 @@ func cpuTime() time.Duration {
 // sleepCPUBody: rank 0 waits about a second in an allreduce for rank 1;
 // it reports the CPU time its process used meanwhile.
 func sleepCPUBody(ctx context.Context, r *proctest.Rank) error {
-	b, err := newProcBackend(ctx, r, "shm/")
+	b, err := newProcComm(ctx, r, "shm/")
 	if err != nil {
 		return err
 	}
@@ -316,7 +248,8 @@ func TestBlockedRankSleeps(t *testing.T) {
 }
 
 func TestAllocZeroCopy(t *testing.T) {
-	mustOK(t, goRanks(t, 2, []Option{WithHeapSize(2 << 20), WithBufferSize(64 << 10)}, func(ctx context.Context, b *Backend) error {
+	mustOK(t, goRanks(t, 2, []Option{WithHeapSize(2 << 20), WithBufferSize(64 << 10)}, func(ctx context.Context, g *core.Guard) error {
+		b := backend(g)
 		buf, err := b.Alloc(300000 * 4)
 		if err != nil {
 			return err
@@ -327,7 +260,7 @@ func TestAllocZeroCopy(t *testing.T) {
 		for i := 0; i < 300000; i++ {
 			binary.LittleEndian.PutUint32(buf[4*i:], uint32(i*(b.Rank()+1)))
 		}
-		if err := allreduceI32(ctx, b, buf, buf); err != nil {
+		if err := allreduceI32(ctx, g, buf, buf); err != nil {
 			return err
 		}
 		for i := 0; i < 300000; i++ {
@@ -350,8 +283,8 @@ func TestAllocZeroCopy(t *testing.T) {
 }
 
 func TestNoHeap(t *testing.T) {
-	mustOK(t, goRanks(t, 1, nil, func(ctx context.Context, b *Backend) error {
-		if _, err := b.Alloc(10); err == nil || !strings.Contains(err.Error(), "WithHeapSize") {
+	mustOK(t, goRanks(t, 1, nil, func(ctx context.Context, g *core.Guard) error {
+		if _, err := backend(g).Alloc(10); err == nil || !strings.Contains(err.Error(), "WithHeapSize") {
 			return fmt.Errorf("want an error pointing at WithHeapSize, got %v", err)
 		}
 		return nil
@@ -360,7 +293,7 @@ func TestNoHeap(t *testing.T) {
 
 func TestTooBigWorkspace(t *testing.T) {
 	// 1 TiB of buffers cannot be reserved: the error must say how much.
-	errs := goRanks(t, 1, []Option{WithHeapSize(1 << 40)}, func(ctx context.Context, b *Backend) error { return nil })
+	errs := goRanks(t, 1, []Option{WithHeapSize(1 << 40)}, func(ctx context.Context, g *core.Guard) error { return nil })
 	if errs[0] == nil || !strings.Contains(errs[0].Error(), "WithHeapSize") {
 		t.Fatalf("want a clear out-of-memory error, got %v", errs[0])
 	}
@@ -370,13 +303,14 @@ func TestTooBigWorkspace(t *testing.T) {
 // TestCloseWhileWaiting: Close from another goroutine ends a call blocked
 // on a peer with core.ErrClosed within a few milliseconds.
 func TestCloseWhileWaiting(t *testing.T) {
-	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, b *Backend) error {
-		if b.Rank() == 1 {
+	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, g *core.Guard) error {
+		if g.Rank() == 1 {
 			time.Sleep(time.Second) // alive, but never joins
 			return nil
 		}
+		b := backend(g)
 		done := make(chan error, 1)
-		go func() { done <- b.Do(ctx, &core.Request{Kind: coll.KindBarrier}) }()
+		go func() { done <- b.Run(ctx, &core.Request{Kind: core.KindBarrier}) }()
 		time.Sleep(100 * time.Millisecond)
 		if err := b.Close(); err != nil {
 			return err
@@ -384,7 +318,7 @@ func TestCloseWhileWaiting(t *testing.T) {
 		if err := <-done; !errors.Is(err, core.ErrClosed) {
 			return fmt.Errorf("the call blocked during Close returned %v, want core.ErrClosed", err)
 		}
-		if err := b.Do(ctx, &core.Request{Kind: coll.KindBarrier}); !errors.Is(err, core.ErrClosed) {
+		if err := b.Run(ctx, &core.Request{Kind: core.KindBarrier}); !errors.Is(err, core.ErrClosed) {
 			return fmt.Errorf("a call after Close returned %v, want core.ErrClosed", err)
 		}
 		return nil
@@ -398,73 +332,16 @@ func openFDs() int {
 
 // TestNoLeaks: building and closing backends leaves no descriptor behind.
 func TestNoLeaks(t *testing.T) {
-	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, b *Backend) error { return nil }))
+	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, g *core.Guard) error { return nil }))
 	before := openFDs()
 	for i := 0; i < 10; i++ {
-		mustOK(t, goRanks(t, 3, []Option{WithBufferSize(4096)}, func(ctx context.Context, b *Backend) error {
-			return b.Do(ctx, &core.Request{Kind: coll.KindBarrier})
+		mustOK(t, goRanks(t, 3, []Option{WithBufferSize(4096)}, func(ctx context.Context, g *core.Guard) error {
+			return g.Do(ctx, &core.Request{Kind: core.KindBarrier})
 		}))
 	}
 	if after := openFDs(); after > before {
 		t.Errorf("%d descriptors open before, %d after 10 backends came and went", before, after)
 	}
-}
-
-// TestSendRecvMismatch: a receiver expecting another count refuses the
-// message; both sides get a count mismatch, and other pairs still work.
-func TestSendRecvMismatch(t *testing.T) {
-	mustOK(t, goRanks(t, 3, nil, func(ctx context.Context, b *Backend) error {
-		switch b.Rank() {
-		case 0:
-			err := b.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeInt32, Count: 100000, Peer: 1, Send: make([]byte, 400000)})
-			var me *core.MismatchError
-			if !errors.As(err, &me) || me.Field != "count" {
-				return fmt.Errorf("sender: want a count mismatch, got %v", err)
-			}
-		case 1:
-			err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeInt32, Count: 99999, Peer: 0, Recv: make([]byte, 400000)})
-			var me *core.MismatchError
-			if !errors.As(err, &me) || me.Field != "count" {
-				return fmt.Errorf("receiver: want a count mismatch, got %v", err)
-			}
-			if err := b.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeInt32, Count: 1, Peer: 2, Send: i32s(5)}); err != nil {
-				return err
-			}
-		case 2:
-			got := make([]byte, 4)
-			if err := b.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeInt32, Count: 1, Peer: 1, Recv: got}); err != nil {
-				return err
-			}
-			if binary.LittleEndian.Uint32(got) != 5 {
-				return fmt.Errorf("received %v", got)
-			}
-		}
-		return nil
-	}))
-}
-
-// TestRecvTimeout: a receive from a rank that never sends ends with a
-// PeerError naming it; collectives still work afterwards.
-func TestRecvTimeout(t *testing.T) {
-	mustOK(t, goRanks(t, 2, nil, func(ctx context.Context, b *Backend) error {
-		if b.Rank() == 0 {
-			tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-			defer cancel()
-			err := b.Do(tctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeInt32, Count: 1, Peer: 1, Recv: make([]byte, 4)})
-			var pe *core.PeerError
-			if !errors.As(err, &pe) || pe.Ranks[0] != 1 || !errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("want a deadline PeerError naming rank 1, got %v", err)
-			}
-		}
-		out := make([]byte, 4)
-		if err := allreduceI32(ctx, b, i32s(2), out); err != nil {
-			return err
-		}
-		if binary.LittleEndian.Uint32(out) != 4 {
-			return fmt.Errorf("allreduce after the failed receive gave %v", out)
-		}
-		return nil
-	}))
 }
 
 // TestSetupNamesAbsentRank: New on rank 0 fails within its context's

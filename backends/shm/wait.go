@@ -15,7 +15,7 @@ import (
 )
 
 // Waiting: a waiter first spins on the peer's word (a cross-core round trip
-// is ~80 ns, a futex wake ~90 us), then registers as a sleeper on the
+// costs a tiny fraction of a futex wake), then registers as a sleeper on the
 // peer's line and sleeps in FUTEX_WAIT on the word's low 32 bits. The
 // futex is the shared (not private) kind: the word lives in memory mapped by
 // several processes. A publisher stores its new value, then wakes only if a
@@ -33,8 +33,10 @@ const (
 )
 
 var (
-	errPeerDied   = errors.New("the process exited")
-	errPeerClosed = errors.New("the rank closed its shm backend")
+	errPeerDied       = errors.New("the process exited")
+	errPeerClosed     = errors.New("the rank closed its shm backend")
+	errPeerAborted    = errors.New("the rank aborted its communicator")
+	errPeerConcurrent = errors.New("the rank aborted its communicator: two goroutines called it at once")
 )
 
 func futexSleep(addr *uint32, val uint32, d time.Duration) {
@@ -60,12 +62,11 @@ func publish(word *uint64, sleepers *uint32, v uint64) {
 // spinOn waits for *word >= target for up to b.spin and reports whether it
 // got there: on plain loads while the ranks are on CPUs of their own,
 // yielding between loads while a local rank shares this CPU (see cpu.go).
-// The clock and the CPUs are read only every 256 loads (~0.1-0.2 us),
-// every 32 while yielding or when ranks outnumber CPUs and sharing is the
-// rule: a peer that is a line transfer away is caught without paying for
-// either (~12 and ~20 ns), and a check is rarely under way when its line
-// arrives. (Checked every 32 loads, they took a quarter of the profile
-// samples of two goroutine ranks doing 8-byte allreduces back to back.)
+// The clock and the CPUs are read only every 256 loads, every 32 while
+// yielding or when ranks outnumber CPUs and sharing is the rule: a peer
+// that is a line transfer away is caught without paying for either, and a
+// check is rarely under way when its line arrives; read more often, they
+// are a large part of a small collective's cost.
 //
 // The goroutine keeps its thread while it spins. Preempted after 10 ms of
 // spinning, an unlocked goroutine is often picked up by another thread,
@@ -77,7 +78,7 @@ func (b *Backend) spinOn(word *uint64, target uint64, touch []byte) bool {
 	var start time.Duration
 	// When ranks outnumber CPUs sharing is the rule: find out before the
 	// first load, not 31 loads on, so that a peer on this CPU gets it at
-	// once (8-byte allreduce at np=4 on 2 CPUs: 3.5 -> 3.3 us).
+	// once.
 	crowded := b.oversub && b.crowded()
 	for i := 1; ; i++ {
 		if atomic.LoadUint64(word) >= target {
@@ -150,25 +151,25 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 	}
 	atomic.AddUint32(sleepers, 1)
 	defer atomic.AddUint32(sleepers, ^uint32(0))
+	b.sleepWord.Store(low32(word))
+	defer b.sleepWord.Store(nil)
 	for {
+		// A wait that slept may have been woken by Close or Abort, which
+		// end the call even if the peer published meanwhile.
 		v := atomic.LoadUint64(word)
-		if v >= target {
+		if v >= target && b.stop.Load() == 0 {
 			return nil
 		}
 		if err := b.health(o, peer, word, target); err != nil {
+			if b.stop.Load() != 0 {
+				// Closed or aborted: Close and Abort mark this
+				// rank's control line themselves.
+				return err
+			}
 			// The peer may have published just before it closed or
 			// failed: only a wait that cannot complete is an error.
 			if atomic.LoadUint64(word) >= target {
 				return nil
-			}
-			if err == core.ErrClosed {
-				return err
-			}
-			if o.p2p >= 0 {
-				// Collectives are still in step; only this channel's
-				// two ends may now disagree on what comes next.
-				b.bad[o.p2p] = err
-				return err
 			}
 			return b.fail(err)
 		}
@@ -183,7 +184,10 @@ func (b *Backend) waitTouch(o *op, peer int, word *uint64, sleepers *uint32, tar
 // health checks everything that can end a wait early: this backend closing,
 // the context, a peer that closed, failed or died, the deadline.
 func (b *Backend) health(o *op, peer int, word *uint64, target uint64) error {
-	if b.closing.Load() {
+	if b.stop.Load() != 0 {
+		if c := b.abortCause.Load(); c != nil {
+			return fmt.Errorf("shm: %s: aborted on this rank: %w", o.name(), *c)
+		}
 		return core.ErrClosed
 	}
 	scope := b.peers
@@ -222,19 +226,20 @@ func (b *Backend) health(o *op, peer int, word *uint64, target uint64) error {
 			if f < 0 || f >= b.size || f == b.rank {
 				f = j
 			}
-			return &core.PeerError{Op: o.name(), Ranks: []int{f}, Err: fmt.Errorf("%w (reported by rank %d)", causeErr(atomic.LoadUint64(&c.cause)), j)}
+			err := causeErr(atomic.LoadUint64(&c.cause))
+			if f != j {
+				err = fmt.Errorf("%w (reported by rank %d)", err, j)
+			}
+			return &core.PeerError{Op: o.name(), Ranks: []int{f}, Err: err}
 		}
 	}
 	if err := o.ctx.Err(); err != nil {
 		return &core.PeerError{Op: o.name(), Ranks: b.missing(o, peer, target), Err: err}
 	}
-	now := time.Now()
 	if o.deadline.IsZero() {
-		o.deadline = now.Add(b.timeout)
-		if dl, ok := o.ctx.Deadline(); ok && dl.Before(o.deadline) {
-			o.deadline = dl
-		}
+		o.deadline = core.Deadline(o.ctx, b.timeout)
 	}
+	now := time.Now()
 	if !now.Before(o.deadline) {
 		return &core.PeerError{Op: o.name(), Ranks: b.missing(o, peer, target), Err: context.DeadlineExceeded}
 	}
@@ -249,6 +254,8 @@ const (
 	causeCanceled
 	causeDied
 	causeClosed
+	causeAborted
+	causeConcurrent
 )
 
 func causeOf(err error) uint64 {
@@ -261,6 +268,10 @@ func causeOf(err error) uint64 {
 		return causeDied
 	case errors.Is(err, errPeerClosed):
 		return causeClosed
+	case errors.Is(err, errPeerAborted):
+		return causeAborted
+	case errors.Is(err, errPeerConcurrent):
+		return causeConcurrent
 	}
 	return causeOther
 }
@@ -275,6 +286,10 @@ func causeErr(c uint64) error {
 		return errPeerDied
 	case causeClosed:
 		return errPeerClosed
+	case causeAborted:
+		return errPeerAborted
+	case causeConcurrent:
+		return errPeerConcurrent
 	}
 	return errors.New("it failed")
 }
@@ -330,21 +345,33 @@ func (b *Backend) dead(scope []int) []int {
 	return out
 }
 
-// fail records a fatal error: the ranks are out of step, so every later
-// call returns it, and peers waiting on this rank learn of it at once.
+// fail records a fatal error (the ranks are out of step) in this rank's
+// control line, so that peers waiting on this rank learn of it at once and
+// name the rank it blames. It returns err.
 func (b *Backend) fail(err error) error {
-	if b.failed == nil {
-		b.failed = err
-		me := b.cold[b.rank]
-		var pe *core.PeerError
-		if errors.As(err, &pe) && len(pe.Ranks) > 0 {
-			atomic.StoreUint64(&me.failed, uint64(pe.Ranks[0])+1)
-		}
-		atomic.StoreUint64(&me.cause, causeOf(err))
-		atomic.StoreUint32(&me.state, stateFailed)
-		b.wakeMine()
+	f := b.rank
+	var pe *core.PeerError
+	if errors.As(err, &pe) && len(pe.Ranks) > 0 {
+		f = pe.Ranks[0]
 	}
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	b.markFailed(f, causeOf(err))
 	return err
+}
+
+// markFailed marks this rank's control line failed, blaming rank f, unless
+// it is marked already, and wakes its waiters. The caller holds memMu and
+// the workspace is mapped.
+func (b *Backend) markFailed(f int, cause uint64) {
+	me := b.cold[b.rank]
+	if atomic.LoadUint32(&me.state) != stateLive {
+		return
+	}
+	atomic.StoreUint64(&me.failed, uint64(f)+1)
+	atomic.StoreUint64(&me.cause, cause)
+	atomic.StoreUint32(&me.state, stateFailed)
+	b.wakeMine()
 }
 
 // wakeMine wakes every waiter on any of this rank's words, so that they
