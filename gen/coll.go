@@ -8,19 +8,14 @@ import (
 	"github.com/gocoll/gocoll/gen/spec"
 )
 
-// collFiles is the typed API package.
+// collFiles is the typed API package; kernelsPath is the kernels package
+// it imports to register the spec's kernels.
 func collFiles(s *spec.Spec, kernelsPath string) []genFile {
-	files := []genFile{
+	return []genFile{
 		{name: "ids.go", jen: collIDs(s, kernelsPath)},
 		{name: "api.go", jen: collAPI(s)},
-		{name: "tables.go", jen: collTables(s)},
-		{name: "coll_test.go", text: collTest(s)},
+		{name: "coll_test.go", jen: collTest(s)},
 	}
-	if src := halfTypes(s, s.Package, true); src != "" {
-		files = append(files, genFile{name: "half.go", text: src})
-		files = append(files, genFile{name: "half_test.go", text: halfTest(s, s.Package)})
-	}
-	return files
 }
 
 func qCore(name string) *jen.Statement { return jen.Qual(CorePath, name) }
@@ -34,19 +29,21 @@ func goType(d spec.DType) *jen.Statement { return jen.Id(d.Go) }
 
 func collIDs(s *spec.Spec, kernelsPath string) *jen.File {
 	f := newFile(s, s.Package)
-	if kernelsPath != "" {
-		// The kernels package registers the spec's dtypes, ops and
-		// kernels with core: importing the typed API must be enough.
-		f.Anon(kernelsPath)
+	// The kernels package registers the spec's dtypes, ops and kernels
+	// with core: importing the typed API must be enough.
+	f.Anon(kernelsPath)
+	for _, line := range wrap(fmt.Sprintf("Package %s is the typed API of gocoll's collectives for %s: "+
+		"one function per collective and element type of the spec, and the ids of its element types and reduce ops. "+
+		"Importing it registers the spec's element types, ops and kernels with the runtime.", s.Package, s.Path), 76) {
+		f.PackageComment(line)
 	}
-	f.PackageComment(fmt.Sprintf("Package %s is the typed API of gocoll's collectives, generated from %s:", s.Package, s.Path))
-	f.PackageComment("one function per collective and element type, the ids of the element types,")
-	f.PackageComment("reduce ops and collectives (registered with package core at init), and the")
-	f.PackageComment("tables conformance tests are driven by.")
 	f.PackageComment("")
-	f.PackageComment("Every function checks its buffers against the collective's shape and its op")
-	f.PackageComment("against the element type before any data moves, then hands one core.Request")
-	f.PackageComment("to the communicator.")
+	f.PackageComment("A function derives the request's element count from its buffers and hands")
+	f.PackageComment("one core.Request to the communicator, which checks it before any data moves")
+	f.PackageComment("(core.Check: the op against the element type, every buffer's exact length")
+	f.PackageComment("against the collective's shape, root and peer against the ranks). A call")
+	f.PackageComment("that fails the check returns its error on this rank, and its peers fail")
+	f.PackageComment("too instead of waiting.")
 
 	f.Comment("Element types, by wire id.")
 	f.Const().DefsFunc(func(g *jen.Group) {
@@ -62,47 +59,40 @@ func collIDs(s *spec.Spec, kernelsPath string) *jen.File {
 			g.Id(opConst(o)).Qual(CorePath, "Op").Op("=").Lit(o.ID)
 		}
 	})
-	f.Comment("Collectives, by wire id.")
+	f.Comment("The spec's collectives: the runtime's, by their ids there.")
 	f.Const().DefsFunc(func(g *jen.Group) {
 		for _, c := range s.Collectives {
 			for _, line := range wrap(fmt.Sprintf("%s: %s", kindConst(c), c.Doc), 76) {
 				g.Comment(line)
 			}
-			g.Id(kindConst(c)).Qual(CorePath, "Kind").Op("=").Lit(c.ID)
+			g.Id(kindConst(c)).Op("=").Qual(CorePath, kindConst(c))
 		}
 	})
-	f.Comment("Supports reports whether the spec lets dtype dt be reduced with op.")
-	f.Func().Id("Supports").Params(jen.Id("dt").Qual(CorePath, "DType"), jen.Id("op").Qual(CorePath, "Op")).Bool().Block(
-		jen.Switch(jen.Id("dt")).BlockFunc(func(g *jen.Group) {
-			for _, d := range s.DTypes {
-				var ops []jen.Code
-				for _, name := range d.Ops {
-					o, _ := s.Op(name)
-					ops = append(ops, jen.Id(opConst(o)))
-				}
-				g.Case(jen.Id(dtConst(d))).Block(
-					jen.Switch(jen.Id("op")).Block(jen.Case(ops...).Block(jen.Return(jen.True()))),
-				)
-			}
-		}),
-		jen.Return(jen.False()),
-	)
-
-	f.Comment("ErrBufferLength marks a call whose buffers do not fit the collective's shape")
-	f.Comment("(for example recv shorter than send in an allreduce); errors wrapping it say")
+	for _, d := range s.DTypes {
+		if !d.Half() {
+			continue
+		}
+		for _, line := range wrap(fmt.Sprintf("%s is package half's, so that the typed packages of every spec pass the same type.", d.Go), 76) {
+			f.Comment(line)
+		}
+		f.Type().Id(d.Go).Op("=").Qual(HalfPath, d.Go)
+		fn := d.Go + "FromFloat32"
+		for _, line := range wrap(fmt.Sprintf("%s rounds v to the nearest %s, ties to even: half.%s.", fn, d.Name, fn), 76) {
+			f.Comment(line)
+		}
+		f.Func().Id(fn).Params(jen.Id("v").Float32()).Id(d.Go).Block(jen.Return(jen.Qual(HalfPath, fn).Call(jen.Id("v"))))
+	}
+	f.Comment("ErrBufferLength is core.ErrBufferLength: the communicator's check wraps it")
+	f.Comment("when a buffer does not hold what the collective's shape asks for, and says")
 	f.Comment("which buffer and what length it needs.")
-	f.Var().Id("ErrBufferLength").Op("=").Qual("errors", "New").Call(jen.Lit(s.Package + ": buffer length does not fit the collective"))
+	f.Var().Id("ErrBufferLength").Op("=").Qual(CorePath, "ErrBufferLength")
 
-	f.Comment("unsupported is the error for an op dt does not support.")
-	f.Func().Id("unsupported").Params(jen.Id("fn").String(), jen.Id("dt").Qual(CorePath, "DType"), jen.Id("op").Qual(CorePath, "Op")).Error().Block(
-		jen.Var().Id("ok").Index().String(),
-		jen.For(jen.List(jen.Id("_"), jen.Id("o")).Op(":=").Range().Id("Ops")).Block(
-			jen.If(jen.Id("Supports").Call(jen.Id("dt"), jen.Id("o").Dot("ID"))).Block(
-				jen.Id("ok").Op("=").Append(jen.Id("ok"), jen.Id("o").Dot("Name")),
-			),
-		),
-		jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit("%s: %w: %v cannot be reduced with %v; use one of %s"),
-			jen.Id("fn"), qCore("ErrUnsupported"), jen.Id("dt"), jen.Id("op"), jen.Qual("strings", "Join").Call(jen.Id("ok"), jen.Lit(", ")))),
+	f.Comment("Supports reports whether the runtime can reduce dt with op: whether a spec")
+	f.Comment("registered with it (this one or another) gives dt that op. The communicator's")
+	f.Comment("check refuses any other pair with core.ErrUnsupported.")
+	f.Func().Id("Supports").Params(jen.Id("dt").Qual(CorePath, "DType"), jen.Id("op").Qual(CorePath, "Op")).Bool().Block(
+		jen.Id("t").Op(":=").Qual(CorePath, "LookupType").Call(jen.Id("dt")),
+		jen.Return(jen.Id("t").Op("!=").Nil().Op("&&").Id("t").Dot("Kernel").Call(jen.Id("op")).Op("!=").Nil()),
 	)
 	f.Comment("requests recycles the *core.Request each typed call hands to Comm.Do:")
 	f.Comment("through the interface the pointer escapes, and a fresh one per call")
@@ -131,57 +121,58 @@ func collIDs(s *spec.Spec, kernelsPath string) *jen.File {
 	return f
 }
 
-// opsList is the doc text listing d's ops.
-func opsList(d spec.DType) string { return strings.Join(d.Ops, ", ") }
-
-// countExpr is the element count a buffer must hold, as Go and as prose.
-func countExpr(b spec.Buffer) (jen.Code, string) {
+// countExpr is the element count a buffer holds, in prose.
+func countExpr(b spec.Buffer) string {
 	if b.Count == "count*size" {
-		return jen.Id("count").Op("*").Id("size"), "count*size"
+		return "count*size"
 	}
-	return jen.Id("count"), "count"
+	return "count"
 }
 
 func collAPI(s *spec.Spec) *jen.File {
 	f := newFile(s, s.Package)
 	for _, c := range s.Collectives {
 		if len(c.Buffers) == 0 {
-			collFunc(f, s, c, nil)
+			collFunc(f, c, nil)
 			continue
 		}
 		for _, d := range s.DTypes {
-			d := d
-			collFunc(f, s, c, &d)
+			collFunc(f, c, &d)
 		}
 	}
 	return f
 }
 
+// funcName is the typed function of collective c for dtype d (nil: the
+// collective moves no data).
+func funcName(c spec.Collective, d *spec.DType) string {
+	if d == nil {
+		return c.Title()
+	}
+	return c.Title() + d.Title()
+}
+
 // collFunc emits the typed function of collective c for dtype d (nil: the
-// collective moves no data and has one function without a dtype).
-func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
-	name := c.Title()
+// collective moves no data and has one function without a dtype). It
+// checks nothing itself: the communicator's check (core.Check) does, the
+// same on every rank, and tells the peers when it refuses a call.
+func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
+	name := funcName(c, d)
+	var paras []string
 	if d != nil {
-		name += d.Title()
-	}
-	// Doc comment: what it is and the spec's doc, then the shape in words.
-	var head string
-	if d != nil {
-		head = fmt.Sprintf("%s runs %s on %s elements. %s", name, c.Name, d.Name, c.Doc)
+		paras = append(paras, fmt.Sprintf("%s runs %s on %s elements. %s", name, c.Name, d.Name, c.Doc))
 	} else {
-		head = fmt.Sprintf("%s runs %s. %s", name, c.Name, c.Doc)
+		paras = append(paras, fmt.Sprintf("%s runs %s. %s", name, c.Name, c.Doc))
 	}
-	paras := []string{head}
 	var shape []string
 	if len(c.Buffers) > 0 {
 		var parts []string
 		for _, b := range c.Buffers {
-			_, cnt := countExpr(b)
 			where := "on every rank"
 			if b.On == "root" {
-				where = "on the root (other ranks may pass nil; it is not used there)"
+				where = "on the root (the other ranks may pass nil: it is not used there)"
 			}
-			parts = append(parts, fmt.Sprintf("%s holds %s elements %s", b.Name, cnt, where))
+			parts = append(parts, fmt.Sprintf("%s holds %s elements %s", b.Name, countExpr(b), where))
 		}
 		from := c.Buffers[c.CountFrom()]
 		def := "len(" + from.Name + ")"
@@ -191,19 +182,32 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 		shape = append(shape, fmt.Sprintf("With count = %s and size the number of ranks: %s.", def, strings.Join(parts, "; ")))
 	}
 	if c.Op && d != nil {
-		shape = append(shape, fmt.Sprintf("op must be one %s supports: %s; others return an error wrapping core.ErrUnsupported.", d.Name, opsList(*d)))
+		shape = append(shape, fmt.Sprintf("op is one of the ops %s has: %s.", d.Name, strings.Join(d.Ops, ", ")))
 	}
 	if c.Root {
 		shape = append(shape, "root is the rank the data comes from or goes to; every rank passes the same root.")
 	}
 	if c.Peer {
-		shape = append(shape, "peer is the other rank, not this one.")
-	}
-	if len(c.Buffers) > 0 {
-		shape = append(shape, "Lengths that do not fit the shape return an error wrapping ErrBufferLength.")
+		shape = append(shape, "peer is the other rank.")
 	}
 	if len(shape) > 0 {
 		paras = append(paras, strings.Join(shape, " "))
+	}
+	var errs []string
+	if len(c.Buffers) > 0 {
+		errs = append(errs, "a buffer whose length does not fit returns an error wrapping ErrBufferLength")
+	}
+	if c.Op && d != nil {
+		errs = append(errs, fmt.Sprintf("an op %s lacks one wrapping core.ErrUnsupported", d.Name))
+	}
+	if c.Root || c.Peer {
+		errs = append(errs, "a rank out of range one wrapping core.ErrInvalid")
+	}
+	if len(errs) > 0 {
+		paras = append(paras, "The communicator checks the call before any data moves: "+strings.Join(errs, ", ")+
+			"; the peers of a rank that fails the check fail too instead of waiting.")
+	} else {
+		paras = append(paras, "Errors are the communicator's.")
 	}
 	for i, para := range paras {
 		if i > 0 {
@@ -232,221 +236,36 @@ func collFunc(f *jen.File, s *spec.Spec, c spec.Collective, d *spec.DType) {
 		params = append(params, jen.Id("peer").Int())
 	}
 
-	needSize, needRank := c.Root || c.Peer, c.Peer
+	dict := jen.Dict{jen.Id("Kind"): jen.Id(kindConst(c))}
+	if d != nil {
+		dict[jen.Id("DType")] = jen.Id(dtConst(*d))
+		from := c.Buffers[c.CountFrom()]
+		count := jen.Len(jen.Id(from.Name))
+		if from.Count == "count*size" {
+			count = count.Op("/").Id("c").Dot("Size").Call()
+		}
+		dict[jen.Id("Count")] = count
+	}
+	if c.Op {
+		dict[jen.Id("Op")] = jen.Id("op")
+	}
+	if c.Root {
+		dict[jen.Id("Root")] = jen.Id("root")
+	}
+	if c.Peer {
+		dict[jen.Id("Peer")] = jen.Id("peer")
+	}
 	for _, b := range c.Buffers {
-		if b.Count == "count*size" {
-			needSize = true
-		}
-		if b.On == "root" {
-			needRank = true
+		switch b.Role {
+		case "send":
+			dict[jen.Id("Send")] = jen.Id("asBytes").Call(jen.Id(b.Name))
+		default: // recv, or inout: the one buffer is Recv, as core.Request says
+			dict[jen.Id("Recv")] = jen.Id("asBytes").Call(jen.Id(b.Name))
 		}
 	}
-	lenErr := func(format string, args ...jen.Code) jen.Code {
-		return jen.Return(jen.Qual("fmt", "Errorf").Call(append([]jen.Code{jen.Lit(name + ": %w: " + format), jen.Id("ErrBufferLength")}, args...)...))
-	}
-
-	f.Func().Id(name).Params(params...).Error().BlockFunc(func(g *jen.Group) {
-		if c.Op {
-			g.If(jen.Op("!").Id("Supports").Call(jen.Id(dtConst(*d)), jen.Id("op"))).Block(
-				jen.Return(jen.Id("unsupported").Call(jen.Lit(name), jen.Id(dtConst(*d)), jen.Id("op"))),
-			)
-		}
-		if needSize {
-			g.Id("size").Op(":=").Id("c").Dot("Size").Call()
-		}
-		if needRank {
-			g.Id("rank").Op(":=").Id("c").Dot("Rank").Call()
-		}
-		if c.Root {
-			g.If(jen.Id("root").Op("<").Lit(0).Op("||").Id("root").Op(">=").Id("size")).Block(
-				jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit(name+": root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)"), jen.Id("root"), jen.Id("size"), jen.Id("size"))),
-			)
-		}
-		if c.Peer {
-			g.If(jen.Id("peer").Op("<").Lit(0).Op("||").Id("peer").Op(">=").Id("size").Op("||").Id("peer").Op("==").Id("rank")).Block(
-				jen.Return(jen.Qual("fmt", "Errorf").Call(jen.Lit(name+": peer %d must be another rank of this %d-rank communicator (this is rank %d)"), jen.Id("peer"), jen.Id("size"), jen.Id("rank"))),
-			)
-		}
-		countArg := jen.Lit(0)
-		if len(c.Buffers) > 0 {
-			from := c.Buffers[c.CountFrom()]
-			if from.Count == "count*size" {
-				g.If(jen.Len(jen.Id(from.Name)).Op("%").Id("size").Op("!=").Lit(0)).Block(
-					lenErr("len("+from.Name+") = %d is not a multiple of the %d ranks", jen.Len(jen.Id(from.Name)), jen.Id("size")),
-				)
-				g.Id("count").Op(":=").Len(jen.Id(from.Name)).Op("/").Id("size")
-			} else {
-				g.Id("count").Op(":=").Len(jen.Id(from.Name))
-			}
-			countArg = jen.Id("count")
-			for i, b := range c.Buffers {
-				if i == c.CountFrom() {
-					continue
-				}
-				want, wantText := countExpr(b)
-				check := jen.If(jen.Len(jen.Id(b.Name)).Op("!=").Add(want)).Block(
-					lenErr("len("+b.Name+") = %d, want "+wantText+" = %d", jen.Len(jen.Id(b.Name)), want),
-				)
-				if b.On == "root" {
-					g.If(jen.Id("rank").Op("==").Id("root")).Block(check).Else().Block(
-						jen.Comment("Not used off the root: hand the backend nil, as core.Request says."),
-						jen.Id(b.Name).Op("=").Nil(),
-					)
-				} else {
-					g.Add(check)
-				}
-			}
-		}
-		dict := jen.Dict{jen.Id("Kind"): jen.Id(kindConst(c))}
-		if d != nil {
-			dict[jen.Id("DType")] = jen.Id(dtConst(*d))
-			dict[jen.Id("Count")] = countArg
-		}
-		if c.Op {
-			dict[jen.Id("Op")] = jen.Id("op")
-		}
-		if c.Root {
-			dict[jen.Id("Root")] = jen.Id("root")
-		}
-		if c.Peer {
-			dict[jen.Id("Peer")] = jen.Id("peer")
-		}
-		for _, b := range c.Buffers {
-			if b.Role == "send" || b.Role == "inout" {
-				dict[jen.Id("Send")] = jen.Id("asBytes").Call(jen.Id(b.Name))
-			}
-			if b.Role == "recv" || b.Role == "inout" {
-				dict[jen.Id("Recv")] = jen.Id("asBytes").Call(jen.Id(b.Name))
-			}
-		}
-		g.Return(jen.Id("do").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict)))
-	})
-}
-
-func collTables(s *spec.Spec) *jen.File {
-	f := newFile(s, s.Package)
-	f.Comment("Case is one combination conformance tests run: a collective, an element type")
-	f.Comment("and, for collectives that reduce, an op (0 otherwise). Collectives that move")
-	f.Comment("no data have one case with DType 0.")
-	f.Type().Id("Case").Struct(
-		jen.Id("Kind").Qual(CorePath, "Kind"),
-		jen.Id("DType").Qual(CorePath, "DType"),
-		jen.Id("Op").Qual(CorePath, "Op"),
+	f.Func().Id(name).Params(params...).Error().Block(
+		jen.Return(jen.Id("do").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict))),
 	)
-	f.Comment("Cases lists every combination the spec allows, in spec order.")
-	f.Var().Id("Cases").Op("=").Index().Id("Case").ValuesFunc(func(g *jen.Group) {
-		for _, c := range s.Collectives {
-			if len(c.Buffers) == 0 {
-				g.Values(jen.Id(kindConst(c)), jen.Lit(0), jen.Lit(0))
-				continue
-			}
-			for _, d := range s.DTypes {
-				if !c.Op {
-					g.Values(jen.Id(kindConst(c)), jen.Id(dtConst(d)), jen.Lit(0))
-					continue
-				}
-				for _, on := range d.Ops {
-					o, _ := s.Op(on)
-					g.Values(jen.Id(kindConst(c)), jen.Id(dtConst(d)), jen.Id(opConst(o)))
-				}
-			}
-		}
-	})
-
-	f.Comment("CollectiveInfo is a collective's shape, exactly as the spec gives it.")
-	f.Type().Id("CollectiveInfo").Struct(
-		jen.Id("Kind").Qual(CorePath, "Kind"),
-		jen.Id("Name").String().Comment("spec name, e.g. \"reduce_scatter\""),
-		jen.Id("Doc").String(),
-		jen.Id("Buffers").Index().Id("BufferInfo").Comment("in parameter order"),
-		jen.Id("Op").Bool().Comment("takes a reduce op"),
-		jen.Id("Root").Bool().Comment("takes a root rank"),
-		jen.Id("Peer").Bool().Comment("takes a peer rank (point to point)"),
-		jen.Id("Result").Id("ResultInfo"),
-	)
-	f.Comment("BufferInfo is one buffer of a collective.")
-	f.Type().Id("BufferInfo").Struct(
-		jen.Id("Name").String().Comment("parameter name"),
-		jen.Id("Role").String().Comment("\"send\", \"recv\" or \"inout\": core.Request's Send, Recv or both"),
-		jen.Id("Count").String().Comment("\"count\" or \"count*size\" elements"),
-		jen.Id("On").String().Comment("\"all\" or \"root\": which ranks pass it (others pass nil)"),
-	)
-	f.Comment("ResultInfo says what each rank's output holds afterwards; Kind is one of")
-	f.Comment("none, reduce, concat, root, reduce_block, root_block, transpose, peer (see the spec).")
-	f.Type().Id("ResultInfo").Struct(
-		jen.Id("Kind").String(),
-		jen.Id("On").String().Comment("\"all\" or \"root\": the ranks whose output holds it"),
-	)
-	f.Comment("Collectives lists every collective's shape, in spec order.")
-	f.Var().Id("Collectives").Op("=").Index().Id("CollectiveInfo").ValuesFunc(func(g *jen.Group) {
-		for _, c := range s.Collectives {
-			var bufs []jen.Code
-			for _, b := range c.Buffers {
-				bufs = append(bufs, jen.Values(jen.Dict{
-					jen.Id("Name"): jen.Lit(b.Name), jen.Id("Role"): jen.Lit(b.Role),
-					jen.Id("Count"): jen.Lit(b.Count), jen.Id("On"): jen.Lit(b.On),
-				}))
-			}
-			dict := jen.Dict{
-				jen.Id("Kind"): jen.Id(kindConst(c)), jen.Id("Name"): jen.Lit(c.Name), jen.Id("Doc"): jen.Lit(c.Doc),
-				jen.Id("Result"): jen.Id("ResultInfo").Values(jen.Dict{jen.Id("Kind"): jen.Lit(c.Result.Kind), jen.Id("On"): jen.Lit(c.Result.On)}),
-			}
-			if len(bufs) > 0 {
-				dict[jen.Id("Buffers")] = jen.Index().Id("BufferInfo").Values(bufs...)
-			}
-			if c.Op {
-				dict[jen.Id("Op")] = jen.True()
-			}
-			if c.Root {
-				dict[jen.Id("Root")] = jen.True()
-			}
-			if c.Peer {
-				dict[jen.Id("Peer")] = jen.True()
-			}
-			g.Values(dict)
-		}
-	})
-
-	f.Comment("DTypeInfo describes an element type of the spec.")
-	f.Type().Id("DTypeInfo").Struct(
-		jen.Id("ID").Qual(CorePath, "DType"),
-		jen.Id("Name").String(),
-		jen.Id("Size").Int().Comment("bytes per element"),
-		jen.Id("Class").String().Comment("\"float\", \"int\" or \"uint\""),
-		jen.Id("Ops").Index().Qual(CorePath, "Op").Comment("the ops it supports"),
-	)
-	f.Comment("DTypes lists the spec's element types, in spec order.")
-	f.Var().Id("DTypes").Op("=").Index().Id("DTypeInfo").ValuesFunc(func(g *jen.Group) {
-		for _, d := range s.DTypes {
-			var ops []jen.Code
-			for _, on := range d.Ops {
-				o, _ := s.Op(on)
-				ops = append(ops, jen.Id(opConst(o)))
-			}
-			g.Values(jen.Dict{
-				jen.Id("ID"): jen.Id(dtConst(d)), jen.Id("Name"): jen.Lit(d.Name), jen.Id("Size"): jen.Lit(d.Size),
-				jen.Id("Class"): jen.Lit(d.Class), jen.Id("Ops"): jen.Index().Qual(CorePath, "Op").Values(ops...),
-			})
-		}
-	})
-	f.Comment("OpInfo describes a reduce op of the spec.")
-	f.Type().Id("OpInfo").Struct(
-		jen.Id("ID").Qual(CorePath, "Op"),
-		jen.Id("Name").String(),
-		jen.Id("Doc").String(),
-		jen.Id("Finish").String().Comment("\"divide\": the result is divided by the number of ranks once; \"\" otherwise"),
-	)
-	f.Comment("Ops lists the spec's reduce ops, in spec order.")
-	f.Var().Id("Ops").Op("=").Index().Id("OpInfo").ValuesFunc(func(g *jen.Group) {
-		for _, o := range s.Ops {
-			dict := jen.Dict{jen.Id("ID"): jen.Id(opConst(o)), jen.Id("Name"): jen.Lit(o.Name), jen.Id("Doc"): jen.Lit(o.Doc)}
-			if o.Finish != "" {
-				dict[jen.Id("Finish")] = jen.Lit(o.Finish)
-			}
-			g.Values(dict)
-		}
-	})
-	return f
 }
 
 // wrap breaks text into lines of at most width bytes, at spaces.

@@ -22,11 +22,29 @@ import (
 	"golang.org/x/mod/modfile"
 )
 
-// CorePath is the import path of the shared runtime contracts.
-const CorePath = "github.com/gocoll/gocoll/core"
-
-// KernelPath is the import path of the spec-independent kernel runtime.
-const KernelPath = "github.com/gocoll/gocoll/kernel"
+// Import paths of gocoll's hand-written packages the generated code uses:
+// everything that does not depend on a spec lives there, compiled, vetted
+// and tested where it is, and the generators emit only what the spec
+// decides (the assembly, the kernel tables, the typed API and their
+// test tables).
+const (
+	// CorePath is the runtime contracts: dtype, op and kernel registry,
+	// the collectives and their shapes, Request and Comm.
+	CorePath = "github.com/gocoll/gocoll/core"
+	// KernelPath is the kernel runtime: kernel.Func, Impl, ISA levels.
+	KernelPath = "github.com/gocoll/gocoll/kernel"
+	// GenericPath is the pure-Go kernels the tables instantiate.
+	GenericPath = "github.com/gocoll/gocoll/kernel/generic"
+	// HalfPath is BFloat16 and Float16, which typed packages alias.
+	HalfPath = "github.com/gocoll/gocoll/half"
+	// KernelTestPath and APITestPath are the tests the generated tables
+	// drive.
+	KernelTestPath = "github.com/gocoll/gocoll/kernel/kerneltest"
+	APITestPath    = "github.com/gocoll/gocoll/core/apitest"
+	// GocollKernelsPath is gocoll's own generated kernels: a typed package
+	// generated without kernels of its own imports them.
+	GocollKernelsPath = "github.com/gocoll/gocoll/generated/kernels"
+)
 
 // Options says what Run generates.
 type Options struct {
@@ -35,9 +53,10 @@ type Options struct {
 	// Out is the directory the packages are written under: Out/<package>
 	// for the typed API and Out/kernels for the kernels.
 	Out string
-	// Kernels also generates Out/kernels. A downstream module that only
-	// wants its own typed API leaves it false: gocoll's runtime carries the
-	// kernels for every id.
+	// Kernels also generates Out/kernels, which the typed package imports
+	// to register its spec's dtypes, ops and kernels with the runtime. A
+	// downstream spec that lists only gocoll's dtypes may leave it false:
+	// its typed package then imports gocoll's generated/kernels.
 	Kernels bool
 }
 
@@ -55,10 +74,16 @@ func Run(o Options) error {
 	s.Path = specName(o.Spec, o.Out)
 	collDir := filepath.Join(o.Out, s.Package)
 	kdir := filepath.Join(o.Out, "kernels")
-	kpath := ""
+	kpath := GocollKernelsPath
 	if o.Kernels {
 		if kpath, err = importPath(kdir); err != nil {
 			return err
+		}
+	} else {
+		for _, d := range s.DTypes {
+			if _, ok := spec.BuiltinDTypes[d.Name]; !ok {
+				return fmt.Errorf("%s: dtype %s is not gocoll's, so gocoll's kernels cannot reduce it: generate this spec's own kernels (gentool -kernels)", s.Path, d.Name)
+			}
 		}
 	}
 	if err := writePackage(collDir, collFiles(s, kpath)); err != nil {
@@ -102,11 +127,7 @@ func ensureArchKernel(s *spec.Spec, dir string) error {
 			return nil
 		}
 	}
-	f := newFile(s, "kernels")
-	f.Comment("archKernel has no assembly kernels to offer: the assembly generator emitted none,")
-	f.Comment("so every ISA level runs the pure-Go kernels.")
-	f.Func().Id("archKernel").Params(jen.Id("isa").Id("ISA"), jen.Id("dt").Qual(CorePath, "DType"), jen.Id("op").Qual(CorePath, "Op")).Id("rawKernel").Block(jen.Return(jen.Nil()))
-	src, err := render(f)
+	src, err := format.Source([]byte(asm.NoAsm("gentool from "+s.Path, "", "kernels")))
 	if err != nil {
 		return err
 	}
@@ -123,6 +144,10 @@ func newFile(s *spec.Spec, pkg string) *jen.File {
 	f.HeaderComment(Header(s))
 	f.ImportName(CorePath, "core")
 	f.ImportName(KernelPath, "kernel")
+	f.ImportName(GenericPath, "generic")
+	f.ImportName(HalfPath, "half")
+	f.ImportName(KernelTestPath, "kerneltest")
+	f.ImportName(APITestPath, "apitest")
 	return f
 }
 
@@ -134,11 +159,10 @@ func render(f *jen.File) ([]byte, error) {
 	return format.Source(buf.Bytes())
 }
 
-// genFile is one generated file: either a jennifer file or Go source text.
+// genFile is one generated file.
 type genFile struct {
 	name string
 	jen  *jen.File
-	text string
 }
 
 // writePackage writes files into dir and removes the .go files there that
@@ -155,13 +179,7 @@ func writePackage(dir string, files []genFile) error {
 	}
 	sort.Strings(names)
 	for _, f := range files {
-		var src []byte
-		var err error
-		if f.jen != nil {
-			src, err = render(f.jen)
-		} else {
-			src, err = format.Source([]byte(f.text))
-		}
+		src, err := render(f.jen)
 		if err != nil {
 			return fmt.Errorf("format %s: %w (a generator bug: please report it with the spec)", f.name, err)
 		}

@@ -33,16 +33,16 @@ func readTree(t *testing.T, dir string) map[string][]byte {
 	return files
 }
 
-// generateInModule copies spec into a fresh module directory as
-// spec/collectives.yaml and generates into its generated/ directory, as
-// go generate does in the repository.
-func generateInModule(t *testing.T, specSrc []byte, kernels bool) string {
+// generateInModule copies spec into a fresh module directory (of module
+// path module) as spec/collectives.yaml and generates into its generated/
+// directory, as go generate does in the repository.
+func generateInModule(t *testing.T, specSrc []byte, kernels bool, module string) string {
 	t.Helper()
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "spec"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module github.com/gocoll/gocoll\n\ngo 1.26.0\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module "+module+"\n\ngo 1.26.0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sp := filepath.Join(root, "spec", "collectives.yaml")
@@ -64,8 +64,8 @@ func TestDeterministicAndCommitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := readTree(t, filepath.Join(generateInModule(t, src, true), "generated"))
-	b := readTree(t, filepath.Join(generateInModule(t, src, true), "generated"))
+	a := readTree(t, filepath.Join(generateInModule(t, src, true, "github.com/gocoll/gocoll"), "generated"))
+	b := readTree(t, filepath.Join(generateInModule(t, src, true, "github.com/gocoll/gocoll"), "generated"))
 	if len(a) == 0 {
 		t.Fatal("nothing generated")
 	}
@@ -94,8 +94,10 @@ func TestDeterministicAndCommitted(t *testing.T) {
 }
 
 // subsetSpecs are specs unlike gocoll's own, to exercise the generators'
-// other paths: no 16-bit floats, only float16, only integers.
+// other paths: no 16-bit floats, only float16, only integers, dtypes of
+// their own.
 var subsetSpecs = map[string]string{
+	"cplx": complexSpec,
 	"ints": `package: ints
 dtypes:
   - {name: int8,  id: 5, size: 1, go: int8,  accum: int8,  class: int,  ops: [sum, max, bxor]}
@@ -151,9 +153,56 @@ collectives:
 `,
 }
 
+// complexSpec has a dtype of its own, as a downstream spec does.
+const complexSpec = `package: cplx
+dtypes:
+  - {name: complex64, id: 64, size: 8, go: complex64, accum: complex64, class: complex, ops: [sum, avg]}
+  - {name: int16, id: 65, size: 2, go: int16, accum: int16, class: int, ops: [max]}
+  - {name: float32, id: 1, size: 4, go: float32, accum: float32, class: float, ops: [sum]}
+ops:
+  - {name: sum, id: 1, doc: "sum"}
+  - {name: max, id: 4, doc: "max"}
+  - {name: avg, id: 8, doc: "mean", finish: divide}
+collectives:
+  - name: allreduce
+    id: 1
+    doc: Allreduce reduces.
+    buffers:
+      - {name: send, role: send, count: count, on: all}
+      - {name: recv, role: recv, count: count, on: all}
+    op: true
+    result: {kind: reduce, on: all}
+  - name: gather
+    id: 6
+    doc: Gather gathers.
+    buffers:
+      - {name: mine, role: send, count: count, on: all}
+      - {name: all, role: recv, count: count*size, on: root}
+    root: true
+    result: {kind: concat, on: root}
+`
+
+// TestOwnDTypeNeedsKernels: a spec with a dtype gocoll lacks cannot lean
+// on gocoll's kernels.
+func TestOwnDTypeNeedsKernels(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module example.com/m\n\ngo 1.26.0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp := filepath.Join(root, "spec.yaml")
+	if err := os.WriteFile(sp, []byte(complexSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := Run(Options{Spec: sp, Out: filepath.Join(root, "out")})
+	if err == nil || !strings.Contains(err.Error(), "dtype complex64 is not gocoll's") {
+		t.Fatalf("Run without kernels: %v, want a refusal naming complex64", err)
+	}
+}
+
 // TestSubsetSpecsBuildAndPass generates packages from specs unlike
 // gocoll's, in a module that uses this checkout, and runs go vet and the
-// generated tests there.
+// generated tests there; one of them without kernels of its own, on
+// gocoll's.
 func TestSubsetSpecsBuildAndPass(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and tests generated modules")
@@ -162,9 +211,20 @@ func TestSubsetSpecsBuildAndPass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	type run struct {
+		src     string
+		kernels bool
+	}
+	runs := map[string]run{"ints without kernels": {subsetSpecs["ints"], false}}
 	for name, src := range subsetSpecs {
+		runs[name] = run{src, true}
+	}
+	for name, r := range runs {
 		t.Run(name, func(t *testing.T) {
-			root := generateInModule(t, []byte(src), true)
+			root := generateInModule(t, []byte(r.src), r.kernels, "example.com/m")
+			if _, err := os.Stat(filepath.Join(root, "generated", "kernels")); os.IsNotExist(err) == r.kernels {
+				t.Fatalf("generated/kernels exists: %v, want %v", err == nil, r.kernels)
+			}
 			mod := "module example.com/m\n\ngo 1.26.0\n\nrequire github.com/gocoll/gocoll v0.0.0\n\nreplace github.com/gocoll/gocoll => " + repo + "\n"
 			if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte(mod), 0o644); err != nil {
 				t.Fatal(err)
@@ -191,10 +251,10 @@ func TestEnsureArchKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, noasmFile))
-	if err != nil || !bytes.Contains(b, []byte("func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel")) {
+	if err != nil || !bytes.Contains(b, []byte("func archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func")) {
 		t.Fatalf("%s: %v\n%s", noasmFile, err, b)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "reduce_amd64.go"), []byte("package kernels\n\nfunc archKernel(isa ISA, dt core.DType, op core.Op) rawKernel { return nil }\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "reduce_amd64.go"), []byte("package kernels\n\nfunc archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func { return nil }\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := ensureArchKernel(s, dir); err != nil {
@@ -202,5 +262,14 @@ func TestEnsureArchKernel(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, noasmFile)); !os.IsNotExist(err) {
 		t.Fatalf("%s still there beside another archKernel: %v", noasmFile, err)
+	}
+}
+
+// TestResultKinds: every result kind a spec may give has core's name.
+func TestResultKinds(t *testing.T) {
+	for k := range spec.ResultKinds {
+		if resultConsts[k] == "" {
+			t.Errorf("result kind %q has no core.Result constant in resultConsts", k)
+		}
 	}
 }

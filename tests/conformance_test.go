@@ -14,9 +14,9 @@ import (
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
 	"github.com/gocoll/gocoll/generated/coll"
-	"github.com/gocoll/gocoll/generated/kernels"
 	"github.com/gocoll/gocoll/internal/memstore"
 	"github.com/gocoll/gocoll/internal/proctest"
+	"github.com/gocoll/gocoll/kernel"
 	"github.com/gocoll/gocoll/tests/conform"
 )
 
@@ -75,7 +75,7 @@ var backends = []backend{
 // isaLevels are the kernel levels this CPU runs, for mixed-ISA jobs.
 func isaLevels() []string {
 	var l []string
-	for isa := kernels.Generic; isa <= kernels.Detect(); isa++ {
+	for isa := kernel.Generic; isa <= kernel.Best(); isa++ {
 		l = append(l, isa.String())
 	}
 	return l
@@ -154,7 +154,7 @@ func TestConformance(t *testing.T) {
 						}
 						if be.isas {
 							l := isaLevels()
-							env = append(env, kernels.EnvISA+"="+l[r%len(l)])
+							env = append(env, kernel.EnvISA+"="+l[r%len(l)])
 						}
 						return env
 					}))
@@ -210,9 +210,9 @@ func conformBody(ctx context.Context, r *proctest.Rank) error {
 	if err != nil {
 		return err
 	}
-	if want := os.Getenv(kernels.EnvISA); want != "" {
-		if err := kernels.CheckEnv(); err != nil || kernels.Active().String() != want {
-			return fmt.Errorf("rank %d: %s=%s not in effect (active %v): %v", r.Rank, kernels.EnvISA, want, kernels.Active(), err)
+	if want := os.Getenv(kernel.EnvISA); want != "" {
+		if err := kernel.CheckEnv(); err != nil || kernel.Active().String() != want {
+			return fmt.Errorf("rank %d: %s=%s not in effect (active %v): %v", r.Rank, kernel.EnvISA, want, kernel.Active(), err)
 		}
 	}
 	c, err := initComm(ctx, r, be)

@@ -4,9 +4,13 @@
 //	gentool -spec spec/collectives.yaml -out generated
 //
 // writes generated/<package>/ (the typed API; package is the spec's
-// package:) and generated/kernels/. A downstream module that only needs its
-// own typed API passes -kernels=false. Run it from go:generate; the output
-// is gofmt'd and the same for the same spec.
+// package:) and generated/kernels/ (the table that registers the spec's
+// dtypes, ops and kernels with the runtime, and their AVX2 and AVX-512
+// assembly); each with its tests. Only what depends on the spec is
+// generated: the rest is gocoll's own packages, which the output imports.
+// A downstream spec whose dtypes are all gocoll's may pass -kernels=false:
+// its typed package then imports gocoll's generated/kernels. Run it from
+// go:generate; the output is gofmt'd and the same for the same spec.
 package main
 
 import (
@@ -23,7 +27,7 @@ func main() {
 	fs := flag.NewFlagSet("gentool", flag.ExitOnError)
 	specPath := fs.String("spec", "spec/collectives.yaml", "the collectives spec to read")
 	out := fs.String("out", "generated", "directory to write the generated packages under")
-	kernels := fs.Bool("kernels", true, "also generate the kernels package (out/kernels)")
+	kernels := fs.Bool("kernels", true, "also generate the kernels package (out/kernels); without it, the typed package uses gocoll's")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: gentool [-spec file] [-out dir] [-kernels=false]\n")
 		fs.PrintDefaults()

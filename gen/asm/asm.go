@@ -5,6 +5,11 @@
 //
 //	func reduce<ISA><DType><Op>(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 //
+// (a kernel.Func). Signed and unsigned integers of one width share one
+// function for sum, prod, band, bor and bxor (reduce<ISA>I<bits><Op>):
+// those ops compute the same bits whatever the sign, and only min and max
+// have a signed and an unsigned version.
+//
 // that computes dst[i] = srcs[0][i] op srcs[1][i] op ... op srcs[nsrc-1][i]
 // for i < n in a single pass: for each block of vectors it walks the srcs
 // pointer array, so every input is read once and dst is written once (dst may
@@ -13,10 +18,11 @@
 // bounce buffer on AVX2).
 //
 // The emitters are table driven: one per op class, parameterised by the
-// element kind (see kernel.go). Numerics follow the contract in
-// generated/kernels bit for bit: left-to-right fold, no FMA, 16-bit floats
-// widened to float32 and rounded once, float min/max with the -0/+0 and NaN
-// rules spelled out there.
+// element kind (see kernel.go). Numerics follow package kernel's contract
+// bit for bit, as its pure-Go level (kernel/generic) computes it:
+// left-to-right fold, no FMA, 16-bit floats widened to float32 and rounded
+// once, float min/max with the -0/+0 and NaN rules spelled out there;
+// complex64 is two float32 lanes per element.
 package asm
 
 import (
@@ -44,8 +50,12 @@ import (
 // generator names the program in the "Code generated" headers.
 const generator = "gentool (gen/asm)"
 
-// corePath is the import path of the shared runtime contracts.
-const corePath = "github.com/gocoll/gocoll/core"
+// corePath and kernelPath are the import paths of the runtime contracts
+// and the spec-independent kernel runtime.
+const (
+	corePath   = "github.com/gocoll/gocoll/core"
+	kernelPath = "github.com/gocoll/gocoll/kernel"
+)
 
 // Files written by Generate, and A's placeholder that real kernels replace.
 const (
@@ -55,14 +65,14 @@ const (
 	placeholder = "reduce_noasm.go"
 )
 
-// entry is one emitted kernel.
+// entry is one dtype x op of the spec with its assembly kernel.
 type entry struct {
-	isa      isaInfo
-	dtype    spec.DType
-	opName   string // the spec op it serves
-	kernelOp string // the op the kernel computes (avg is served by sum)
-	opID     int
-	fn       string // assembly function name
+	isa    isaInfo
+	dtype  spec.DType
+	opName string // the spec op it serves
+	opID   int
+	fn     string // assembly function name
+	desc   string // what fn reduces, for its doc comment
 }
 
 // Generate writes the amd64 kernels for s into dir (the generated kernels
@@ -122,7 +132,7 @@ func Assembly(s *spec.Spec, pkg string) ([]byte, []entry, error) {
 	emitted := map[string]bool{}
 	for _, isa := range isas {
 		for _, d := range s.DTypes {
-			kind, ok := kinds[d.Name]
+			kind, ok := kinds[d.Go]
 			if !ok || kind.size != d.Size {
 				continue // unknown to this generator: the generic kernel serves it
 			}
@@ -135,39 +145,68 @@ func Assembly(s *spec.Spec, pkg string) ([]byte, []entry, error) {
 				if op.Finish == "divide" {
 					kop = "sum" // avg reduces as a sum; Finish divides
 				}
-				if !supported(kop) {
+				if !Supported(d, kop) {
 					continue
 				}
-				fn := "reduce" + isa.name + exported(d.Name) + exported(kop)
-				entries = append(entries, entry{isa: isa, dtype: d, opName: op.Name, kernelOp: kop, opID: op.ID, fn: fn})
+				kk, part := kernelKind(kind, kop)
+				fn := "reduce" + isa.name + part + exported(kop)
+				desc := fmt.Sprintf("%s elements with %s using %s", kk.name, kop, isa.name)
+				entries = append(entries, entry{isa: isa, dtype: d, opName: op.Name, opID: op.ID, fn: fn, desc: desc})
 				if !emitted[fn] {
 					emitted[fn] = true
-					emitKernel(ctx, fn, isa, kind, kop)
+					emitKernel(ctx, fn, isa, kk, kop)
 				}
 			}
 		}
 	}
+	src, err := render(ctx, pkg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return src, entries, nil
+}
 
+// render compiles the functions of ctx and prints them as Go assembly of
+// package pkg.
+func render(ctx *build.Context, pkg string) ([]byte, error) {
 	f, err := ctx.Result()
 	if err != nil {
 		var list build.ErrorList
 		if errors.As(err, &list) && len(list) > 5 {
 			err = fmt.Errorf("%w (first: %v; %v; %v)", err, list[0], list[1], list[2])
 		}
-		return nil, nil, fmt.Errorf("asm: build kernels: %w", err)
+		return nil, fmt.Errorf("asm: build kernels: %w", err)
 	}
 	if err := pass.Compile.Execute(f); err != nil {
-		return nil, nil, fmt.Errorf("asm: compile kernels: %w", err)
+		return nil, fmt.Errorf("asm: compile kernels: %w", err)
 	}
 	if err := checkVEX(f); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cfg := printer.Config{Name: generator, Pkg: pkg}
 	src, err := printer.NewGoAsm(cfg).Print(f)
 	if err != nil {
-		return nil, nil, fmt.Errorf("asm: print kernels: %w", err)
+		return nil, fmt.Errorf("asm: print kernels: %w", err)
 	}
-	return src, entries, nil
+	return src, nil
+}
+
+// Supported reports whether the generator emits an assembly kernel for
+// dtype d computing op (avg computes sum).
+func Supported(d spec.DType, op string) bool {
+	kind, ok := kinds[d.Go]
+	if !ok || kind.size != d.Size {
+		return false
+	}
+	switch op {
+	case "sum":
+		return true
+	case "prod", "min", "max":
+		return kind.cls != clsFloat || kind.lane == kind.size // not complex: its prod and order are not lane-wise
+	case "band", "bor", "bxor":
+		return kind.cls == clsInt || kind.cls == clsUint
+	}
+	return false
 }
 
 // checkVEX makes sure no AVX2 kernel got a vector register above 15 from the
@@ -189,7 +228,7 @@ func checkVEX(f *ir.File) error {
 	return nil
 }
 
-// signature is the Go type of every kernel: the rawKernel contract.
+// signature is the Go type of every kernel: kernel.Func.
 func signature() *gotypes.Signature {
 	up := types.Typ[types.UnsafePointer]
 	params := types.NewTuple(
@@ -218,26 +257,29 @@ func exported(s string) string {
 	return strings.ToUpper(s[:1]) + s[1:]
 }
 
-// stubs is reduce_amd64.go: the Go declarations of the kernels and archKernel.
+// stubs is reduce_amd64.go: the Go declarations of the kernels, and
+// archKernel and haveAsm for the generated tables.
 func stubs(entries []entry, pkg string) ([]byte, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "// Code generated by %s. DO NOT EDIT.\n\n", generator)
 	b.WriteString("//go:build amd64 && !purego\n\n")
 	fmt.Fprintf(&b, "package %s\n\n", pkg)
 	if len(entries) > 0 {
-		fmt.Fprintf(&b, "import (\n\t\"unsafe\"\n\n\t%q\n)\n\n", corePath)
+		fmt.Fprintf(&b, "import (\n\t\"unsafe\"\n\n\t%q\n\t%q\n)\n\n", corePath, kernelPath)
 	} else {
-		fmt.Fprintf(&b, "import %q\n\n", corePath) // no kernels: a spec without known dtypes
+		fmt.Fprintf(&b, "import (\n\t%q\n\t%q\n)\n\n", corePath, kernelPath) // no kernels: a spec without known dtypes
 	}
+	b.WriteString("// haveAsm says this build has the assembly kernels.\n")
+	b.WriteString("const haveAsm = true\n\n")
 	b.WriteString("// asmKey packs a dtype and an op into one switch key.\n")
 	b.WriteString("func asmKey(dt core.DType, op core.Op) uint16 { return uint16(dt)<<8 | uint16(op) }\n\n")
 	b.WriteString("// archKernel returns the assembly kernel for dt and op at isa, or nil when\n")
-	b.WriteString("// there is none and the generic Go kernel must run. avg kernels sum: the\n")
-	b.WriteString("// division is Finish's job.\n")
-	b.WriteString("func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel {\n")
+	b.WriteString("// there is none and the level below runs. avg kernels sum: the division\n")
+	b.WriteString("// is the finish step's job.\n")
+	b.WriteString("func archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func {\n")
 	b.WriteString("\tswitch isa {\n")
 	for _, isa := range isas {
-		fmt.Fprintf(&b, "\tcase %s:\n\t\tswitch asmKey(dt, op) {\n", isa.name)
+		fmt.Fprintf(&b, "\tcase kernel.%s:\n\t\tswitch asmKey(dt, op) {\n", isa.name)
 		for _, e := range entries {
 			if e.isa.name != isa.name {
 				continue
@@ -253,7 +295,7 @@ func stubs(entries []entry, pkg string) ([]byte, error) {
 			continue
 		}
 		seen[e.fn] = true
-		fmt.Fprintf(&b, "\n// %s reduces %s with %s using %s; see rawKernel.\n", e.fn, e.dtype.Name, e.kernelOp, e.isa.name)
+		fmt.Fprintf(&b, "\n// %s reduces %s; see kernel.Func.\n", e.fn, e.desc)
 		fmt.Fprintf(&b, "//\n//go:noescape\nfunc %s(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)\n", e.fn)
 	}
 	src, err := format.Source(b.Bytes())
@@ -265,17 +307,29 @@ func stubs(entries []entry, pkg string) ([]byte, error) {
 
 // other is reduce_other.go: no assembly kernels off amd64 or with purego.
 func other(pkg string) ([]byte, error) {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "// Code generated by %s. DO NOT EDIT.\n\n", generator)
-	b.WriteString("//go:build !amd64 || purego\n\n")
-	fmt.Fprintf(&b, "package %s\n\n", pkg)
-	fmt.Fprintf(&b, "import %q\n\n", corePath)
-	b.WriteString("// archKernel has no assembly kernels to offer on this platform (or with\n")
-	b.WriteString("// the purego tag): the generic Go kernels run.\n")
-	b.WriteString("func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel { return nil }\n")
-	src, err := format.Source(b.Bytes())
+	src, err := format.Source([]byte(NoAsm(generator, "!amd64 || purego", pkg)))
 	if err != nil {
 		return nil, fmt.Errorf("asm: format %s: %w", otherFile, err)
 	}
 	return src, nil
+}
+
+// NoAsm is the source of a file of package pkg, built under constraint
+// (none if ""), that declares archKernel and haveAsm without assembly
+// kernels: every level runs the pure-Go kernels. generator names the
+// program in its header.
+func NoAsm(generator, constraint, pkg string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "// Code generated by %s. DO NOT EDIT.\n\n", generator)
+	if constraint != "" {
+		fmt.Fprintf(&b, "//go:build %s\n\n", constraint)
+	}
+	fmt.Fprintf(&b, "package %s\n\n", pkg)
+	fmt.Fprintf(&b, "import (\n\t%q\n\t%q\n)\n\n", corePath, kernelPath)
+	b.WriteString("// haveAsm says this build has no assembly kernels.\n")
+	b.WriteString("const haveAsm = false\n\n")
+	b.WriteString("// archKernel has no assembly kernels to offer: every level runs the pure-Go\n")
+	b.WriteString("// kernels.\n")
+	b.WriteString("func archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func { return nil }\n")
+	return b.String()
 }

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/mmcloughlin/avo/build"
 
 	"github.com/gocoll/gocoll/gen/spec"
 )
@@ -52,12 +55,47 @@ func TestGenerateDeterministic(t *testing.T) {
 }
 
 // TestEveryKernel checks that the repository spec gets an assembly kernel for
-// every dtype x op on both instruction sets, avg mapped to the sum kernel.
+// every dtype x op on both instruction sets, avg mapped to the sum kernel,
+// signed and unsigned integers sharing the sign-agnostic ops' kernels.
 func TestEveryKernel(t *testing.T) {
 	s, err := spec.Load(filepath.Join("..", "..", "spec", "collectives.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkKernels(t, s)
+}
+
+// TestComplex64 checks that a spec with complex64 gets sum and avg kernels
+// that reduce 8-byte elements as float32 lanes.
+func TestComplex64(t *testing.T) {
+	s, err := spec.Parse("c.yaml", []byte(`package: c
+dtypes:
+  - {name: complex64, id: 64, size: 8, go: complex64, accum: complex64, class: complex, ops: [sum, avg]}
+ops:
+  - {name: sum, id: 1, doc: "sum"}
+  - {name: avg, id: 8, doc: "mean", finish: divide}
+collectives:
+  - name: barrier
+    id: 9
+    doc: Barrier waits.
+    buffers: []
+    result: {kind: none, on: all}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asmSrc := checkKernels(t, s)
+	body := string(asmSrc[bytes.Index(asmSrc, []byte("TEXT ·reduceAVX512Complex64Sum")):])
+	body = body[:strings.Index(body, "RET")]
+	if !strings.Contains(body, "SHLQ $0x03") || !strings.Contains(body, "VADDPS") || strings.Contains(body, "VADDPD") {
+		t.Errorf("reduceAVX512Complex64Sum does not add 8-byte elements as float32 lanes:\n%s", body)
+	}
+}
+
+// checkKernels checks that s gets a kernel for every dtype x op the
+// generator supports, and returns the assembly.
+func checkKernels(t *testing.T, s *spec.Spec) []byte {
+	t.Helper()
 	asmSrc, entries, err := Assembly(s, "kernels")
 	if err != nil {
 		t.Fatal(err)
@@ -74,13 +112,45 @@ func TestEveryKernel(t *testing.T) {
 				if op.Finish == "divide" {
 					kop = "sum"
 				}
-				fn := "reduce" + isa.name + exported(d.Name) + exported(kop)
+				if !Supported(d, kop) {
+					t.Errorf("%s %s: no assembly kernel", d.Name, kop)
+					continue
+				}
+				_, part := kernelKind(kinds[d.Go], kop)
+				fn := "reduce" + isa.name + part + exported(kop)
 				if !bytes.Contains(asmSrc, []byte("TEXT ·"+fn+"(SB), NOSPLIT, $")) {
 					t.Errorf("%s: no assembly for %s %s", fn, d.Name, opName)
 				}
 				want := fmt.Sprintf("case 0x%02x%02x: // %s %s\n\t\t\treturn %s\n", d.ID, op.ID, d.Name, opName, fn)
 				if !bytes.Contains(stubSrc, []byte(want)) {
 					t.Errorf("archKernel lacks %q", want)
+				}
+			}
+		}
+	}
+	return asmSrc
+}
+
+// TestSharedKernelsIdentical checks that sharing is sound: the kernel of
+// a sign-agnostic op emitted for signed and for unsigned integers of one
+// width is the same assembly, byte for byte; min and max are not.
+func TestSharedKernelsIdentical(t *testing.T) {
+	emit := func(isa isaInfo, kind kindInfo, op string) []byte {
+		ctx := build.NewContext()
+		addMaskTable(ctx)
+		emitKernel(ctx, "reduceX", isa, kind, op)
+		src, err := render(ctx, "kernels")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return src
+	}
+	for _, isa := range isas {
+		for _, bits := range []string{"8", "32", "64"} {
+			for _, op := range []string{"sum", "prod", "band", "bor", "bxor", "min", "max"} {
+				signed, unsigned := emit(isa, kinds["int"+bits], op), emit(isa, kinds["uint"+bits], op)
+				if same := bytes.Equal(signed, unsigned); same != signAgnostic(op) {
+					t.Errorf("%s int%s and uint%s %s: identical = %v, want %v", isa.name, bits, bits, op, same, signAgnostic(op))
 				}
 			}
 		}

@@ -12,7 +12,7 @@ import (
 
 // isaInfo describes one target instruction set.
 type isaInfo struct {
-	name   string // identifier part and the kernels.ISA constant: "AVX2", "AVX512"
+	name   string // identifier part and the kernel.ISA constant: "AVX2", "AVX512"
 	width  int    // vector register bytes
 	avx512 bool
 	accs   int // accumulator registers per unrolled block (memory bandwidth needs a few in flight)
@@ -35,34 +35,44 @@ const (
 	clsUint               // two's complement, unsigned order
 )
 
-// kindInfo describes one dtype the generator knows.
+// kindInfo describes one element type the generator knows.
 type kindInfo struct {
 	name string
 	size int // bytes per element in memory
 	cls  class
+	lane int // bytes per float lane: complex64's elements are two float32 lanes
 }
 
-// kinds are the dtypes with assembly kernels, by spec name.
+// kinds are the element types with assembly kernels, by their Go type as
+// a spec's go: names it.
 var kinds = map[string]kindInfo{
-	"float32":  {"float32", 4, clsFloat},
-	"float64":  {"float64", 8, clsFloat},
-	"bfloat16": {"bfloat16", 2, clsBF16},
-	"float16":  {"float16", 2, clsF16},
-	"int8":     {"int8", 1, clsInt},
-	"uint8":    {"uint8", 1, clsUint},
-	"int32":    {"int32", 4, clsInt},
-	"uint32":   {"uint32", 4, clsUint},
-	"int64":    {"int64", 8, clsInt},
-	"uint64":   {"uint64", 8, clsUint},
+	"float32":   {"float32", 4, clsFloat, 4},
+	"float64":   {"float64", 8, clsFloat, 8},
+	"BFloat16":  {"bfloat16", 2, clsBF16, 4},
+	"Float16":   {"float16", 2, clsF16, 4},
+	"int8":      {"int8", 1, clsInt, 0},
+	"uint8":     {"uint8", 1, clsUint, 0},
+	"int32":     {"int32", 4, clsInt, 0},
+	"uint32":    {"uint32", 4, clsUint, 0},
+	"int64":     {"int64", 8, clsInt, 0},
+	"uint64":    {"uint64", 8, clsUint, 0},
+	"complex64": {"complex64", 8, clsFloat, 4},
 }
 
-// supported reports whether the generator has an emitter for op.
-func supported(op string) bool {
-	switch op {
-	case "sum", "prod", "min", "max", "band", "bor", "bxor":
-		return true
+// signAgnostic reports whether op computes the same bits on signed and
+// unsigned two's-complement integers of one width: all but min and max.
+func signAgnostic(op string) bool { return op != "min" && op != "max" }
+
+// kernelKind is the kind a kernel for k and op is emitted for, and the
+// name part of its symbol. Signed and unsigned integers of one width share
+// one kernel for the sign-agnostic ops: emitted for that width's integers,
+// their code is byte for byte the same.
+func kernelKind(k kindInfo, op string) (kindInfo, string) {
+	if (k.cls == clsInt || k.cls == clsUint) && signAgnostic(op) {
+		bits := 8 * k.size
+		return kindInfo{name: fmt.Sprintf("%d-bit integer", bits), size: k.size, cls: clsInt}, fmt.Sprintf("I%d", bits)
 	}
-	return false
+	return k, exported(k.name)
 }
 
 // kernel emits one reduce function. A "group" is the memory one raw vector
@@ -421,7 +431,7 @@ func (k *kernel) toReg(b operand.Op) reg.VecVirtual {
 func (k *kernel) float() (isFloat, double bool) {
 	switch k.kind.cls {
 	case clsFloat:
-		return true, k.kind.size == 8
+		return true, k.kind.lane == 8
 	case clsBF16, clsF16:
 		return true, false
 	}

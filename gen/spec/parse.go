@@ -60,14 +60,14 @@ var (
 	// KnownOps maps each reduce op name the generators implement to the
 	// dtype classes it applies to.
 	KnownOps = map[string][]string{
-		"sum":  {"float", "int", "uint"},
+		"sum":  {"float", "int", "uint", "complex"},
 		"prod": {"float", "int", "uint"},
 		"min":  {"float", "int", "uint"},
 		"max":  {"float", "int", "uint"},
 		"band": {"int", "uint"},
 		"bor":  {"int", "uint"},
 		"bxor": {"int", "uint"},
-		"avg":  {"float"},
+		"avg":  {"float", "complex"},
 	}
 	// KnownGoTypes maps each element Go type to its class, size and the
 	// accumulator types it may reduce in.
@@ -84,6 +84,8 @@ var (
 		"uint32":   {"uint", 4, []string{"uint32"}},
 		"int64":    {"int", 8, []string{"int64"}},
 		"uint64":   {"uint", 8, []string{"uint64"}},
+		// complex64 reduces as its float32 parts: sum and avg only.
+		"complex64": {"complex", 8, []string{"complex64"}},
 	}
 	// ResultKinds lists the result kinds and what a collective needs to
 	// have one: "op" (takes a reduce op), "root", "peer", "recv" (a recv or
@@ -102,7 +104,7 @@ var (
 	roles    = []string{"send", "recv", "inout"}
 	counts   = []string{"count", "count*size"}
 	ons      = []string{"all", "root"}
-	classes  = []string{"float", "int", "uint"}
+	classes  = []string{"float", "int", "uint", "complex"}
 )
 
 // GoType describes an element Go type the generators know.
@@ -290,7 +292,7 @@ func (p *parse) mapping(n ast.Node, what string, required, optional []string) (m
 func hint(key string) string {
 	switch key {
 	case "id":
-		return "wire id, 1..255"
+		return "wire id: gocoll's for its dtypes, ops and collectives; 64..255 for a dtype of this spec"
 	case "name":
 		return "lower_case name"
 	case "size":
@@ -300,7 +302,7 @@ func hint(key string) string {
 	case "accum":
 		return "Go type reductions accumulate in"
 	case "class":
-		return "float, int or uint"
+		return "float, int, uint or complex"
 	case "ops", "dtypes", "collectives", "buffers":
 		return "list"
 	case "doc":
@@ -555,6 +557,10 @@ func (p *parse) op(n ast.Node, i int) (Op, bool) {
 	}
 	if f, ok := fs["id"]; ok {
 		o.ID, ok = p.integer(f, what+" id", 1, 255)
+		if id, builtin := BuiltinOps[o.Name]; ok && builtin && o.ID != id {
+			p.errNode(f.value, "%s id is %d, but the runtime's %s is id %d in every spec; write id: %d", what, o.ID, o.Name, id, id)
+			ok = false
+		}
 		good = good && ok
 	}
 	if f, ok := fs["doc"]; ok {
@@ -621,6 +627,19 @@ func (p *parse) dtype(n ast.Node, i int, s *Spec) (DType, bool) {
 			ok = false
 		}
 		good = good && ok
+	}
+	if b, builtin := BuiltinDTypes[d.Name]; builtin {
+		if f, ok := fs["id"]; ok && d.ID != 0 && d.ID != b.ID {
+			p.errNode(f.value, "%s id is %d, but %s is gocoll's dtype %d in every spec; write id: %d", what, d.ID, d.Name, b.ID, b.ID)
+			good = false
+		}
+		if f, ok := fs["go"]; ok && d.Go != "" && d.Go != b.Go {
+			p.errNode(f.value, "%s go type is %s, but gocoll's %s is %s in every spec; write go: %s", what, d.Go, d.Name, b.Go, b.Go)
+			good = false
+		}
+	} else if f, ok := fs["id"]; ok && d.ID != 0 && d.ID < FirstDownstreamID {
+		p.errNode(f.value, "%s id is %d, but ids below %d are gocoll's own dtypes'; give a dtype of this spec an id in %d..255", what, d.ID, FirstDownstreamID, FirstDownstreamID)
+		good = false
 	}
 	if f, ok := fs["ops"]; ok {
 		seen := map[string]bool{}
@@ -821,6 +840,12 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 	if c.Op && c.Result.Kind != "" && !contains(ResultKinds[c.Result.Kind], "op") {
 		p.errNode(fs["op"].value, "%s takes an op but its result kind %s does not use one; remove op: true or change the result kind", what, c.Result.Kind)
 		good = false
+	}
+	if good {
+		if msg := runtimeMismatch(c); msg != "" {
+			p.errNode(n, "%s: %s", what, msg)
+			good = false
+		}
 	}
 	return c, good
 }

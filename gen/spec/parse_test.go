@@ -12,6 +12,7 @@ const base = `package: coll
 dtypes:
   - {name: float32, id: 1, size: 4, go: float32, accum: float32, class: float, ops: [sum, avg]}
   - {name: int32, id: 7, size: 4, go: int32, accum: int32, class: int, ops: [sum, band]}
+  - {name: complex64, id: 64, size: 8, go: complex64, accum: complex64, class: complex, ops: [sum]}
 ops:
   - {name: sum, id: 1, doc: "sum"}
   - {name: band, id: 5, doc: "and"}
@@ -38,7 +39,7 @@ func TestParseBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Package != "coll" || len(s.DTypes) != 2 || len(s.Ops) != 3 || len(s.Collectives) != 2 {
+	if s.Package != "coll" || len(s.DTypes) != 3 || len(s.Ops) != 3 || len(s.Collectives) != 2 {
 		t.Fatalf("parsed %+v", s)
 	}
 	r := s.Collectives[0]
@@ -71,18 +72,22 @@ func TestParseBroken(t *testing.T) {
 		{"mistyped ops", "ops: [sum, band]}", "ops: sum}", "sum}", "dtype \"int32\" ops must be a list, not a string"},
 		{"unknown op in dtype", "ops: [sum, band]", "ops: [sum, bnad]", "bnad", "dtype \"int32\" lists unknown op \"bnad\"; define it under ops: or use one of sum, band, avg (did you mean \"band\"?)"},
 		{"op twice in dtype", "ops: [sum, band]", "ops: [sum, sum]", "sum]", "dtype \"int32\" lists op \"sum\" twice; remove one"},
-		{"op wrong class", "ops: [sum, band]", "ops: [sum, avg]", "avg]}\nops", "dtype \"int32\": op \"avg\" does not apply to class int (it applies to float); remove it"},
-		{"unknown go type", "go: int32,", "go: int33,", "int33", "dtype \"int32\" go type is \"int33\"; it must be one of BFloat16, Float16, float32, float64, int16, int32, int64, int8, uint16, uint32, uint64, uint8 (did you mean \"int32\"?)"},
+		{"op wrong class", "ops: [sum, band]", "ops: [sum, avg]", "avg]}\n  - {name: complex64", "dtype \"int32\": op \"avg\" does not apply to class int (it applies to float, complex); remove it"},
+		{"unknown go type", "go: int32,", "go: int33,", "int33", "dtype \"int32\" go type is \"int33\"; it must be one of BFloat16, Float16, complex64, float32, float64, int16, int32, int64, int8, uint16, uint32, uint64, uint8 (did you mean \"int32\"?)"},
 		{"size disagrees", "size: 4, go: int32", "size: 2, go: int32", "int32, accum", "dtype \"int32\": go type int32 is 4 bytes but size is 2; make them agree"},
 		{"class disagrees", "class: int,", "class: uint,", "int32, accum", "dtype \"int32\": go type int32 is of class int but class is uint; make them agree"},
 		{"bad accum", "accum: int32,", "accum: int64,", "int64", "dtype \"int32\": accum \"int64\" is not supported for go type int32; use int32"},
-		{"unknown class", "class: int,", "class: integer,", "integer", "dtype \"int32\" class is \"integer\"; it must be one of float, int, uint"},
-		{"duplicate dtype name", "name: int32, id: 7", "name: float32, id: 7", "name: float32, id: 7", "dtype \"float32\" is defined twice (first at line 3); remove one"},
-		{"duplicate dtype id", "name: int32, id: 7", "name: int32, id: 1", "name: int32", "dtype \"int32\" reuses id 1 (already used at line 3); ids must be unique"},
+		{"unknown class", "class: int,", "class: integer,", "integer", "dtype \"int32\" class is \"integer\"; it must be one of float, int, uint, complex"},
+		{"duplicate dtype name", "  - {name: complex64, id: 64", "  - {name: complex64, id: 65, size: 8, go: complex64, accum: complex64, class: complex, ops: [sum]}\n  - {name: complex64, id: 64", "name: complex64, id: 64", "dtype \"complex64\" is defined twice (first at line 5); remove one"},
+		{"duplicate dtype id", "  - {name: complex64, id: 64", "  - {name: cplx, id: 64, size: 8, go: complex64, accum: complex64, class: complex, ops: [sum]}\n  - {name: complex64, id: 64", "name: complex64", "dtype \"complex64\" reuses id 64 (already used at line 5); ids must be unique"},
+		{"builtin dtype id", "name: int32, id: 7", "name: int32, id: 8", "8, size", "dtype \"int32\" id is 8, but int32 is gocoll's dtype 7 in every spec; write id: 7"},
+		{"builtin dtype go type", "{name: float32, id: 1, size: 4, go: float32,", "{name: bfloat16, id: 3, size: 2, go: Float16,", "Float16", "dtype \"bfloat16\" go type is Float16, but gocoll's bfloat16 is BFloat16 in every spec; write go: BFloat16"},
+		{"own dtype id below 64", "name: complex64, id: 64", "name: complex64, id: 11", "11", "dtype \"complex64\" id is 11, but ids below 64 are gocoll's own dtypes'; give a dtype of this spec an id in 64..255"},
+		{"complex op", "class: complex, ops: [sum]", "class: complex, ops: [sum, band]", "band]}\nops", "dtype \"complex64\": op \"band\" does not apply to class complex"},
 		{"duplicate yaml key", "id: 7,", "id: 7, id: 8,", "id: 8", "YAML syntax: mapping key \"id\" already defined"},
 		{"unknown op name", "{name: band, id: 5", "{name: nand, id: 5", "nand", "unknown op \"nand\": the generators implement avg, band, bor, bxor, max, min, prod, sum (did you mean \"band\"?)"},
-		{"duplicate op id", "{name: band, id: 5", "{name: band, id: 1", "name: band, id: 1", "op \"band\" reuses id 1 (already used at line 6); ids must be unique"},
-		{"duplicate op", "{name: band, id: 5", "{name: sum, id: 5", "name: sum, id: 5", "op \"sum\" is defined twice (first at line 6); remove one"},
+		{"op id not the runtime's", "{name: band, id: 5", "{name: band, id: 6", "6, doc", "op \"band\" id is 6, but the runtime's band is id 5 in every spec; write id: 5"},
+		{"duplicate op", "{name: band, id: 5", "{name: sum, id: 1", "name: sum, id: 1, doc: \"and", "op \"sum\" is defined twice (first at line 7); remove one"},
 		{"bad finish", "finish: divide", "finish: halve", "halve", "op \"avg\" finish is \"halve\"; it must be one of divide"},
 		{"missing op doc", ", doc: \"and\"", "", "name: band", "op \"band\": missing key \"doc\"; add doc: <one-sentence description>"},
 		{"bad role", "role: recv", "role: output", "output", "collective \"reduce\" buffers[1] role is \"output\"; it must be one of send, recv, inout"},
@@ -97,7 +102,9 @@ func TestParseBroken(t *testing.T) {
 		{"result needs op", "    op: true\n", "", "reduce, on", "collective \"reduce\": result kind reduce needs op, which collective \"reduce\" lacks; add op: true"},
 		{"missing result", "    result: {kind: reduce, on: root}\n", "", "name: reduce", "collective \"reduce\": missing key \"result\"; add result: <{kind: ..., on: ...}>"},
 		{"result not a mapping", "result: {kind: none, on: all}", "result: none", "none\n", "collective \"barrier\" result must be a mapping with keys kind, on, not a string"},
-		{"duplicate collective id", "id: 9", "id: 2", "name: barrier", "collective \"barrier\" reuses id 2 (already used at line 10); ids must be unique"},
+		{"collective id not the runtime's", "id: 9", "id: 2", "name: barrier", "collective \"barrier\": barrier is the runtime's collective of that name and must be described as the runtime runs it: id 9, buffers none, result {kind: none, on: all} (this spec says id 2,"},
+		{"collective shape not the runtime's", "{name: recv, role: recv, count: count, on: root}", "{name: recv, role: recv, count: count*size, on: root}", "name: reduce", "reduce is the runtime's collective of that name and must be described as the runtime runs it: id 2, op: true, root: true, buffers {role: recv, count: count, on: root}, {role: send, count: count, on: all}, result {kind: reduce, on: root} (this spec says"},
+		{"collective unknown to the runtime", "name: barrier", "name: barrierr", "name: barrierr", "collective \"barrierr\": the runtime runs no collective \"barrierr\"; a spec picks from allgather, allreduce, alltoall, barrier, broadcast, gather, recv, reduce, reduce_scatter, scatter, send (did you mean \"barrier\"?)"},
 		{"bad collective name", "name: barrier", "name: Barrier", "Barrier\n", "collectives[1] name \"Barrier\" must be lower_case"},
 		{"root and peer", "    root: true\n", "    root: true\n    peer: true\n", "true\n    result", "collective \"reduce\" takes both a root and a peer; a collective is rooted or point to point, not both"},
 		{"no buffer on all", "{name: send, role: send, count: count, on: all}", "{name: send, role: send, count: count, on: root}", "- {name: send, role: send, count: count, on: root}", "no buffer is on all ranks"},

@@ -18,7 +18,7 @@ type DType struct {
 	Size  int      // bytes per element
 	Go    string   // Go type: "float32", "BFloat16"
 	Accum string   // Go type reductions accumulate in: "float32"
-	Class string   // "float", "int" or "uint"
+	Class string   // "float", "int", "uint" or "complex"
 	Ops   []string // names of the ops it supports
 }
 

@@ -4,7 +4,6 @@ package coll
 
 import (
 	"context"
-	"fmt"
 	"github.com/gocoll/gocoll/core"
 )
 
@@ -13,20 +12,16 @@ import (
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float32 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float32 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	if !Supports(DTypeFloat32, op) {
-		return unsupported("AllreduceFloat32", DTypeFloat32, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -40,20 +35,16 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float64 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float64 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float64
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op) error {
-	if !Supports(DTypeFloat64, op) {
-		return unsupported("AllreduceFloat64", DTypeFloat64, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceFloat64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -67,20 +58,16 @@ func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one bfloat16 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops bfloat16 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
+// fails the check fail too instead of waiting.
 func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	if !Supports(DTypeBFloat16, op) {
-		return unsupported("AllreduceBFloat16", DTypeBFloat16, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -94,20 +81,16 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float16 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float16 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float16
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op) error {
-	if !Supports(DTypeFloat16, op) {
-		return unsupported("AllreduceFloat16", DTypeFloat16, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -121,20 +104,16 @@ func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one int8 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops int8 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int8
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op) error {
-	if !Supports(DTypeInt8, op) {
-		return unsupported("AllreduceInt8", DTypeInt8, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceInt8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -148,20 +127,16 @@ func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops uint8 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint8
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op) error {
-	if !Supports(DTypeUint8, op) {
-		return unsupported("AllreduceUint8", DTypeUint8, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceUint8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -175,20 +150,16 @@ func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op cor
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one int32 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops int32 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op) error {
-	if !Supports(DTypeInt32, op) {
-		return unsupported("AllreduceInt32", DTypeInt32, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceInt32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -202,20 +173,16 @@ func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op cor
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops uint32 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op) error {
-	if !Supports(DTypeUint32, op) {
-		return unsupported("AllreduceUint32", DTypeUint32, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceUint32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -229,20 +196,16 @@ func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op c
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one int64 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops int64 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int64
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op) error {
-	if !Supports(DTypeInt64, op) {
-		return unsupported("AllreduceInt64", DTypeInt64, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceInt64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -256,20 +219,16 @@ func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op cor
 // buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops uint64 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint64
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op) error {
-	if !Supports(DTypeUint64, op) {
-		return unsupported("AllreduceUint64", DTypeUint64, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceUint64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -282,32 +241,19 @@ func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op c
 // send buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one float32 supports: sum,
-// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same
-// root. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops float32 has:
+// sum, prod, min, max, avg. root is the rank the data comes from or goes to;
+// every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float32
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op, root int) error {
-	if !Supports(DTypeFloat32, op) {
-		return unsupported("ReduceFloat32", DTypeFloat32, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindReduce,
 		Op:    op,
@@ -321,32 +267,19 @@ func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op co
 // send buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one float64 supports: sum,
-// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same
-// root. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops float64 has:
+// sum, prod, min, max, avg. root is the rank the data comes from or goes to;
+// every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float64
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op, root int) error {
-	if !Supports(DTypeFloat64, op) {
-		return unsupported("ReduceFloat64", DTypeFloat64, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceFloat64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindReduce,
 		Op:    op,
@@ -360,32 +293,19 @@ func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op co
 // rank's send buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one bfloat16 supports: sum,
-// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same
-// root. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops bfloat16
+// has: sum, prod, min, max, avg. root is the rank the data comes from or goes
+// to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// bfloat16 lacks one wrapping core.ErrUnsupported, a rank out of range one
+// wrapping core.ErrInvalid; the peers of a rank that fails the check fail too
+// instead of waiting.
 func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op, root int) error {
-	if !Supports(DTypeBFloat16, op) {
-		return unsupported("ReduceBFloat16", DTypeBFloat16, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindReduce,
 		Op:    op,
@@ -399,32 +319,19 @@ func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op 
 // send buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one float16 supports: sum,
-// prod, min, max, avg; others return an error wrapping core.ErrUnsupported.
-// root is the rank the data comes from or goes to; every rank passes the same
-// root. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops float16 has:
+// sum, prod, min, max, avg. root is the rank the data comes from or goes to;
+// every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float16
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op, root int) error {
-	if !Supports(DTypeFloat16, op) {
-		return unsupported("ReduceFloat16", DTypeFloat16, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindReduce,
 		Op:    op,
@@ -438,32 +345,19 @@ func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op co
 // buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one int8 supports: sum,
-// prod, min, max, band, bor, bxor; others return an error wrapping
-// core.ErrUnsupported. root is the rank the data comes from or goes to; every
-// rank passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops int8 has:
+// sum, prod, min, max, band, bor, bxor. root is the rank the data comes from
+// or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int8
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op, root int) error {
-	if !Supports(DTypeInt8, op) {
-		return unsupported("ReduceInt8", DTypeInt8, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceInt8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindReduce,
 		Op:    op,
@@ -477,32 +371,19 @@ func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op,
 // buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one uint8 supports: sum,
-// prod, min, max, band, bor, bxor; others return an error wrapping
-// core.ErrUnsupported. root is the rank the data comes from or goes to; every
-// rank passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops uint8 has:
+// sum, prod, min, max, band, bor, bxor. root is the rank the data comes from
+// or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint8
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op, root int) error {
-	if !Supports(DTypeUint8, op) {
-		return unsupported("ReduceUint8", DTypeUint8, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceUint8: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindReduce,
 		Op:    op,
@@ -516,32 +397,19 @@ func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.O
 // buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one int32 supports: sum,
-// prod, min, max, band, bor, bxor; others return an error wrapping
-// core.ErrUnsupported. root is the rank the data comes from or goes to; every
-// rank passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops int32 has:
+// sum, prod, min, max, band, bor, bxor. root is the rank the data comes from
+// or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int32
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op, root int) error {
-	if !Supports(DTypeInt32, op) {
-		return unsupported("ReduceInt32", DTypeInt32, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceInt32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindReduce,
 		Op:    op,
@@ -555,32 +423,19 @@ func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.O
 // send buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one uint32 supports: sum,
-// prod, min, max, band, bor, bxor; others return an error wrapping
-// core.ErrUnsupported. root is the rank the data comes from or goes to; every
-// rank passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops uint32 has:
+// sum, prod, min, max, band, bor, bxor. root is the rank the data comes from
+// or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint32
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op, root int) error {
-	if !Supports(DTypeUint32, op) {
-		return unsupported("ReduceUint32", DTypeUint32, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceUint32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindReduce,
 		Op:    op,
@@ -594,32 +449,19 @@ func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core
 // buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one int64 supports: sum,
-// prod, min, max, band, bor, bxor; others return an error wrapping
-// core.ErrUnsupported. root is the rank the data comes from or goes to; every
-// rank passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops int64 has:
+// sum, prod, min, max, band, bor, bxor. root is the rank the data comes from
+// or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int64
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op, root int) error {
-	if !Supports(DTypeInt64, op) {
-		return unsupported("ReduceInt64", DTypeInt64, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceInt64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindReduce,
 		Op:    op,
@@ -633,32 +475,19 @@ func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.O
 // send buffer with op into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on the root (other ranks
-// may pass nil; it is not used there). op must be one uint64 supports: sum,
-// prod, min, max, band, bor, bxor; others return an error wrapping
-// core.ErrUnsupported. root is the rank the data comes from or goes to; every
-// rank passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on the root (the other
+// ranks may pass nil: it is not used there). op is one of the ops uint64 has:
+// sum, prod, min, max, band, bor, bxor. root is the rank the data comes from
+// or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint64
+// lacks one wrapping core.ErrUnsupported, a rank out of range one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
 func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op, root int) error {
-	if !Supports(DTypeUint64, op) {
-		return unsupported("ReduceUint64", DTypeUint64, op)
-	}
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ReduceUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count {
-			return fmt.Errorf("ReduceUint64: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindReduce,
 		Op:    op,
@@ -673,21 +502,19 @@ func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -696,21 +523,19 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat64,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -719,21 +544,19 @@ func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int)
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -742,21 +565,19 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat16,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -765,21 +586,19 @@ func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int)
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt8,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -788,21 +607,19 @@ func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint8,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -811,21 +628,19 @@ func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) err
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt32,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -834,21 +649,19 @@ func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) err
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint32,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -857,21 +670,19 @@ func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) e
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt64,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -880,21 +691,19 @@ func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) err
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint64,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -903,15 +712,13 @@ func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) e
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -924,15 +731,13 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -946,15 +751,13 @@ func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) er
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -967,15 +770,13 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -988,15 +789,13 @@ func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) er
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -1009,15 +808,13 @@ func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -1030,15 +827,13 @@ func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error 
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -1051,15 +846,13 @@ func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error 
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -1072,15 +865,13 @@ func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) erro
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -1093,15 +884,13 @@ func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error 
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -1114,21 +903,16 @@ func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) erro
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float32 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float32 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	if !Supports(DTypeFloat32, op) {
-		return unsupported("ReduceScatterFloat32", DTypeFloat32, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterFloat32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeFloat32,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1142,21 +926,16 @@ func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float64 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float64 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float64
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op) error {
-	if !Supports(DTypeFloat64, op) {
-		return unsupported("ReduceScatterFloat64", DTypeFloat64, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterFloat64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeFloat64,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1170,21 +949,16 @@ func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64
 // rank of the result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one bfloat16 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops bfloat16 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
+// fails the check fail too instead of waiting.
 func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	if !Supports(DTypeBFloat16, op) {
-		return unsupported("ReduceScatterBFloat16", DTypeBFloat16, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterBFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeBFloat16,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1198,21 +972,16 @@ func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float16 supports: sum, prod, min, max, avg; others return an error
-// wrapping core.ErrUnsupported. Lengths that do not fit the shape return an
-// error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float16 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float16
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op) error {
-	if !Supports(DTypeFloat16, op) {
-		return unsupported("ReduceScatterFloat16", DTypeFloat16, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeFloat16,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1226,21 +995,16 @@ func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one int8 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops int8 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int8
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op) error {
-	if !Supports(DTypeInt8, op) {
-		return unsupported("ReduceScatterInt8", DTypeInt8, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterInt8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeInt8,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1254,21 +1018,16 @@ func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op c
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one uint8 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops uint8 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint8
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op) error {
-	if !Supports(DTypeUint8, op) {
-		return unsupported("ReduceScatterUint8", DTypeUint8, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterUint8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeUint8,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1282,21 +1041,16 @@ func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one int32 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops int32 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op) error {
-	if !Supports(DTypeInt32, op) {
-		return unsupported("ReduceScatterInt32", DTypeInt32, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterInt32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeInt32,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1310,21 +1064,16 @@ func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one uint32 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops uint32 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op) error {
-	if !Supports(DTypeUint32, op) {
-		return unsupported("ReduceScatterUint32", DTypeUint32, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterUint32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeUint32,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1338,21 +1087,16 @@ func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, 
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one int64 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops int64 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int64
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op) error {
-	if !Supports(DTypeInt64, op) {
-		return unsupported("ReduceScatterInt64", DTypeInt64, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterInt64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeInt64,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1366,21 +1110,16 @@ func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op
 // result in each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on every rank; recv holds count elements on every rank. op must be
-// one uint64 supports: sum, prod, min, max, band, bor, bxor; others return an
-// error wrapping core.ErrUnsupported. Lengths that do not fit the shape return
-// an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops uint64 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint64
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op) error {
-	if !Supports(DTypeUint64, op) {
-		return unsupported("ReduceScatterUint64", DTypeUint64, op)
-	}
-	size := c.Size()
-	count := len(recv)
-	if len(send) != count*size {
-		return fmt.Errorf("ReduceScatterUint64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeUint64,
 		Kind:  KindReduceScatter,
 		Op:    op,
@@ -1393,27 +1132,17 @@ func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, 
 // rank's send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1426,27 +1155,17 @@ func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root 
 // rank's send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1459,27 +1178,17 @@ func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root 
 // rank's send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1492,27 +1201,17 @@ func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, roo
 // rank's send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1525,27 +1224,17 @@ func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root 
 // send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1558,27 +1247,17 @@ func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) e
 // send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1591,27 +1270,17 @@ func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int)
 // send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1624,27 +1293,17 @@ func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int)
 // rank's send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1657,27 +1316,17 @@ func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root in
 // send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1690,27 +1339,17 @@ func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int)
 // rank's send buffer, in rank order, into the root's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count*size elements on the root (other
-// ranks may pass nil; it is not used there). root is the rank the data comes
-// from or goes to; every rank passes the same root. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// elements on every rank; recv holds count*size elements on the root (the
+// other ranks may pass nil: it is not used there). root is the rank the data
+// comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("GatherUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(send)
-	if rank == root {
-		if len(recv) != count*size {
-			return fmt.Errorf("GatherUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		recv = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindGather,
 		Recv:  asBytes(recv),
@@ -1723,27 +1362,17 @@ func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root in
 // the root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterFloat32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeFloat32,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1756,27 +1385,17 @@ func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root
 // the root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterFloat64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterFloat64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeFloat64,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1789,27 +1408,17 @@ func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root
 // of the root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterBFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeBFloat16,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1822,27 +1431,17 @@ func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, ro
 // the root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterFloat16: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeFloat16,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1855,27 +1454,17 @@ func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root
 // root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterInt8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterInt8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeInt8,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1888,27 +1477,17 @@ func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) 
 // root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterUint8: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterUint8: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeUint8,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1921,27 +1500,17 @@ func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int
 // root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterInt32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterInt32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeInt32,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1954,27 +1523,17 @@ func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int
 // the root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterUint32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterUint32: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeUint32,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -1987,27 +1546,17 @@ func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root i
 // root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterInt64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterInt64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeInt64,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -2020,27 +1569,17 @@ func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int
 // the root's send buffer to each rank's recv buffer.
 //
 // With count = len(recv) and size the number of ranks: send holds count*size
-// elements on the root (other ranks may pass nil; it is not used there); recv
-// holds count elements on every rank. root is the rank the data comes from or
-// goes to; every rank passes the same root. Lengths that do not fit the shape
-// return an error wrapping ErrBufferLength.
+// elements on the root (the other ranks may pass nil: it is not used there);
+// recv holds count elements on every rank. root is the rank the data comes
+// from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if root < 0 || root >= size {
-		return fmt.Errorf("ScatterUint64: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(recv)
-	if rank == root {
-		if len(send) != count*size {
-			return fmt.Errorf("ScatterUint64: %w: len(send) = %d, want count*size = %d", ErrBufferLength, len(send), count*size)
-		}
-	} else {
-		// Not used off the root: hand the backend nil, as core.Request says.
-		send = nil
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(recv),
 		DType: DTypeUint64,
 		Kind:  KindScatter,
 		Recv:  asBytes(recv),
@@ -2055,19 +1594,14 @@ func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root i
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallFloat32: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeFloat32,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2081,19 +1615,14 @@ func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) err
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallFloat64: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallFloat64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeFloat64,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2107,19 +1636,14 @@ func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) err
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallBFloat16: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeBFloat16,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2133,19 +1657,14 @@ func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) e
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallFloat16: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeFloat16,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2159,19 +1678,14 @@ func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) err
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallInt8: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallInt8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeInt8,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2185,19 +1699,14 @@ func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallUint8: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallUint8: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeUint8,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2211,19 +1720,14 @@ func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallInt32: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallInt32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeInt32,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2237,19 +1741,14 @@ func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallUint32: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallUint32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeUint32,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2263,19 +1762,14 @@ func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallInt64: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallInt64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeInt64,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2289,19 +1783,14 @@ func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 //
 // With count = len(send)/size and size the number of ranks: send holds
 // count*size elements on every rank; recv holds count*size elements on every
-// rank. Lengths that do not fit the shape return an error wrapping
-// ErrBufferLength.
+// rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
-	size := c.Size()
-	if len(send)%size != 0 {
-		return fmt.Errorf("AlltoallUint64: %w: len(send) = %d is not a multiple of the %d ranks", ErrBufferLength, len(send), size)
-	}
-	count := len(send) / size
-	if len(recv) != count*size {
-		return fmt.Errorf("AlltoallUint64: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send) / c.Size(),
 		DType: DTypeUint64,
 		Kind:  KindAlltoall,
 		Recv:  asBytes(recv),
@@ -2311,6 +1800,8 @@ func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error
 
 // Barrier runs barrier. Barrier returns on each rank only after every rank has
 // entered it.
+//
+// Errors are the communicator's.
 func Barrier(ctx context.Context, c core.Comm) error {
 	return do(ctx, c, core.Request{Kind: KindBarrier})
 }
@@ -2319,17 +1810,15 @@ func Barrier(ctx context.Context, c core.Comm) error {
 // which must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendFloat32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2341,17 +1830,15 @@ func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 // which must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendFloat64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat64,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2363,17 +1850,15 @@ func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 // which must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendBFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2385,17 +1870,15 @@ func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 // which must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat16,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2407,17 +1890,15 @@ func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 // must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendInt8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt8,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2429,17 +1910,15 @@ func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 // must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendUint8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint8,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2451,17 +1930,15 @@ func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 // must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendInt32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt32,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2473,17 +1950,15 @@ func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 // which must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendUint32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint32,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2495,17 +1970,15 @@ func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 // must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendInt64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt64,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2517,17 +1990,15 @@ func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 // which must call Recv with the same count.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("SendUint64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint64,
 		Kind:  KindSend,
 		Peer:  peer,
@@ -2539,17 +2010,15 @@ func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 // peer passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvFloat32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2561,17 +2030,15 @@ func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 // peer passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvFloat64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat64,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2583,17 +2050,15 @@ func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 // rank peer passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvBFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2605,17 +2070,15 @@ func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 // peer passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvFloat16: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat16,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2627,17 +2090,15 @@ func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 // passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvInt8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt8,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2649,17 +2110,15 @@ func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 // passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvUint8: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint8,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2671,17 +2130,15 @@ func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 // passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvInt32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt32,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2693,17 +2150,15 @@ func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 // peer passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvUint32: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint32,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2715,17 +2170,15 @@ func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 // passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvInt64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeInt64,
 		Kind:  KindRecv,
 		Peer:  peer,
@@ -2737,17 +2190,15 @@ func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 // peer passed to Send.
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
-// on every rank. peer is the other rank, not this one. Lengths that do not fit
-// the shape return an error wrapping ErrBufferLength.
+// on every rank. peer is the other rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func RecvUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error {
-	size := c.Size()
-	rank := c.Rank()
-	if peer < 0 || peer >= size || peer == rank {
-		return fmt.Errorf("RecvUint64: peer %d must be another rank of this %d-rank communicator (this is rank %d)", peer, size, rank)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeUint64,
 		Kind:  KindRecv,
 		Peer:  peer,

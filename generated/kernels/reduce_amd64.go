@@ -8,17 +8,21 @@ import (
 	"unsafe"
 
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/kernel"
 )
+
+// haveAsm says this build has the assembly kernels.
+const haveAsm = true
 
 // asmKey packs a dtype and an op into one switch key.
 func asmKey(dt core.DType, op core.Op) uint16 { return uint16(dt)<<8 | uint16(op) }
 
 // archKernel returns the assembly kernel for dt and op at isa, or nil when
-// there is none and the generic Go kernel must run. avg kernels sum: the
-// division is Finish's job.
-func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel {
+// there is none and the level below runs. avg kernels sum: the division
+// is the finish step's job.
+func archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func {
 	switch isa {
-	case AVX2:
+	case kernel.AVX2:
 		switch asmKey(dt, op) {
 		case 0x0101: // float32 sum
 			return reduceAVX2Float32Sum
@@ -61,91 +65,91 @@ func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel {
 		case 0x0408: // float16 avg
 			return reduceAVX2Float16Sum
 		case 0x0501: // int8 sum
-			return reduceAVX2Int8Sum
+			return reduceAVX2I8Sum
 		case 0x0502: // int8 prod
-			return reduceAVX2Int8Prod
+			return reduceAVX2I8Prod
 		case 0x0503: // int8 min
 			return reduceAVX2Int8Min
 		case 0x0504: // int8 max
 			return reduceAVX2Int8Max
 		case 0x0505: // int8 band
-			return reduceAVX2Int8Band
+			return reduceAVX2I8Band
 		case 0x0506: // int8 bor
-			return reduceAVX2Int8Bor
+			return reduceAVX2I8Bor
 		case 0x0507: // int8 bxor
-			return reduceAVX2Int8Bxor
+			return reduceAVX2I8Bxor
 		case 0x0601: // uint8 sum
-			return reduceAVX2Uint8Sum
+			return reduceAVX2I8Sum
 		case 0x0602: // uint8 prod
-			return reduceAVX2Uint8Prod
+			return reduceAVX2I8Prod
 		case 0x0603: // uint8 min
 			return reduceAVX2Uint8Min
 		case 0x0604: // uint8 max
 			return reduceAVX2Uint8Max
 		case 0x0605: // uint8 band
-			return reduceAVX2Uint8Band
+			return reduceAVX2I8Band
 		case 0x0606: // uint8 bor
-			return reduceAVX2Uint8Bor
+			return reduceAVX2I8Bor
 		case 0x0607: // uint8 bxor
-			return reduceAVX2Uint8Bxor
+			return reduceAVX2I8Bxor
 		case 0x0701: // int32 sum
-			return reduceAVX2Int32Sum
+			return reduceAVX2I32Sum
 		case 0x0702: // int32 prod
-			return reduceAVX2Int32Prod
+			return reduceAVX2I32Prod
 		case 0x0703: // int32 min
 			return reduceAVX2Int32Min
 		case 0x0704: // int32 max
 			return reduceAVX2Int32Max
 		case 0x0705: // int32 band
-			return reduceAVX2Int32Band
+			return reduceAVX2I32Band
 		case 0x0706: // int32 bor
-			return reduceAVX2Int32Bor
+			return reduceAVX2I32Bor
 		case 0x0707: // int32 bxor
-			return reduceAVX2Int32Bxor
+			return reduceAVX2I32Bxor
 		case 0x0801: // uint32 sum
-			return reduceAVX2Uint32Sum
+			return reduceAVX2I32Sum
 		case 0x0802: // uint32 prod
-			return reduceAVX2Uint32Prod
+			return reduceAVX2I32Prod
 		case 0x0803: // uint32 min
 			return reduceAVX2Uint32Min
 		case 0x0804: // uint32 max
 			return reduceAVX2Uint32Max
 		case 0x0805: // uint32 band
-			return reduceAVX2Uint32Band
+			return reduceAVX2I32Band
 		case 0x0806: // uint32 bor
-			return reduceAVX2Uint32Bor
+			return reduceAVX2I32Bor
 		case 0x0807: // uint32 bxor
-			return reduceAVX2Uint32Bxor
+			return reduceAVX2I32Bxor
 		case 0x0901: // int64 sum
-			return reduceAVX2Int64Sum
+			return reduceAVX2I64Sum
 		case 0x0902: // int64 prod
-			return reduceAVX2Int64Prod
+			return reduceAVX2I64Prod
 		case 0x0903: // int64 min
 			return reduceAVX2Int64Min
 		case 0x0904: // int64 max
 			return reduceAVX2Int64Max
 		case 0x0905: // int64 band
-			return reduceAVX2Int64Band
+			return reduceAVX2I64Band
 		case 0x0906: // int64 bor
-			return reduceAVX2Int64Bor
+			return reduceAVX2I64Bor
 		case 0x0907: // int64 bxor
-			return reduceAVX2Int64Bxor
+			return reduceAVX2I64Bxor
 		case 0x0a01: // uint64 sum
-			return reduceAVX2Uint64Sum
+			return reduceAVX2I64Sum
 		case 0x0a02: // uint64 prod
-			return reduceAVX2Uint64Prod
+			return reduceAVX2I64Prod
 		case 0x0a03: // uint64 min
 			return reduceAVX2Uint64Min
 		case 0x0a04: // uint64 max
 			return reduceAVX2Uint64Max
 		case 0x0a05: // uint64 band
-			return reduceAVX2Uint64Band
+			return reduceAVX2I64Band
 		case 0x0a06: // uint64 bor
-			return reduceAVX2Uint64Bor
+			return reduceAVX2I64Bor
 		case 0x0a07: // uint64 bxor
-			return reduceAVX2Uint64Bxor
+			return reduceAVX2I64Bxor
 		}
-	case AVX512:
+	case kernel.AVX512:
 		switch asmKey(dt, op) {
 		case 0x0101: // float32 sum
 			return reduceAVX512Float32Sum
@@ -188,670 +192,520 @@ func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel {
 		case 0x0408: // float16 avg
 			return reduceAVX512Float16Sum
 		case 0x0501: // int8 sum
-			return reduceAVX512Int8Sum
+			return reduceAVX512I8Sum
 		case 0x0502: // int8 prod
-			return reduceAVX512Int8Prod
+			return reduceAVX512I8Prod
 		case 0x0503: // int8 min
 			return reduceAVX512Int8Min
 		case 0x0504: // int8 max
 			return reduceAVX512Int8Max
 		case 0x0505: // int8 band
-			return reduceAVX512Int8Band
+			return reduceAVX512I8Band
 		case 0x0506: // int8 bor
-			return reduceAVX512Int8Bor
+			return reduceAVX512I8Bor
 		case 0x0507: // int8 bxor
-			return reduceAVX512Int8Bxor
+			return reduceAVX512I8Bxor
 		case 0x0601: // uint8 sum
-			return reduceAVX512Uint8Sum
+			return reduceAVX512I8Sum
 		case 0x0602: // uint8 prod
-			return reduceAVX512Uint8Prod
+			return reduceAVX512I8Prod
 		case 0x0603: // uint8 min
 			return reduceAVX512Uint8Min
 		case 0x0604: // uint8 max
 			return reduceAVX512Uint8Max
 		case 0x0605: // uint8 band
-			return reduceAVX512Uint8Band
+			return reduceAVX512I8Band
 		case 0x0606: // uint8 bor
-			return reduceAVX512Uint8Bor
+			return reduceAVX512I8Bor
 		case 0x0607: // uint8 bxor
-			return reduceAVX512Uint8Bxor
+			return reduceAVX512I8Bxor
 		case 0x0701: // int32 sum
-			return reduceAVX512Int32Sum
+			return reduceAVX512I32Sum
 		case 0x0702: // int32 prod
-			return reduceAVX512Int32Prod
+			return reduceAVX512I32Prod
 		case 0x0703: // int32 min
 			return reduceAVX512Int32Min
 		case 0x0704: // int32 max
 			return reduceAVX512Int32Max
 		case 0x0705: // int32 band
-			return reduceAVX512Int32Band
+			return reduceAVX512I32Band
 		case 0x0706: // int32 bor
-			return reduceAVX512Int32Bor
+			return reduceAVX512I32Bor
 		case 0x0707: // int32 bxor
-			return reduceAVX512Int32Bxor
+			return reduceAVX512I32Bxor
 		case 0x0801: // uint32 sum
-			return reduceAVX512Uint32Sum
+			return reduceAVX512I32Sum
 		case 0x0802: // uint32 prod
-			return reduceAVX512Uint32Prod
+			return reduceAVX512I32Prod
 		case 0x0803: // uint32 min
 			return reduceAVX512Uint32Min
 		case 0x0804: // uint32 max
 			return reduceAVX512Uint32Max
 		case 0x0805: // uint32 band
-			return reduceAVX512Uint32Band
+			return reduceAVX512I32Band
 		case 0x0806: // uint32 bor
-			return reduceAVX512Uint32Bor
+			return reduceAVX512I32Bor
 		case 0x0807: // uint32 bxor
-			return reduceAVX512Uint32Bxor
+			return reduceAVX512I32Bxor
 		case 0x0901: // int64 sum
-			return reduceAVX512Int64Sum
+			return reduceAVX512I64Sum
 		case 0x0902: // int64 prod
-			return reduceAVX512Int64Prod
+			return reduceAVX512I64Prod
 		case 0x0903: // int64 min
 			return reduceAVX512Int64Min
 		case 0x0904: // int64 max
 			return reduceAVX512Int64Max
 		case 0x0905: // int64 band
-			return reduceAVX512Int64Band
+			return reduceAVX512I64Band
 		case 0x0906: // int64 bor
-			return reduceAVX512Int64Bor
+			return reduceAVX512I64Bor
 		case 0x0907: // int64 bxor
-			return reduceAVX512Int64Bxor
+			return reduceAVX512I64Bxor
 		case 0x0a01: // uint64 sum
-			return reduceAVX512Uint64Sum
+			return reduceAVX512I64Sum
 		case 0x0a02: // uint64 prod
-			return reduceAVX512Uint64Prod
+			return reduceAVX512I64Prod
 		case 0x0a03: // uint64 min
 			return reduceAVX512Uint64Min
 		case 0x0a04: // uint64 max
 			return reduceAVX512Uint64Max
 		case 0x0a05: // uint64 band
-			return reduceAVX512Uint64Band
+			return reduceAVX512I64Band
 		case 0x0a06: // uint64 bor
-			return reduceAVX512Uint64Bor
+			return reduceAVX512I64Bor
 		case 0x0a07: // uint64 bxor
-			return reduceAVX512Uint64Bxor
+			return reduceAVX512I64Bxor
 		}
 	}
 	return nil
 }
 
-// reduceAVX2Float32Sum reduces float32 with sum using AVX2; see rawKernel.
+// reduceAVX2Float32Sum reduces float32 elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float32Prod reduces float32 with prod using AVX2; see rawKernel.
+// reduceAVX2Float32Prod reduces float32 elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float32Min reduces float32 with min using AVX2; see rawKernel.
+// reduceAVX2Float32Min reduces float32 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float32Max reduces float32 with max using AVX2; see rawKernel.
+// reduceAVX2Float32Max reduces float32 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float64Sum reduces float64 with sum using AVX2; see rawKernel.
+// reduceAVX2Float64Sum reduces float64 elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float64Prod reduces float64 with prod using AVX2; see rawKernel.
+// reduceAVX2Float64Prod reduces float64 elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float64Min reduces float64 with min using AVX2; see rawKernel.
+// reduceAVX2Float64Min reduces float64 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float64Max reduces float64 with max using AVX2; see rawKernel.
+// reduceAVX2Float64Max reduces float64 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Bfloat16Sum reduces bfloat16 with sum using AVX2; see rawKernel.
+// reduceAVX2Bfloat16Sum reduces bfloat16 elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Bfloat16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Bfloat16Prod reduces bfloat16 with prod using AVX2; see rawKernel.
+// reduceAVX2Bfloat16Prod reduces bfloat16 elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Bfloat16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Bfloat16Min reduces bfloat16 with min using AVX2; see rawKernel.
+// reduceAVX2Bfloat16Min reduces bfloat16 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Bfloat16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Bfloat16Max reduces bfloat16 with max using AVX2; see rawKernel.
+// reduceAVX2Bfloat16Max reduces bfloat16 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Bfloat16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float16Sum reduces float16 with sum using AVX2; see rawKernel.
+// reduceAVX2Float16Sum reduces float16 elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float16Prod reduces float16 with prod using AVX2; see rawKernel.
+// reduceAVX2Float16Prod reduces float16 elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float16Min reduces float16 with min using AVX2; see rawKernel.
+// reduceAVX2Float16Min reduces float16 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Float16Max reduces float16 with max using AVX2; see rawKernel.
+// reduceAVX2Float16Max reduces float16 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Sum reduces int8 with sum using AVX2; see rawKernel.
+// reduceAVX2I8Sum reduces 8-bit integer elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Prod reduces int8 with prod using AVX2; see rawKernel.
+// reduceAVX2I8Prod reduces 8-bit integer elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Min reduces int8 with min using AVX2; see rawKernel.
+// reduceAVX2Int8Min reduces int8 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Int8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Max reduces int8 with max using AVX2; see rawKernel.
+// reduceAVX2Int8Max reduces int8 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Int8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Band reduces int8 with band using AVX2; see rawKernel.
+// reduceAVX2I8Band reduces 8-bit integer elements with band using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Bor reduces int8 with bor using AVX2; see rawKernel.
+// reduceAVX2I8Bor reduces 8-bit integer elements with bor using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int8Bxor reduces int8 with bxor using AVX2; see rawKernel.
+// reduceAVX2I8Bxor reduces 8-bit integer elements with bxor using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint8Sum reduces uint8 with sum using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint8Prod reduces uint8 with prod using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint8Min reduces uint8 with min using AVX2; see rawKernel.
+// reduceAVX2Uint8Min reduces uint8 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Uint8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint8Max reduces uint8 with max using AVX2; see rawKernel.
+// reduceAVX2Uint8Max reduces uint8 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Uint8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint8Band reduces uint8 with band using AVX2; see rawKernel.
+// reduceAVX2I32Sum reduces 32-bit integer elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Uint8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint8Bor reduces uint8 with bor using AVX2; see rawKernel.
+// reduceAVX2I32Prod reduces 32-bit integer elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Uint8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint8Bxor reduces uint8 with bxor using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Int32Sum reduces int32 with sum using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Int32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Int32Prod reduces int32 with prod using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Int32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Int32Min reduces int32 with min using AVX2; see rawKernel.
+// reduceAVX2Int32Min reduces int32 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Int32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int32Max reduces int32 with max using AVX2; see rawKernel.
+// reduceAVX2Int32Max reduces int32 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Int32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int32Band reduces int32 with band using AVX2; see rawKernel.
+// reduceAVX2I32Band reduces 32-bit integer elements with band using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int32Bor reduces int32 with bor using AVX2; see rawKernel.
+// reduceAVX2I32Bor reduces 32-bit integer elements with bor using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int32Bxor reduces int32 with bxor using AVX2; see rawKernel.
+// reduceAVX2I32Bxor reduces 32-bit integer elements with bxor using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint32Sum reduces uint32 with sum using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint32Prod reduces uint32 with prod using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint32Min reduces uint32 with min using AVX2; see rawKernel.
+// reduceAVX2Uint32Min reduces uint32 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Uint32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint32Max reduces uint32 with max using AVX2; see rawKernel.
+// reduceAVX2Uint32Max reduces uint32 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Uint32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint32Band reduces uint32 with band using AVX2; see rawKernel.
+// reduceAVX2I64Sum reduces 64-bit integer elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Uint32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint32Bor reduces uint32 with bor using AVX2; see rawKernel.
+// reduceAVX2I64Prod reduces 64-bit integer elements with prod using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Uint32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint32Bxor reduces uint32 with bxor using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Int64Sum reduces int64 with sum using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Int64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Int64Prod reduces int64 with prod using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Int64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Int64Min reduces int64 with min using AVX2; see rawKernel.
+// reduceAVX2Int64Min reduces int64 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Int64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int64Max reduces int64 with max using AVX2; see rawKernel.
+// reduceAVX2Int64Max reduces int64 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Int64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int64Band reduces int64 with band using AVX2; see rawKernel.
+// reduceAVX2I64Band reduces 64-bit integer elements with band using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int64Bor reduces int64 with bor using AVX2; see rawKernel.
+// reduceAVX2I64Bor reduces 64-bit integer elements with bor using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Int64Bxor reduces int64 with bxor using AVX2; see rawKernel.
+// reduceAVX2I64Bxor reduces 64-bit integer elements with bxor using AVX2; see kernel.Func.
 //
 //go:noescape
-func reduceAVX2Int64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX2I64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint64Sum reduces uint64 with sum using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint64Prod reduces uint64 with prod using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint64Min reduces uint64 with min using AVX2; see rawKernel.
+// reduceAVX2Uint64Min reduces uint64 elements with min using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Uint64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint64Max reduces uint64 with max using AVX2; see rawKernel.
+// reduceAVX2Uint64Max reduces uint64 elements with max using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Uint64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Uint64Band reduces uint64 with band using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint64Bor reduces uint64 with bor using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX2Uint64Bxor reduces uint64 with bxor using AVX2; see rawKernel.
-//
-//go:noescape
-func reduceAVX2Uint64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Float32Sum reduces float32 with sum using AVX512; see rawKernel.
+// reduceAVX512Float32Sum reduces float32 elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float32Prod reduces float32 with prod using AVX512; see rawKernel.
+// reduceAVX512Float32Prod reduces float32 elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float32Min reduces float32 with min using AVX512; see rawKernel.
+// reduceAVX512Float32Min reduces float32 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float32Max reduces float32 with max using AVX512; see rawKernel.
+// reduceAVX512Float32Max reduces float32 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float64Sum reduces float64 with sum using AVX512; see rawKernel.
+// reduceAVX512Float64Sum reduces float64 elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float64Prod reduces float64 with prod using AVX512; see rawKernel.
+// reduceAVX512Float64Prod reduces float64 elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float64Min reduces float64 with min using AVX512; see rawKernel.
+// reduceAVX512Float64Min reduces float64 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float64Max reduces float64 with max using AVX512; see rawKernel.
+// reduceAVX512Float64Max reduces float64 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Bfloat16Sum reduces bfloat16 with sum using AVX512; see rawKernel.
+// reduceAVX512Bfloat16Sum reduces bfloat16 elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Bfloat16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Bfloat16Prod reduces bfloat16 with prod using AVX512; see rawKernel.
+// reduceAVX512Bfloat16Prod reduces bfloat16 elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Bfloat16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Bfloat16Min reduces bfloat16 with min using AVX512; see rawKernel.
+// reduceAVX512Bfloat16Min reduces bfloat16 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Bfloat16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Bfloat16Max reduces bfloat16 with max using AVX512; see rawKernel.
+// reduceAVX512Bfloat16Max reduces bfloat16 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Bfloat16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float16Sum reduces float16 with sum using AVX512; see rawKernel.
+// reduceAVX512Float16Sum reduces float16 elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float16Prod reduces float16 with prod using AVX512; see rawKernel.
+// reduceAVX512Float16Prod reduces float16 elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float16Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float16Min reduces float16 with min using AVX512; see rawKernel.
+// reduceAVX512Float16Min reduces float16 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float16Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float16Max reduces float16 with max using AVX512; see rawKernel.
+// reduceAVX512Float16Max reduces float16 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float16Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Sum reduces int8 with sum using AVX512; see rawKernel.
+// reduceAVX512I8Sum reduces 8-bit integer elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Prod reduces int8 with prod using AVX512; see rawKernel.
+// reduceAVX512I8Prod reduces 8-bit integer elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Min reduces int8 with min using AVX512; see rawKernel.
+// reduceAVX512Int8Min reduces int8 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Int8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Max reduces int8 with max using AVX512; see rawKernel.
+// reduceAVX512Int8Max reduces int8 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Int8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Band reduces int8 with band using AVX512; see rawKernel.
+// reduceAVX512I8Band reduces 8-bit integer elements with band using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Bor reduces int8 with bor using AVX512; see rawKernel.
+// reduceAVX512I8Bor reduces 8-bit integer elements with bor using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int8Bxor reduces int8 with bxor using AVX512; see rawKernel.
+// reduceAVX512I8Bxor reduces 8-bit integer elements with bxor using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint8Sum reduces uint8 with sum using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint8Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint8Prod reduces uint8 with prod using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint8Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint8Min reduces uint8 with min using AVX512; see rawKernel.
+// reduceAVX512Uint8Min reduces uint8 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Uint8Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint8Max reduces uint8 with max using AVX512; see rawKernel.
+// reduceAVX512Uint8Max reduces uint8 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Uint8Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint8Band reduces uint8 with band using AVX512; see rawKernel.
+// reduceAVX512I32Sum reduces 32-bit integer elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Uint8Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint8Bor reduces uint8 with bor using AVX512; see rawKernel.
+// reduceAVX512I32Prod reduces 32-bit integer elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Uint8Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint8Bxor reduces uint8 with bxor using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint8Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Int32Sum reduces int32 with sum using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Int32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Int32Prod reduces int32 with prod using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Int32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Int32Min reduces int32 with min using AVX512; see rawKernel.
+// reduceAVX512Int32Min reduces int32 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Int32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int32Max reduces int32 with max using AVX512; see rawKernel.
+// reduceAVX512Int32Max reduces int32 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Int32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int32Band reduces int32 with band using AVX512; see rawKernel.
+// reduceAVX512I32Band reduces 32-bit integer elements with band using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int32Bor reduces int32 with bor using AVX512; see rawKernel.
+// reduceAVX512I32Bor reduces 32-bit integer elements with bor using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int32Bxor reduces int32 with bxor using AVX512; see rawKernel.
+// reduceAVX512I32Bxor reduces 32-bit integer elements with bxor using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint32Sum reduces uint32 with sum using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint32Prod reduces uint32 with prod using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint32Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint32Min reduces uint32 with min using AVX512; see rawKernel.
+// reduceAVX512Uint32Min reduces uint32 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Uint32Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint32Max reduces uint32 with max using AVX512; see rawKernel.
+// reduceAVX512Uint32Max reduces uint32 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Uint32Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint32Band reduces uint32 with band using AVX512; see rawKernel.
+// reduceAVX512I64Sum reduces 64-bit integer elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Uint32Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint32Bor reduces uint32 with bor using AVX512; see rawKernel.
+// reduceAVX512I64Prod reduces 64-bit integer elements with prod using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Uint32Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint32Bxor reduces uint32 with bxor using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint32Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Int64Sum reduces int64 with sum using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Int64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Int64Prod reduces int64 with prod using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Int64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Int64Min reduces int64 with min using AVX512; see rawKernel.
+// reduceAVX512Int64Min reduces int64 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Int64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int64Max reduces int64 with max using AVX512; see rawKernel.
+// reduceAVX512Int64Max reduces int64 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Int64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int64Band reduces int64 with band using AVX512; see rawKernel.
+// reduceAVX512I64Band reduces 64-bit integer elements with band using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int64Bor reduces int64 with bor using AVX512; see rawKernel.
+// reduceAVX512I64Bor reduces 64-bit integer elements with bor using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Int64Bxor reduces int64 with bxor using AVX512; see rawKernel.
+// reduceAVX512I64Bxor reduces 64-bit integer elements with bxor using AVX512; see kernel.Func.
 //
 //go:noescape
-func reduceAVX512Int64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+func reduceAVX512I64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint64Sum reduces uint64 with sum using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint64Prod reduces uint64 with prod using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint64Prod(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint64Min reduces uint64 with min using AVX512; see rawKernel.
+// reduceAVX512Uint64Min reduces uint64 elements with min using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Uint64Min(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Uint64Max reduces uint64 with max using AVX512; see rawKernel.
+// reduceAVX512Uint64Max reduces uint64 elements with max using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Uint64Max(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint64Band reduces uint64 with band using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint64Band(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint64Bor reduces uint64 with bor using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint64Bor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
-
-// reduceAVX512Uint64Bxor reduces uint64 with bxor using AVX512; see rawKernel.
-//
-//go:noescape
-func reduceAVX512Uint64Bxor(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)

@@ -10,7 +10,6 @@ import (
 	"github.com/gocoll/gocoll/bench/perf"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
-	"github.com/gocoll/gocoll/generated/kernels"
 )
 
 // world is an in-memory communicator for goroutine ranks, written from the
@@ -124,10 +123,13 @@ func (c *rankComm) Do(ctx context.Context, req *core.Request) error {
 		return s
 	}
 	reduce := func(dst []byte, lo, hi int) error {
-		if err := kernels.Reduce(req.DType, req.Op, dst, sends(lo, hi)); err != nil {
-			return err
+		t := core.LookupType(req.DType)
+		if t == nil || t.Kernel(req.Op) == nil {
+			return fmt.Errorf("%w: no kernel for %v %v", core.ErrUnsupported, req.DType, req.Op)
 		}
-		return kernels.Finish(req.DType, req.Op, dst, w.n)
+		t.Kernel(req.Op).Reduce(nil, dst, sends(lo, hi))
+		t.Kernel(req.Op).Finish(dst, w.n)
+		return nil
 	}
 	var err error
 	switch req.Kind {

@@ -3,80 +3,17 @@
 package kernels
 
 import (
-	"fmt"
+	"github.com/gocoll/gocoll/kernel/kerneltest"
 	"testing"
-
-	"github.com/gocoll/gocoll/core"
 )
 
-var benchDTypes = []core.DType{dtFloat32, dtBFloat16}
-
-var benchSizes = []struct {
-	name  string
-	bytes int
-}{{"16KiB", 16 << 10}, {"64MiB", 64 << 20}}
-
-// BenchmarkReduce reports GB/s over every byte read and written: n inputs
-// and one output of the buffer size. -short skips 64 MiB.
+// BenchmarkReduce is the spec's float32 and bfloat16 sum (where it has them) at
+// every level this CPU has; see kerneltest.BenchReduce.
 func BenchmarkReduce(b *testing.B) {
-	for _, sz := range benchSizes {
-		if testing.Short() && sz.bytes > 1<<20 {
-			continue
-		}
-		for _, n := range []int{2, 4, 8} {
-			srcs := make([][]byte, n)
-			for i := range srcs {
-				srcs[i] = make([]byte, sz.bytes)
-				for j := range srcs[i] {
-					srcs[i][j] = byte(i + j%61) // finite values, no NaN slow paths
-				}
-			}
-			dst := make([]byte, sz.bytes)
-			touch(dst)
-			for _, dt := range benchDTypes {
-				for _, isa := range levels() {
-					b.Run(fmt.Sprintf("%s/sum/n=%d/%s/%s", dtName(dt), n, sz.name, isa), func(b *testing.B) {
-						old := Active()
-						if err := SetISA(isa); err != nil {
-							b.Fatal(err)
-						}
-						defer SetISA(old)
-						b.SetBytes(int64((n + 1) * sz.bytes))
-						for b.Loop() {
-							if err := Reduce(dt, opSum, dst, srcs); err != nil {
-								b.Fatal(err)
-							}
-						}
-					})
-				}
-			}
-		}
-	}
+	kerneltest.BenchReduce(b, opSum, dtFloat32, dtBFloat16)
 }
 
-// touch writes every page of buf, so that neither page faults nor reads of
-// the shared zero page (a fresh allocation's) flatter or burden a timing.
-func touch(buf []byte) {
-	for i := range buf {
-		buf[i] = byte(i % 251)
-	}
-}
-
-// BenchmarkCopy is Go's copy() of one buffer, counting bytes read and
-// written, for comparison with BenchmarkReduce.
+// BenchmarkCopy is copy() of the same sizes, for comparison.
 func BenchmarkCopy(b *testing.B) {
-	for _, sz := range benchSizes {
-		if testing.Short() && sz.bytes > 1<<20 {
-			continue
-		}
-		src, dst := make([]byte, sz.bytes), make([]byte, sz.bytes)
-		touch(src)
-		touch(dst)
-		b.Run(sz.name, func(b *testing.B) {
-			b.SetBytes(int64(2 * sz.bytes))
-			for b.Loop() {
-				copy(dst, src)
-			}
-		})
-	}
+	kerneltest.BenchCopy(b)
 }

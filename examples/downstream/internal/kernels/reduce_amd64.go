@@ -8,50 +8,68 @@ import (
 	"unsafe"
 
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/kernel"
 )
+
+// haveAsm says this build has the assembly kernels.
+const haveAsm = true
 
 // asmKey packs a dtype and an op into one switch key.
 func asmKey(dt core.DType, op core.Op) uint16 { return uint16(dt)<<8 | uint16(op) }
 
 // archKernel returns the assembly kernel for dt and op at isa, or nil when
-// there is none and the generic Go kernel must run. avg kernels sum: the
-// division is Finish's job.
-func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel {
+// there is none and the level below runs. avg kernels sum: the division
+// is the finish step's job.
+func archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func {
 	switch isa {
-	case AVX2:
+	case kernel.AVX2:
 		switch asmKey(dt, op) {
 		case 0x0101: // float32 sum
 			return reduceAVX2Float32Sum
 		case 0x0301: // bfloat16 sum
 			return reduceAVX2Bfloat16Sum
+		case 0x4001: // complex64 sum
+			return reduceAVX2Complex64Sum
 		}
-	case AVX512:
+	case kernel.AVX512:
 		switch asmKey(dt, op) {
 		case 0x0101: // float32 sum
 			return reduceAVX512Float32Sum
 		case 0x0301: // bfloat16 sum
 			return reduceAVX512Bfloat16Sum
+		case 0x4001: // complex64 sum
+			return reduceAVX512Complex64Sum
 		}
 	}
 	return nil
 }
 
-// reduceAVX2Float32Sum reduces float32 with sum using AVX2; see rawKernel.
+// reduceAVX2Float32Sum reduces float32 elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX2Bfloat16Sum reduces bfloat16 with sum using AVX2; see rawKernel.
+// reduceAVX2Bfloat16Sum reduces bfloat16 elements with sum using AVX2; see kernel.Func.
 //
 //go:noescape
 func reduceAVX2Bfloat16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Float32Sum reduces float32 with sum using AVX512; see rawKernel.
+// reduceAVX2Complex64Sum reduces complex64 elements with sum using AVX2; see kernel.Func.
+//
+//go:noescape
+func reduceAVX2Complex64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+
+// reduceAVX512Float32Sum reduces float32 elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
 
-// reduceAVX512Bfloat16Sum reduces bfloat16 with sum using AVX512; see rawKernel.
+// reduceAVX512Bfloat16Sum reduces bfloat16 elements with sum using AVX512; see kernel.Func.
 //
 //go:noescape
 func reduceAVX512Bfloat16Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)
+
+// reduceAVX512Complex64Sum reduces complex64 elements with sum using AVX512; see kernel.Func.
+//
+//go:noescape
+func reduceAVX512Complex64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc, n int)

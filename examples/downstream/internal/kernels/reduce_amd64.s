@@ -539,6 +539,174 @@ done:
 	VZEROUPPER
 	RET
 
+// func reduceAVX2Complex64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
+// Requires: AVX, AVX2, MMX+
+TEXT ·reduceAVX2Complex64Sum(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), AX
+	MOVQ srcs+8(FP), CX
+	MOVQ nsrc+16(FP), DX
+	MOVQ n+24(FP), BX
+	SHLQ $0x03, BX
+	XORQ SI, SI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  BX, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, DI
+	NEGQ  DI
+	ANDQ  $0x0000001f, DI
+	JZ    stream
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), R8
+	MOVQ       $0x00000020, R9
+	SUBQ       DI, R9
+	VMOVDQU    (R8)(R9*1), Y1
+	MOVQ       (CX), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y0
+	MOVQ       DX, R10
+	DECQ       R10
+	JZ         headStore
+	LEAQ       8(CX), R9
+
+headSrc:
+	MOVQ       (R9), R8
+	VPMASKMOVD (R8)(SI*1), Y1, Y2
+	VADDPS     Y2, Y0, Y0
+	ADDQ       $0x08, R9
+	DECQ       R10
+	JNZ        headSrc
+
+headStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+	ADDQ       DI, SI
+	SUBQ       DI, BX
+
+stream:
+	CMPQ    BX, $0x00000080
+	JB      streamDone
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(CX), R8
+
+streamSrc:
+	MOVQ   (R8), DI
+	VADDPS (DI)(SI*1), Y0, Y0
+	VADDPS 32(DI)(SI*1), Y1, Y1
+	VADDPS 64(DI)(SI*1), Y2, Y2
+	VADDPS 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Y0, (AX)(SI*1)
+	VMOVNTPS Y1, 32(AX)(SI*1)
+	VMOVNTPS Y2, 64(AX)(SI*1)
+	VMOVNTPS Y3, 96(AX)(SI*1)
+	ADDQ     $0x00000080, SI
+	SUBQ     $0x00000080, BX
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 128 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    BX, $0x00000080
+	JB      vector
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	VMOVUPS 32(DI)(SI*1), Y1
+	VMOVUPS 64(DI)(SI*1), Y2
+	VMOVUPS 96(DI)(SI*1), Y3
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(CX), R8
+
+blockSrc:
+	MOVQ   (R8), DI
+	VADDPS (DI)(SI*1), Y0, Y0
+	VADDPS 32(DI)(SI*1), Y1, Y1
+	VADDPS 64(DI)(SI*1), Y2, Y2
+	VADDPS 96(DI)(SI*1), Y3, Y3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    blockSrc
+
+blockStore:
+	VMOVUPS Y0, (AX)(SI*1)
+	VMOVUPS Y1, 32(AX)(SI*1)
+	VMOVUPS Y2, 64(AX)(SI*1)
+	VMOVUPS Y3, 96(AX)(SI*1)
+	ADDQ    $0x00000080, SI
+	SUBQ    $0x00000080, BX
+	JMP     block
+
+vector:
+	CMPQ    BX, $0x00000020
+	JB      tail
+	MOVQ    (CX), DI
+	VMOVUPS (DI)(SI*1), Y0
+	MOVQ    DX, R9
+	DECQ    R9
+	JZ      vectorStore
+	LEAQ    8(CX), R8
+
+vectorSrc:
+	MOVQ   (R8), DI
+	VADDPS (DI)(SI*1), Y0, Y0
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    vectorSrc
+
+vectorStore:
+	VMOVUPS Y0, (AX)(SI*1)
+	ADDQ    $0x00000020, SI
+	SUBQ    $0x00000020, BX
+	JMP     vector
+
+tail:
+	TESTQ BX, BX
+	JZ    done
+
+	// Partial vector: VPMASKMOVD with a mask of the bytes to do.
+	LEAQ       tailmask<>+0(SB), DI
+	MOVQ       $0x00000020, R8
+	SUBQ       BX, R8
+	VMOVDQU    (DI)(R8*1), Y1
+	MOVQ       (CX), BX
+	VPMASKMOVD (BX)(SI*1), Y1, Y0
+	DECQ       DX
+	JZ         tailStore
+	LEAQ       8(CX), CX
+
+tailSrc:
+	MOVQ       (CX), BX
+	VPMASKMOVD (BX)(SI*1), Y1, Y2
+	VADDPS     Y2, Y0, Y0
+	ADDQ       $0x08, CX
+	DECQ       DX
+	JNZ        tailSrc
+
+tailStore:
+	VPMASKMOVD Y0, Y1, (AX)(SI*1)
+
+done:
+	VZEROUPPER
+	RET
+
 // func reduceAVX512Float32Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
 // Requires: AVX, AVX512BW, AVX512F, MMX+
 TEXT ·reduceAVX512Float32Sum(SB), NOSPLIT, $0-32
@@ -1008,6 +1176,178 @@ tailStore:
 	VPORD     Z3, Z0, K2, Z2
 	VPACKUSDW Z2, Z7, Z7
 	VMOVDQU16 Z7, K1, (AX)(DI*1)
+
+done:
+	VZEROUPPER
+	RET
+
+// func reduceAVX512Complex64Sum(dst unsafe.Pointer, srcs *unsafe.Pointer, nsrc int, n int)
+// Requires: AVX, AVX512BW, AVX512F, MMX+
+TEXT ·reduceAVX512Complex64Sum(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), AX
+	MOVQ srcs+8(FP), DX
+	MOVQ nsrc+16(FP), BX
+	MOVQ n+24(FP), SI
+	SHLQ $0x03, SI
+	XORQ DI, DI
+
+	// Inputs of 1048576 bytes or more: align dst, then store blocks with
+	// non-temporal stores, which save the read-for-ownership of dst and keep
+	// the inputs in cache; what remains goes through the loops below.
+	CMPQ  SI, $0x00100000
+	JB    block
+	TESTQ $0x00000007, AX
+	JNZ   block
+	MOVQ  AX, R8
+	NEGQ  R8
+	ANDQ  $0x0000003f, R8
+	JZ    stream
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        R8, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, R9
+	SHLQ        CL, R9
+	DECQ        R9
+	KMOVQ       R9, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	MOVQ        BX, R10
+	DECQ        R10
+	JZ          headStore
+	LEAQ        8(DX), R9
+
+headSrc:
+	MOVQ        (R9), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VADDPS      Z1, Z0, Z0
+	ADDQ        $0x08, R9
+	DECQ        R10
+	JNZ         headSrc
+
+headStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
+	ADDQ      R8, DI
+	SUBQ      R8, SI
+
+stream:
+	CMPQ    SI, $0x00000100
+	JB      streamDone
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      streamStore
+	LEAQ    8(DX), R8
+
+streamSrc:
+	MOVQ   (R8), CX
+	VADDPS (CX)(DI*1), Z0, Z0
+	VADDPS 64(CX)(DI*1), Z1, Z1
+	VADDPS 128(CX)(DI*1), Z2, Z2
+	VADDPS 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    streamSrc
+
+streamStore:
+	VMOVNTPS Z0, (AX)(DI*1)
+	VMOVNTPS Z1, 64(AX)(DI*1)
+	VMOVNTPS Z2, 128(AX)(DI*1)
+	VMOVNTPS Z3, 192(AX)(DI*1)
+	ADDQ     $0x00000100, DI
+	SUBQ     $0x00000100, SI
+	JMP      stream
+
+streamDone:
+	SFENCE
+
+	// Blocks of 256 bytes per input, then single vectors, then the tail.
+block:
+	CMPQ    SI, $0x00000100
+	JB      vector
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	VMOVUPS 64(CX)(DI*1), Z1
+	VMOVUPS 128(CX)(DI*1), Z2
+	VMOVUPS 192(CX)(DI*1), Z3
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      blockStore
+	LEAQ    8(DX), R8
+
+blockSrc:
+	MOVQ   (R8), CX
+	VADDPS (CX)(DI*1), Z0, Z0
+	VADDPS 64(CX)(DI*1), Z1, Z1
+	VADDPS 128(CX)(DI*1), Z2, Z2
+	VADDPS 192(CX)(DI*1), Z3, Z3
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    blockSrc
+
+blockStore:
+	VMOVUPS Z0, (AX)(DI*1)
+	VMOVUPS Z1, 64(AX)(DI*1)
+	VMOVUPS Z2, 128(AX)(DI*1)
+	VMOVUPS Z3, 192(AX)(DI*1)
+	ADDQ    $0x00000100, DI
+	SUBQ    $0x00000100, SI
+	JMP     block
+
+vector:
+	CMPQ    SI, $0x00000040
+	JB      tail
+	MOVQ    (DX), CX
+	VMOVUPS (CX)(DI*1), Z0
+	MOVQ    BX, R9
+	DECQ    R9
+	JZ      vectorStore
+	LEAQ    8(DX), R8
+
+vectorSrc:
+	MOVQ   (R8), CX
+	VADDPS (CX)(DI*1), Z0, Z0
+	ADDQ   $0x08, R8
+	DECQ   R9
+	JNZ    vectorSrc
+
+vectorStore:
+	VMOVUPS Z0, (AX)(DI*1)
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000040, SI
+	JMP     vector
+
+tail:
+	TESTQ SI, SI
+	JZ    done
+
+	// Partial vector: an opmask of the elements to do.
+	MOVQ        SI, CX
+	SHRQ        $0x03, CX
+	MOVQ        $0x00000001, SI
+	SHLQ        CL, SI
+	DECQ        SI
+	KMOVQ       SI, K1
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z0
+	DECQ        BX
+	JZ          tailStore
+	LEAQ        8(DX), DX
+
+tailSrc:
+	MOVQ        (DX), CX
+	VMOVDQU64.Z (CX)(DI*1), K1, Z1
+	VADDPS      Z1, Z0, Z0
+	ADDQ        $0x08, DX
+	DECQ        BX
+	JNZ         tailSrc
+
+tailStore:
+	VMOVDQU64 Z0, K1, (AX)(DI*1)
 
 done:
 	VZEROUPPER

@@ -4,8 +4,14 @@
 
 package kernels
 
-import "github.com/gocoll/gocoll/core"
+import (
+	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/kernel"
+)
 
-// archKernel has no assembly kernels to offer on this platform (or with
-// the purego tag): the generic Go kernels run.
-func archKernel(isa ISA, dt core.DType, op core.Op) rawKernel { return nil }
+// haveAsm says this build has no assembly kernels.
+const haveAsm = false
+
+// archKernel has no assembly kernels to offer: every level runs the pure-Go
+// kernels.
+func archKernel(isa kernel.ISA, dt core.DType, op core.Op) kernel.Func { return nil }

@@ -4,7 +4,6 @@ package mycoll
 
 import (
 	"context"
-	"fmt"
 	"github.com/gocoll/gocoll/core"
 )
 
@@ -12,20 +11,16 @@ import (
 // rank's send buffer and leaves the result in every rank's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one float32 supports: sum; others return an error wrapping
-// core.ErrUnsupported. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float32 has: sum.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
 func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	if !Supports(DTypeFloat32, op) {
-		return unsupported("AllreduceFloat32", DTypeFloat32, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceFloat32: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllreduce,
 		Op:    op,
@@ -38,22 +33,109 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 // rank's send buffer and leaves the result in every rank's recv buffer.
 //
 // With count = len(send) and size the number of ranks: send holds count
-// elements on every rank; recv holds count elements on every rank. op must be
-// one bfloat16 supports: sum; others return an error wrapping
-// core.ErrUnsupported. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops bfloat16 has: sum.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
+// fails the check fail too instead of waiting.
 func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	if !Supports(DTypeBFloat16, op) {
-		return unsupported("AllreduceBFloat16", DTypeBFloat16, op)
-	}
-	count := len(send)
-	if len(recv) != count {
-		return fmt.Errorf("AllreduceBFloat16: %w: len(recv) = %d, want count = %d", ErrBufferLength, len(recv), count)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllreduce,
+		Op:    op,
+		Recv:  asBytes(recv),
+		Send:  asBytes(send),
+	})
+}
+
+// AllreduceComplex64 runs allreduce on complex64 elements. Allreduce sums
+// every rank's send buffer and leaves the result in every rank's recv buffer.
+//
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops complex64 has: sum.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// complex64 lacks one wrapping core.ErrUnsupported; the peers of a rank that
+// fails the check fail too instead of waiting.
+func AllreduceComplex64(ctx context.Context, c core.Comm, send, recv []complex64, op core.Op) error {
+	return do(ctx, c, core.Request{
+		Count: len(send),
+		DType: DTypeComplex64,
+		Kind:  KindAllreduce,
+		Op:    op,
+		Recv:  asBytes(recv),
+		Send:  asBytes(send),
+	})
+}
+
+// ReduceScatterFloat32 runs reduce_scatter on float32 elements. ReduceScatter
+// sums every rank's send buffer and leaves block rank of the sum in each
+// rank's recv buffer.
+//
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops float32 has: sum.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float32
+// lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
+// check fail too instead of waiting.
+func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
+	return do(ctx, c, core.Request{
+		Count: len(recv),
+		DType: DTypeFloat32,
+		Kind:  KindReduceScatter,
+		Op:    op,
+		Recv:  asBytes(recv),
+		Send:  asBytes(send),
+	})
+}
+
+// ReduceScatterBFloat16 runs reduce_scatter on bfloat16 elements.
+// ReduceScatter sums every rank's send buffer and leaves block rank of the sum
+// in each rank's recv buffer.
+//
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops bfloat16 has: sum.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
+// fails the check fail too instead of waiting.
+func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
+	return do(ctx, c, core.Request{
+		Count: len(recv),
+		DType: DTypeBFloat16,
+		Kind:  KindReduceScatter,
+		Op:    op,
+		Recv:  asBytes(recv),
+		Send:  asBytes(send),
+	})
+}
+
+// ReduceScatterComplex64 runs reduce_scatter on complex64 elements.
+// ReduceScatter sums every rank's send buffer and leaves block rank of the sum
+// in each rank's recv buffer.
+//
+// With count = len(recv) and size the number of ranks: send holds count*size
+// elements on every rank; recv holds count elements on every rank. op is one
+// of the ops complex64 has: sum.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// complex64 lacks one wrapping core.ErrUnsupported; the peers of a rank that
+// fails the check fail too instead of waiting.
+func ReduceScatterComplex64(ctx context.Context, c core.Comm, send, recv []complex64, op core.Op) error {
+	return do(ctx, c, core.Request{
+		Count: len(recv),
+		DType: DTypeComplex64,
+		Kind:  KindReduceScatter,
 		Op:    op,
 		Recv:  asBytes(recv),
 		Send:  asBytes(send),
@@ -65,21 +147,19 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastFloat32: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
 	})
 }
 
@@ -88,21 +168,40 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 //
 // With count = len(buf) and size the number of ranks: buf holds count elements
 // on every rank. root is the rank the data comes from or goes to; every rank
-// passes the same root. Lengths that do not fit the shape return an error
-// wrapping ErrBufferLength.
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
-	size := c.Size()
-	if root < 0 || root >= size {
-		return fmt.Errorf("BroadcastBFloat16: root %d is not a rank of this %d-rank communicator; pass a root in [0, %d)", root, size, size)
-	}
-	count := len(buf)
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindBroadcast,
 		Recv:  asBytes(buf),
 		Root:  root,
-		Send:  asBytes(buf),
+	})
+}
+
+// BroadcastComplex64 runs broadcast on complex64 elements. Broadcast copies
+// the root's buffer into every other rank's buffer.
+//
+// With count = len(buf) and size the number of ranks: buf holds count elements
+// on every rank. root is the rank the data comes from or goes to; every rank
+// passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid; the peers of a rank that fails the check
+// fail too instead of waiting.
+func BroadcastComplex64(ctx context.Context, c core.Comm, buf []complex64, root int) error {
+	return do(ctx, c, core.Request{
+		Count: len(buf),
+		DType: DTypeComplex64,
+		Kind:  KindBroadcast,
+		Recv:  asBytes(buf),
+		Root:  root,
 	})
 }
 
@@ -111,15 +210,13 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherFloat32: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
@@ -133,16 +230,34 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 //
 // With count = len(send) and size the number of ranks: send holds count
 // elements on every rank; recv holds count*size elements on every rank.
-// Lengths that do not fit the shape return an error wrapping ErrBufferLength.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
 func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
-	size := c.Size()
-	count := len(send)
-	if len(recv) != count*size {
-		return fmt.Errorf("AllgatherBFloat16: %w: len(recv) = %d, want count*size = %d", ErrBufferLength, len(recv), count*size)
-	}
 	return do(ctx, c, core.Request{
-		Count: count,
+		Count: len(send),
 		DType: DTypeBFloat16,
+		Kind:  KindAllgather,
+		Recv:  asBytes(recv),
+		Send:  asBytes(send),
+	})
+}
+
+// AllgatherComplex64 runs allgather on complex64 elements. Allgather
+// concatenates every rank's send buffer, in rank order, into every rank's recv
+// buffer.
+//
+// With count = len(send) and size the number of ranks: send holds count
+// elements on every rank; recv holds count*size elements on every rank.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength; the peers of
+// a rank that fails the check fail too instead of waiting.
+func AllgatherComplex64(ctx context.Context, c core.Comm, send, recv []complex64) error {
+	return do(ctx, c, core.Request{
+		Count: len(send),
+		DType: DTypeComplex64,
 		Kind:  KindAllgather,
 		Recv:  asBytes(recv),
 		Send:  asBytes(send),
@@ -151,6 +266,8 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 
 // Barrier runs barrier. Barrier returns on each rank only after every rank has
 // entered it.
+//
+// Errors are the communicator's.
 func Barrier(ctx context.Context, c core.Comm) error {
 	return do(ctx, c, core.Request{Kind: KindBarrier})
 }
