@@ -10,18 +10,20 @@ import (
 var ErrClosed = errors.New("gocoll: communicator is closed")
 
 // ErrUnsupported marks a dtype/op/collective combination the spec or the
-// backend does not provide; errors wrapping it say which.
-var ErrUnsupported = errors.New("gocoll: unsupported")
+// backend does not provide; errors wrapping it say which. Like the other
+// argument sentinels its text has no package prefix: it is read inside a
+// message that has one ("gocoll: allreduce: unsupported: ...").
+var ErrUnsupported = errors.New("unsupported")
 
 // ErrBufferLength marks a buffer whose length does not fit the collective
 // (for example recv shorter than send in an allreduce); errors wrapping it
 // say which buffer and what length it needs.
-var ErrBufferLength = errors.New("gocoll: buffer length does not fit the collective")
+var ErrBufferLength = errors.New("buffer length does not fit the collective")
 
 // ErrInvalid marks any other argument one rank can tell is wrong alone: a
 // count out of range, a root or peer that is not a rank, buffers that
 // overlap. Errors wrapping it say which.
-var ErrInvalid = errors.New("gocoll: invalid argument")
+var ErrInvalid = errors.New("invalid argument")
 
 // ErrConcurrentUse is returned when a call starts on a communicator while
 // another is in flight there. Collectives pair calls by their order on
@@ -71,3 +73,21 @@ func (e *PeerError) Error() string {
 }
 
 func (e *PeerError) Unwrap() error { return e.Err }
+
+// Describe says what a call asked for, from its raw fields (a refused
+// call's may be anything), for a peer's error: "allreduce of 16 float32,
+// op sum", "broadcast of 4 int8, root 2". Every backend describes a call
+// this way, so a peer's error reads the same on all of them.
+func Describe(kind Kind, dtype DType, op Op, count int64, root int64) string {
+	if kind == KindBarrier {
+		return kind.String()
+	}
+	s := fmt.Sprintf("%v of %d %v", kind, count, dtype)
+	if op != 0 {
+		s += ", op " + op.String()
+	}
+	if root != 0 {
+		s += fmt.Sprintf(", root %d", root)
+	}
+	return s
+}

@@ -263,10 +263,7 @@ func mismatch(err error) *core.MismatchError {
 
 // describe says what call req stands for, for a peer's error.
 func describe(req *core.Request) string {
-	if req.Kind == core.KindBarrier {
-		return req.Kind.String()
-	}
-	return fmt.Sprintf("%v of %d %v", req.Kind, req.Count, req.DType)
+	return core.Describe(req.Kind, req.DType, req.Op, int64(req.Count), int64(req.Root))
 }
 
 func (h *Backend) noteKey(rank int) string {

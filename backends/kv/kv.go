@@ -341,10 +341,7 @@ func decodeHeader(v []byte) (*header, error) {
 
 // String describes the call h stands for, for a peer's error.
 func (h *header) String() string {
-	if h.kind == core.KindBarrier {
-		return h.kind.String()
-	}
-	return fmt.Sprintf("%v of %d %v", h.kind, h.count, h.dtype)
+	return core.Describe(h.kind, h.dtype, h.op, int64(h.count), int64(h.root))
 }
 
 // disagree compares mine with theirs on every field that must agree.

@@ -226,14 +226,7 @@ func (b *Backend) disagreement(p int, mine desc) error {
 // describeDesc says what a refused call asked for, from its raw fields:
 // they may be anything, an unknown kind or dtype included.
 func describeDesc(d desc) string {
-	s := fmt.Sprintf("%v of %d %v", core.Kind(d.what&0xff), int64(d.count), core.DType(d.what>>8&0xff))
-	if op := core.Op(d.what >> 16 & 0xff); op != 0 {
-		s += fmt.Sprintf(", op %v", op)
-	}
-	if root := int64(d.root); root != 0 {
-		s += fmt.Sprintf(", root %d", root)
-	}
-	return s
+	return core.Describe(core.Kind(d.what&0xff), core.DType(d.what>>8&0xff), core.Op(d.what>>16&0xff), int64(d.count), int64(d.root))
 }
 
 // firstOr runs the first round with d, later rounds plainly.

@@ -3,7 +3,6 @@ package tcp
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"strconv"
 
 	"github.com/gocoll/gocoll/core"
@@ -132,17 +131,7 @@ func mismatch(exp, got *header) (field, mine, theirs string) {
 // call's may be anything), for a peer's error: "allreduce of 16 float32,
 // op sum".
 func (h *header) describe() string {
-	if h.kind == core.KindBarrier {
-		return h.kind.String()
-	}
-	s := fmt.Sprintf("%v of %d %v", h.kind, int64(h.count), h.dtype)
-	if h.op != 0 {
-		s += ", op " + h.op.String()
-	}
-	if h.root != 0 {
-		s += ", root " + strconv.Itoa(int(h.root))
-	}
-	return s
+	return core.Describe(h.kind, h.dtype, h.op, int64(h.count), int64(h.root))
 }
 
 func opString(o core.Op) string {
