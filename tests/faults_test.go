@@ -265,6 +265,7 @@ func concurrentProbe(ctx context.Context, c core.Comm) error {
 	var mu sync.Mutex
 	var wrong []string
 	ok := 0
+	var seen []string // the first distinct errors, printed for -v
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
@@ -279,12 +280,17 @@ func concurrentProbe(ctx context.Context, c core.Comm) error {
 					wrong = append(wrong, fmt.Sprintf("goroutine %d: %v (want %d)", g, recv[0], size*(g+1)))
 				case err == nil:
 					ok++
+				case !slices.Contains(seen, err.Error()) && len(seen) < 3:
+					seen = append(seen, err.Error())
 				}
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
+	for _, e := range seen {
+		fmt.Printf("fault error: %s\n", e)
+	}
 	if wrong != nil {
 		return fmt.Errorf("%d calls returned nil with mispaired data: %v", len(wrong), wrong[:min(3, len(wrong))])
 	}
