@@ -35,21 +35,7 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 	// offset the algorithms derive from them can wrap.
 	algo := b.choose(req.Kind, req.Count, req.Count*b.es)
 	b.cur = header{typ: frameData, kind: req.Kind, dtype: req.DType, op: req.Op, algo: algo, count: uint64(req.Count), root: int32(req.Root)}
-	if req.Kind == core.KindSend || req.Kind == core.KindRecv {
-		p := b.peers[req.Peer]
-		b.cur.kind = core.KindSend // the frame's kind on both sides
-		if req.Kind == core.KindSend {
-			p.sendSeq++
-			b.cur.seq = p.sendSeq
-		} else {
-			p.recvSeq++
-			b.cur.seq = p.recvSeq
-		}
-	} else {
-		b.seq = next
-		b.cur.seq = next
-		b.running.Store(next)
-	}
+	b.number(req, next)
 	b.setDeadline(ctx)
 	call := b.calls.Add(1)
 	b.active.Store(call)
@@ -102,6 +88,27 @@ func (b *Backend) end(err error) error {
 	return b.failureError(f, b.opName())
 }
 
+// number gives the call in b.cur its sequence number: a send or recv its
+// peer's count in that direction (the frame's kind is send on both sides),
+// any other call the communicator's next one.
+func (b *Backend) number(req *core.Request, next uint64) {
+	if req.Kind == core.KindSend || req.Kind == core.KindRecv {
+		p := b.peers[req.Peer]
+		b.cur.kind = core.KindSend
+		if req.Kind == core.KindSend {
+			p.sendSeq++
+			b.cur.seq = p.sendSeq
+		} else {
+			p.recvSeq++
+			b.cur.seq = p.recvSeq
+		}
+		return
+	}
+	b.seq = next
+	b.cur.seq = next
+	b.running.Store(next)
+}
+
 // Refuse implements core.Backend: req failed core.Check on this rank, and
 // its fields may hold anything. This rank takes its part in the call with
 // its header marked refused and moves no data, so that the peers return a
@@ -131,19 +138,8 @@ func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
 			return nil
 		}
 		p = b.peers[req.Peer]
-		b.cur.kind = core.KindSend
-		if req.Kind == core.KindSend {
-			p.sendSeq++
-			b.cur.seq = p.sendSeq
-		} else {
-			p.recvSeq++
-			b.cur.seq = p.recvSeq
-		}
-	} else {
-		b.seq = next
-		b.cur.seq = next
-		b.running.Store(next)
 	}
+	b.number(req, next)
 	b.setDeadline(ctx)
 	call := b.calls.Add(1)
 	b.active.Store(call)
