@@ -2,20 +2,26 @@
 // nodes with several ranks on some of them. It is composed of three
 // backends: Local among the ranks of this rank's node, Leaders among the
 // nodes' leaders (the lowest rank of each node), and World among all
-// ranks. An allreduce runs in three stages, so that only one rank per
-// node puts the data on the network:
+// ranks. Some collectives run in stages, so that only one rank per node
+// puts the data on the network:
 //
-//  1. a reduce to the leader within each node (Local),
-//  2. an allreduce between the leaders (Leaders),
-//  3. a broadcast from the leader within each node (Local).
+//   - allreduce: a reduce to the leader within each node (Local), an
+//     allreduce between the leaders (Leaders), a broadcast from the
+//     leader within each node (Local);
+//   - allgather: a gather to the leader within each node, an allgather of
+//     the nodes' blocks between the leaders, a broadcast within each node;
+//   - barrier: within each node, between the leaders, within each node.
 //
-// Every other collective runs on World.
+// Every staged collective ends with a stage within every node after the
+// last stage between the leaders, so that a failure among the leaders
+// reaches every rank. Every other collective runs on World.
 //
 // # Failures
 //
 // A failure inside one stage reaches only the ranks of that stage, so hier
-// passes it on: a leader whose node's stage 1 failed refuses its stage 2,
-// and a leader whose stage 2 failed refuses its node's stage 3. Every rank
+// passes it on: a leader whose node's stage failed refuses the next
+// stage between the leaders, and a leader whose stage between the leaders
+// failed refuses its node's next stage. Every rank
 // thus fails at the same call, with a *core.MismatchError when the cause
 // was a disagreement or a refused argument. Before passing a failure on, a
 // rank records its cause in the Store, and a rank that learns of the
@@ -24,9 +30,10 @@
 // A failure that leaves the stages out of step (a dead peer, a timeout)
 // aborts all three backends, which tell their peers.
 //
-// A disagreement between an allreduce on some ranks and another kind of
-// collective on others cannot be seen by any one stage: those ranks wait
-// in different backends and fail at the timeout, naming each other.
+// A disagreement between a staged collective on some ranks and another
+// kind of collective on others may not be seen by any one stage: those
+// ranks may wait in different backends and fail at the timeout, naming
+// each other; or a stage sees a disagreement of its own kinds.
 package hier
 
 import (
@@ -156,79 +163,188 @@ func (h *Backend) backends() []core.Backend {
 	return bs
 }
 
+// A stage is one step of a staged collective: a request run on Local by
+// every rank of each node, or on Leaders by the nodes' leaders.
+type stage struct {
+	leaders bool
+	name    string // what the stage does, for errors
+	req     core.Request
+	// scale is the stage's Count per element of the call's Count, so that
+	// a count the stage's backend names reads as the call's.
+	scale int
+	// after runs on this rank when the stage succeeded.
+	after func()
+}
+
+// staged reports whether hier runs kind in stages, and the kinds of its
+// first local stage and its first leaders stage, which a refusing rank
+// refuses.
+func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
+	switch kind {
+	case core.KindAllreduce:
+		return core.KindReduce, core.KindAllreduce, true
+	case core.KindBarrier:
+		return core.KindBarrier, core.KindBarrier, true
+	case core.KindAllgather:
+		return core.KindGather, core.KindAllgather, true
+	}
+	return 0, 0, false
+}
+
 // Run implements core.Backend. req passed core.Check for the world's rank
 // and size, so the stages' requests, made from it, are valid for theirs.
 func (h *Backend) Run(ctx context.Context, req *core.Request) error {
 	h.seq++
-	if req.Kind != core.KindAllreduce {
-		return h.world.Run(ctx, req)
+	switch req.Kind {
+	case core.KindAllreduce:
+		return h.run(ctx, req, h.allreduce(req))
+	case core.KindBarrier:
+		return h.run(ctx, req, h.barrier())
+	case core.KindAllgather:
+		return h.run(ctx, req, h.allgather(req))
 	}
+	return h.world.Run(ctx, req)
+}
+
+func (h *Backend) leader() bool { return h.leaders != nil }
+
+// allreduce: a reduce to the leader within each node, an allreduce
+// between the leaders, a broadcast from the leader within each node.
+func (h *Backend) allreduce(req *core.Request) []stage {
 	// The stages combine partial results, so an op with a finishing step
 	// (avg: divide by the ranks) reduces without it in every stage and
 	// is finished once, over the whole job, at the end.
 	k := h.partial(req.Kernel)
-	leader := h.leaders != nil
 	var recv []byte
-	if leader {
+	if h.leader() {
 		recv = req.Recv
 	}
-	h.sub = core.Request{Kind: core.KindReduce, DType: req.DType, Op: req.Op, Count: req.Count,
-		Send: req.Send, Recv: recv, Type: req.Type, Kernel: k}
-	if err := h.local.Run(ctx, &h.sub); err != nil {
-		err = h.localError(err, "allreduce (reduce within the node)")
+	return []stage{
+		{name: "reduce within the node", scale: 1, req: core.Request{Kind: core.KindReduce, DType: req.DType, Op: req.Op,
+			Count: req.Count, Send: req.Send, Recv: recv, Type: req.Type, Kernel: k}},
+		{leaders: true, name: "allreduce between nodes", scale: 1, req: core.Request{Kind: core.KindAllreduce, DType: req.DType,
+			Op: req.Op, Count: req.Count, Send: req.Recv, Recv: req.Recv, Type: req.Type, Kernel: k},
+			after: func() { req.Kernel.Finish(req.Recv, h.size) }},
+		{name: "broadcast within the node", scale: 1, req: core.Request{Kind: core.KindBroadcast, DType: req.DType,
+			Count: req.Count, Send: req.Recv, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
+// barrier: within each node, between the leaders, within each node.
+func (h *Backend) barrier() []stage {
+	return []stage{
+		{name: "barrier within the node", req: core.Request{Kind: core.KindBarrier}},
+		{leaders: true, name: "barrier between nodes", req: core.Request{Kind: core.KindBarrier}},
+		{name: "barrier within the node", req: core.Request{Kind: core.KindBarrier}},
+	}
+}
+
+// allgather: a gather to the leader within each node; an allgather of
+// the nodes' blocks between the leaders, each padded to the largest
+// node's, which the leaders reorder into rank order (a node's ranks need
+// not be contiguous); a broadcast of the result within each node.
+func (h *Backend) allgather(req *core.Request) []stage {
+	local := len(h.nodes[h.node])
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	var gathered, mine, all []byte
+	if h.leader() {
+		// The node's blocks, padded to width, then every node's.
+		mine = make([]byte, width*blk)
+		all = make([]byte, len(h.nodes)*width*blk)
+		gathered = mine[: local*blk : local*blk]
+	}
+	return []stage{
+		{name: "gather within the node", scale: 1, req: core.Request{Kind: core.KindGather, DType: req.DType,
+			Count: req.Count, Send: req.Send, Recv: gathered, Type: req.Type}},
+		{leaders: true, name: "allgather between nodes", scale: width, req: core.Request{Kind: core.KindAllgather, DType: req.DType,
+			Count: req.Count * width, Send: mine, Recv: all, Type: req.Type},
+			after: func() {
+				for n, ranks := range h.nodes {
+					for i, r := range ranks {
+						copy(req.Recv[r*blk:(r+1)*blk], all[(n*width+i)*blk:])
+					}
+				}
+			}},
+		{name: "broadcast within the node", scale: h.size, req: core.Request{Kind: core.KindBroadcast, DType: req.DType,
+			Count: req.Count * h.size, Send: req.Recv, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
+// run runs stages for req. A rank that fails in a stage with a
+// MismatchError passes the failure on, if it leads its node: it refuses
+// each later stage whose ranks have not learned of it yet (the leaders'
+// if it learned in its node, its node's if it learned among the
+// leaders), so that every rank fails at this call.
+func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) error {
+	for i := range stages {
+		s := &stages[i]
+		if s.leaders && !h.leader() {
+			continue
+		}
+		b, rename := h.local, h.localError
+		if s.leaders {
+			b, rename = h.leaders, h.leaderError
+		}
+		h.sub = s.req
+		err := b.Run(ctx, &h.sub)
+		if err == nil {
+			if s.after != nil {
+				s.after()
+			}
+			continue
+		}
+		err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
 		me := mismatch(err)
 		if me == nil {
 			return h.stageFailed(err)
 		}
 		me = h.cause(ctx, me, req)
-		if leader {
-			// The other leaders wait in stage 2.
-			return h.passOn(ctx, me, h.leaders, core.KindAllreduce)
+		if !h.leader() {
+			return me
+		}
+		nodeKnows, leadersKnow := !s.leaders, s.leaders
+		for _, t := range stages[i+1:] {
+			switch {
+			case t.leaders && !leadersKnow:
+				leadersKnow = true
+				if err := h.passOn(ctx, me, h.leaders, t.req.Kind); err != me {
+					return err
+				}
+			case !t.leaders && !nodeKnows:
+				nodeKnows = true
+				if err := h.passOn(ctx, me, h.local, t.req.Kind); err != me {
+					return err
+				}
+			}
 		}
 		return me
-	}
-	if leader {
-		h.sub = core.Request{Kind: core.KindAllreduce, DType: req.DType, Op: req.Op, Count: req.Count,
-			Send: req.Recv, Recv: req.Recv, Type: req.Type, Kernel: k}
-		if err := h.leaders.Run(ctx, &h.sub); err != nil {
-			err = h.leaderError(err)
-			if me := mismatch(err); me != nil {
-				// This node's other ranks wait in stage 3.
-				return h.passOn(ctx, h.cause(ctx, me, req), h.local, core.KindBroadcast)
-			}
-			return h.stageFailed(err)
-		}
-		req.Kernel.Finish(req.Recv, h.size)
-	}
-	h.sub = core.Request{Kind: core.KindBroadcast, DType: req.DType, Count: req.Count,
-		Send: req.Recv, Recv: req.Recv, Type: req.Type}
-	if err := h.local.Run(ctx, &h.sub); err != nil {
-		err = h.localError(err, "allreduce (broadcast within the node)")
-		if me := mismatch(err); me != nil {
-			return h.cause(ctx, me, req)
-		}
-		return h.stageFailed(err)
 	}
 	return nil
 }
 
 // Refuse implements core.Backend: this rank records that it refused,
-// then refuses in the backends its peers wait in: World for every kind
-// but allreduce; for allreduce, stage 1 of its node and, on a leader,
-// stage 2, whose leaders pass the refusal on to their nodes.
+// then refuses in the backends its peers wait in: World for a kind run
+// there; for a staged kind, the first stage of its node and, on a
+// leader, the first leaders stage, whose leaders pass the refusal on to
+// their nodes.
 func (h *Backend) Refuse(ctx context.Context, req *core.Request) error {
 	h.seq++
 	h.note(ctx, &core.MismatchError{Seq: h.seq, Field: "argument", Rank: h.rank, Peer: h.rank, Theirs: describe(req)})
-	if req.Kind != core.KindAllreduce {
+	local, leaders, ok := staged(req.Kind)
+	if !ok {
 		return h.world.Refuse(ctx, req)
 	}
-	err := h.local.Refuse(ctx, &core.Request{Kind: core.KindReduce})
+	err := h.local.Refuse(ctx, &core.Request{Kind: local})
 	if err == nil && h.leaders != nil {
-		err = h.leaders.Refuse(ctx, &core.Request{Kind: core.KindAllreduce})
+		err = h.leaders.Refuse(ctx, &core.Request{Kind: leaders})
 	}
 	if err != nil && mismatch(err) == nil {
 		h.Abort(err)
-		return fmt.Errorf("hier: refusing allreduce #%d: %w", h.seq, err)
+		return fmt.Errorf("hier: refusing %v #%d: %w", req.Kind, h.seq, err)
 	}
 	return nil
 }
@@ -241,7 +357,7 @@ func (h *Backend) passOn(ctx context.Context, me *core.MismatchError, next core.
 		// The ranks waiting there may not have been told: the stages
 		// are out of step, and the communicator with them.
 		h.Abort(err)
-		return fmt.Errorf("hier: allreduce #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
+		return fmt.Errorf("hier: call #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
 	}
 	return me
 }
@@ -353,20 +469,25 @@ func (h *Backend) partial(k *core.Kernel) *core.Kernel {
 }
 
 // localError renames the node-local ranks an error names to job ranks.
-func (h *Backend) localError(err error, op string) error {
-	return h.rename(err, op, func(r int) int { return h.nodes[h.node][r] })
+func (h *Backend) localError(err error, op string, scale int) error {
+	return h.rename(err, op, scale, func(r int) int { return h.nodes[h.node][r] })
 }
 
 // leaderError renames the leader indices (node numbers) an error names
 // to the leaders' job ranks.
-func (h *Backend) leaderError(err error) error {
-	return h.rename(err, "allreduce (between nodes)", func(n int) int { return h.nodes[n][0] })
+func (h *Backend) leaderError(err error, op string, scale int) error {
+	return h.rename(err, op, scale, func(n int) int { return h.nodes[n][0] })
 }
 
-func (h *Backend) rename(err error, op string, rank func(int) int) error {
+// rename makes err, from a stage, read as the call's: job ranks, and a
+// count mismatch in the call's counts (the stage's over scale).
+func (h *Backend) rename(err error, op string, scale int, rank func(int) int) error {
 	if me := mismatch(err); me != nil {
 		out := *me
 		out.Seq, out.Rank, out.Peer = h.seq, h.rank, rank(me.Peer)
+		if out.Field == "count" && scale > 1 {
+			out.Mine, out.Theirs = unscale(out.Mine, scale), unscale(out.Theirs, scale)
+		}
 		return &out
 	}
 	var pe *core.PeerError
@@ -378,4 +499,14 @@ func (h *Backend) rename(err error, op string, rank func(int) int) error {
 		return &core.PeerError{Op: op, Ranks: ranks, Err: pe.Err}
 	}
 	return err
+}
+
+// unscale turns a stage's count into the call's, or says it is the
+// stage's when it is no multiple of scale.
+func unscale(count string, scale int) string {
+	n, err := strconv.Atoi(count)
+	if err != nil || n%scale != 0 {
+		return count + " (" + strconv.Itoa(scale) + " ranks' blocks)"
+	}
+	return strconv.Itoa(n / scale)
 }

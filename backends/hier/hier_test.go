@@ -17,6 +17,7 @@ import (
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/memstore"
 	"github.com/gocoll/gocoll/store"
+	"github.com/gocoll/gocoll/tests/conform"
 )
 
 // The stages here run on kv backends: real backends with real agreement,
@@ -158,69 +159,87 @@ func TestAllreduce(t *testing.T) {
 	}
 }
 
-// A rank whose allreduce fails its own check gets that error; every other
-// rank, on its node and on the others, a MismatchError naming it with
-// Field "argument"; and the next allreduce lines up. The culprit is a
-// leader or not, in turn.
-func TestRefusedAllreduceNamesTheCulprit(t *testing.T) {
+// stagedReq is a float32 call of kind with count elements per rank at
+// size ranks, its buffers the lengths Check wants.
+func stagedReq(kind core.Kind, count, size int) *core.Request {
+	req := &core.Request{Kind: kind, DType: coll.DTypeFloat32, Count: count, Send: make([]byte, 4*count), Recv: make([]byte, 4*count)}
+	switch kind {
+	case coll.KindAllreduce:
+		req.Op = coll.OpSum
+	case coll.KindAllgather:
+		req.Recv = make([]byte, 4*count*size)
+	}
+	return req
+}
+
+// The staged collectives whose calls take buffers.
+var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather}
+
+// A rank whose staged call fails its own check gets that error; every
+// other rank, on its node and on the others, a MismatchError naming it
+// with Field "argument"; and the next allreduce lines up. The culprit is
+// a leader or not, in turn.
+func TestRefusedCallNamesTheCulprit(t *testing.T) {
 	nodes := [][]int{{0, 3}, {1, 2}, {4}}
-	for _, bad := range []int{0, 2, 3, 4} {
-		t.Run(fmt.Sprint("rank", bad), func(t *testing.T) {
-			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
-				recv := make([]byte, 8)
-				if g.Rank() == bad {
-					recv = recv[:4]
-				}
-				err := g.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2,
-					Send: make([]byte, 8), Recv: recv})
-				if g.Rank() == bad {
-					if !errors.Is(err, core.ErrBufferLength) {
-						return fmt.Errorf("own error %v; want ErrBufferLength", err)
+	for _, kind := range dataKinds {
+		for _, bad := range []int{0, 2, 3, 4} {
+			t.Run(fmt.Sprint(kind, "/rank", bad), func(t *testing.T) {
+				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+					req := stagedReq(kind, 2, g.Size())
+					if g.Rank() == bad {
+						req.Recv = req.Recv[:4]
 					}
-				} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
-					return err
-				}
-				return lineUp(ctx, g)
+					err := g.Do(ctx, req)
+					if g.Rank() == bad {
+						if !errors.Is(err, core.ErrBufferLength) {
+							return fmt.Errorf("own error %v; want ErrBufferLength", err)
+						}
+					} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
+						return err
+					}
+					return lineUp(ctx, g)
+				})
+				noErrors(t, errs)
 			})
-			noErrors(t, errs)
-		})
+		}
 	}
 }
 
 // A disagreement inside one node, or between nodes, is a MismatchError
-// on every rank naming the field and a rank that passed the other value;
-// and the next allreduce lines up.
+// on every rank naming the field, the call's values and a rank that
+// passed the other value; and the next allreduce lines up.
 func TestMismatchNamesTheCulprit(t *testing.T) {
 	nodes := [][]int{{0, 3}, {1, 2}, {4}}
-	for _, tc := range []struct {
-		name string
-		odd  []int // the ranks that pass count 3 instead of 2
-	}{
-		{"within a node", []int{3}},
-		{"a leader within its node", []int{1}},
-		{"a whole node", []int{1, 2}},
-		{"a lone node", []int{4}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
-				count := 2
-				odd := slices.Contains(tc.odd, g.Rank())
-				if odd {
-					count = 3
-				}
-				err := g.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: count,
-					Send: make([]byte, 4*count), Recv: make([]byte, 4*count)})
-				var me *core.MismatchError
-				if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(count) {
-					return fmt.Errorf("want a count MismatchError with this rank's count %d, got %v", count, err)
-				}
-				if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
-					return fmt.Errorf("the mismatch names rank %d, which passed the same count: %v", me.Peer, err)
-				}
-				return lineUp(ctx, g)
+	for _, kind := range dataKinds {
+		for _, tc := range []struct {
+			name string
+			odd  []int // the ranks that pass count 3 instead of 2
+		}{
+			{"within a node", []int{3}},
+			{"a leader within its node", []int{1}},
+			{"a whole node", []int{1, 2}},
+			{"a lone node", []int{4}},
+		} {
+			t.Run(fmt.Sprint(kind, "/", tc.name), func(t *testing.T) {
+				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+					count := 2
+					odd := slices.Contains(tc.odd, g.Rank())
+					if odd {
+						count = 3
+					}
+					err := g.Do(ctx, stagedReq(kind, count, g.Size()))
+					var me *core.MismatchError
+					if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(count) {
+						return fmt.Errorf("want a count MismatchError with this rank's count %d, got %v", count, err)
+					}
+					if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
+						return fmt.Errorf("the mismatch names rank %d, which passed the same count: %v", me.Peer, err)
+					}
+					return lineUp(ctx, g)
+				})
+				noErrors(t, errs)
 			})
-			noErrors(t, errs)
-		})
+		}
 	}
 }
 
@@ -303,4 +322,26 @@ func lineUp(ctx context.Context, g *core.Guard) error {
 		return fmt.Errorf("the next allreduce = %d, want %d", out[0], g.Size())
 	}
 	return nil
+}
+
+// The conformance suite over the staged collectives, at layouts with even
+// and uneven nodes and with ranks of a node not contiguous in job order.
+func TestConformance(t *testing.T) {
+	for _, nodes := range [][][]int{
+		{{0, 1, 2}, {3, 4, 5}},
+		{{0, 1}, {2, 3}, {4, 5}},
+		{{0, 1}, {2}},
+		{{0, 3}, {1, 2}, {4}},
+	} {
+		t.Run(fmt.Sprint(nodes), func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				return conform.Run(ctx, g, conform.Options{Sizes: []int{0, 1, 7, 40}, RandomSizes: []int{5},
+					Filter: func(c conform.Case) bool {
+						_, _, ok := staged(c.Kind)
+						return ok
+					}})
+			})
+			noErrors(t, errs)
+		})
+	}
 }
