@@ -10,11 +10,23 @@
 //     leader within each node (Local);
 //   - allgather: a gather to the leader within each node, an allgather of
 //     the nodes' blocks between the leaders, a broadcast within each node;
-//   - barrier: within each node, between the leaders, within each node.
+//   - barrier: within each node, between the leaders, within each node;
+//   - broadcast, reduce, gather and scatter (rooted): first the ranks
+//     exchange what they passed (kind, dtype, op, count, root) within
+//     each node and then between the leaders, and compare it, because
+//     their data stages name only the root's node and its index there;
+//     then broadcast: from the root within its node, between the leaders,
+//     from the leader within the other nodes; reduce: to the leader within
+//     each node, between the leaders to the root's node, leader to root;
+//     gather: to the leader within each node, the nodes' blocks between
+//     the leaders to the root's node, leader to root; scatter: root to
+//     leader, the nodes' blocks between the leaders, from the leader
+//     within each node.
 //
-// Every staged collective ends with a stage within every node after the
-// last stage between the leaders, so that a failure among the leaders
-// reaches every rank. Every other collective runs on World.
+// Every staged collective has a stage within every node (all its ranks)
+// after the last stage between the leaders at which ranks can disagree,
+// so that a failure among the leaders reaches every rank. Every other
+// collective (reduce_scatter, alltoall) runs on World.
 //
 // # Failures
 //
@@ -38,6 +50,7 @@ package hier
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -167,13 +180,22 @@ func (h *Backend) backends() []core.Backend {
 // every rank of each node, or on Leaders by the nodes' leaders.
 type stage struct {
 	leaders bool
-	name    string // what the stage does, for errors
-	req     core.Request
+	// p2p: a send or receive within the node, between the leader and
+	// the root, which the rest of the node skips. A leader that passes a
+	// failure on still runs one its node has not learned of, so that the
+	// root, which waits in it, goes on to the stage that tells it.
+	p2p  bool
+	name string // what the stage does, for errors
+	req  core.Request
 	// scale is the stage's Count per element of the call's Count, so that
 	// a count the stage's backend names reads as the call's.
 	scale int
 	// after runs on this rank when the stage succeeded.
 	after func()
+	// check, when set, runs after the stage succeeded and returns the
+	// disagreement it found in what the stage gathered, the same on
+	// every rank of the stage.
+	check func() *core.MismatchError
 }
 
 // staged reports whether hier runs kind in stages, and the kinds of its
@@ -187,6 +209,8 @@ func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
 		return core.KindBarrier, core.KindBarrier, true
 	case core.KindAllgather:
 		return core.KindGather, core.KindAllgather, true
+	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
+		return core.KindAllgather, core.KindAllgather, true
 	}
 	return 0, 0, false
 }
@@ -202,6 +226,8 @@ func (h *Backend) Run(ctx context.Context, req *core.Request) error {
 		return h.run(ctx, req, h.barrier())
 	case core.KindAllgather:
 		return h.run(ctx, req, h.allgather(req))
+	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
+		return h.run(ctx, req, h.rooted(req))
 	}
 	return h.world.Run(ctx, req)
 }
@@ -274,6 +300,231 @@ func (h *Backend) allgather(req *core.Request) []stage {
 	}
 }
 
+// The fields of a rooted call that every rank must pass alike, in the
+// order the backends compare them.
+var agreeFields = [...]string{"kind", "dtype", "op", "count", "root"}
+
+// header encodes what every rank must agree on in a rooted call, padded
+// to whole elements of req's type, which carries it.
+func header(req *core.Request) []byte {
+	n := len(agreeFields) * 8
+	b := make([]byte, (n+req.Type.Size-1)/req.Type.Size*req.Type.Size)
+	for i, v := range []int64{int64(req.Kind), int64(req.DType), int64(req.Op), int64(req.Count), int64(req.Root)} {
+		binary.LittleEndian.PutUint64(b[8*i:], uint64(v))
+	}
+	return b
+}
+
+// disagree compares the headers in all, of the ranks ranks, with mine
+// and returns a MismatchError naming the first rank whose header differs,
+// or nil.
+func (h *Backend) disagree(mine, all []byte, ranks []int) *core.MismatchError {
+	n := len(mine)
+	for j, r := range ranks {
+		theirs := all[j*n : (j+1)*n]
+		for i, field := range agreeFields {
+			a, b := int64(binary.LittleEndian.Uint64(mine[8*i:])), int64(binary.LittleEndian.Uint64(theirs[8*i:]))
+			if a != b {
+				return &core.MismatchError{Seq: h.seq, Field: field, Rank: h.rank, Peer: r,
+					Mine: headerValue(field, a), Theirs: headerValue(field, b)}
+			}
+		}
+	}
+	return nil
+}
+
+// headerValue formats a header's field as valueOf does.
+func headerValue(field string, v int64) string {
+	switch field {
+	case "kind":
+		return core.Kind(v).String()
+	case "dtype":
+		return core.DType(v).String()
+	case "op":
+		return core.Op(v).String()
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+// rooted returns the stages of a broadcast, reduce, gather or scatter.
+// Their stages within a node and between the leaders use the root's
+// node and its index there, so a disagreement on the root could go
+// unseen by the backends; so the ranks first exchange what they passed
+// (an allgather within each node, then between the leaders) and compare
+// it, which every rank of a stage does alike. After those, every node
+// has a stage within it, which a leader refuses when the leaders found a
+// disagreement; the stages that follow depend on where the root is,
+// which the ranks then agree on.
+func (h *Backend) rooted(req *core.Request) []stage {
+	hdr := header(req)
+	hn := len(hdr) / req.Type.Size
+	local := h.nodes[h.node]
+	nodeHdrs := make([]byte, len(hdr)*len(local))
+	stages := []stage{{name: "agreement within the node",
+		req:   core.Request{Kind: core.KindAllgather, DType: req.DType, Count: hn, Send: hdr, Recv: nodeHdrs, Type: req.Type},
+		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}}
+	if h.leader() {
+		leaderHdrs := make([]byte, len(hdr)*len(h.nodes))
+		firsts := make([]int, len(h.nodes))
+		for n, ranks := range h.nodes {
+			firsts[n] = ranks[0]
+		}
+		stages = append(stages, stage{leaders: true, name: "agreement between nodes",
+			req:   core.Request{Kind: core.KindAllgather, DType: req.DType, Count: hn, Send: hdr, Recv: leaderHdrs, Type: req.Type},
+			check: func() *core.MismatchError { return h.disagree(hdr, leaderHdrs, firsts) }})
+	}
+	rootNode, rootLocal := -1, -1
+	for n, ranks := range h.nodes {
+		if i := slices.Index(ranks, req.Root); i >= 0 {
+			rootNode, rootLocal = n, i
+		}
+	}
+	onRootNode := h.node == rootNode
+	isRoot := h.rank == req.Root
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	whole := req.Count * h.size // the elements of a gather's or scatter's whole buffer
+	// moveToRoot and moveFromRoot move buf, count elements, between the
+	// root's node's leader and the root, when the root is not the leader.
+	moveToRoot := func(buf []byte, count int) {
+		if !onRootNode || rootLocal == 0 {
+			return
+		}
+		switch {
+		case h.leader():
+			stages = append(stages, stage{p2p: true, name: "to the root", req: core.Request{Kind: core.KindSend, DType: req.DType,
+				Count: count, Peer: rootLocal, Send: buf, Type: req.Type}})
+		case isRoot:
+			stages = append(stages, stage{p2p: true, name: "to the root", req: core.Request{Kind: core.KindRecv, DType: req.DType,
+				Count: count, Peer: 0, Recv: req.Recv, Type: req.Type}})
+		}
+	}
+	leaders := func(s stage) {
+		s.leaders = true
+		stages = append(stages, s)
+	}
+	switch req.Kind {
+	case core.KindBroadcast:
+		bcast := func(root int) stage {
+			return stage{name: "broadcast within the node", scale: 1, req: core.Request{Kind: core.KindBroadcast,
+				DType: req.DType, Count: req.Count, Root: root, Send: req.Recv, Recv: req.Recv, Type: req.Type}}
+		}
+		if onRootNode && rootLocal != 0 {
+			stages = append(stages, bcast(rootLocal))
+		}
+		leaders(stage{name: "broadcast between nodes", scale: 1, req: core.Request{Kind: core.KindBroadcast,
+			DType: req.DType, Count: req.Count, Root: rootNode, Send: req.Recv, Recv: req.Recv, Type: req.Type}})
+		if !onRootNode || rootLocal == 0 {
+			stages = append(stages, bcast(0))
+		}
+	case core.KindReduce:
+		// As in allreduce, the stages reduce without the op's finish
+		// step, which the root's node's leader takes once.
+		k := h.partial(req.Kernel)
+		var buf, top []byte
+		if h.leader() {
+			buf = make([]byte, blk)
+			if isRoot {
+				buf = req.Recv
+			}
+			if onRootNode {
+				top = buf
+			}
+		}
+		stages = append(stages, stage{name: "reduce within the node", scale: 1, req: core.Request{Kind: core.KindReduce,
+			DType: req.DType, Op: req.Op, Count: req.Count, Send: req.Send, Recv: buf, Type: req.Type, Kernel: k}})
+		leaders(stage{name: "reduce between nodes", scale: 1, req: core.Request{Kind: core.KindReduce, DType: req.DType,
+			Op: req.Op, Count: req.Count, Root: rootNode, Send: buf, Recv: top, Type: req.Type, Kernel: k},
+			after: func() {
+				if onRootNode {
+					req.Kernel.Finish(buf, h.size)
+				}
+			}})
+		moveToRoot(buf, req.Count)
+	case core.KindGather:
+		// The leaders gather the nodes' blocks, each padded to the
+		// largest node's, and the root's node's leader reorders them
+		// into rank order (a node's ranks need not be contiguous).
+		var mine, gathered, all, out []byte
+		if h.leader() {
+			mine = make([]byte, width*blk)
+			gathered = mine[: len(local)*blk : len(local)*blk]
+			if onRootNode {
+				all = make([]byte, len(h.nodes)*width*blk)
+				out = req.Recv
+				if !isRoot {
+					out = make([]byte, whole*req.Type.Size)
+				}
+			}
+		}
+		stages = append(stages, stage{name: "gather within the node", scale: 1, req: core.Request{Kind: core.KindGather,
+			DType: req.DType, Count: req.Count, Send: req.Send, Recv: gathered, Type: req.Type}})
+		leaders(stage{name: "gather between nodes", scale: width, req: core.Request{Kind: core.KindGather, DType: req.DType,
+			Count: req.Count * width, Root: rootNode, Send: mine, Recv: all, Type: req.Type},
+			after: func() {
+				if onRootNode {
+					h.unpad(out, all, blk, width)
+				}
+			}})
+		moveToRoot(out, whole)
+	case core.KindScatter:
+		// The root's node's leader pads the root's blocks into one
+		// block per node, as gather's leaders receive them.
+		var src, packed, mine []byte
+		if h.leader() {
+			mine = make([]byte, width*blk)
+			if onRootNode {
+				src = req.Send
+				if !isRoot {
+					src = make([]byte, whole*req.Type.Size)
+				}
+				packed = make([]byte, len(h.nodes)*width*blk)
+			}
+		}
+		pack := func() {
+			for n, ranks := range h.nodes {
+				for i, r := range ranks {
+					copy(packed[(n*width+i)*blk:(n*width+i+1)*blk], src[r*blk:])
+				}
+			}
+		}
+		if onRootNode && rootLocal != 0 {
+			switch {
+			case h.leader():
+				stages = append(stages, stage{p2p: true, name: "from the root", req: core.Request{Kind: core.KindRecv, DType: req.DType,
+					Count: whole, Peer: rootLocal, Recv: src, Type: req.Type}, after: pack})
+			case isRoot:
+				stages = append(stages, stage{p2p: true, name: "from the root", req: core.Request{Kind: core.KindSend, DType: req.DType,
+					Count: whole, Peer: 0, Send: req.Send, Type: req.Type}})
+			}
+		} else if onRootNode && h.leader() {
+			pack()
+		}
+		leaders(stage{name: "scatter between nodes", scale: width, req: core.Request{Kind: core.KindScatter, DType: req.DType,
+			Count: req.Count * width, Root: rootNode, Send: packed, Recv: mine, Type: req.Type}})
+		var send []byte
+		if h.leader() {
+			send = mine[: len(local)*blk : len(local)*blk]
+		}
+		stages = append(stages, stage{name: "scatter within the node", scale: 1, req: core.Request{Kind: core.KindScatter,
+			DType: req.DType, Count: req.Count, Send: send, Recv: req.Recv, Type: req.Type}})
+	}
+	return stages
+}
+
+// unpad copies the nodes' blocks in all, each node's padded to width
+// blocks of blk bytes, into out in rank order.
+func (h *Backend) unpad(out, all []byte, blk, width int) {
+	for n, ranks := range h.nodes {
+		for i, r := range ranks {
+			copy(out[r*blk:(r+1)*blk], all[(n*width+i)*blk:])
+		}
+	}
+}
+
 // run runs stages for req. A rank that fails in a stage with a
 // MismatchError passes the failure on, if it leads its node: it refuses
 // each later stage whose ranks have not learned of it yet (the leaders'
@@ -291,24 +542,38 @@ func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) er
 		}
 		h.sub = s.req
 		err := b.Run(ctx, &h.sub)
+		var me *core.MismatchError
 		if err == nil {
 			if s.after != nil {
 				s.after()
 			}
-			continue
+			if s.check == nil {
+				continue
+			}
+			if me = s.check(); me == nil {
+				continue
+			}
+		} else {
+			err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
+			if me = mismatch(err); me == nil {
+				return h.stageFailed(err)
+			}
+			me = h.cause(ctx, me, req)
 		}
-		err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
-		me := mismatch(err)
-		if me == nil {
-			return h.stageFailed(err)
-		}
-		me = h.cause(ctx, me, req)
 		if !h.leader() {
 			return me
 		}
 		nodeKnows, leadersKnow := !s.leaders, s.leaders
 		for _, t := range stages[i+1:] {
 			switch {
+			case t.p2p && !nodeKnows:
+				h.sub = t.req
+				if err := h.local.Run(ctx, &h.sub); err != nil {
+					err = h.localError(err, req.Kind.String()+" ("+t.name+")", 1)
+					h.Abort(err)
+					return fmt.Errorf("hier: call #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
+				}
+			case t.p2p:
 			case t.leaders && !leadersKnow:
 				leadersKnow = true
 				if err := h.passOn(ctx, me, h.leaders, t.req.Kind); err != me {
@@ -447,6 +712,10 @@ func valueOf(req *core.Request, field string) (string, bool) {
 		return req.Op.String(), true
 	case "count":
 		return strconv.Itoa(req.Count), true
+	case "root":
+		return strconv.Itoa(req.Root), true
+	case "kind":
+		return req.Kind.String(), true
 	}
 	return "", false
 }

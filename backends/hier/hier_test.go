@@ -164,16 +164,21 @@ func TestAllreduce(t *testing.T) {
 func stagedReq(kind core.Kind, count, size int) *core.Request {
 	req := &core.Request{Kind: kind, DType: coll.DTypeFloat32, Count: count, Send: make([]byte, 4*count), Recv: make([]byte, 4*count)}
 	switch kind {
-	case coll.KindAllreduce:
+	case coll.KindAllreduce, coll.KindReduce:
 		req.Op = coll.OpSum
-	case coll.KindAllgather:
+	case coll.KindAllgather, coll.KindGather:
 		req.Recv = make([]byte, 4*count*size)
+	case coll.KindScatter:
+		req.Send = make([]byte, 4*count*size)
+	case coll.KindBroadcast:
+		req.Send = nil
 	}
 	return req
 }
 
 // The staged collectives whose calls take buffers.
-var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather}
+var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather, coll.KindBroadcast, coll.KindReduce,
+	coll.KindGather, coll.KindScatter}
 
 // A rank whose staged call fails its own check gets that error; every
 // other rank, on its node and on the others, a MismatchError naming it
@@ -187,6 +192,9 @@ func TestRefusedCallNamesTheCulprit(t *testing.T) {
 				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
 					req := stagedReq(kind, 2, g.Size())
 					if g.Rank() == bad {
+						// Every rank passes a Recv of the wrong length
+						// when it is the root.
+						req.Root = bad
 						req.Recv = req.Recv[:4]
 					}
 					err := g.Do(ctx, req)
@@ -243,19 +251,70 @@ func TestMismatchNamesTheCulprit(t *testing.T) {
 	}
 }
 
-// A refused call of another kind runs on the world backend: every rank
+// A disagreement on the root of a rooted call is a MismatchError on
+// every rank naming the root field and a rank that passed the other
+// root, also where the stages' own roots (the root's node, its index
+// there) would agree: both roots on another node, or on one node.
+func TestRootMismatchNamesTheCulprit(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	for _, kind := range []core.Kind{coll.KindBroadcast, coll.KindReduce, coll.KindGather, coll.KindScatter} {
+		for _, tc := range []struct {
+			name      string
+			odd       []int // the ranks that pass root 2 instead of 1
+			oddRoot   int
+			rightRoot int
+		}{
+			{"within a node, roots on another", []int{3}, 2, 1},
+			{"a whole node, roots on one node", []int{4}, 2, 1},
+			{"a leader, roots on its node", []int{1}, 1, 2},
+			{"a whole node, roots on another", []int{1, 2}, 3, 0},
+		} {
+			t.Run(fmt.Sprint(kind, "/", tc.name), func(t *testing.T) {
+				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+					req := stagedReq(kind, 2, g.Size())
+					odd := slices.Contains(tc.odd, g.Rank())
+					req.Root = tc.rightRoot
+					if odd {
+						req.Root = tc.oddRoot
+					}
+					if g.Rank() != req.Root {
+						switch kind {
+						case coll.KindGather, coll.KindReduce:
+							req.Recv = nil
+						case coll.KindScatter:
+							req.Send = nil
+						}
+					}
+					err := g.Do(ctx, req)
+					var me *core.MismatchError
+					if !errors.As(err, &me) || me.Field != "root" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(req.Root) {
+						return fmt.Errorf("want a root MismatchError with this rank's root %d, got %v", req.Root, err)
+					}
+					if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
+						return fmt.Errorf("the mismatch names rank %d, which passed the same root: %v", me.Peer, err)
+					}
+					return lineUp(ctx, g)
+				})
+				noErrors(t, errs)
+			})
+		}
+	}
+}
+
+// A refused call of a kind that runs on the world backend: every rank
 // names the culprit.
-func TestRefusedBroadcastNamesTheCulprit(t *testing.T) {
+func TestRefusedWorldCallNamesTheCulprit(t *testing.T) {
 	const bad = 2
 	errs := memJob(t, [][]int{{0, 1}, {2, 3}}, func(ctx context.Context, g *core.Guard) error {
-		root := 0
+		n := g.Size()
+		recv := make([]byte, 4*n)
 		if g.Rank() == bad {
-			root = 7
+			recv = recv[:4]
 		}
-		err := g.Do(ctx, &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeFloat32, Count: 1, Root: root, Recv: make([]byte, 4)})
+		err := g.Do(ctx, &core.Request{Kind: coll.KindAlltoall, DType: coll.DTypeFloat32, Count: 1, Send: make([]byte, 4*n), Recv: recv})
 		if g.Rank() == bad {
-			if !errors.Is(err, core.ErrInvalid) {
-				return fmt.Errorf("own error %v; want ErrInvalid", err)
+			if !errors.Is(err, core.ErrBufferLength) {
+				return fmt.Errorf("own error %v; want ErrBufferLength", err)
 			}
 		} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
 			return err
