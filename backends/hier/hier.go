@@ -21,12 +21,16 @@
 //     gather: to the leader within each node, the nodes' blocks between
 //     the leaders to the root's node, leader to root; scatter: root to
 //     leader, the nodes' blocks between the leaders, from the leader
-//     within each node.
+//     within each node;
+//   - reduce_scatter: a reduce of the whole buffer to the leader within
+//     each node, a reduce_scatter of the nodes' blocks between the
+//     leaders, a scatter from the leader within each node.
 //
 // Every staged collective has a stage within every node (all its ranks)
 // after the last stage between the leaders at which ranks can disagree,
-// so that a failure among the leaders reaches every rank. Every other
-// collective (reduce_scatter, alltoall) runs on World.
+// so that a failure among the leaders reaches every rank. Alltoall runs
+// on World: every rank's data goes to every other rank, so a leader
+// would only relay it.
 //
 // # Failures
 //
@@ -209,6 +213,8 @@ func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
 		return core.KindBarrier, core.KindBarrier, true
 	case core.KindAllgather:
 		return core.KindGather, core.KindAllgather, true
+	case core.KindReduceScatter:
+		return core.KindReduce, core.KindReduceScatter, true
 	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
 		return core.KindAllgather, core.KindAllgather, true
 	}
@@ -226,6 +232,8 @@ func (h *Backend) Run(ctx context.Context, req *core.Request) error {
 		return h.run(ctx, req, h.barrier())
 	case core.KindAllgather:
 		return h.run(ctx, req, h.allgather(req))
+	case core.KindReduceScatter:
+		return h.run(ctx, req, h.reduceScatter(req))
 	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
 		return h.run(ctx, req, h.rooted(req))
 	}
@@ -522,6 +530,48 @@ func (h *Backend) unpad(out, all []byte, blk, width int) {
 		for i, r := range ranks {
 			copy(out[r*blk:(r+1)*blk], all[(n*width+i)*blk:])
 		}
+	}
+}
+
+// reduceScatter: a reduce of the whole buffer to the leader within each
+// node; a reduce_scatter between the leaders of the nodes' blocks, each
+// node's padded to the largest node's (a node's ranks need not be
+// contiguous), which leaves each leader its node's blocks; a scatter of
+// those from the leader within each node. As in allreduce, the stages
+// reduce without the op's finish step, which each leader takes once.
+func (h *Backend) reduceScatter(req *core.Request) []stage {
+	k := h.partial(req.Kernel)
+	local := h.nodes[h.node]
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	var sum, packed, mine, send []byte
+	if h.leader() {
+		sum = make([]byte, len(req.Send))
+		packed = make([]byte, len(h.nodes)*width*blk)
+		mine = make([]byte, width*blk)
+		send = mine[: len(local)*blk : len(local)*blk]
+	}
+	return []stage{
+		{name: "reduce within the node", scale: h.size, req: core.Request{Kind: core.KindReduce, DType: req.DType, Op: req.Op,
+			Count: req.Count * h.size, Send: req.Send, Recv: sum, Type: req.Type, Kernel: k},
+			after: func() {
+				if !h.leader() {
+					return
+				}
+				for n, ranks := range h.nodes {
+					for i, r := range ranks {
+						copy(packed[(n*width+i)*blk:(n*width+i+1)*blk], sum[r*blk:])
+					}
+				}
+			}},
+		{leaders: true, name: "reduce_scatter between nodes", scale: width, req: core.Request{Kind: core.KindReduceScatter,
+			DType: req.DType, Op: req.Op, Count: req.Count * width, Send: packed, Recv: mine, Type: req.Type, Kernel: k},
+			after: func() { req.Kernel.Finish(send, h.size) }},
+		{name: "scatter within the node", scale: 1, req: core.Request{Kind: core.KindScatter, DType: req.DType,
+			Count: req.Count, Send: send, Recv: req.Recv, Type: req.Type}},
 	}
 }
 

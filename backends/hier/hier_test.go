@@ -166,6 +166,9 @@ func stagedReq(kind core.Kind, count, size int) *core.Request {
 	switch kind {
 	case coll.KindAllreduce, coll.KindReduce:
 		req.Op = coll.OpSum
+	case coll.KindReduceScatter:
+		req.Op = coll.OpSum
+		req.Send = make([]byte, 4*count*size)
 	case coll.KindAllgather, coll.KindGather:
 		req.Recv = make([]byte, 4*count*size)
 	case coll.KindScatter:
@@ -178,7 +181,7 @@ func stagedReq(kind core.Kind, count, size int) *core.Request {
 
 // The staged collectives whose calls take buffers.
 var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather, coll.KindBroadcast, coll.KindReduce,
-	coll.KindGather, coll.KindScatter}
+	coll.KindGather, coll.KindScatter, coll.KindReduceScatter}
 
 // A rank whose staged call fails its own check gets that error; every
 // other rank, on its node and on the others, a MismatchError naming it
