@@ -271,6 +271,7 @@ func TestRootMismatchNamesTheCulprit(t *testing.T) {
 			{"a whole node, roots on one node", []int{4}, 2, 1},
 			{"a leader, roots on its node", []int{1}, 1, 2},
 			{"a whole node, roots on another", []int{1, 2}, 3, 0},
+			{"another node, the root not its node's leader", []int{4}, 1, 2},
 		} {
 			t.Run(fmt.Sprint(kind, "/", tc.name), func(t *testing.T) {
 				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
@@ -328,10 +329,18 @@ func TestRefusedWorldCallNamesTheCulprit(t *testing.T) {
 }
 
 // Abort on one rank, which no peer's stage is waiting for yet, ends every
-// rank's allreduce: the peers in its stages learn it from their backends,
+// rank's call of each staged kind: the peers in its stages learn it from their backends,
 // and abort theirs in turn, so that ranks waiting in other stages learn
 // it too; none waits for its timeout.
 func TestAbortReachesEveryNode(t *testing.T) {
+	for _, kind := range append([]core.Kind{coll.KindBarrier}, dataKinds...) {
+		t.Run(kind.String(), func(t *testing.T) { abortDuring(t, kind) })
+	}
+}
+
+// abortDuring runs TestAbortReachesEveryNode with the peers in a call of
+// kind, rooted at the lone node.
+func abortDuring(t *testing.T, kind core.Kind) {
 	nodes := [][]int{{0, 3}, {1, 2}, {4}}
 	secret := []byte("hier-abort")
 	srv, err := store.Listen("127.0.0.1:0", secret, store.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
@@ -356,7 +365,12 @@ func TestAbortReachesEveryNode(t *testing.T) {
 			}
 			return nil
 		}
-		err := lineUp(ctx, g)
+		req := &core.Request{Kind: kind}
+		if kind != coll.KindBarrier {
+			req = stagedReq(kind, 2, g.Size())
+			req.Root = 4
+		}
+		err := g.Do(ctx, req)
 		var pe *core.PeerError
 		if !errors.As(err, &pe) || !errors.Is(err, kv.ErrPeerAborted) || errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("want a PeerError naming an aborted rank, got %v", err)
