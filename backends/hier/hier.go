@@ -167,8 +167,12 @@ func (h *Backend) Close() error {
 // Abort implements core.Backend: it aborts the three backends, each of
 // which tells its peers.
 func (h *Backend) Abort(cause error) {
+	c := abortCause{msg: "hier: aborted"}
+	if cause != nil {
+		c.msg = cause.Error()
+	}
 	for _, b := range h.backends() {
-		b.Abort(cause)
+		b.Abort(c)
 	}
 }
 
@@ -606,7 +610,7 @@ func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) er
 		} else {
 			err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
 			if me = mismatch(err); me == nil {
-				return h.stageFailed(err)
+				return h.stageFailed(ctx, err)
 			}
 			me = h.cause(ctx, me, req)
 		}
@@ -679,10 +683,58 @@ func (h *Backend) passOn(ctx context.Context, me *core.MismatchError, next core.
 
 // stageFailed aborts every backend after a failure that leaves the stages
 // out of step, so that ranks waiting in another stage learn of it.
-func (h *Backend) stageFailed(err error) error {
+// The error names the ranks that failed: a rank that learned of the
+// failure from a peer that aborted, and gave up because of another
+// rank, names that rank instead (see blame).
+func (h *Backend) stageFailed(ctx context.Context, err error) error {
+	err = h.blame(ctx, err)
+	var pe *core.PeerError
+	if h.store != nil && errors.As(err, &pe) {
+		if v, jerr := json.Marshal(pe.Ranks); jerr == nil {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noteWait)
+			h.store.Set(ctx, blameKey(h.rank), v)
+			cancel()
+		}
+	}
 	h.Abort(err)
 	return err
 }
+
+// blameWait bounds how long a rank looks for the ranks a peer blamed
+// before it aborted. The peer records them before it aborts, so they are
+// there by the time anyone learns of the abort; a peer that died records
+// nothing, and the wait runs out.
+const blameWait = 300 * time.Millisecond
+
+func blameKey(rank int) string { return "blame/" + strconv.Itoa(rank) }
+
+// blame turns err, a PeerError naming one rank, into one naming the
+// ranks that rank blamed when it aborted, if it recorded any: so every
+// rank names the rank that died, not the ranks that passed the news on.
+// A communicator fails once, so the record needs no call number, and the
+// ranks that learn of a failure need not be in the same call.
+func (h *Backend) blame(ctx context.Context, err error) error {
+	var pe *core.PeerError
+	if h.store == nil || !errors.As(err, &pe) || len(pe.Ranks) != 1 || pe.Ranks[0] == h.rank {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), blameWait)
+	defer cancel()
+	v, gerr := h.store.Get(ctx, blameKey(pe.Ranks[0]))
+	var ranks []int
+	if gerr != nil || json.Unmarshal(v, &ranks) != nil || len(ranks) == 0 {
+		return err
+	}
+	return &core.PeerError{Op: pe.Op, Ranks: ranks, Err: fmt.Errorf("rank %d gave up on them: %w", pe.Ranks[0], pe.Err)}
+}
+
+// abortCause is what hier tells its backends' peers when it aborts: the
+// cause's text. The backends pass on the ranks a PeerError names, but in
+// their own numbering, which differs between them; the cause's type is
+// of no use to a peer, which learns the ranks blamed from blame.
+type abortCause struct{ msg string }
+
+func (c abortCause) Error() string { return c.msg }
 
 func mismatch(err error) *core.MismatchError {
 	var me *core.MismatchError
@@ -789,13 +841,26 @@ func (h *Backend) partial(k *core.Kernel) *core.Kernel {
 
 // localError renames the node-local ranks an error names to job ranks.
 func (h *Backend) localError(err error, op string, scale int) error {
-	return h.rename(err, op, scale, func(r int) int { return h.nodes[h.node][r] })
+	return h.rename(err, op, scale, func(r int) int { return at(h.nodes[h.node], r) })
 }
 
 // leaderError renames the leader indices (node numbers) an error names
 // to the leaders' job ranks.
 func (h *Backend) leaderError(err error, op string, scale int) error {
-	return h.rename(err, op, scale, func(n int) int { return h.nodes[n][0] })
+	return h.rename(err, op, scale, func(n int) int {
+		if n < 0 || n >= len(h.nodes) {
+			return n
+		}
+		return h.nodes[n][0]
+	})
+}
+
+// at returns ranks[i], or i when a backend named no rank of its group.
+func at(ranks []int, i int) int {
+	if i < 0 || i >= len(ranks) {
+		return i
+	}
+	return ranks[i]
 }
 
 // rename makes err, from a stage, read as the call's: job ranks, and a
