@@ -44,7 +44,10 @@
 // failure from the refusal reads it there: the error names the rank that
 // disagreed or passed the bad argument, not the leader that passed it on.
 // A failure that leaves the stages out of step (a dead peer, a timeout)
-// aborts all three backends, which tell their peers.
+// aborts all three backends, which tell their peers. The rank records in
+// the Store the ranks it blames first, and a rank that learns of the
+// failure from its abort names those ranks instead: every rank names the
+// rank that died, not the leader that passed the news on.
 //
 // A disagreement between a staged collective on some ranks and another
 // kind of collective on others may not be seen by any one stage: those

@@ -105,8 +105,7 @@ var layouts = [][][]int{
 func val(r, i int) float32 { return float32((r*7 + i*3) % 4) }
 
 // The staged allreduce against a fold computed here, for ops with and
-// without a finish step, in and out of place; other collectives run on
-// the world backend.
+// without a finish step, in and out of place, and an allgather after it.
 func TestAllreduce(t *testing.T) {
 	const count = 5
 	for _, nodes := range layouts {
@@ -329,9 +328,9 @@ func TestRefusedWorldCallNamesTheCulprit(t *testing.T) {
 }
 
 // Abort on one rank, which no peer's stage is waiting for yet, ends every
-// rank's call of each staged kind: the peers in its stages learn it from their backends,
-// and abort theirs in turn, so that ranks waiting in other stages learn
-// it too; none waits for its timeout.
+// rank's call of each staged kind: the peers in its stages learn it from
+// their backends, and abort theirs in turn, so that ranks waiting in
+// other stages learn it too; none waits for its timeout.
 func TestAbortReachesEveryNode(t *testing.T) {
 	for _, kind := range append([]core.Kind{coll.KindBarrier}, dataKinds...) {
 		t.Run(kind.String(), func(t *testing.T) { abortDuring(t, kind) })
