@@ -223,7 +223,7 @@ func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
 	case core.KindReduceScatter:
 		return core.KindReduce, core.KindReduceScatter, true
 	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
-		return core.KindAllgather, core.KindAllgather, true
+		return core.KindAlltoall, core.KindAlltoall, true
 	}
 	return 0, 0, false
 }
@@ -330,6 +330,15 @@ func header(req *core.Request) []byte {
 	return b
 }
 
+// repeat returns n copies of b, one after another.
+func repeat(b []byte, n int) []byte {
+	out := make([]byte, 0, len(b)*n)
+	for range n {
+		out = append(out, b...)
+	}
+	return out
+}
+
 // disagree compares the headers in all, of the ranks ranks, with mine
 // and returns a MismatchError naming the first rank whose header differs,
 // or nil.
@@ -365,18 +374,20 @@ func headerValue(field string, v int64) string {
 // Their stages within a node and between the leaders use the root's
 // node and its index there, so a disagreement on the root could go
 // unseen by the backends; so the ranks first exchange what they passed
-// (an allgather within each node, then between the leaders) and compare
-// it, which every rank of a stage does alike. After those, every node
-// has a stage within it, which a leader refuses when the leaders found a
-// disagreement; the stages that follow depend on where the root is,
-// which the ranks then agree on.
+// (within each node, then between the leaders) and compare it, which
+// every rank of a stage does alike. The exchange is an alltoall, a kind
+// no other stage runs, so that the backends see a disagreement between
+// a rooted and another staged collective in the first stage. After
+// those, every node has a stage within it, which a leader refuses when
+// the leaders found a disagreement; the stages that follow depend on
+// where the root is, which the ranks then agree on.
 func (h *Backend) rooted(req *core.Request) []stage {
 	hdr := header(req)
 	hn := len(hdr) / req.Type.Size
 	local := h.nodes[h.node]
 	nodeHdrs := make([]byte, len(hdr)*len(local))
 	stages := []stage{{name: "agreement within the node",
-		req:   core.Request{Kind: core.KindAllgather, DType: req.DType, Count: hn, Send: hdr, Recv: nodeHdrs, Type: req.Type},
+		req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(local)), Recv: nodeHdrs, Type: req.Type},
 		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}}
 	if h.leader() {
 		leaderHdrs := make([]byte, len(hdr)*len(h.nodes))
@@ -385,7 +396,7 @@ func (h *Backend) rooted(req *core.Request) []stage {
 			firsts[n] = ranks[0]
 		}
 		stages = append(stages, stage{leaders: true, name: "agreement between nodes",
-			req:   core.Request{Kind: core.KindAllgather, DType: req.DType, Count: hn, Send: hdr, Recv: leaderHdrs, Type: req.Type},
+			req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(h.nodes)), Recv: leaderHdrs, Type: req.Type},
 			check: func() *core.MismatchError { return h.disagree(hdr, leaderHdrs, firsts) }})
 	}
 	rootNode, rootLocal := -1, -1

@@ -420,3 +420,40 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+// Ranks that disagree on the kind of a staged call fail with a kind
+// MismatchError on every rank, whether the odd ranks share a node with
+// others or make up a node; and the next allreduce lines up.
+func TestKindMismatchFailsEveryRank(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	for _, tc := range []struct {
+		name       string
+		odd        []int
+		kind, oddK core.Kind
+	}{
+		{"a node broadcasts, the others allgather", []int{1, 2}, coll.KindAllgather, coll.KindBroadcast},
+		{"a rank broadcasts, the others allgather", []int{3}, coll.KindAllgather, coll.KindBroadcast},
+		{"a node gathers, the others reduce", []int{4}, coll.KindReduce, coll.KindGather},
+		{"a rank barriers, the others broadcast", []int{2}, coll.KindBroadcast, coll.KindBarrier},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				kind := tc.kind
+				if slices.Contains(tc.odd, g.Rank()) {
+					kind = tc.oddK
+				}
+				req := &core.Request{Kind: kind}
+				if kind != coll.KindBarrier {
+					req = stagedReq(kind, 2, g.Size())
+				}
+				err := g.Do(ctx, req)
+				var me *core.MismatchError
+				if !errors.As(err, &me) || me.Field != "kind" || me.Rank != g.Rank() {
+					return fmt.Errorf("want a kind MismatchError, got %v", err)
+				}
+				return lineUp(ctx, g)
+			})
+			noErrors(t, errs)
+		})
+	}
+}
