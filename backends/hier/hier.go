@@ -49,10 +49,11 @@
 // failure from its abort names those ranks instead: every rank names the
 // rank that died, not the leader that passed the news on.
 //
-// A disagreement between a staged collective on some ranks and another
-// kind of collective on others may not be seen by any one stage: those
-// ranks may wait in different backends and fail at the timeout, naming
-// each other; or a stage sees a disagreement of its own kinds.
+// A disagreement between two staged collectives is seen by a stage's
+// backend, as a mismatch of that stage's kinds or counts. One between a
+// staged collective on some ranks and alltoall, which runs on World, on
+// others cannot be seen by any one stage: those ranks wait in different
+// backends and fail at the timeout, naming each other.
 package hier
 
 import (
