@@ -29,7 +29,10 @@ var ErrInvalid = errors.New("invalid argument")
 // another is in flight there. Collectives pair calls by their order on
 // each rank, so two goroutines sharing a communicator would pair different
 // goroutines' calls across ranks; rather than return mispaired data, both
-// calls fail and the communicator stays failed.
+// calls fail, the communicator is aborted (its peers' calls fail too) and
+// stays failed. What cannot be seen is use from several goroutines whose
+// calls never overlap on a rank: that is indistinguishable from one
+// goroutine calling in turn, and pairs the calls in the order they came.
 var ErrConcurrentUse = errors.New("gocoll: two calls in flight on one communicator: a communicator runs one call at a time, in the same order on every rank; give each goroutine its own communicator")
 
 // MismatchError reports that ranks called a collective with different

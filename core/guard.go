@@ -37,7 +37,8 @@ func Deadline(ctx context.Context, timeout time.Duration) time.Time {
 //     peers fail at once naming this rank rather than wait for it;
 //   - one call at a time: a call that starts while another is in flight
 //     fails with ErrConcurrentUse, and so does the one in flight, through
-//     the backend's Abort (see ErrConcurrentUse for why);
+//     the backend's Abort and, should the backend finish it anyway, here
+//     (see ErrConcurrentUse for why);
 //   - the closed and failed states: after an error that leaves the ranks
 //     out of step (a dead peer, a timeout, a cancelled call), every later
 //     call fails at once with an error wrapping the first.
@@ -95,6 +96,15 @@ func (g *Guard) Do(ctx context.Context, req *Request) error {
 	err := g.b.Run(ctx, req)
 	if err != nil && g.fatal(err) {
 		g.fail(err)
+	}
+	if err == nil {
+		// A call that overlapped another never returns nil, even when
+		// the backend finished it before the abort reached it: the two
+		// callers' calls may have been paired with other goroutines'
+		// calls on the peers.
+		if f := g.failed.Load(); f != nil && errors.Is(*f, ErrConcurrentUse) {
+			return fmt.Errorf("gocoll: %v: %w", req.Kind, ErrConcurrentUse)
+		}
 	}
 	return err
 }

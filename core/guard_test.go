@@ -131,3 +131,28 @@ func TestTimeout(t *testing.T) {
 		t.Fatalf("Deadline ignores ctx's earlier deadline: %v", d)
 	}
 }
+
+// abortDeaf finishes its call when released whatever Abort said: the Guard
+// must still not return nil for a call that overlapped another.
+type abortDeaf struct {
+	fakeBackend
+}
+
+func (f *abortDeaf) Abort(cause error) {}
+
+func TestGuardConcurrentUseBackendFinishesAnyway(t *testing.T) {
+	f := &abortDeaf{fakeBackend{aborted: make(chan error, 4), hold: make(chan struct{}), entered: make(chan struct{}, 1)}}
+	g := NewGuard(f)
+	var wg sync.WaitGroup
+	var first error
+	wg.Go(func() { first = g.Do(context.Background(), allreduce(make([]byte, 8), make([]byte, 8))) })
+	<-f.entered
+	if err := g.Do(context.Background(), allreduce(make([]byte, 8), make([]byte, 8))); !errors.Is(err, ErrConcurrentUse) {
+		t.Fatalf("second call: %v", err)
+	}
+	close(f.hold)
+	wg.Wait()
+	if !errors.Is(first, ErrConcurrentUse) {
+		t.Fatalf("the call in flight returned %v although another overlapped it", first)
+	}
+}
