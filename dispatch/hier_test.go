@@ -10,6 +10,7 @@ import (
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/memstore"
+	"github.com/gocoll/gocoll/tests/conform"
 )
 
 // val is rank r's element i: a small integer, so that every sum, product,
@@ -149,4 +150,37 @@ func TestHierMismatchFailsEveryRank(t *testing.T) {
 		return c.Barrier(ctx)
 	})
 	checkErrs(t, errs)
+}
+
+// The conformance suite over the hierarchical backend built from real
+// shm and tcp groups, for every collective (staged or not) at node
+// layouts with uneven nodes and ranks of a node not contiguous.
+func TestHierConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts shm and tcp groups")
+	}
+	for _, layout := range [][]string{{"a", "a", "b"}, {"a", "b", "b", "a", "c"}} {
+		n := len(layout)
+		t.Run(fmt.Sprint(layout), func(t *testing.T) {
+			s := memstore.New()
+			errs := goRanks(n, func(r int) []Option {
+				return []Option{WithStore(s), WithRank(r), WithSize(n), WithNodeID(layout[r]), WithTimeout(30 * time.Second)}
+			}, func(ctx context.Context, c *Comm) error {
+				if c.Backend() != "shm+tcp" {
+					return fmt.Errorf("backend %q, want shm+tcp", c.Backend())
+				}
+				if err := conform.Run(ctx, c, conform.Options{Sizes: []int{0, 1, 7, 1001}, RandomSizes: []int{7}}); err != nil {
+					return err
+				}
+				// Blocks that span several of shm's default chunks (512 KiB), in float32.
+				return conform.Run(ctx, c, conform.Options{Bytes: []int{3 << 19}, NoRandom: true, NoInPlace: true,
+					Filter: func(k conform.Case) bool { return k.DType == coll.DTypeFloat32 }})
+			})
+			for r, err := range errs {
+				if err != nil {
+					t.Errorf("rank %d: %v", r, err)
+				}
+			}
+		})
+	}
 }

@@ -2,35 +2,63 @@
 // nodes with several ranks on some of them. It is composed of three
 // backends: Local among the ranks of this rank's node, Leaders among the
 // nodes' leaders (the lowest rank of each node), and World among all
-// ranks. An allreduce runs in three stages, so that only one rank per
-// node puts the data on the network:
+// ranks. Some collectives run in stages, so that only one rank per node
+// puts the data on the network:
 //
-//  1. a reduce to the leader within each node (Local),
-//  2. an allreduce between the leaders (Leaders),
-//  3. a broadcast from the leader within each node (Local).
+//   - allreduce: a reduce to the leader within each node (Local), an
+//     allreduce between the leaders (Leaders), a broadcast from the
+//     leader within each node (Local);
+//   - allgather: a gather to the leader within each node, an allgather of
+//     the nodes' blocks between the leaders, a broadcast within each node;
+//   - barrier: within each node, between the leaders, within each node;
+//   - broadcast, reduce, gather and scatter (rooted): first the ranks
+//     exchange what they passed (kind, dtype, op, count, root) within
+//     each node and then between the leaders, and compare it, because
+//     their data stages name only the root's node and its index there;
+//     then broadcast: from the root within its node, between the leaders,
+//     from the leader within the other nodes; reduce: to the leader within
+//     each node, between the leaders to the root's node, leader to root;
+//     gather: to the leader within each node, the nodes' blocks between
+//     the leaders to the root's node, leader to root; scatter: root to
+//     leader, the nodes' blocks between the leaders, from the leader
+//     within each node;
+//   - reduce_scatter: a reduce of the whole buffer to the leader within
+//     each node, a reduce_scatter of the nodes' blocks between the
+//     leaders, a scatter from the leader within each node.
 //
-// Every other collective runs on World.
+// Every staged collective has a stage within every node (all its ranks)
+// after the last stage between the leaders at which ranks can disagree,
+// so that a failure among the leaders reaches every rank. Alltoall runs
+// on World: every rank's data goes to every other rank, so a leader
+// would only relay it.
 //
 // # Failures
 //
 // A failure inside one stage reaches only the ranks of that stage, so hier
-// passes it on: a leader whose node's stage 1 failed refuses its stage 2,
-// and a leader whose stage 2 failed refuses its node's stage 3. Every rank
+// passes it on: a leader whose node's stage failed refuses the next
+// stage between the leaders, and a leader whose stage between the leaders
+// failed refuses its node's next stage. Every rank
 // thus fails at the same call, with a *core.MismatchError when the cause
 // was a disagreement or a refused argument. Before passing a failure on, a
 // rank records its cause in the Store, and a rank that learns of the
 // failure from the refusal reads it there: the error names the rank that
 // disagreed or passed the bad argument, not the leader that passed it on.
 // A failure that leaves the stages out of step (a dead peer, a timeout)
-// aborts all three backends, which tell their peers.
+// aborts all three backends, which tell their peers. The rank records in
+// the Store the ranks it blames first, and a rank that learns of the
+// failure from its abort names those ranks instead: every rank names the
+// rank that died, not the leader that passed the news on.
 //
-// A disagreement between an allreduce on some ranks and another kind of
-// collective on others cannot be seen by any one stage: those ranks wait
-// in different backends and fail at the timeout, naming each other.
+// A disagreement between two staged collectives is seen by a stage's
+// backend, as a mismatch of that stage's kinds or counts. One between a
+// staged collective on some ranks and alltoall, which runs on World, on
+// others cannot be seen by any one stage: those ranks wait in different
+// backends and fail at the timeout, naming each other.
 package hier
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -143,8 +171,12 @@ func (h *Backend) Close() error {
 // Abort implements core.Backend: it aborts the three backends, each of
 // which tells its peers.
 func (h *Backend) Abort(cause error) {
+	c := abortCause{msg: "hier: aborted"}
+	if cause != nil {
+		c.msg = cause.Error()
+	}
 	for _, b := range h.backends() {
-		b.Abort(cause)
+		b.Abort(c)
 	}
 }
 
@@ -156,79 +188,497 @@ func (h *Backend) backends() []core.Backend {
 	return bs
 }
 
+// A stage is one step of a staged collective: a request run on Local by
+// every rank of each node, or on Leaders by the nodes' leaders.
+type stage struct {
+	leaders bool
+	// p2p: a send or receive within the node, between the leader and
+	// the root, which the rest of the node skips. A leader that passes a
+	// failure on still runs one its node has not learned of, so that the
+	// root, which waits in it, goes on to the stage that tells it.
+	p2p  bool
+	name string // what the stage does, for errors
+	req  core.Request
+	// scale is the stage's Count per element of the call's Count, so that
+	// a count the stage's backend names reads as the call's.
+	scale int
+	// after runs on this rank when the stage succeeded.
+	after func()
+	// check, when set, runs after the stage succeeded and returns the
+	// disagreement it found in what the stage gathered, the same on
+	// every rank of the stage.
+	check func() *core.MismatchError
+}
+
+// staged reports whether hier runs kind in stages, and the kinds of its
+// first local stage and its first leaders stage, which a refusing rank
+// refuses.
+func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
+	switch kind {
+	case core.KindAllreduce:
+		return core.KindReduce, core.KindAllreduce, true
+	case core.KindBarrier:
+		return core.KindBarrier, core.KindBarrier, true
+	case core.KindAllgather:
+		return core.KindGather, core.KindAllgather, true
+	case core.KindReduceScatter:
+		return core.KindReduce, core.KindReduceScatter, true
+	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
+		return core.KindAlltoall, core.KindAlltoall, true
+	}
+	return 0, 0, false
+}
+
 // Run implements core.Backend. req passed core.Check for the world's rank
 // and size, so the stages' requests, made from it, are valid for theirs.
 func (h *Backend) Run(ctx context.Context, req *core.Request) error {
 	h.seq++
-	if req.Kind != core.KindAllreduce {
-		return h.world.Run(ctx, req)
+	switch req.Kind {
+	case core.KindAllreduce:
+		return h.run(ctx, req, h.allreduce(req))
+	case core.KindBarrier:
+		return h.run(ctx, req, h.barrier())
+	case core.KindAllgather:
+		return h.run(ctx, req, h.allgather(req))
+	case core.KindReduceScatter:
+		return h.run(ctx, req, h.reduceScatter(req))
+	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
+		return h.run(ctx, req, h.rooted(req))
 	}
+	return h.world.Run(ctx, req)
+}
+
+func (h *Backend) leader() bool { return h.leaders != nil }
+
+// allreduce: a reduce to the leader within each node, an allreduce
+// between the leaders, a broadcast from the leader within each node.
+func (h *Backend) allreduce(req *core.Request) []stage {
 	// The stages combine partial results, so an op with a finishing step
 	// (avg: divide by the ranks) reduces without it in every stage and
 	// is finished once, over the whole job, at the end.
 	k := h.partial(req.Kernel)
-	leader := h.leaders != nil
 	var recv []byte
-	if leader {
+	if h.leader() {
 		recv = req.Recv
 	}
-	h.sub = core.Request{Kind: core.KindReduce, DType: req.DType, Op: req.Op, Count: req.Count,
-		Send: req.Send, Recv: recv, Type: req.Type, Kernel: k}
-	if err := h.local.Run(ctx, &h.sub); err != nil {
-		err = h.localError(err, "allreduce (reduce within the node)")
-		me := mismatch(err)
-		if me == nil {
-			return h.stageFailed(err)
+	return []stage{
+		{name: "reduce within the node", scale: 1, req: core.Request{Kind: core.KindReduce, DType: req.DType, Op: req.Op,
+			Count: req.Count, Send: req.Send, Recv: recv, Type: req.Type, Kernel: k}},
+		{leaders: true, name: "allreduce between nodes", scale: 1, req: core.Request{Kind: core.KindAllreduce, DType: req.DType,
+			Op: req.Op, Count: req.Count, Send: req.Recv, Recv: req.Recv, Type: req.Type, Kernel: k},
+			after: func() { req.Kernel.Finish(req.Recv, h.size) }},
+		{name: "broadcast within the node", scale: 1, req: core.Request{Kind: core.KindBroadcast, DType: req.DType,
+			Count: req.Count, Send: req.Recv, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
+// barrier: within each node, between the leaders, within each node.
+func (h *Backend) barrier() []stage {
+	return []stage{
+		{name: "barrier within the node", req: core.Request{Kind: core.KindBarrier}},
+		{leaders: true, name: "barrier between nodes", req: core.Request{Kind: core.KindBarrier}},
+		{name: "barrier within the node", req: core.Request{Kind: core.KindBarrier}},
+	}
+}
+
+// allgather: a gather to the leader within each node; an allgather of
+// the nodes' blocks between the leaders, each padded to the largest
+// node's, which the leaders reorder into rank order (a node's ranks need
+// not be contiguous); a broadcast of the result within each node.
+func (h *Backend) allgather(req *core.Request) []stage {
+	local := len(h.nodes[h.node])
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	var gathered, mine, all []byte
+	if h.leader() {
+		// The node's blocks, padded to width, then every node's.
+		mine = make([]byte, width*blk)
+		all = make([]byte, len(h.nodes)*width*blk)
+		gathered = mine[: local*blk : local*blk]
+	}
+	return []stage{
+		{name: "gather within the node", scale: 1, req: core.Request{Kind: core.KindGather, DType: req.DType,
+			Count: req.Count, Send: req.Send, Recv: gathered, Type: req.Type}},
+		{leaders: true, name: "allgather between nodes", scale: width, req: core.Request{Kind: core.KindAllgather, DType: req.DType,
+			Count: req.Count * width, Send: mine, Recv: all, Type: req.Type},
+			after: func() {
+				for n, ranks := range h.nodes {
+					for i, r := range ranks {
+						copy(req.Recv[r*blk:(r+1)*blk], all[(n*width+i)*blk:])
+					}
+				}
+			}},
+		{name: "broadcast within the node", scale: h.size, req: core.Request{Kind: core.KindBroadcast, DType: req.DType,
+			Count: req.Count * h.size, Send: req.Recv, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
+// The fields of a rooted call that every rank must pass alike, in the
+// order the backends compare them.
+var agreeFields = [...]string{"kind", "dtype", "op", "count", "root"}
+
+// header encodes what every rank must agree on in a rooted call, padded
+// to whole elements of req's type, which carries it.
+func header(req *core.Request) []byte {
+	n := len(agreeFields) * 8
+	b := make([]byte, (n+req.Type.Size-1)/req.Type.Size*req.Type.Size)
+	for i, v := range []int64{int64(req.Kind), int64(req.DType), int64(req.Op), int64(req.Count), int64(req.Root)} {
+		binary.LittleEndian.PutUint64(b[8*i:], uint64(v))
+	}
+	return b
+}
+
+// repeat returns n copies of b, one after another.
+func repeat(b []byte, n int) []byte {
+	out := make([]byte, 0, len(b)*n)
+	for range n {
+		out = append(out, b...)
+	}
+	return out
+}
+
+// disagree compares the headers in all, of the ranks ranks, with mine
+// and returns a MismatchError naming the first rank whose header differs,
+// or nil.
+func (h *Backend) disagree(mine, all []byte, ranks []int) *core.MismatchError {
+	n := len(mine)
+	for j, r := range ranks {
+		theirs := all[j*n : (j+1)*n]
+		for i, field := range agreeFields {
+			a, b := int64(binary.LittleEndian.Uint64(mine[8*i:])), int64(binary.LittleEndian.Uint64(theirs[8*i:]))
+			if a != b {
+				return &core.MismatchError{Seq: h.seq, Field: field, Rank: h.rank, Peer: r,
+					Mine: headerValue(field, a), Theirs: headerValue(field, b)}
+			}
 		}
-		me = h.cause(ctx, me, req)
-		if leader {
-			// The other leaders wait in stage 2.
-			return h.passOn(ctx, me, h.leaders, core.KindAllreduce)
+	}
+	return nil
+}
+
+// headerValue formats a header's field as valueOf does.
+func headerValue(field string, v int64) string {
+	switch field {
+	case "kind":
+		return core.Kind(v).String()
+	case "dtype":
+		return core.DType(v).String()
+	case "op":
+		return core.Op(v).String()
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+// rooted returns the stages of a broadcast, reduce, gather or scatter.
+// Their stages within a node and between the leaders use the root's
+// node and its index there, so a disagreement on the root could go
+// unseen by the backends; so the ranks first exchange what they passed
+// (within each node, then between the leaders) and compare it, which
+// every rank of a stage does alike. The exchange is an alltoall, a kind
+// no other stage runs, so that the backends see a disagreement between
+// a rooted and another staged collective in the first stage. After
+// those, every node has a stage within it, which a leader refuses when
+// the leaders found a disagreement; the stages that follow depend on
+// where the root is, which the ranks then agree on.
+func (h *Backend) rooted(req *core.Request) []stage {
+	hdr := header(req)
+	hn := len(hdr) / req.Type.Size
+	local := h.nodes[h.node]
+	nodeHdrs := make([]byte, len(hdr)*len(local))
+	stages := []stage{{name: "agreement within the node",
+		req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(local)), Recv: nodeHdrs, Type: req.Type},
+		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}}
+	if h.leader() {
+		leaderHdrs := make([]byte, len(hdr)*len(h.nodes))
+		firsts := make([]int, len(h.nodes))
+		for n, ranks := range h.nodes {
+			firsts[n] = ranks[0]
+		}
+		stages = append(stages, stage{leaders: true, name: "agreement between nodes",
+			req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(h.nodes)), Recv: leaderHdrs, Type: req.Type},
+			check: func() *core.MismatchError { return h.disagree(hdr, leaderHdrs, firsts) }})
+	}
+	rootNode, rootLocal := -1, -1
+	for n, ranks := range h.nodes {
+		if i := slices.Index(ranks, req.Root); i >= 0 {
+			rootNode, rootLocal = n, i
+		}
+	}
+	onRootNode := h.node == rootNode
+	isRoot := h.rank == req.Root
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	whole := req.Count * h.size // the elements of a gather's or scatter's whole buffer
+	// moveToRoot and moveFromRoot move buf, count elements, between the
+	// root's node's leader and the root, when the root is not the leader.
+	moveToRoot := func(buf []byte, count int) {
+		if !onRootNode || rootLocal == 0 {
+			return
+		}
+		switch {
+		case h.leader():
+			stages = append(stages, stage{p2p: true, name: "to the root", req: core.Request{Kind: core.KindSend, DType: req.DType,
+				Count: count, Peer: rootLocal, Send: buf, Type: req.Type}})
+		case isRoot:
+			stages = append(stages, stage{p2p: true, name: "to the root", req: core.Request{Kind: core.KindRecv, DType: req.DType,
+				Count: count, Peer: 0, Recv: req.Recv, Type: req.Type}})
+		}
+	}
+	leaders := func(s stage) {
+		s.leaders = true
+		stages = append(stages, s)
+	}
+	switch req.Kind {
+	case core.KindBroadcast:
+		bcast := func(root int) stage {
+			return stage{name: "broadcast within the node", scale: 1, req: core.Request{Kind: core.KindBroadcast,
+				DType: req.DType, Count: req.Count, Root: root, Send: req.Recv, Recv: req.Recv, Type: req.Type}}
+		}
+		if onRootNode && rootLocal != 0 {
+			stages = append(stages, bcast(rootLocal))
+		}
+		leaders(stage{name: "broadcast between nodes", scale: 1, req: core.Request{Kind: core.KindBroadcast,
+			DType: req.DType, Count: req.Count, Root: rootNode, Send: req.Recv, Recv: req.Recv, Type: req.Type}})
+		if !onRootNode || rootLocal == 0 {
+			stages = append(stages, bcast(0))
+		}
+	case core.KindReduce:
+		// As in allreduce, the stages reduce without the op's finish
+		// step, which the root's node's leader takes once.
+		k := h.partial(req.Kernel)
+		var buf, top []byte
+		if h.leader() {
+			buf = make([]byte, blk)
+			if isRoot {
+				buf = req.Recv
+			}
+			if onRootNode {
+				top = buf
+			}
+		}
+		stages = append(stages, stage{name: "reduce within the node", scale: 1, req: core.Request{Kind: core.KindReduce,
+			DType: req.DType, Op: req.Op, Count: req.Count, Send: req.Send, Recv: buf, Type: req.Type, Kernel: k}})
+		leaders(stage{name: "reduce between nodes", scale: 1, req: core.Request{Kind: core.KindReduce, DType: req.DType,
+			Op: req.Op, Count: req.Count, Root: rootNode, Send: buf, Recv: top, Type: req.Type, Kernel: k},
+			after: func() {
+				if onRootNode {
+					req.Kernel.Finish(buf, h.size)
+				}
+			}})
+		moveToRoot(buf, req.Count)
+	case core.KindGather:
+		// The leaders gather the nodes' blocks, each padded to the
+		// largest node's, and the root's node's leader reorders them
+		// into rank order (a node's ranks need not be contiguous).
+		var mine, gathered, all, out []byte
+		if h.leader() {
+			mine = make([]byte, width*blk)
+			gathered = mine[: len(local)*blk : len(local)*blk]
+			if onRootNode {
+				all = make([]byte, len(h.nodes)*width*blk)
+				out = req.Recv
+				if !isRoot {
+					out = make([]byte, whole*req.Type.Size)
+				}
+			}
+		}
+		stages = append(stages, stage{name: "gather within the node", scale: 1, req: core.Request{Kind: core.KindGather,
+			DType: req.DType, Count: req.Count, Send: req.Send, Recv: gathered, Type: req.Type}})
+		leaders(stage{name: "gather between nodes", scale: width, req: core.Request{Kind: core.KindGather, DType: req.DType,
+			Count: req.Count * width, Root: rootNode, Send: mine, Recv: all, Type: req.Type},
+			after: func() {
+				if onRootNode {
+					h.unpad(out, all, blk, width)
+				}
+			}})
+		moveToRoot(out, whole)
+	case core.KindScatter:
+		// The root's node's leader pads the root's blocks into one
+		// block per node, as gather's leaders receive them.
+		var src, packed, mine []byte
+		if h.leader() {
+			mine = make([]byte, width*blk)
+			if onRootNode {
+				src = req.Send
+				if !isRoot {
+					src = make([]byte, whole*req.Type.Size)
+				}
+				packed = make([]byte, len(h.nodes)*width*blk)
+			}
+		}
+		pack := func() {
+			for n, ranks := range h.nodes {
+				for i, r := range ranks {
+					copy(packed[(n*width+i)*blk:(n*width+i+1)*blk], src[r*blk:])
+				}
+			}
+		}
+		if onRootNode && rootLocal != 0 {
+			switch {
+			case h.leader():
+				stages = append(stages, stage{p2p: true, name: "from the root", req: core.Request{Kind: core.KindRecv, DType: req.DType,
+					Count: whole, Peer: rootLocal, Recv: src, Type: req.Type}, after: pack})
+			case isRoot:
+				stages = append(stages, stage{p2p: true, name: "from the root", req: core.Request{Kind: core.KindSend, DType: req.DType,
+					Count: whole, Peer: 0, Send: req.Send, Type: req.Type}})
+			}
+		} else if onRootNode && h.leader() {
+			pack()
+		}
+		leaders(stage{name: "scatter between nodes", scale: width, req: core.Request{Kind: core.KindScatter, DType: req.DType,
+			Count: req.Count * width, Root: rootNode, Send: packed, Recv: mine, Type: req.Type}})
+		var send []byte
+		if h.leader() {
+			send = mine[: len(local)*blk : len(local)*blk]
+		}
+		stages = append(stages, stage{name: "scatter within the node", scale: 1, req: core.Request{Kind: core.KindScatter,
+			DType: req.DType, Count: req.Count, Send: send, Recv: req.Recv, Type: req.Type}})
+	}
+	return stages
+}
+
+// unpad copies the nodes' blocks in all, each node's padded to width
+// blocks of blk bytes, into out in rank order.
+func (h *Backend) unpad(out, all []byte, blk, width int) {
+	for n, ranks := range h.nodes {
+		for i, r := range ranks {
+			copy(out[r*blk:(r+1)*blk], all[(n*width+i)*blk:])
+		}
+	}
+}
+
+// reduceScatter: a reduce of the whole buffer to the leader within each
+// node; a reduce_scatter between the leaders of the nodes' blocks, each
+// node's padded to the largest node's (a node's ranks need not be
+// contiguous), which leaves each leader its node's blocks; a scatter of
+// those from the leader within each node. As in allreduce, the stages
+// reduce without the op's finish step, which each leader takes once.
+func (h *Backend) reduceScatter(req *core.Request) []stage {
+	k := h.partial(req.Kernel)
+	local := h.nodes[h.node]
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	var sum, packed, mine, send []byte
+	if h.leader() {
+		sum = make([]byte, len(req.Send))
+		packed = make([]byte, len(h.nodes)*width*blk)
+		mine = make([]byte, width*blk)
+		send = mine[: len(local)*blk : len(local)*blk]
+	}
+	return []stage{
+		{name: "reduce within the node", scale: h.size, req: core.Request{Kind: core.KindReduce, DType: req.DType, Op: req.Op,
+			Count: req.Count * h.size, Send: req.Send, Recv: sum, Type: req.Type, Kernel: k},
+			after: func() {
+				if !h.leader() {
+					return
+				}
+				for n, ranks := range h.nodes {
+					for i, r := range ranks {
+						copy(packed[(n*width+i)*blk:(n*width+i+1)*blk], sum[r*blk:])
+					}
+				}
+			}},
+		{leaders: true, name: "reduce_scatter between nodes", scale: width, req: core.Request{Kind: core.KindReduceScatter,
+			DType: req.DType, Op: req.Op, Count: req.Count * width, Send: packed, Recv: mine, Type: req.Type, Kernel: k},
+			after: func() { req.Kernel.Finish(send, h.size) }},
+		{name: "scatter within the node", scale: 1, req: core.Request{Kind: core.KindScatter, DType: req.DType,
+			Count: req.Count, Send: send, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
+// run runs stages for req. A rank that fails in a stage with a
+// MismatchError passes the failure on, if it leads its node: it refuses
+// each later stage whose ranks have not learned of it yet (the leaders'
+// if it learned in its node, its node's if it learned among the
+// leaders), so that every rank fails at this call.
+func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) error {
+	for i := range stages {
+		s := &stages[i]
+		if s.leaders && !h.leader() {
+			continue
+		}
+		b, rename := h.local, h.localError
+		if s.leaders {
+			b, rename = h.leaders, h.leaderError
+		}
+		h.sub = s.req
+		err := b.Run(ctx, &h.sub)
+		var me *core.MismatchError
+		if err == nil {
+			if s.after != nil {
+				s.after()
+			}
+			if s.check == nil {
+				continue
+			}
+			if me = s.check(); me == nil {
+				continue
+			}
+		} else {
+			err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
+			if me = mismatch(err); me == nil {
+				return h.stageFailed(ctx, err)
+			}
+			me = h.cause(ctx, me, req)
+		}
+		if !h.leader() {
+			return me
+		}
+		nodeKnows, leadersKnow := !s.leaders, s.leaders
+		for _, t := range stages[i+1:] {
+			switch {
+			case t.p2p && !nodeKnows:
+				h.sub = t.req
+				if err := h.local.Run(ctx, &h.sub); err != nil {
+					err = h.localError(err, req.Kind.String()+" ("+t.name+")", 1)
+					h.Abort(err)
+					return fmt.Errorf("hier: call #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
+				}
+			case t.p2p:
+			case t.leaders && !leadersKnow:
+				leadersKnow = true
+				if err := h.passOn(ctx, me, h.leaders, t.req.Kind); err != me {
+					return err
+				}
+			case !t.leaders && !nodeKnows:
+				nodeKnows = true
+				if err := h.passOn(ctx, me, h.local, t.req.Kind); err != me {
+					return err
+				}
+			}
 		}
 		return me
-	}
-	if leader {
-		h.sub = core.Request{Kind: core.KindAllreduce, DType: req.DType, Op: req.Op, Count: req.Count,
-			Send: req.Recv, Recv: req.Recv, Type: req.Type, Kernel: k}
-		if err := h.leaders.Run(ctx, &h.sub); err != nil {
-			err = h.leaderError(err)
-			if me := mismatch(err); me != nil {
-				// This node's other ranks wait in stage 3.
-				return h.passOn(ctx, h.cause(ctx, me, req), h.local, core.KindBroadcast)
-			}
-			return h.stageFailed(err)
-		}
-		req.Kernel.Finish(req.Recv, h.size)
-	}
-	h.sub = core.Request{Kind: core.KindBroadcast, DType: req.DType, Count: req.Count,
-		Send: req.Recv, Recv: req.Recv, Type: req.Type}
-	if err := h.local.Run(ctx, &h.sub); err != nil {
-		err = h.localError(err, "allreduce (broadcast within the node)")
-		if me := mismatch(err); me != nil {
-			return h.cause(ctx, me, req)
-		}
-		return h.stageFailed(err)
 	}
 	return nil
 }
 
 // Refuse implements core.Backend: this rank records that it refused,
-// then refuses in the backends its peers wait in: World for every kind
-// but allreduce; for allreduce, stage 1 of its node and, on a leader,
-// stage 2, whose leaders pass the refusal on to their nodes.
+// then refuses in the backends its peers wait in: World for a kind run
+// there; for a staged kind, the first stage of its node and, on a
+// leader, the first leaders stage, whose leaders pass the refusal on to
+// their nodes.
 func (h *Backend) Refuse(ctx context.Context, req *core.Request) error {
 	h.seq++
 	h.note(ctx, &core.MismatchError{Seq: h.seq, Field: "argument", Rank: h.rank, Peer: h.rank, Theirs: describe(req)})
-	if req.Kind != core.KindAllreduce {
+	local, leaders, ok := staged(req.Kind)
+	if !ok {
 		return h.world.Refuse(ctx, req)
 	}
-	err := h.local.Refuse(ctx, &core.Request{Kind: core.KindReduce})
+	err := h.local.Refuse(ctx, &core.Request{Kind: local})
 	if err == nil && h.leaders != nil {
-		err = h.leaders.Refuse(ctx, &core.Request{Kind: core.KindAllreduce})
+		err = h.leaders.Refuse(ctx, &core.Request{Kind: leaders})
 	}
 	if err != nil && mismatch(err) == nil {
 		h.Abort(err)
-		return fmt.Errorf("hier: refusing allreduce #%d: %w", h.seq, err)
+		return fmt.Errorf("hier: refusing %v #%d: %w", req.Kind, h.seq, err)
 	}
 	return nil
 }
@@ -241,17 +691,65 @@ func (h *Backend) passOn(ctx context.Context, me *core.MismatchError, next core.
 		// The ranks waiting there may not have been told: the stages
 		// are out of step, and the communicator with them.
 		h.Abort(err)
-		return fmt.Errorf("hier: allreduce #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
+		return fmt.Errorf("hier: call #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
 	}
 	return me
 }
 
 // stageFailed aborts every backend after a failure that leaves the stages
 // out of step, so that ranks waiting in another stage learn of it.
-func (h *Backend) stageFailed(err error) error {
+// The error names the ranks that failed: a rank that learned of the
+// failure from a peer that aborted, and gave up because of another
+// rank, names that rank instead (see blame).
+func (h *Backend) stageFailed(ctx context.Context, err error) error {
+	err = h.blame(ctx, err)
+	var pe *core.PeerError
+	if h.store != nil && errors.As(err, &pe) {
+		if v, jerr := json.Marshal(pe.Ranks); jerr == nil {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noteWait)
+			h.store.Set(ctx, blameKey(h.rank), v)
+			cancel()
+		}
+	}
 	h.Abort(err)
 	return err
 }
+
+// blameWait bounds how long a rank looks for the ranks a peer blamed
+// before it aborted. The peer records them before it aborts, so they are
+// there by the time anyone learns of the abort; a peer that died records
+// nothing, and the wait runs out.
+const blameWait = 300 * time.Millisecond
+
+func blameKey(rank int) string { return "blame/" + strconv.Itoa(rank) }
+
+// blame turns err, a PeerError naming one rank, into one naming the
+// ranks that rank blamed when it aborted, if it recorded any: so every
+// rank names the rank that died, not the ranks that passed the news on.
+// A communicator fails once, so the record needs no call number, and the
+// ranks that learn of a failure need not be in the same call.
+func (h *Backend) blame(ctx context.Context, err error) error {
+	var pe *core.PeerError
+	if h.store == nil || !errors.As(err, &pe) || len(pe.Ranks) != 1 || pe.Ranks[0] == h.rank {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), blameWait)
+	defer cancel()
+	v, gerr := h.store.Get(ctx, blameKey(pe.Ranks[0]))
+	var ranks []int
+	if gerr != nil || json.Unmarshal(v, &ranks) != nil || len(ranks) == 0 {
+		return err
+	}
+	return &core.PeerError{Op: pe.Op, Ranks: ranks, Err: fmt.Errorf("rank %d gave up on them: %w", pe.Ranks[0], pe.Err)}
+}
+
+// abortCause is what hier tells its backends' peers when it aborts: the
+// cause's text. The backends pass on the ranks a PeerError names, but in
+// their own numbering, which differs between them; the cause's type is
+// of no use to a peer, which learns the ranks blamed from blame.
+type abortCause struct{ msg string }
+
+func (c abortCause) Error() string { return c.msg }
 
 func mismatch(err error) *core.MismatchError {
 	var me *core.MismatchError
@@ -331,6 +829,10 @@ func valueOf(req *core.Request, field string) (string, bool) {
 		return req.Op.String(), true
 	case "count":
 		return strconv.Itoa(req.Count), true
+	case "root":
+		return strconv.Itoa(req.Root), true
+	case "kind":
+		return req.Kind.String(), true
 	}
 	return "", false
 }
@@ -353,20 +855,38 @@ func (h *Backend) partial(k *core.Kernel) *core.Kernel {
 }
 
 // localError renames the node-local ranks an error names to job ranks.
-func (h *Backend) localError(err error, op string) error {
-	return h.rename(err, op, func(r int) int { return h.nodes[h.node][r] })
+func (h *Backend) localError(err error, op string, scale int) error {
+	return h.rename(err, op, scale, func(r int) int { return at(h.nodes[h.node], r) })
 }
 
 // leaderError renames the leader indices (node numbers) an error names
 // to the leaders' job ranks.
-func (h *Backend) leaderError(err error) error {
-	return h.rename(err, "allreduce (between nodes)", func(n int) int { return h.nodes[n][0] })
+func (h *Backend) leaderError(err error, op string, scale int) error {
+	return h.rename(err, op, scale, func(n int) int {
+		if n < 0 || n >= len(h.nodes) {
+			return n
+		}
+		return h.nodes[n][0]
+	})
 }
 
-func (h *Backend) rename(err error, op string, rank func(int) int) error {
+// at returns ranks[i], or i when a backend named no rank of its group.
+func at(ranks []int, i int) int {
+	if i < 0 || i >= len(ranks) {
+		return i
+	}
+	return ranks[i]
+}
+
+// rename makes err, from a stage, read as the call's: job ranks, and a
+// count mismatch in the call's counts (the stage's over scale).
+func (h *Backend) rename(err error, op string, scale int, rank func(int) int) error {
 	if me := mismatch(err); me != nil {
 		out := *me
 		out.Seq, out.Rank, out.Peer = h.seq, h.rank, rank(me.Peer)
+		if out.Field == "count" && scale > 1 {
+			out.Mine, out.Theirs = unscale(out.Mine, scale), unscale(out.Theirs, scale)
+		}
 		return &out
 	}
 	var pe *core.PeerError
@@ -378,4 +898,14 @@ func (h *Backend) rename(err error, op string, rank func(int) int) error {
 		return &core.PeerError{Op: op, Ranks: ranks, Err: pe.Err}
 	}
 	return err
+}
+
+// unscale turns a stage's count into the call's, or says it is the
+// stage's when it is no multiple of scale.
+func unscale(count string, scale int) string {
+	n, err := strconv.Atoi(count)
+	if err != nil || n%scale != 0 {
+		return count + " (" + strconv.Itoa(scale) + " ranks' blocks)"
+	}
+	return strconv.Itoa(n / scale)
 }

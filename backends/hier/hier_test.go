@@ -17,6 +17,7 @@ import (
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/memstore"
 	"github.com/gocoll/gocoll/store"
+	"github.com/gocoll/gocoll/tests/conform"
 )
 
 // The stages here run on kv backends: real backends with real agreement,
@@ -104,8 +105,7 @@ var layouts = [][][]int{
 func val(r, i int) float32 { return float32((r*7 + i*3) % 4) }
 
 // The staged allreduce against a fold computed here, for ops with and
-// without a finish step, in and out of place; other collectives run on
-// the world backend.
+// without a finish step, in and out of place, and an allgather after it.
 func TestAllreduce(t *testing.T) {
 	const count = 5
 	for _, nodes := range layouts {
@@ -158,85 +158,166 @@ func TestAllreduce(t *testing.T) {
 	}
 }
 
-// A rank whose allreduce fails its own check gets that error; every other
-// rank, on its node and on the others, a MismatchError naming it with
-// Field "argument"; and the next allreduce lines up. The culprit is a
-// leader or not, in turn.
-func TestRefusedAllreduceNamesTheCulprit(t *testing.T) {
+// stagedReq is a float32 call of kind with count elements per rank at
+// size ranks, its buffers the lengths Check wants.
+func stagedReq(kind core.Kind, count, size int) *core.Request {
+	req := &core.Request{Kind: kind, DType: coll.DTypeFloat32, Count: count, Send: make([]byte, 4*count), Recv: make([]byte, 4*count)}
+	switch kind {
+	case coll.KindAllreduce, coll.KindReduce:
+		req.Op = coll.OpSum
+	case coll.KindReduceScatter:
+		req.Op = coll.OpSum
+		req.Send = make([]byte, 4*count*size)
+	case coll.KindAllgather, coll.KindGather:
+		req.Recv = make([]byte, 4*count*size)
+	case coll.KindScatter:
+		req.Send = make([]byte, 4*count*size)
+	case coll.KindBroadcast:
+		req.Send = nil
+	}
+	return req
+}
+
+// The staged collectives whose calls take buffers.
+var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather, coll.KindBroadcast, coll.KindReduce,
+	coll.KindGather, coll.KindScatter, coll.KindReduceScatter}
+
+// A rank whose staged call fails its own check gets that error; every
+// other rank, on its node and on the others, a MismatchError naming it
+// with Field "argument"; and the next allreduce lines up. The culprit is
+// a leader or not, in turn.
+func TestRefusedCallNamesTheCulprit(t *testing.T) {
 	nodes := [][]int{{0, 3}, {1, 2}, {4}}
-	for _, bad := range []int{0, 2, 3, 4} {
-		t.Run(fmt.Sprint("rank", bad), func(t *testing.T) {
-			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
-				recv := make([]byte, 8)
-				if g.Rank() == bad {
-					recv = recv[:4]
-				}
-				err := g.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2,
-					Send: make([]byte, 8), Recv: recv})
-				if g.Rank() == bad {
-					if !errors.Is(err, core.ErrBufferLength) {
-						return fmt.Errorf("own error %v; want ErrBufferLength", err)
+	for _, kind := range dataKinds {
+		for _, bad := range []int{0, 2, 3, 4} {
+			t.Run(fmt.Sprint(kind, "/rank", bad), func(t *testing.T) {
+				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+					req := stagedReq(kind, 2, g.Size())
+					if g.Rank() == bad {
+						// Every rank passes a Recv of the wrong length
+						// when it is the root.
+						req.Root = bad
+						req.Recv = req.Recv[:4]
 					}
-				} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
-					return err
-				}
-				return lineUp(ctx, g)
+					err := g.Do(ctx, req)
+					if g.Rank() == bad {
+						if !errors.Is(err, core.ErrBufferLength) {
+							return fmt.Errorf("own error %v; want ErrBufferLength", err)
+						}
+					} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
+						return err
+					}
+					return lineUp(ctx, g)
+				})
+				noErrors(t, errs)
 			})
-			noErrors(t, errs)
-		})
+		}
 	}
 }
 
 // A disagreement inside one node, or between nodes, is a MismatchError
-// on every rank naming the field and a rank that passed the other value;
-// and the next allreduce lines up.
+// on every rank naming the field, the call's values and a rank that
+// passed the other value; and the next allreduce lines up.
 func TestMismatchNamesTheCulprit(t *testing.T) {
 	nodes := [][]int{{0, 3}, {1, 2}, {4}}
-	for _, tc := range []struct {
-		name string
-		odd  []int // the ranks that pass count 3 instead of 2
-	}{
-		{"within a node", []int{3}},
-		{"a leader within its node", []int{1}},
-		{"a whole node", []int{1, 2}},
-		{"a lone node", []int{4}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
-				count := 2
-				odd := slices.Contains(tc.odd, g.Rank())
-				if odd {
-					count = 3
-				}
-				err := g.Do(ctx, &core.Request{Kind: coll.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: count,
-					Send: make([]byte, 4*count), Recv: make([]byte, 4*count)})
-				var me *core.MismatchError
-				if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(count) {
-					return fmt.Errorf("want a count MismatchError with this rank's count %d, got %v", count, err)
-				}
-				if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
-					return fmt.Errorf("the mismatch names rank %d, which passed the same count: %v", me.Peer, err)
-				}
-				return lineUp(ctx, g)
+	for _, kind := range dataKinds {
+		for _, tc := range []struct {
+			name string
+			odd  []int // the ranks that pass count 3 instead of 2
+		}{
+			{"within a node", []int{3}},
+			{"a leader within its node", []int{1}},
+			{"a whole node", []int{1, 2}},
+			{"a lone node", []int{4}},
+		} {
+			t.Run(fmt.Sprint(kind, "/", tc.name), func(t *testing.T) {
+				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+					count := 2
+					odd := slices.Contains(tc.odd, g.Rank())
+					if odd {
+						count = 3
+					}
+					err := g.Do(ctx, stagedReq(kind, count, g.Size()))
+					var me *core.MismatchError
+					if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(count) {
+						return fmt.Errorf("want a count MismatchError with this rank's count %d, got %v", count, err)
+					}
+					if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
+						return fmt.Errorf("the mismatch names rank %d, which passed the same count: %v", me.Peer, err)
+					}
+					return lineUp(ctx, g)
+				})
+				noErrors(t, errs)
 			})
-			noErrors(t, errs)
-		})
+		}
 	}
 }
 
-// A refused call of another kind runs on the world backend: every rank
+// A disagreement on the root of a rooted call is a MismatchError on
+// every rank naming the root field and a rank that passed the other
+// root, also where the stages' own roots (the root's node, its index
+// there) would agree: both roots on another node, or on one node.
+func TestRootMismatchNamesTheCulprit(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	for _, kind := range []core.Kind{coll.KindBroadcast, coll.KindReduce, coll.KindGather, coll.KindScatter} {
+		for _, tc := range []struct {
+			name      string
+			odd       []int // the ranks that pass root 2 instead of 1
+			oddRoot   int
+			rightRoot int
+		}{
+			{"within a node, roots on another", []int{3}, 2, 1},
+			{"a whole node, roots on one node", []int{4}, 2, 1},
+			{"a leader, roots on its node", []int{1}, 1, 2},
+			{"a whole node, roots on another", []int{1, 2}, 3, 0},
+			{"another node, the root not its node's leader", []int{4}, 1, 2},
+		} {
+			t.Run(fmt.Sprint(kind, "/", tc.name), func(t *testing.T) {
+				errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+					req := stagedReq(kind, 2, g.Size())
+					odd := slices.Contains(tc.odd, g.Rank())
+					req.Root = tc.rightRoot
+					if odd {
+						req.Root = tc.oddRoot
+					}
+					if g.Rank() != req.Root {
+						switch kind {
+						case coll.KindGather, coll.KindReduce:
+							req.Recv = nil
+						case coll.KindScatter:
+							req.Send = nil
+						}
+					}
+					err := g.Do(ctx, req)
+					var me *core.MismatchError
+					if !errors.As(err, &me) || me.Field != "root" || me.Rank != g.Rank() || me.Mine != strconv.Itoa(req.Root) {
+						return fmt.Errorf("want a root MismatchError with this rank's root %d, got %v", req.Root, err)
+					}
+					if slices.Contains(tc.odd, me.Peer) == odd || me.Theirs == me.Mine {
+						return fmt.Errorf("the mismatch names rank %d, which passed the same root: %v", me.Peer, err)
+					}
+					return lineUp(ctx, g)
+				})
+				noErrors(t, errs)
+			})
+		}
+	}
+}
+
+// A refused call of a kind that runs on the world backend: every rank
 // names the culprit.
-func TestRefusedBroadcastNamesTheCulprit(t *testing.T) {
+func TestRefusedWorldCallNamesTheCulprit(t *testing.T) {
 	const bad = 2
 	errs := memJob(t, [][]int{{0, 1}, {2, 3}}, func(ctx context.Context, g *core.Guard) error {
-		root := 0
+		n := g.Size()
+		recv := make([]byte, 4*n)
 		if g.Rank() == bad {
-			root = 7
+			recv = recv[:4]
 		}
-		err := g.Do(ctx, &core.Request{Kind: coll.KindBroadcast, DType: coll.DTypeFloat32, Count: 1, Root: root, Recv: make([]byte, 4)})
+		err := g.Do(ctx, &core.Request{Kind: coll.KindAlltoall, DType: coll.DTypeFloat32, Count: 1, Send: make([]byte, 4*n), Recv: recv})
 		if g.Rank() == bad {
-			if !errors.Is(err, core.ErrInvalid) {
-				return fmt.Errorf("own error %v; want ErrInvalid", err)
+			if !errors.Is(err, core.ErrBufferLength) {
+				return fmt.Errorf("own error %v; want ErrBufferLength", err)
 			}
 		} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
 			return err
@@ -247,10 +328,18 @@ func TestRefusedBroadcastNamesTheCulprit(t *testing.T) {
 }
 
 // Abort on one rank, which no peer's stage is waiting for yet, ends every
-// rank's allreduce: the peers in its stages learn it from their backends,
-// and abort theirs in turn, so that ranks waiting in other stages learn
-// it too; none waits for its timeout.
+// rank's call of each staged kind: the peers in its stages learn it from
+// their backends, and abort theirs in turn, so that ranks waiting in
+// other stages learn it too; none waits for its timeout.
 func TestAbortReachesEveryNode(t *testing.T) {
+	for _, kind := range append([]core.Kind{coll.KindBarrier}, dataKinds...) {
+		t.Run(kind.String(), func(t *testing.T) { abortDuring(t, kind) })
+	}
+}
+
+// abortDuring runs TestAbortReachesEveryNode with the peers in a call of
+// kind, rooted at the lone node.
+func abortDuring(t *testing.T, kind core.Kind) {
 	nodes := [][]int{{0, 3}, {1, 2}, {4}}
 	secret := []byte("hier-abort")
 	srv, err := store.Listen("127.0.0.1:0", secret, store.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
@@ -275,7 +364,12 @@ func TestAbortReachesEveryNode(t *testing.T) {
 			}
 			return nil
 		}
-		err := lineUp(ctx, g)
+		req := &core.Request{Kind: kind}
+		if kind != coll.KindBarrier {
+			req = stagedReq(kind, 2, g.Size())
+			req.Root = 4
+		}
+		err := g.Do(ctx, req)
 		var pe *core.PeerError
 		if !errors.As(err, &pe) || !errors.Is(err, kv.ErrPeerAborted) || errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("want a PeerError naming an aborted rank, got %v", err)
@@ -303,4 +397,63 @@ func lineUp(ctx context.Context, g *core.Guard) error {
 		return fmt.Errorf("the next allreduce = %d, want %d", out[0], g.Size())
 	}
 	return nil
+}
+
+// The conformance suite over the staged collectives, at layouts with even
+// and uneven nodes and with ranks of a node not contiguous in job order.
+func TestConformance(t *testing.T) {
+	for _, nodes := range [][][]int{
+		{{0, 1, 2}, {3, 4, 5}},
+		{{0, 1}, {2, 3}, {4, 5}},
+		{{0, 1}, {2}},
+		{{0, 3}, {1, 2}, {4}},
+	} {
+		t.Run(fmt.Sprint(nodes), func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				return conform.Run(ctx, g, conform.Options{Sizes: []int{0, 1, 7, 40}, RandomSizes: []int{5},
+					Filter: func(c conform.Case) bool {
+						_, _, ok := staged(c.Kind)
+						return ok
+					}})
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// Ranks that disagree on the kind of a staged call fail with a kind
+// MismatchError on every rank, whether the odd ranks share a node with
+// others or make up a node; and the next allreduce lines up.
+func TestKindMismatchFailsEveryRank(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	for _, tc := range []struct {
+		name       string
+		odd        []int
+		kind, oddK core.Kind
+	}{
+		{"a node broadcasts, the others allgather", []int{1, 2}, coll.KindAllgather, coll.KindBroadcast},
+		{"a rank broadcasts, the others allgather", []int{3}, coll.KindAllgather, coll.KindBroadcast},
+		{"a node gathers, the others reduce", []int{4}, coll.KindReduce, coll.KindGather},
+		{"a rank barriers, the others broadcast", []int{2}, coll.KindBroadcast, coll.KindBarrier},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				kind := tc.kind
+				if slices.Contains(tc.odd, g.Rank()) {
+					kind = tc.oddK
+				}
+				req := &core.Request{Kind: kind}
+				if kind != coll.KindBarrier {
+					req = stagedReq(kind, 2, g.Size())
+				}
+				err := g.Do(ctx, req)
+				var me *core.MismatchError
+				if !errors.As(err, &me) || me.Field != "kind" || me.Rank != g.Rank() {
+					return fmt.Errorf("want a kind MismatchError, got %v", err)
+				}
+				return lineUp(ctx, g)
+			})
+			noErrors(t, errs)
+		})
+	}
 }
