@@ -14,7 +14,8 @@ import (
 // Environment variables gocoll reads besides the launchers' own.
 const (
 	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one;
-	// under mpirun or srun pass it yourself (mpirun -x GOCOLL_SECRET=...).
+	// under mpirun or srun pass it yourself (mpirun -x GOCOLL_SECRET=...,
+	// or GOCOLL_SECRET=... srun ...).
 	EnvSecret = "GOCOLL_SECRET"
 	// EnvJobID names the job; shared resources carry it. Optional: rank 0
 	// makes one up and shares it through the store when it is unset.
@@ -96,8 +97,11 @@ func intVar(env envLookup, name string) (v int, ok bool, err error) {
 
 // resolve combines options and environment into a launch. Options win over
 // the environment; within the environment the first convention present
-// wins (see conventions). A variable that is set but unusable, or a
-// convention with half its variables, is an error naming the variable.
+// wins (see conventions). Under srun, MASTER_ADDR and MASTER_PORT default
+// to values derived from the step (see slurmPortBase); under Open MPI a
+// missing variable is an error naming the mpirun flags that pass it on
+// (see ompiMissing). A variable that is set but unusable, or a convention
+// with half its variables, is an error naming the variable.
 func resolve(o *options, env envLookup) (*launch, error) {
 	l := &launch{rank: -1, size: -1, localRank: -1, localSize: -1, nodeRank: -1}
 
@@ -189,6 +193,11 @@ func resolve(o *options, env envLookup) (*launch, error) {
 	}
 
 	// Where the store is.
+	if l.source == "Open MPI" && o.store == nil && l.size > 1 {
+		if err := ompiMissing(o, env, l); err != nil {
+			return nil, err
+		}
+	}
 	if o.master != "" {
 		if _, _, err := splitHostPort(o.master, "WithMaster"); err != nil {
 			return nil, err
@@ -197,6 +206,13 @@ func resolve(o *options, env envLookup) (*launch, error) {
 	} else {
 		addr, aok := env("MASTER_ADDR")
 		port, pok := env("MASTER_PORT")
+		if (!aok || !pok) && o.store == nil && l.size > 1 && slurmStep(l, env) {
+			var err error
+			if addr, port, err = slurmMaster(env, l.rank, addr, aok, port, pok); err != nil {
+				return nil, err
+			}
+			aok, pok = true, true
+		}
 		switch {
 		case aok && pok:
 			if addr == "" {
@@ -241,6 +257,12 @@ func resolve(o *options, env envLookup) (*launch, error) {
 			return nil, fmt.Errorf("dispatch: %s is set but empty", EnvSecret)
 		}
 		l.secret = []byte(v)
+	}
+	if l.secret == nil && o.store == nil && l.master != "" && l.size > 1 && slurmStep(l, env) {
+		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s; "+
+			"srun passes on the environment it was started with, so run %s=$(openssl rand -hex 16) srun ... "+
+			"(with --export, name %s in it). Launching with nothing exported through srun --mpi=pmi2 is planned, "+
+			"but gocoll does not read PMI yet", EnvSecret, l.master, EnvSecret, EnvSecret)
 	}
 	if l.secret == nil && o.store == nil && l.master != "" {
 		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s "+
@@ -325,4 +347,271 @@ func defaultNodeID() string {
 		return host + "/" + strings.TrimSpace(string(b))
 	}
 	return host
+}
+
+// Under plain srun nothing tells the ranks where rank 0 is, so Init
+// derives MASTER_ADDR and MASTER_PORT from the step's own variables when
+// they are unset (an explicit value of either one wins):
+//
+//   - MASTER_ADDR is the first host of SLURM_STEP_NODELIST, where Slurm
+//     places task 0 under its block and cyclic distributions. With another
+//     distribution set MASTER_ADDR yourself.
+//   - MASTER_PORT is slurmPortBase + (SLURM_JOB_ID*97 + SLURM_STEP_ID) mod
+//     slurmPortSpan: 61440..65535, above Linux's default ephemeral range
+//     (32768..60999), so outgoing connections rarely hold it. Every rank of
+//     the step computes the same port; steps of one job, and jobs whose ids
+//     are less than 42 apart, get different ports as long as their step ids
+//     are below 97.
+const (
+	slurmPortBase = 61440
+	slurmPortSpan = 4096
+)
+
+// slurmStep reports whether srun itself started this process, so that the
+// step's variables describe it: Slurm's convention won, or MPICH's PMI
+// variables did but agree with Slurm's (srun --mpi=pmi2 sets both). Under
+// mpirun or mpiexec inside an allocation, SLURM_* describe the launcher's
+// daemons, not the ranks, and are not read.
+func slurmStep(l *launch, env envLookup) bool {
+	switch l.source {
+	case "Slurm":
+		return true
+	case "MPICH/Intel MPI":
+		r, rok, rerr := intVar(env, "SLURM_PROCID")
+		s, sok, serr := intVar(env, "SLURM_NTASKS")
+		return rok && sok && rerr == nil && serr == nil && r == l.rank && s == l.size
+	}
+	return false
+}
+
+// slurmMaster fills in whichever of MASTER_ADDR and MASTER_PORT is unset
+// from the Slurm step (see slurmPortBase).
+func slurmMaster(env envLookup, rank int, addr string, aok bool, port string, pok bool) (string, string, error) {
+	if !aok {
+		list, ok := env("SLURM_STEP_NODELIST")
+		if !ok || strings.TrimSpace(list) == "" {
+			return "", "", fmt.Errorf("dispatch: SLURM_STEP_NODELIST is not set, so rank 0's host is unknown; " +
+				"start the ranks with srun, or set MASTER_ADDR and MASTER_PORT")
+		}
+		hl, err := parseHostlist(list)
+		if err != nil {
+			return "", "", fmt.Errorf("dispatch: SLURM_STEP_NODELIST: %w; set MASTER_ADDR to rank 0's host", err)
+		}
+		addr = hl[0].first()
+		// Rank 0 serves the store; if it is not on the first node, the
+		// others would dial a host where nobody listens until they time out.
+		if node, ok := env("SLURMD_NODENAME"); ok && node != "" && rank == 0 && node != addr {
+			return "", "", fmt.Errorf("dispatch: rank 0 runs on %s, not on %s, the first node of SLURM_STEP_NODELIST=%s; "+
+				"set MASTER_ADDR=%s (or use srun's block or cyclic distribution)", node, addr, list, node)
+		}
+	}
+	if !pok {
+		job, err := slurmID(env, "SLURM_JOB_ID", "SLURM_JOBID")
+		if err != nil {
+			return "", "", err
+		}
+		step, err := slurmID(env, "SLURM_STEP_ID", "SLURM_STEPID")
+		if err != nil {
+			return "", "", err
+		}
+		port = strconv.FormatUint(slurmPort(job, step), 10)
+	}
+	return addr, port, nil
+}
+
+// slurmPort is the store's port for a job's step (see slurmPortBase).
+func slurmPort(job, step uint64) uint64 {
+	return slurmPortBase + (job%slurmPortSpan*97+step)%slurmPortSpan
+}
+
+// slurmID reads a job or step id, under its name or its older spelling.
+func slurmID(env envLookup, name, alt string) (uint64, error) {
+	v, ok := env(name)
+	if !ok {
+		if v, ok = env(alt); ok {
+			name = alt
+		}
+	}
+	if !ok {
+		return 0, fmt.Errorf("dispatch: %s is not set, so the store's port cannot be derived; set MASTER_PORT", name)
+	}
+	id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("dispatch: %s=%q is not a Slurm id; set MASTER_PORT", name, v)
+	}
+	return id, nil
+}
+
+// ompiMissing names the mpirun flags that would pass on what this rank
+// lacks. mpirun passes on only the variables named with -x, and nothing
+// else tells a rank where rank 0 is: Open MPI's ranks meet through PMIx,
+// whose standard defines a C API but no wire protocol. OpenPMIx's
+// client-server protocol is internal to the library and changes with its
+// versions, and there is no pure-Go client, so reading it would mean
+// linking libpmix through cgo, which gocoll does not use.
+func ompiMissing(o *options, env envLookup, l *launch) error {
+	var names, flags []string
+	if o.master == "" {
+		if v, ok := env("MASTER_ADDR"); !ok || v == "" {
+			host := "<rank 0's host>"
+			if ls, ok, err := intVar(env, "OMPI_COMM_WORLD_LOCAL_SIZE"); err == nil && ok && ls == l.size {
+				host = "127.0.0.1" // every rank is on this node
+			}
+			names, flags = append(names, "MASTER_ADDR"), append(flags, "-x MASTER_ADDR="+host)
+		}
+		if _, ok := env("MASTER_PORT"); !ok {
+			names, flags = append(names, "MASTER_PORT"), append(flags, "-x MASTER_PORT=<a free port, e.g. 29500>")
+		}
+	}
+	if o.secret == nil {
+		if _, ok := env(EnvSecret); !ok {
+			names, flags = append(names, EnvSecret), append(flags, "-x "+EnvSecret+"=$(openssl rand -hex 16)")
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	list := names[0]
+	if n := len(names); n > 1 {
+		list = strings.Join(names[:n-1], ", ") + " and " + names[n-1]
+	}
+	return fmt.Errorf("dispatch: Open MPI started rank %d of %d without %s: mpirun passes on only the variables "+
+		"named with -x; add %s to mpirun's command line (-x NAME alone passes on mpirun's own value)",
+		l.rank, l.size, list, strings.Join(flags, " "))
+}
+
+// Slurm's hostlist syntax: a comma-separated list of hosts, where a host
+// may hold bracketed groups of numbers and ranges, each expanded in turn:
+// "node[01-03,07]" is node01, node02, node03, node07 (the width of a
+// range's lower bound is kept, zeros and all), "rack[1-2]-n[1-2]" is
+// rack1-n1, rack1-n2, rack2-n1, rack2-n2, and "a[1-2],b3" is a1, a2, b3.
+
+// hostPattern is one comma-separated entry of a hostlist: literal text
+// and bracketed groups, in order.
+type hostPattern []hostPart
+
+// hostPart is literal text, or a bracketed group when ranges is non-nil.
+type hostPart struct {
+	text   string
+	ranges []hostRange
+}
+
+// hostRange is lo..hi, each printed at least width digits wide.
+type hostRange struct {
+	lo, hi uint64
+	width  int
+}
+
+// parseHostlist parses a whole hostlist, so that a malformed entry is an
+// error even where only the first host is wanted.
+func parseHostlist(s string) ([]hostPattern, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, fmt.Errorf("hostlist is empty")
+	}
+	var list []hostPattern
+	var cur hostPattern
+	var lit strings.Builder
+	endEntry := func(at int) error {
+		if lit.Len() > 0 {
+			cur = append(cur, hostPart{text: lit.String()})
+			lit.Reset()
+		}
+		if len(cur) == 0 {
+			return fmt.Errorf("hostlist %q has an empty host at offset %d", s, at)
+		}
+		list = append(list, cur)
+		cur = nil
+		return nil
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case ',':
+			if err := endEntry(i); err != nil {
+				return nil, err
+			}
+		case '[':
+			end := strings.IndexAny(s[i+1:], "[]")
+			if end < 0 || s[i+1+end] != ']' {
+				return nil, fmt.Errorf("hostlist %q: the '[' at offset %d has no matching ']'", s, i)
+			}
+			ranges, err := parseRanges(s[i+1 : i+1+end])
+			if err != nil {
+				return nil, fmt.Errorf("hostlist %q: group at offset %d: %w", s, i, err)
+			}
+			if lit.Len() > 0 {
+				cur = append(cur, hostPart{text: lit.String()})
+				lit.Reset()
+			}
+			cur = append(cur, hostPart{ranges: ranges})
+			i += 1 + end
+		case ']':
+			return nil, fmt.Errorf("hostlist %q: the ']' at offset %d has no matching '['", s, i)
+		default:
+			if c <= ' ' || c >= 0x7f {
+				return nil, fmt.Errorf("hostlist %q: unexpected character %q at offset %d", s, c, i)
+			}
+			lit.WriteByte(c)
+		}
+	}
+	if err := endEntry(len(s)); err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// parseRanges parses the inside of a bracketed group: "01-04,07".
+func parseRanges(g string) ([]hostRange, error) {
+	if g == "" {
+		return nil, fmt.Errorf("the group is empty")
+	}
+	var rs []hostRange
+	for _, r := range strings.Split(g, ",") {
+		los, his, isRange := strings.Cut(r, "-")
+		if !isRange {
+			his = los
+		}
+		lo, err := parseHostNum(los, r)
+		if err != nil {
+			return nil, err
+		}
+		hi, err := parseHostNum(his, r)
+		if err != nil {
+			return nil, err
+		}
+		if hi < lo {
+			return nil, fmt.Errorf("range %q runs backwards", r)
+		}
+		rs = append(rs, hostRange{lo: lo, hi: hi, width: len(los)})
+	}
+	return rs, nil
+}
+
+func parseHostNum(s, r string) (uint64, error) {
+	if s == "" || len(s) > 18 || strings.Trim(s, "0123456789") != "" {
+		return 0, fmt.Errorf("%q is not a number or a range of numbers (like 3 or 01-04)", r)
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+// first is the entry's first host: each group at its first number.
+func (p hostPattern) first() string {
+	var b strings.Builder
+	for _, part := range p {
+		if part.ranges == nil {
+			b.WriteString(part.text)
+			continue
+		}
+		r := part.ranges[0]
+		b.WriteString(padNum(r.lo, r.width))
+	}
+	return b.String()
+}
+
+func padNum(n uint64, width int) string {
+	s := strconv.FormatUint(n, 10)
+	if len(s) < width {
+		s = strings.Repeat("0", width-len(s)) + s
+	}
+	return s
 }
