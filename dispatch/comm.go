@@ -22,8 +22,10 @@
 //
 // Every store connection proves it holds the job secret (GOCOLL_SECRET or
 // WithSecret). gocollrun makes a fresh one per job. Under mpirun or srun
-// nothing sets it, and Init refuses to start without it rather than run a
-// store anyone on the network could write to: pass one, e.g.
+// nothing sets it (under plain srun the store's address and port are
+// derived from SLURM_STEP_NODELIST and the job and step ids, but a secret
+// cannot be), and Init refuses to start without it rather than run a store
+// anyone on the network could write to: pass one, e.g.
 // mpirun -x GOCOLL_SECRET=$(openssl rand -hex 16). With WithStore the
 // store is already trusted, so rank 0 makes one up for the backends.
 //
