@@ -82,8 +82,11 @@ func (e *PeerError) Unwrap() error { return e.Err }
 // op sum", "broadcast of 4 int8, root 2". Every backend describes a call
 // this way, so a peer's error reads the same on all of them.
 func Describe(kind Kind, dtype DType, op Op, count int64, root int64) string {
-	if kind == KindBarrier {
+	switch {
+	case kind == KindBarrier:
 		return kind.String()
+	case kind == 0 && dtype == 0 && count == 0:
+		return "an empty or nil request"
 	}
 	s := fmt.Sprintf("%v of %d %v", kind, count, dtype)
 	if op != 0 {

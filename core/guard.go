@@ -86,10 +86,12 @@ func (g *Guard) Do(ctx context.Context, req *Request) error {
 		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; build a new one: %w", *f)
 	}
 	if err := Check(req, g.rank, g.size); err != nil {
-		if req != nil {
-			if rerr := g.b.Refuse(ctx, req); rerr != nil && g.fatal(rerr) {
-				g.fail(rerr)
-			}
+		r := req
+		if r == nil {
+			r = &Request{} // refused as an unknown call, so the peers still hear of it
+		}
+		if rerr := g.b.Refuse(ctx, r); rerr != nil && g.fatal(rerr) {
+			g.fail(rerr)
 		}
 		return err
 	}

@@ -62,6 +62,9 @@ func TestGuardRefusesLocallyInvalid(t *testing.T) {
 	if err := g.Do(context.Background(), allreduce(make([]byte, 8), make([]byte, 8))); err != nil {
 		t.Fatalf("a bad argument failed the communicator: %v", err)
 	}
+	if err := g.Do(context.Background(), nil); !errors.Is(err, ErrInvalid) || f.refusals.Load() != 2 {
+		t.Fatalf("Do(nil) = %v with %d refusals; want ErrInvalid, and the peers told", err, f.refusals.Load())
+	}
 }
 
 func TestGuardStickyFailure(t *testing.T) {

@@ -42,6 +42,7 @@ var faults = []string{
 	"bad-length",    // rank 1's recv is one element short
 	"overlap",       // rank 0's send and recv partly overlap
 	"huge-count",    // F3: Count = 1<<62+8 with 32-byte buffers, and a nil request
+	"nil-request",   // F3: rank 1 passes a nil request, the others an allreduce
 	"count",         // rank 2 passes another count
 	"op",            // rank 2 passes another op
 }
@@ -180,6 +181,15 @@ func faultBody(ctx context.Context, r *proctest.Rank) error {
 		}
 		err = c.Do(ctx, req)
 		if err := wantArgument(err, r.Rank, 0, core.ErrInvalid); err != nil {
+			return err
+		}
+	case "nil-request":
+		var req *core.Request
+		if r.Rank != 1 {
+			req = &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 4, Send: make([]byte, 16), Recv: make([]byte, 16)}
+		}
+		err = c.Do(ctx, req)
+		if err := wantArgument(err, r.Rank, 1, core.ErrInvalid); err != nil {
 			return err
 		}
 	default:

@@ -662,13 +662,21 @@ func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) er
 
 // Refuse implements core.Backend: this rank records that it refused,
 // then refuses in the backends its peers wait in: World for a kind run
-// there; for a staged kind, the first stage of its node and, on a
-// leader, the first leaders stage, whose leaders pass the refusal on to
-// their nodes.
+// there; for a staged kind (or one the runtime does not know), the first
+// stage of its node and, on a leader, the first leaders stage, whose
+// leaders pass the refusal on to their nodes.
 func (h *Backend) Refuse(ctx context.Context, req *core.Request) error {
 	h.seq++
 	h.note(ctx, &core.MismatchError{Seq: h.seq, Field: "argument", Rank: h.rank, Peer: h.rank, Theirs: describe(req)})
-	local, leaders, ok := staged(req.Kind)
+	kind := req.Kind
+	if kind.Shape() == nil {
+		// A kind the runtime does not run (a nil request) says nothing
+		// of where the peers wait. Most collectives are staged, and each
+		// stage reports a refusal before it compares kinds: refuse in
+		// the first stages, as for an allreduce.
+		kind = core.KindAllreduce
+	}
+	local, leaders, ok := staged(kind)
 	if !ok {
 		return h.world.Refuse(ctx, req)
 	}
