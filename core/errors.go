@@ -86,7 +86,7 @@ func Describe(kind Kind, dtype DType, op Op, count int64, root int64) string {
 	case kind == KindBarrier:
 		return kind.String()
 	case kind == 0 && dtype == 0 && count == 0:
-		return "an empty or nil request"
+		return kind.String() + " (an empty or nil request)"
 	}
 	s := fmt.Sprintf("%v of %d %v", kind, count, dtype)
 	if op != 0 {
