@@ -94,30 +94,6 @@ func collIDs(s *spec.Spec, kernelsPath string) *jen.File {
 		jen.Id("t").Op(":=").Qual(CorePath, "LookupType").Call(jen.Id("dt")),
 		jen.Return(jen.Id("t").Op("!=").Nil().Op("&&").Id("t").Dot("Kernel").Call(jen.Id("op")).Op("!=").Nil()),
 	)
-	f.Comment("requests recycles the *core.Request each typed call hands to Comm.Do:")
-	f.Comment("through the interface the pointer escapes, and a fresh one per call")
-	f.Comment("would allocate on every collective.")
-	f.Var().Id("requests").Op("=").Qual("sync", "Pool").Values(jen.Dict{
-		jen.Id("New"): jen.Func().Params().Any().Block(jen.Return(jen.New(qCore("Request")))),
-	})
-	f.Comment("do runs req on c through a pooled *core.Request, which Comm.Do must not keep.")
-	f.Func().Id("do").Params(jen.Id("ctx").Qual("context", "Context"), jen.Id("c").Qual(CorePath, "Comm"), jen.Id("req").Qual(CorePath, "Request")).Error().Block(
-		jen.Id("r").Op(":=").Id("requests").Dot("Get").Call().Assert(jen.Op("*").Qual(CorePath, "Request")),
-		jen.Op("*").Id("r").Op("=").Id("req"),
-		jen.Id("err").Op(":=").Id("c").Dot("Do").Call(jen.Id("ctx"), jen.Id("r")),
-		jen.Op("*").Id("r").Op("=").Qual(CorePath, "Request").Values().Comment("keep no buffers alive from the pool"),
-		jen.Id("requests").Dot("Put").Call(jen.Id("r")),
-		jen.Return(jen.Id("err")),
-	)
-	f.Comment("asBytes views s as bytes, without copying; nil stays nil.")
-	f.Func().Id("asBytes").Types(jen.Id("T").Any()).Params(jen.Id("s").Index().Id("T")).Index().Byte().Block(
-		jen.If(jen.Id("s").Op("==").Nil()).Block(jen.Return(jen.Nil())),
-		jen.Var().Id("z").Id("T"),
-		jen.Return(jen.Qual("unsafe", "Slice").Call(
-			jen.Parens(jen.Op("*").Byte()).Call(jen.Qual("unsafe", "Pointer").Call(jen.Qual("unsafe", "SliceData").Call(jen.Id("s")))),
-			jen.Len(jen.Id("s")).Op("*").Int().Call(jen.Qual("unsafe", "Sizeof").Call(jen.Id("z"))),
-		)),
-	)
 	return f
 }
 
@@ -258,13 +234,13 @@ func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 	for _, b := range c.Buffers {
 		switch b.Role {
 		case "send":
-			dict[jen.Id("Send")] = jen.Id("asBytes").Call(jen.Id(b.Name))
+			dict[jen.Id("Send")] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
 		default: // recv, or inout: the one buffer is Recv, as core.Request says
-			dict[jen.Id("Recv")] = jen.Id("asBytes").Call(jen.Id(b.Name))
+			dict[jen.Id("Recv")] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
 		}
 	}
 	f.Func().Id(name).Params(params...).Error().Block(
-		jen.Return(jen.Id("do").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict))),
+		jen.Return(jen.Qual(CorePath, "Call").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict))),
 	)
 }
 

@@ -46,14 +46,8 @@ type Func struct {
 	Bind  Bind
 }
 
-// Bytes views s as bytes without copying; nil stays nil.
-func Bytes[T any](s []T) []byte {
-	if s == nil {
-		return nil
-	}
-	var z T
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)*int(unsafe.Sizeof(z)))
-}
+// Bytes views s as bytes without copying; nil stays nil (core.Bytes).
+func Bytes[T any](s []T) []byte { return core.Bytes(s) }
 
 // comm is a core.Comm that checks each request as a communicator would,
 // records the last one and returns what Check said, or fail.

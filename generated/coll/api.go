@@ -20,13 +20,13 @@ import (
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -43,13 +43,13 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -66,13 +66,13 @@ func AllreduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op
 // bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
 // fails the check fail too instead of waiting.
 func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -89,13 +89,13 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -112,13 +112,13 @@ func AllreduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -135,13 +135,13 @@ func AllreduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -158,13 +158,13 @@ func AllreduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op cor
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -181,13 +181,13 @@ func AllreduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op cor
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -204,13 +204,13 @@ func AllreduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op c
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -227,13 +227,13 @@ func AllreduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op cor
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -252,14 +252,14 @@ func AllreduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op c
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -278,14 +278,14 @@ func ReduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op co
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -304,14 +304,14 @@ func ReduceFloat64(ctx context.Context, c core.Comm, send, recv []float64, op co
 // wrapping core.ErrInvalid; the peers of a rank that fails the check fail too
 // instead of waiting.
 func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -330,14 +330,14 @@ func ReduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op 
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -356,14 +356,14 @@ func ReduceFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op co
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -382,14 +382,14 @@ func ReduceInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op,
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -408,14 +408,14 @@ func ReduceUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.O
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -434,14 +434,14 @@ func ReduceInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.O
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -460,14 +460,14 @@ func ReduceUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -486,14 +486,14 @@ func ReduceInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.O
 // core.ErrInvalid; the peers of a rank that fails the check fail too instead
 // of waiting.
 func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindReduce,
 		Op:    op,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -509,11 +509,11 @@ func ReduceUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -530,11 +530,11 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat64,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -551,11 +551,11 @@ func BroadcastFloat64(ctx context.Context, c core.Comm, buf []float64, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -572,11 +572,11 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat16,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -593,11 +593,11 @@ func BroadcastFloat16(ctx context.Context, c core.Comm, buf []Float16, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt8,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -614,11 +614,11 @@ func BroadcastInt8(ctx context.Context, c core.Comm, buf []int8, root int) error
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint8,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -635,11 +635,11 @@ func BroadcastUint8(ctx context.Context, c core.Comm, buf []uint8, root int) err
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt32,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -656,11 +656,11 @@ func BroadcastInt32(ctx context.Context, c core.Comm, buf []int32, root int) err
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint32,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -677,11 +677,11 @@ func BroadcastUint32(ctx context.Context, c core.Comm, buf []uint32, root int) e
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt64,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -698,11 +698,11 @@ func BroadcastInt64(ctx context.Context, c core.Comm, buf []int64, root int) err
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint64,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -717,12 +717,12 @@ func BroadcastUint64(ctx context.Context, c core.Comm, buf []uint64, root int) e
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -736,12 +736,12 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -756,12 +756,12 @@ func AllgatherFloat64(ctx context.Context, c core.Comm, send, recv []float64) er
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -775,12 +775,12 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -794,12 +794,12 @@ func AllgatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16) er
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -813,12 +813,12 @@ func AllgatherInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -832,12 +832,12 @@ func AllgatherUint8(ctx context.Context, c core.Comm, send, recv []uint8) error 
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -851,12 +851,12 @@ func AllgatherInt32(ctx context.Context, c core.Comm, send, recv []int32) error 
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -870,12 +870,12 @@ func AllgatherUint32(ctx context.Context, c core.Comm, send, recv []uint32) erro
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -889,12 +889,12 @@ func AllgatherInt64(ctx context.Context, c core.Comm, send, recv []int64) error 
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -911,13 +911,13 @@ func AllgatherUint64(ctx context.Context, c core.Comm, send, recv []uint64) erro
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat32,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -934,13 +934,13 @@ func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat64,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -957,13 +957,13 @@ func ReduceScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64
 // bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
 // fails the check fail too instead of waiting.
 func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeBFloat16,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -980,13 +980,13 @@ func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat16,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1003,13 +1003,13 @@ func ReduceScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt8,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1026,13 +1026,13 @@ func ReduceScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, op c
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint8,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1049,13 +1049,13 @@ func ReduceScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, op
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt32,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1072,13 +1072,13 @@ func ReduceScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, op
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint32,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1095,13 +1095,13 @@ func ReduceScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, 
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt64,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1118,13 +1118,13 @@ func ReduceScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, op
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint64,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1141,13 +1141,13 @@ func ReduceScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1164,13 +1164,13 @@ func GatherFloat32(ctx context.Context, c core.Comm, send, recv []float32, root 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1187,13 +1187,13 @@ func GatherFloat64(ctx context.Context, c core.Comm, send, recv []float64, root 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1210,13 +1210,13 @@ func GatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, roo
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1233,13 +1233,13 @@ func GatherFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1256,13 +1256,13 @@ func GatherInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) e
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1279,13 +1279,13 @@ func GatherUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1302,13 +1302,13 @@ func GatherInt32(ctx context.Context, c core.Comm, send, recv []int32, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1325,13 +1325,13 @@ func GatherUint32(ctx context.Context, c core.Comm, send, recv []uint32, root in
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1348,13 +1348,13 @@ func GatherInt64(ctx context.Context, c core.Comm, send, recv []int64, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
 		Kind:  KindGather,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1371,13 +1371,13 @@ func GatherUint64(ctx context.Context, c core.Comm, send, recv []uint64, root in
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat32,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1394,13 +1394,13 @@ func ScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, root
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat64,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1417,13 +1417,13 @@ func ScatterFloat64(ctx context.Context, c core.Comm, send, recv []float64, root
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeBFloat16,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1440,13 +1440,13 @@ func ScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, ro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat16,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1463,13 +1463,13 @@ func ScatterFloat16(ctx context.Context, c core.Comm, send, recv []Float16, root
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt8,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1486,13 +1486,13 @@ func ScatterInt8(ctx context.Context, c core.Comm, send, recv []int8, root int) 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint8,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1509,13 +1509,13 @@ func ScatterUint8(ctx context.Context, c core.Comm, send, recv []uint8, root int
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt32,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1532,13 +1532,13 @@ func ScatterInt32(ctx context.Context, c core.Comm, send, recv []int32, root int
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint32,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1555,13 +1555,13 @@ func ScatterUint32(ctx context.Context, c core.Comm, send, recv []uint32, root i
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt64,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1578,13 +1578,13 @@ func ScatterInt64(ctx context.Context, c core.Comm, send, recv []int64, root int
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint64,
 		Kind:  KindScatter,
-		Recv:  asBytes(recv),
+		Recv:  core.Bytes(recv),
 		Root:  root,
-		Send:  asBytes(send),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1600,12 +1600,12 @@ func ScatterUint64(ctx context.Context, c core.Comm, send, recv []uint64, root i
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeFloat32,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1621,12 +1621,12 @@ func AlltoallFloat32(ctx context.Context, c core.Comm, send, recv []float32) err
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeFloat64,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1642,12 +1642,12 @@ func AlltoallFloat64(ctx context.Context, c core.Comm, send, recv []float64) err
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeBFloat16,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1663,12 +1663,12 @@ func AlltoallBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) e
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeFloat16,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1684,12 +1684,12 @@ func AlltoallFloat16(ctx context.Context, c core.Comm, send, recv []Float16) err
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeInt8,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1705,12 +1705,12 @@ func AlltoallInt8(ctx context.Context, c core.Comm, send, recv []int8) error {
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeUint8,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1726,12 +1726,12 @@ func AlltoallUint8(ctx context.Context, c core.Comm, send, recv []uint8) error {
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeInt32,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1747,12 +1747,12 @@ func AlltoallInt32(ctx context.Context, c core.Comm, send, recv []int32) error {
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeUint32,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1768,12 +1768,12 @@ func AlltoallUint32(ctx context.Context, c core.Comm, send, recv []uint32) error
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeInt64,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1789,12 +1789,12 @@ func AlltoallInt64(ctx context.Context, c core.Comm, send, recv []int64) error {
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeUint64,
 		Kind:  KindAlltoall,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -1803,7 +1803,7 @@ func AlltoallUint64(ctx context.Context, c core.Comm, send, recv []uint64) error
 //
 // Errors are the communicator's.
 func Barrier(ctx context.Context, c core.Comm) error {
-	return do(ctx, c, core.Request{Kind: KindBarrier})
+	return core.Call(ctx, c, core.Request{Kind: KindBarrier})
 }
 
 // SendFloat32 runs send on float32 elements. Send delivers buf to rank peer,
@@ -1817,12 +1817,12 @@ func Barrier(ctx context.Context, c core.Comm) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1837,12 +1837,12 @@ func SendFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat64,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1857,12 +1857,12 @@ func SendFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1877,12 +1877,12 @@ func SendBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat16,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1897,12 +1897,12 @@ func SendFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt8,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1917,12 +1917,12 @@ func SendInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint8,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1937,12 +1937,12 @@ func SendUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt32,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1957,12 +1957,12 @@ func SendInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint32,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1977,12 +1977,12 @@ func SendUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt64,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -1997,12 +1997,12 @@ func SendInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint64,
 		Kind:  KindSend,
 		Peer:  peer,
-		Send:  asBytes(buf),
+		Send:  core.Bytes(buf),
 	})
 }
 
@@ -2017,12 +2017,12 @@ func SendUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2037,12 +2037,12 @@ func RecvFloat32(ctx context.Context, c core.Comm, buf []float32, peer int) erro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat64,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2057,12 +2057,12 @@ func RecvFloat64(ctx context.Context, c core.Comm, buf []float64, peer int) erro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2077,12 +2077,12 @@ func RecvBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, peer int) er
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat16,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2097,12 +2097,12 @@ func RecvFloat16(ctx context.Context, c core.Comm, buf []Float16, peer int) erro
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt8,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2117,12 +2117,12 @@ func RecvInt8(ctx context.Context, c core.Comm, buf []int8, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint8,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2137,12 +2137,12 @@ func RecvUint8(ctx context.Context, c core.Comm, buf []uint8, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt32,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2157,12 +2157,12 @@ func RecvInt32(ctx context.Context, c core.Comm, buf []int32, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint32,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2177,12 +2177,12 @@ func RecvUint32(ctx context.Context, c core.Comm, buf []uint32, peer int) error 
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt64,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }
 
@@ -2197,11 +2197,11 @@ func RecvInt64(ctx context.Context, c core.Comm, buf []int64, peer int) error {
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func RecvUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint64,
 		Kind:  KindRecv,
 		Peer:  peer,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 	})
 }

@@ -14,12 +14,9 @@
 package coll
 
 import (
-	"context"
 	"github.com/gocoll/gocoll/core"
 	_ "github.com/gocoll/gocoll/generated/kernels"
 	"github.com/gocoll/gocoll/half"
-	"sync"
-	"unsafe"
 )
 
 // Element types, by wire id.
@@ -133,30 +130,4 @@ var ErrBufferLength = core.ErrBufferLength
 func Supports(dt core.DType, op core.Op) bool {
 	t := core.LookupType(dt)
 	return t != nil && t.Kernel(op) != nil
-}
-
-// requests recycles the *core.Request each typed call hands to Comm.Do:
-// through the interface the pointer escapes, and a fresh one per call
-// would allocate on every collective.
-var requests = sync.Pool{New: func() any {
-	return new(core.Request)
-}}
-
-// do runs req on c through a pooled *core.Request, which Comm.Do must not keep.
-func do(ctx context.Context, c core.Comm, req core.Request) error {
-	r := requests.Get().(*core.Request)
-	*r = req
-	err := c.Do(ctx, r)
-	*r = core.Request{} // keep no buffers alive from the pool
-	requests.Put(r)
-	return err
-}
-
-// asBytes views s as bytes, without copying; nil stays nil.
-func asBytes[T any](s []T) []byte {
-	if s == nil {
-		return nil
-	}
-	var z T
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)*int(unsafe.Sizeof(z)))
 }

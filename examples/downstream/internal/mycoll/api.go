@@ -19,13 +19,13 @@ import (
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -41,13 +41,13 @@ func AllreduceFloat32(ctx context.Context, c core.Comm, send, recv []float32, op
 // bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
 // fails the check fail too instead of waiting.
 func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -63,13 +63,13 @@ func AllreduceBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, 
 // complex64 lacks one wrapping core.ErrUnsupported; the peers of a rank that
 // fails the check fail too instead of waiting.
 func AllreduceComplex64(ctx context.Context, c core.Comm, send, recv []complex64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeComplex64,
 		Kind:  KindAllreduce,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -86,13 +86,13 @@ func AllreduceComplex64(ctx context.Context, c core.Comm, send, recv []complex64
 // lacks one wrapping core.ErrUnsupported; the peers of a rank that fails the
 // check fail too instead of waiting.
 func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat32,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -109,13 +109,13 @@ func ReduceScatterFloat32(ctx context.Context, c core.Comm, send, recv []float32
 // bfloat16 lacks one wrapping core.ErrUnsupported; the peers of a rank that
 // fails the check fail too instead of waiting.
 func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeBFloat16,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -132,13 +132,13 @@ func ReduceScatterBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat
 // complex64 lacks one wrapping core.ErrUnsupported; the peers of a rank that
 // fails the check fail too instead of waiting.
 func ReduceScatterComplex64(ctx context.Context, c core.Comm, send, recv []complex64, op core.Op) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeComplex64,
 		Kind:  KindReduceScatter,
 		Op:    op,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -154,11 +154,11 @@ func ReduceScatterComplex64(ctx context.Context, c core.Comm, send, recv []compl
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -175,11 +175,11 @@ func BroadcastFloat32(ctx context.Context, c core.Comm, buf []float32, root int)
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -196,11 +196,11 @@ func BroadcastBFloat16(ctx context.Context, c core.Comm, buf []BFloat16, root in
 // range one wrapping core.ErrInvalid; the peers of a rank that fails the check
 // fail too instead of waiting.
 func BroadcastComplex64(ctx context.Context, c core.Comm, buf []complex64, root int) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeComplex64,
 		Kind:  KindBroadcast,
-		Recv:  asBytes(buf),
+		Recv:  core.Bytes(buf),
 		Root:  root,
 	})
 }
@@ -215,12 +215,12 @@ func BroadcastComplex64(ctx context.Context, c core.Comm, buf []complex64, root 
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -235,12 +235,12 @@ func AllgatherFloat32(ctx context.Context, c core.Comm, send, recv []float32) er
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -255,12 +255,12 @@ func AllgatherBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16) 
 // length does not fit returns an error wrapping ErrBufferLength; the peers of
 // a rank that fails the check fail too instead of waiting.
 func AllgatherComplex64(ctx context.Context, c core.Comm, send, recv []complex64) error {
-	return do(ctx, c, core.Request{
+	return core.Call(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeComplex64,
 		Kind:  KindAllgather,
-		Recv:  asBytes(recv),
-		Send:  asBytes(send),
+		Recv:  core.Bytes(recv),
+		Send:  core.Bytes(send),
 	})
 }
 
@@ -269,5 +269,5 @@ func AllgatherComplex64(ctx context.Context, c core.Comm, send, recv []complex64
 //
 // Errors are the communicator's.
 func Barrier(ctx context.Context, c core.Comm) error {
-	return do(ctx, c, core.Request{Kind: KindBarrier})
+	return core.Call(ctx, c, core.Request{Kind: KindBarrier})
 }
