@@ -161,6 +161,9 @@ var errEvidence = errors.New("tcp: a peer's frame shows that the ranks' calls di
 // disagree (probe), and returns errEvidence if it finds one.
 func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 	got := 0
+	if len(buf) < spinMaxPayload {
+		got = b.spinRead(p, buf)
+	}
 	for got < len(buf) {
 		if lowat {
 			p.setLowat(len(buf) - got) // bytes beyond this payload may never come

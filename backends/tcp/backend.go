@@ -61,6 +61,7 @@ type Backend struct {
 	closeOnce sync.Once
 	logf      func(string, ...any)
 	lowat     bool // raise SO_RCVLOWAT for large payloads
+	crowded   bool // more ranks on this host than CPUs: spinning reads yield
 }
 
 // failure poisons the backend: the collective numbered seq and every later
@@ -102,6 +103,7 @@ type peer struct {
 	raw     syscall.RawConn // data's, for SO_RCVLOWAT
 	lowat   int             // the value setLowatFn sets
 	lowatFn func(fd uintptr)
+	spin    spinState // small reads spin before they park (spin.go)
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
@@ -197,11 +199,13 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		}
 		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{})}
 		p.initLowat()
+		p.initSpin(cfg.spin)
 		b.peers[j] = p
 		b.wg.Add(2)
 		go b.sendLoop(p)
 		go b.ctlLoop(p)
 	}
+	b.crowded = crowdedHost(b.peers)
 	return b, nil
 }
 

@@ -127,6 +127,7 @@ type config struct {
 	allreduce      Algorithm
 	broadcast      Algorithm
 	reduce         Algorithm
+	spin           time.Duration // see spin.go
 }
 
 func defaultConfig() config {
@@ -138,6 +139,7 @@ func defaultConfig() config {
 		sndBuf:         DefaultSendBuffer,
 		rcvBuf:         DefaultRecvBuffer,
 		connectTimeout: DefaultConnectTimeout,
+		spin:           DefaultSpin,
 	}
 }
 
@@ -145,6 +147,9 @@ func defaultConfig() config {
 func (c *config) fromEnv() error {
 	c.ifname = os.Getenv(EnvSocketIfname)
 	c.addr = os.Getenv(EnvSocketAddr)
+	if err := c.spinFromEnv(); err != nil {
+		return err
+	}
 	if s := os.Getenv(EnvAlgorithms); s != "" {
 		for _, kv := range strings.Split(s, ",") {
 			k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")

@@ -1,0 +1,92 @@
+package tcp
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"time"
+)
+
+// Waiting for a small frame: a read that finds nothing on the socket would
+// park the goroutine in Go's network poller, and the wake-up when the frame
+// lands (the poller's thread, then the scheduler) costs more than the
+// frame's whole trip over loopback. So a read of a small payload first
+// spins on the non-blocking socket, one read system call after another,
+// for a bounded time, and only then parks. The bound adapts per peer, as
+// an adaptive mutex's does: a spin that times out halves it (a peer that is
+// often late costs little CPU), one that gets its frame doubles it back.
+// When this host runs more ranks than it has CPUs, a spinning rank may
+// hold the CPU its peer needs, so it yields between polls.
+
+// EnvSpin sets the longest a read spins on the socket before it parks, as
+// a Go duration ("50us"); "0" never spins. WithSpin overrides it.
+const EnvSpin = "GOCOLL_TCP_SPIN"
+
+// DefaultSpin is the longest a read spins before it parks. A message
+// between two ranks that call together takes a few tens of microseconds
+// over loopback under load; waits longer than this mean a late peer, for
+// whom parking is the better deal.
+const DefaultSpin = 100 * time.Microsecond
+
+// spinFloor is the least a peer's spin budget shrinks to: a poll or two,
+// which costs less than the park it may save.
+const spinFloor = 2 * time.Microsecond
+
+// spinMaxPayload is the largest payload a read spins for; larger ones are
+// bandwidth-bound, and parking with SO_RCVLOWAT raised costs fewer wake-ups.
+const spinMaxPayload = lowatMin
+
+// WithSpin sets the longest a read of a small frame spins on its socket
+// before it parks in the network poller (0: never). See EnvSpin.
+func WithSpin(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("tcp: spin %v is negative: pass 0 to never spin", d)
+		}
+		c.spin = d
+		return nil
+	}
+}
+
+// spinFromEnv reads EnvSpin into c.
+func (c *config) spinFromEnv() error {
+	s := os.Getenv(EnvSpin)
+	if s == "" {
+		return nil
+	}
+	if s == "0" {
+		c.spin = 0
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return fmt.Errorf("tcp: %s=%q: want a duration such as 50us, or 0 to never spin", EnvSpin, s)
+	}
+	c.spin = d
+	return nil
+}
+
+// crowdedHost reports whether more ranks run on this host than it has
+// CPUs: a peer counts as local when its data connection's two ends have
+// the same address (loopback, or the host's own address).
+func crowdedHost(peers []*peer) bool {
+	local := 1
+	for _, p := range peers {
+		if p == nil {
+			continue
+		}
+		la, lok := p.data.LocalAddr().(*net.TCPAddr)
+		ra, rok := p.data.RemoteAddr().(*net.TCPAddr)
+		if lok && rok && la.IP.Equal(ra.IP) {
+			local++
+		}
+	}
+	return local > runtime.NumCPU()
+}
+
+// epoch is the base of since.
+var epoch = time.Now()
+
+// since reads the monotonic clock alone (time.Now reads the wall clock too).
+func since() time.Duration { return time.Since(epoch) }
