@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"unsafe"
 )
 
@@ -67,7 +68,10 @@ func Check(req *Request, rank, size int) error {
 			return fmt.Errorf("gocoll: %v: %w: peer %d is this rank; a blocking %v to itself would never complete", req.Kind, ErrInvalid, req.Peer, req.Kind)
 		}
 	}
-	if req.Count < 0 || req.Count > math.MaxInt/t.Size/size {
+	// Count x Size x ranks must not pass MaxInt: a multiplication, not the
+	// two divisions the bound reads as (64-bit divisions take tens of
+	// cycles, a measurable part of an 8-byte call).
+	if hi, lo := bits.Mul64(uint64(req.Count), uint64(t.Size)*uint64(size)); req.Count < 0 || hi != 0 || lo > math.MaxInt {
 		return fmt.Errorf("gocoll: %v: %w: count %d of %d-byte %v at %d ranks is out of range", req.Kind, ErrInvalid, req.Count, t.Size, t.Name, size)
 	}
 	isRoot := rank == req.Root
