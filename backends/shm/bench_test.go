@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,6 +79,18 @@ func benchBody(ctx context.Context, r *proctest.Rank) error {
 	}
 	if err := run(max(2, iters/10)); err != nil { // warm up
 		return err
+	}
+	if dir := os.Getenv("SHMB_PROFILE"); dir != "" && r.Rank == 0 {
+		// A CPU profile of rank 0's timed loops, for the per-call costs.
+		f, err := os.Create(fmt.Sprintf("%s/shm-np%d-%dB.pprof", dir, r.Size, bytes))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	var per []float64
 	for rep := 0; rep < 5; rep++ {

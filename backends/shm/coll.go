@@ -336,32 +336,38 @@ const touchMax = 256
 
 func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []byte) error {
 	me := b.rank
-	chunk := b.lay.bufferSize / es
 	srcs := b.srcs[:b.size]
 	anyZC := false
-	// A payload of a few bytes travels in the hot line with the round's
-	// number: a waiter then needs one line transfer, not two.
-	inline := len(send) <= inlineMax
-	for i := 0; i < chunks(req.Count, chunk); i++ {
+	// One chunk unless the payload outgrows a buffer: a small call pays
+	// for no division.
+	chunk, nchunks := req.Count, 1
+	if len(send) > b.lay.bufferSize {
+		chunk = b.lay.bufferSize / es
+		nchunks = chunks(req.Count, chunk)
+	}
+	// A small payload is fetched by the waiters while they spin on the
+	// round's number (touch). Measured on a 2-vCPU AMD EPYC, that beat
+	// carrying up to 16 bytes in the hot line itself (0.55 against 0.58 us
+	// median for 8 bytes at np 2, and without its slow outliers): a waiter
+	// that spins on the very line its peer is writing takes it away
+	// between the peer's stores.
+	if d.zc == 0 && len(send) <= touchMax && !raceEnabled {
+		o.touch = len(send)
+	}
+	for i := 0; i < nchunks; i++ {
 		off := i * chunk
 		c := min(chunk, req.Count-off)
 		p := b.parity()
-		switch {
-		case d.zc != 0:
-		case inline:
-			copy(b.hot[me][p].inline[:], send)
-		default:
+		if d.zc == 0 {
 			copy(b.slot(me, p), send[off*es:(off+c)*es])
 		}
-		if !inline && d.zc == 0 && len(send) <= touchMax && !raceEnabled {
-			o.touch = len(send)
-		}
 		err := b.firstOr(o, d, i == 0)
-		o.touch = 0
 		if err != nil {
+			o.touch = 0
 			return err
 		}
 		if i == 0 {
+			o.touch = 0
 			b.zc[me] = d.zc
 			if err := b.checkZC(len(send)); err != nil {
 				return err
@@ -372,11 +378,7 @@ func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []
 		}
 		if recv != nil {
 			for j := range srcs {
-				if inline && b.zc[j] == 0 {
-					srcs[j] = b.hot[j][p].inline[:len(send)]
-				} else {
-					srcs[j] = b.input(j, p, off, 0, c, es)
-				}
+				srcs[j] = b.input(j, p, off, 0, c, es)
 			}
 			srcs[me] = send[off*es : (off+c)*es]
 			b.reduce(req.Kernel, recv[off*es:(off+c)*es], srcs)

@@ -23,7 +23,7 @@ const (
 	pageSize   = 4096
 	headerSize = pageSize
 	magic      = 0x4c4f43434f474d53 // "SMGOCCOL" little-endian
-	version    = 3
+	version    = 4
 	// ctrlLines is how many lines apart ranks' control lines lie: two hot
 	// lines and a cold one.
 	ctrlLines = 3
@@ -53,13 +53,10 @@ type desc struct {
 	zc    uint64 // 1 + offset of the send buffer in the rank's heap, or 0
 }
 
-// inlineMax is the largest payload a round carries in its hot line.
-const inlineMax = 16
-
 // hotLine is what a rank publishes for the rounds of one parity, in one
-// 64-byte cache line: the round's number, its descriptor and a small
-// payload, so that a waiter gets all three with the one line transfer it
-// waits for anyway. Each rank has two (rounds alternate between them).
+// 64-byte cache line: the round's number and its descriptor, so that a
+// waiter gets both with the one line transfer it waits for anyway. Each
+// rank has two (rounds alternate between them).
 type hotLine struct {
 	seq      uint64 // last round of this parity published; futex on its low 32 bits
 	sleepers uint32 // waiters asleep on seq
@@ -68,7 +65,7 @@ type hotLine struct {
 	count    uint64 // descriptor: count
 	root     uint64 // descriptor: root
 	zc       uint64 // 1 + heap offset of the rank's zero-copy input, or 0
-	inline   [inlineMax]byte
+	_        [16]byte
 }
 
 func (h *hotLine) setDesc(d desc) {
