@@ -104,6 +104,7 @@ type peer struct {
 	lowat   int             // the value setLowatFn sets
 	lowatFn func(fd uintptr)
 	spin    spinState // small reads spin before they park (spin.go)
+	spent   bool      // a read of the frame under way spun in vain: the rest park at once
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
@@ -614,6 +615,7 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 	scan := b.cur.kind != core.KindSend // a collective looks for disagreement while it waits
 	for {
 		n := min(len(dst), maxFrame)
+		p.spent = false // a new frame: its reads may spin
 		if k, err := b.fill(p, p.rhdr[:], false, scan); err != nil {
 			if err == errEvidence {
 				return b.settleInHeader(p, k)

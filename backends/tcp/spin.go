@@ -13,9 +13,15 @@ import (
 // lands (the poller's thread, then the scheduler) costs more than the
 // frame's whole trip over loopback. So a read of a small payload first
 // spins on the non-blocking socket, one read system call after another,
-// for a bounded time, and only then parks. The bound adapts per peer, as
-// an adaptive mutex's does: a spin that times out halves it (a peer that is
-// often late costs little CPU), one that gets its frame doubles it back.
+// for a bounded time, and only then parks. A frame's reads spin once: after
+// a spin that timed out, they park at once. The bound adapts per peer: a
+// wait that outlasted the spin and then longWait in the poller shows a
+// peer that is late by habit (one that computes longer between calls), and
+// the next reads spin only a poll or two; a wait that spinning covered, or
+// a parked one shorter than longWait, restores the full spin. (Halving the
+// bound on every spin that timed out and doubling it on every one that
+// paid, as adaptive mutexes do, drifted into parking on a loaded machine,
+// where a peer is often preempted for a moment.)
 // When this host runs more ranks than it has CPUs, a spinning rank may
 // hold the CPU its peer needs, so it yields between polls.
 
@@ -29,9 +35,13 @@ const EnvSpin = "GOCOLL_TCP_SPIN"
 // whom parking is the better deal.
 const DefaultSpin = 100 * time.Microsecond
 
-// spinFloor is the least a peer's spin budget shrinks to: a poll or two,
-// which costs less than the park it may save.
+// spinFloor is the spin budget for a peer that is late by habit: a poll
+// or two, which costs less than the park it may save.
 const spinFloor = 2 * time.Microsecond
+
+// longWait is the wait that marks a peer as late by habit: far longer than
+// any message takes, so that parking costs little next to the wait.
+const longWait = time.Millisecond
 
 // spinMaxPayload is the largest payload a read spins for; larger ones are
 // bandwidth-bound, and parking with SO_RCVLOWAT raised costs fewer wake-ups.

@@ -1,4 +1,4 @@
-//go:build !unix
+//go:build !linux
 
 package tcp
 
@@ -13,3 +13,6 @@ func (p *peer) initSpin(time.Duration) {}
 
 // spinRead reads nothing: the caller's blocking read does the work.
 func (b *Backend) spinRead(*peer, []byte) int { return 0 }
+
+// waited has no budget to adjust where reads do not spin.
+func (b *Backend) waited(*peer) {}

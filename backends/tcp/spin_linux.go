@@ -1,5 +1,3 @@
-//go:build unix
-
 package tcp
 
 import (
@@ -12,6 +10,7 @@ import (
 // made once, so that a spin does not allocate.
 type spinState struct {
 	budget time.Duration // how long the next read may spin (adapts)
+	since  time.Duration // when the last spin that timed out began
 	buf    []byte        // where the closure reads to
 	n      int           // what it read
 	err    error         // and its error
@@ -40,13 +39,13 @@ func (p *peer) initSpin(max time.Duration) {
 // caller's blocking read then reports.
 func (b *Backend) spinRead(p *peer, buf []byte) int {
 	s := &p.spin
-	if s.fn == nil {
+	if s.fn == nil || p.spent {
 		return 0
 	}
 	got := 0
 	var start time.Duration
 	timedOut := false
-	for i := 0; ; i++ {
+	for {
 		s.buf, s.n, s.err = buf[got:], 0, nil
 		// RawConn.Read refuses a connection whose deadline passed (an
 		// interrupt, a tick, the call's deadline) or that is closed.
@@ -78,11 +77,27 @@ func (b *Backend) spinRead(p *peer, buf []byte) int {
 	s.buf = nil
 	switch {
 	case timedOut:
-		s.budget = max(s.budget/2, spinFloor)
-	case got == len(buf):
-		s.budget = min(2*s.budget, b.cfg.spin)
+		p.spent, s.since = true, start // parked reads end the wait (waited)
+	case start != 0 && got == len(buf):
+		s.budget = b.cfg.spin // a wait that spinning covered
 	}
 	return got
+}
+
+// waited tells p's spin budget how long the wait of a read that spun in
+// vain and then parked took in all: a peer that kept this rank waiting
+// past longWait is late by habit, for now, and the next reads spin only
+// a poll or two; a shorter wait restores the full spin.
+func (b *Backend) waited(p *peer) {
+	s := &p.spin
+	if s.fn == nil {
+		return
+	}
+	if since()-s.since > longWait {
+		s.budget = spinFloor
+	} else {
+		s.budget = b.cfg.spin
+	}
 }
 
 // yield gives the CPU to another runnable thread. It is a raw system call:
