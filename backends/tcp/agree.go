@@ -162,7 +162,7 @@ var errEvidence = errors.New("tcp: a peer's frame shows that the ranks' calls di
 func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 	got := 0
 	spun := false // the blocking reads below end a wait that spun in vain
-	if len(buf) < spinMaxPayload {
+	if len(buf) < spinMaxPayload && b.queued.Load() == 0 {
 		spun = !p.spent
 		got = b.spinRead(p, buf)
 		spun = spun && p.spent && got < len(buf)

@@ -62,6 +62,9 @@ type Backend struct {
 	logf      func(string, ...any)
 	lowat     bool // raise SO_RCVLOWAT for large payloads
 	crowded   bool // more ranks on this host than CPUs: spinning reads yield
+	// queued counts the send jobs the sender goroutines hold: while they
+	// have work, reads park instead of spinning on the CPU they need.
+	queued atomic.Int64
 }
 
 // failure poisons the backend: the collective numbered seq and every later
@@ -288,6 +291,7 @@ func (b *Backend) sendLoop(p *peer) {
 				iov[1] = nil
 			}
 			p.done.Add(1)
+			b.queued.Add(-1)
 			select {
 			case p.notify <- struct{}{}:
 			default:
@@ -566,9 +570,11 @@ func (b *Backend) post(p *peer, h *header, buf []byte) error {
 		if n < len(buf) {
 			j.h.flags |= flagMore
 		}
+		b.queued.Add(1) // before the sender can finish it
 		select {
 		case p.jobs <- j:
 		case <-b.quit:
+			b.queued.Add(-1)
 			return core.ErrClosed
 		}
 		p.posted++

@@ -23,7 +23,9 @@ import (
 // paid, as adaptive mutexes do, drifted into parking on a loaded machine,
 // where a peer is often preempted for a moment.)
 // When this host runs more ranks than it has CPUs, a spinning rank may
-// hold the CPU its peer needs, so it yields between polls.
+// hold the CPU its peer needs, so it yields between polls. A read does not
+// spin at all while this rank's sender goroutines hold queued frames (the
+// large, pipelined algorithms): they need the CPU more.
 
 // EnvSpin sets the longest a read spins on the socket before it parks, as
 // a Go duration ("50us"); "0" never spins. WithSpin overrides it.
