@@ -161,11 +161,8 @@ var errEvidence = errors.New("tcp: a peer's frame shows that the ranks' calls di
 // disagree (probe), and returns errEvidence if it finds one.
 func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 	got := 0
-	spun := false // the blocking reads below end a wait that spun in vain
 	if len(buf) < spinMaxPayload && b.queued.Load() == 0 {
-		spun = !p.spent
 		got = b.spinRead(p, buf)
-		spun = spun && p.spent && got < len(buf)
 	}
 	for got < len(buf) {
 		if lowat {
@@ -199,9 +196,6 @@ func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 	}
 	if lowat {
 		p.setLowat(1)
-	}
-	if spun {
-		b.waited(p)
 	}
 	return got, nil
 }

@@ -14,18 +14,23 @@ import (
 // frame's whole trip over loopback. So a read of a small payload first
 // spins on the non-blocking socket, one read system call after another,
 // for a bounded time, and only then parks. A frame's reads spin once: after
-// a spin that timed out, they park at once. The bound adapts per peer: a
-// wait that outlasted the spin and then longWait in the poller shows a
-// peer that is late by habit (one that computes longer between calls), and
-// the next reads spin only a poll or two; a wait that spinning covered, or
-// a parked one shorter than longWait, restores the full spin. (Halving the
-// bound on every spin that timed out and doubling it on every one that
-// paid, as adaptive mutexes do, drifted into parking on a loaded machine,
-// where a peer is often preempted for a moment.)
+// a spin that timed out, they park at once. Spinning adapts per peer: after
+// two spins in a row that timed out, the reads of the next frames park
+// without spinning, twice as many frames after each further miss (up to
+// 1<<maxSkipShift), and then spin again to see whether it pays now; a spin
+// that met its frame resets the count. A peer that is late by habit (one
+// that computes longer between calls) so costs a spin every hundred frames
+// or so, and where spinning keeps the peer off the CPU (a machine loaded
+// by other work) the reads fall back to parking. (Halving the budget on
+// every spin that timed out and doubling it on every one that paid, as
+// adaptive mutexes do, drifted into parking under load even where
+// spinning paid.)
 // When this host runs more ranks than it has CPUs, a spinning rank may
-// hold the CPU its peer needs, so it yields between polls. A read does not
-// spin at all while this rank's sender goroutines hold queued frames (the
-// large, pipelined algorithms): they need the CPU more.
+// hold the CPU its peer needs, so it yields between polls. (Yielding on
+// an uncrowded host too, after a short spin, in case the kernel put the
+// peer on this CPU, cost more than it saved on a loaded machine.) A read
+// does not spin at all while this rank's sender goroutines hold queued
+// frames (the large, pipelined algorithms): they need the CPU more.
 
 // EnvSpin sets the longest a read spins on the socket before it parks, as
 // a Go duration ("50us"); "0" never spins. WithSpin overrides it.
@@ -37,13 +42,9 @@ const EnvSpin = "GOCOLL_TCP_SPIN"
 // whom parking is the better deal.
 const DefaultSpin = 100 * time.Microsecond
 
-// spinFloor is the spin budget for a peer that is late by habit: a poll
-// or two, which costs less than the park it may save.
-const spinFloor = 2 * time.Microsecond
-
-// longWait is the wait that marks a peer as late by habit: far longer than
-// any message takes, so that parking costs little next to the wait.
-const longWait = time.Millisecond
+// maxSkipShift bounds the frames a peer's reads park without spinning
+// before they try again: 1<<maxSkipShift.
+const maxSkipShift = 7
 
 // spinMaxPayload is the largest payload a read spins for; larger ones are
 // bandwidth-bound, and parking with SO_RCVLOWAT raised costs fewer wake-ups.

@@ -9,8 +9,9 @@ import (
 // spinState is a peer's spinning reader: the closure RawConn.Read calls is
 // made once, so that a spin does not allocate.
 type spinState struct {
-	budget time.Duration // how long the next read may spin (adapts)
-	since  time.Duration // when the last spin that timed out began
+	budget time.Duration // how long a read may spin
+	fails  int           // spins in a row that timed out
+	skip   int           // frames left whose reads park without spinning
 	buf    []byte        // where the closure reads to
 	n      int           // what it read
 	err    error         // and its error
@@ -42,6 +43,11 @@ func (b *Backend) spinRead(p *peer, buf []byte) int {
 	if s.fn == nil || p.spent {
 		return 0
 	}
+	if s.skip > 0 {
+		s.skip--
+		p.spent = true
+		return 0
+	}
 	got := 0
 	var start time.Duration
 	timedOut := false
@@ -62,42 +68,33 @@ func (b *Backend) spinRead(p *peer, buf []byte) int {
 		if !errors.Is(s.err, syscall.EAGAIN) && !errors.Is(s.err, syscall.EINTR) {
 			break // the end of the stream or an error: the blocking read says which
 		}
-		if b.crowded {
-			yield()
-		}
 		// The first poll is free of clock reads: most frames of a call
 		// whose ranks arrive together are there already or a moment on.
-		if t := since(); start == 0 {
+		t := since()
+		if start == 0 {
 			start = t
 		} else if t-start > s.budget {
 			timedOut = true
 			break
 		}
+		if b.crowded {
+			yield()
+		}
 	}
 	s.buf = nil
 	switch {
 	case timedOut:
-		p.spent, s.since = true, start // parked reads end the wait (waited)
+		// Spinning did not pay twice in a row: park for the next frames,
+		// twice as many after each further miss, then try again.
+		p.spent = true
+		s.fails++
+		if s.fails >= 2 {
+			s.skip = 1 << min(s.fails-1, maxSkipShift)
+		}
 	case start != 0 && got == len(buf):
-		s.budget = b.cfg.spin // a wait that spinning covered
+		s.fails = 0 // a wait that spinning covered
 	}
 	return got
-}
-
-// waited tells p's spin budget how long the wait of a read that spun in
-// vain and then parked took in all: a peer that kept this rank waiting
-// past longWait is late by habit, for now, and the next reads spin only
-// a poll or two; a shorter wait restores the full spin.
-func (b *Backend) waited(p *peer) {
-	s := &p.spin
-	if s.fn == nil {
-		return
-	}
-	if since()-s.since > longWait {
-		s.budget = spinFloor
-	} else {
-		s.budget = b.cfg.spin
-	}
 }
 
 // yield gives the CPU to another runnable thread. It is a raw system call:

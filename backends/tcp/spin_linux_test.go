@@ -8,44 +8,50 @@ import (
 	"github.com/gocoll/gocoll/generated/coll"
 )
 
-// TestSpinBudgetAdapts: a parked wait longer than longWait drops the peer's
-// spin to the floor; a shorter one, or a spin that pays, restores it.
-func TestSpinBudgetAdapts(t *testing.T) {
-	rs := group(t, 2, WithSpin(80*time.Microsecond))
-	b := rs[0].Backend
-	p := b.peers[1]
-	if p.spin.fn == nil || p.spin.budget != 80*time.Microsecond {
+// TestSpinBacksOff: spins that time out twice in a row make the next
+// frames' reads park without spinning, more frames after each miss.
+func TestSpinBacksOff(t *testing.T) {
+	rs := group(t, 2, WithSpin(50*time.Microsecond))
+	p := rs[0].peers[1]
+	if p.spin.fn == nil || p.spin.budget != 50*time.Microsecond {
 		t.Fatalf("spin not armed: budget %v", p.spin.budget)
 	}
-	p.spin.since = since() - 5*longWait
-	b.waited(p)
-	if p.spin.budget != spinFloor {
-		t.Errorf("after a %v wait: budget %v, want the floor %v", 5*longWait, p.spin.budget, spinFloor)
-	}
-	p.spin.since = since()
-	b.waited(p)
-	if p.spin.budget != 80*time.Microsecond {
-		t.Errorf("after a short wait: budget %v, want the full 80us", p.spin.budget)
-	}
-	// A peer a few milliseconds late in a real call: the budget falls to
-	// the floor. (The way back is timing: a sleeping peer on a loaded
-	// machine is easily a millisecond late; waited's unit test above
-	// covers it.)
-	late := func(delay time.Duration) {
+	// Rank 1 is late by far more than the spin in every call: rank 0's
+	// one frame per call (recursive doubling at np 2) times out.
+	late := func() {
 		t.Helper()
 		noErrors(t, each(rs, func(r rank) error {
 			if r.Rank() == 1 {
-				time.Sleep(delay)
+				time.Sleep(5 * time.Millisecond)
 			}
 			buf := make([]float32, 2)
 			return coll.AllreduceFloat32(context.Background(), r.c, buf, buf, coll.OpSum)
 		}))
 	}
-	late(0)
-	p.spin.budget = 80 * time.Microsecond
-	late(5 * longWait)
-	if p.spin.budget != spinFloor {
-		t.Errorf("after a peer %v late: budget %v, want the floor", 5*longWait, p.spin.budget)
+	late()
+	if p.spin.fails != 1 || p.spin.skip != 0 {
+		t.Fatalf("after one timed-out spin: fails %d, skip %d; want 1, 0", p.spin.fails, p.spin.skip)
+	}
+	late()
+	if p.spin.fails != 2 || p.spin.skip != 2 {
+		t.Fatalf("after two: fails %d, skip %d; want 2, 2", p.spin.fails, p.spin.skip)
+	}
+	late()
+	late()
+	if p.spin.fails != 2 || p.spin.skip != 0 {
+		t.Fatalf("after two parked frames: fails %d, skip %d; want 2, 0", p.spin.fails, p.spin.skip)
+	}
+	late()
+	if p.spin.fails != 3 || p.spin.skip != 4 {
+		t.Fatalf("after a third miss: fails %d, skip %d; want 3, 4", p.spin.fails, p.spin.skip)
+	}
+	for range 20 {
+		p.spin.fails++
+		p.spin.skip = 0
+		late()
+	}
+	if max := 1 << maxSkipShift; p.spin.skip != max {
+		t.Errorf("after many misses: skip %d, want the cap %d", p.spin.skip, max)
 	}
 }
 

@@ -13,6 +13,3 @@ func (p *peer) initSpin(time.Duration) {}
 
 // spinRead reads nothing: the caller's blocking read does the work.
 func (b *Backend) spinRead(*peer, []byte) int { return 0 }
-
-// waited has no budget to adjust where reads do not spin.
-func (b *Backend) waited(*peer) {}
