@@ -25,79 +25,142 @@ block:
 	JB        single
 	VMOVDQU   (CX), Y3
 	VMOVDQU   32(CX), Y4
+	VCMPPS    $0x03, Y4, Y3, Y5
+	VPTEST    Y5, Y5
+	JNZ       nan1
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y5
+	VPADDD    Y1, Y3, Y3
+	VPADDD    Y5, Y3, Y3
+	VPSRLD    $0x10, Y3, Y3
+	VPSRLD    $0x10, Y4, Y5
+	VPAND     Y0, Y5, Y5
+	VPADDD    Y1, Y4, Y4
+	VPADDD    Y5, Y4, Y4
+	VPSRLD    $0x10, Y4, Y4
+	VPACKUSDW Y4, Y3, Y3
+	VPERMQ    $0xd8, Y3, Y3
+	VMOVDQU   Y3, (AX)
+
+stored2:
+	VMOVDQU   64(CX), Y3
+	VMOVDQU   96(CX), Y4
+	VCMPPS    $0x03, Y4, Y3, Y5
+	VPTEST    Y5, Y5
+	JNZ       nan3
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y5
+	VPADDD    Y1, Y3, Y3
+	VPADDD    Y5, Y3, Y3
+	VPSRLD    $0x10, Y3, Y3
+	VPSRLD    $0x10, Y4, Y5
+	VPAND     Y0, Y5, Y5
+	VPADDD    Y1, Y4, Y4
+	VPADDD    Y5, Y4, Y4
+	VPSRLD    $0x10, Y4, Y4
+	VPACKUSDW Y4, Y3, Y3
+	VPERMQ    $0xd8, Y3, Y3
+	VMOVDQU   Y3, 32(AX)
+
+stored4:
+	ADDQ $0x00000080, CX
+	ADDQ $0x00000040, AX
+	SUBQ $0x00000020, DX
+	JMP  block
+
+nan1:
 	VPSRLD    $0x10, Y3, Y5
 	VPAND     Y0, Y5, Y6
 	VPADDD    Y1, Y3, Y7
 	VPADDD    Y6, Y7, Y7
 	VPSRLD    $0x10, Y7, Y7
-	VCMPPS    $0x03, Y3, Y3, Y6
+	VCMPPS    $0x03, Y3, Y3, Y3
 	VPOR      Y2, Y5, Y5
-	VPBLENDVB Y6, Y5, Y7, Y7
+	VPBLENDVB Y3, Y5, Y7, Y7
 	VPSRLD    $0x10, Y4, Y3
 	VPAND     Y0, Y3, Y5
 	VPADDD    Y1, Y4, Y6
 	VPADDD    Y5, Y6, Y6
 	VPSRLD    $0x10, Y6, Y6
-	VCMPPS    $0x03, Y4, Y4, Y5
+	VCMPPS    $0x03, Y4, Y4, Y4
 	VPOR      Y2, Y3, Y3
-	VPBLENDVB Y5, Y3, Y6, Y6
+	VPBLENDVB Y4, Y3, Y6, Y6
 	VPACKUSDW Y6, Y7, Y7
 	VPERMQ    $0xd8, Y7, Y7
 	VMOVDQU   Y7, (AX)
-	VMOVDQU   64(CX), Y3
-	VMOVDQU   96(CX), Y4
+	JMP       stored2
+
+nan3:
 	VPSRLD    $0x10, Y3, Y5
 	VPAND     Y0, Y5, Y6
 	VPADDD    Y1, Y3, Y7
 	VPADDD    Y6, Y7, Y7
 	VPSRLD    $0x10, Y7, Y7
-	VCMPPS    $0x03, Y3, Y3, Y6
+	VCMPPS    $0x03, Y3, Y3, Y3
 	VPOR      Y2, Y5, Y5
-	VPBLENDVB Y6, Y5, Y7, Y7
+	VPBLENDVB Y3, Y5, Y7, Y7
 	VPSRLD    $0x10, Y4, Y3
 	VPAND     Y0, Y3, Y5
 	VPADDD    Y1, Y4, Y6
 	VPADDD    Y5, Y6, Y6
 	VPSRLD    $0x10, Y6, Y6
-	VCMPPS    $0x03, Y4, Y4, Y5
+	VCMPPS    $0x03, Y4, Y4, Y4
 	VPOR      Y2, Y3, Y3
-	VPBLENDVB Y5, Y3, Y6, Y6
+	VPBLENDVB Y4, Y3, Y6, Y6
 	VPACKUSDW Y6, Y7, Y7
 	VPERMQ    $0xd8, Y7, Y7
 	VMOVDQU   Y7, 32(AX)
-	ADDQ      $0x00000080, CX
-	ADDQ      $0x00000040, AX
-	SUBQ      $0x00000020, DX
-	JMP       block
+	JMP       stored4
 
 single:
 	CMPQ      DX, $0x00000010
 	JB        done
 	VMOVDQU   (CX), Y3
 	VMOVDQU   32(CX), Y4
+	VCMPPS    $0x03, Y4, Y3, Y5
+	VPTEST    Y5, Y5
+	JNZ       nan5
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y5
+	VPADDD    Y1, Y3, Y3
+	VPADDD    Y5, Y3, Y3
+	VPSRLD    $0x10, Y3, Y3
+	VPSRLD    $0x10, Y4, Y5
+	VPAND     Y0, Y5, Y5
+	VPADDD    Y1, Y4, Y4
+	VPADDD    Y5, Y4, Y4
+	VPSRLD    $0x10, Y4, Y4
+	VPACKUSDW Y4, Y3, Y3
+	VPERMQ    $0xd8, Y3, Y3
+	VMOVDQU   Y3, (AX)
+
+stored6:
+	ADDQ $0x00000040, CX
+	ADDQ $0x00000020, AX
+	SUBQ $0x00000010, DX
+	JMP  single
+
+nan5:
 	VPSRLD    $0x10, Y3, Y5
 	VPAND     Y0, Y5, Y6
 	VPADDD    Y1, Y3, Y7
 	VPADDD    Y6, Y7, Y7
 	VPSRLD    $0x10, Y7, Y7
-	VCMPPS    $0x03, Y3, Y3, Y6
+	VCMPPS    $0x03, Y3, Y3, Y3
 	VPOR      Y2, Y5, Y5
-	VPBLENDVB Y6, Y5, Y7, Y7
+	VPBLENDVB Y3, Y5, Y7, Y7
 	VPSRLD    $0x10, Y4, Y3
 	VPAND     Y0, Y3, Y5
 	VPADDD    Y1, Y4, Y6
 	VPADDD    Y5, Y6, Y6
 	VPSRLD    $0x10, Y6, Y6
-	VCMPPS    $0x03, Y4, Y4, Y5
+	VCMPPS    $0x03, Y4, Y4, Y4
 	VPOR      Y2, Y3, Y3
-	VPBLENDVB Y5, Y3, Y6, Y6
+	VPBLENDVB Y4, Y3, Y6, Y6
 	VPACKUSDW Y6, Y7, Y7
 	VPERMQ    $0xd8, Y7, Y7
 	VMOVDQU   Y7, (AX)
-	ADDQ      $0x00000040, CX
-	ADDQ      $0x00000020, AX
-	SUBQ      $0x00000010, DX
-	JMP       single
+	JMP       stored6
 
 done:
 	VZEROUPPER

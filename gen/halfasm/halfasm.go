@@ -84,6 +84,10 @@ type gen struct {
 	isa isa
 	// The bfloat16 rounding constants, made once per function.
 	one, bias, quiet reg.VecVirtual
+	labels           int
+	// later are out-of-line blocks a step branches to, emitted after its
+	// loop; each jumps back into the loop.
+	later []func()
 }
 
 func (g *gen) vec() reg.VecVirtual {
@@ -109,7 +113,26 @@ func (g *gen) broadcast32(v uint32) reg.VecVirtual {
 // half with the quiet bit.
 func (g *gen) roundBF16(x reg.VecVirtual) reg.VecVirtual {
 	c := g.c
-	s, l, t := g.vec(), g.vec(), g.vec()
+	s, t := g.roundFormula(x)
+	if g.isa.avx512 {
+		m := c.K()
+		c.VCMPPS(operand.Imm(3), x, x, m) // unordered with itself: NaN
+		c.VPORD(g.quiet, s, m, t)         // NaN lanes: (b >> 16) | 0x40
+		return t
+	}
+	l := g.vec()
+	c.VCMPPS(operand.Imm(3), x, x, l) // NaN lanes, all ones
+	c.VPOR(g.quiet, s, s)
+	c.VPBLENDVB(l, s, t, t) // NaN ? (b >> 16) | 0x40 : rounded
+	return t
+}
+
+// roundFormula applies the integer formula to every lane of x, right for
+// all but NaN: it returns b >> 16 and the rounded top half.
+func (g *gen) roundFormula(x reg.VecVirtual) (s, t reg.VecVirtual) {
+	c := g.c
+	s, l := g.vec(), g.vec()
+	t = g.vec()
 	c.VPSRLD(operand.Imm(16), x, s) // b >> 16
 	if g.isa.avx512 {
 		c.VPANDD(g.one, s, l)
@@ -119,16 +142,25 @@ func (g *gen) roundBF16(x reg.VecVirtual) reg.VecVirtual {
 	c.VPADDD(g.bias, x, t)          // b + 0x7fff
 	c.VPADDD(l, t, t)               // + lowest kept bit
 	c.VPSRLD(operand.Imm(16), t, t) // top half
-	if g.isa.avx512 {
-		m := c.K()
-		c.VCMPPS(operand.Imm(3), x, x, m) // unordered with itself: NaN
-		c.VPORD(g.quiet, s, m, t)         // NaN lanes: (b >> 16) | 0x40
-		return t
-	}
-	c.VCMPPS(operand.Imm(3), x, x, l) // NaN lanes, all ones
-	c.VPOR(g.quiet, s, s)
-	c.VPBLENDVB(l, s, t, t) // NaN ? (b >> 16) | 0x40 : rounded
-	return t
+	return s, t
+}
+
+// label returns a label unique in the function, starting with prefix.
+func (g *gen) label(prefix string) string {
+	g.labels++
+	return fmt.Sprintf("%s%d", prefix, g.labels)
+}
+
+// packBF16 stores the rounded lanes of lo and hi (16 elements, in the low
+// 16 bits of each lane) to dst in order.
+func (g *gen) packBF16(lo, hi reg.VecVirtual, dst operand.Mem) {
+	c := g.c
+	// The pack works within 128-bit lanes, giving the quadwords of
+	// elements 0-3, 8-11, 4-7, 12-15; VPERMQ puts them in order. Rounded
+	// lanes are below 1<<16: the pack is exact.
+	c.VPACKUSDW(hi, lo, lo)
+	c.VPERMQ(operand.Imm(0xd8), lo, lo)
+	c.VMOVDQU(lo, dst)
 }
 
 // convs are the functions Generate emits, in the order they appear.
@@ -141,13 +173,22 @@ var convs = []conv{
 			lo, hi := g.vec(), g.vec()
 			c.VMOVDQU(src, lo)
 			c.VMOVDQU(src.Offset(32), hi)
-			rl, rh := g.roundBF16(lo), g.roundBF16(hi)
-			// The pack works within 128-bit lanes, giving the quadwords
-			// of elements 0-3, 8-11, 4-7, 12-15; VPERMQ puts them in
-			// order. Rounded lanes are below 1<<16: the pack is exact.
-			c.VPACKUSDW(rh, rl, rl)
-			c.VPERMQ(operand.Imm(0xd8), rl, rl)
-			c.VMOVDQU(rl, dst)
+			// NaNs are rare: one compare finds any among the 16 inputs,
+			// and only then do the lanes take the blend that fixes them.
+			m := g.vec()
+			c.VCMPPS(operand.Imm(3), hi, lo, m) // unordered: a NaN in lo or hi
+			c.VPTEST(m, m)
+			nan, join := g.label("nan"), g.label("stored")
+			c.JNZ(operand.LabelRef(nan))
+			_, rl := g.roundFormula(lo)
+			_, rh := g.roundFormula(hi)
+			g.packBF16(rl, rh, dst)
+			c.Label(join)
+			g.later = append(g.later, func() {
+				c.Label(nan)
+				g.packBF16(g.roundBF16(lo), g.roundBF16(hi), dst)
+				c.JMP(operand.LabelRef(join))
+			})
 		},
 	},
 	{
@@ -309,6 +350,10 @@ func emitLoop(ctx *build.Context, cv conv) {
 		ctx.ADDQ(operand.U32(elems*cv.out), dst)
 		ctx.SUBQ(operand.U32(elems), n)
 		ctx.JMP(operand.LabelRef(label))
+		for _, f := range g.later {
+			f()
+		}
+		g.later = nil
 	}
 	if cv.unroll > 1 {
 		loop("block", cv.unroll, "single")
