@@ -84,6 +84,7 @@ type Comm struct {
 	// guard runs the backend's calls: the one request check, one call
 	// at a time, the failed and closed states.
 	guard *core.Guard
+	grp   groupState // groups and Shrink: see group.go
 
 	closeOnce sync.Once
 	closeErr  error
@@ -113,6 +114,7 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	defer cancel()
 	c := &Comm{rank: l.rank, size: l.size, jobID: l.jobID, secret: l.secret, timeout: l.timeout,
 		log: o.log.With("rank", l.rank), shmOpts: o.shm}
+	c.grp.backend = l.backend
 	defer func() {
 		if err != nil {
 			c.release()

@@ -175,6 +175,13 @@ func resolve(o *options, env envLookup) (*launch, error) {
 			l.source = "options"
 		}
 	}
+	if o.rank != nil || o.size != nil {
+		// Options that set the rank or the size describe another job than
+		// the launcher's (a sub-job on a store.Prefix, a test), whose local
+		// layout the launcher's variables do not describe; the layout is
+		// computed from the ranks' node ids anyway.
+		l.localRank, l.localSize, l.nodeRank = -1, -1, -1
+	}
 	switch {
 	case l.rank < 0 && l.size < 0:
 		// No launcher and no options: a job of one process.

@@ -99,6 +99,18 @@ func TestResolveSettings(t *testing.T) {
 	if l.timeout != DefaultTimeout || l.backend != "auto" {
 		t.Errorf("defaults: timeout %v backend %q", l.timeout, l.backend)
 	}
+	// WithRank and WithSize make another job than the launcher's: its
+	// local layout no longer applies (it used to fail "local size 4
+	// exceeds WithSize=2"), while the rest of the environment still does.
+	l, err = resolve(buildOptions([]Option{WithStore(memstore.New()), WithRank(1), WithSize(2)}),
+		envOf("RANK=5", "WORLD_SIZE=8", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=4", "GROUP_RANK=1", "GOCOLL_TIMEOUT=7s", "GOCOLL_BACKEND=tcp"))
+	if err != nil {
+		t.Fatalf("WithRank and WithSize under a launcher's variables: %v", err)
+	}
+	if l.rank != 1 || l.size != 2 || l.localRank != -1 || l.localSize != -1 || l.nodeRank != -1 ||
+		l.timeout != 7*time.Second || l.backend != "tcp" {
+		t.Errorf("WithRank(1), WithSize(2) under torchrun's variables: got %+v", l)
+	}
 	// WithStore needs neither master nor secret.
 	if _, err := resolve(buildOptions([]Option{WithStore(memstore.New()), WithRank(0), WithSize(4)}), envOf()); err != nil {
 		t.Errorf("WithStore without master or secret: %v", err)
