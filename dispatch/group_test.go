@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/memstore"
+	"github.com/gocoll/gocoll/internal/proctest"
 )
 
 // sumOfWorldRanks allreduces each rank's world rank + 1 over c and checks
@@ -176,4 +178,72 @@ func TestSplitNamesAbsentRank(t *testing.T) {
 		return nil
 	})
 	checkErrs(t, errs)
+}
+
+func init() { proctest.Register("shrinkowner", shrinkOwnerBody) }
+
+// Shrink where rank 0 serves the store, as under torchrun's variables:
+// with rank 2 killed, the survivors shrink, close the old communicator
+// first, and still use and close the new one (rank 0's Close waits for
+// the other survivor). With rank 0 killed the store is gone with it, and
+// Shrink says so.
+func TestShrinkStoreOwner(t *testing.T) {
+	for _, victim := range []int{2, 0} {
+		t.Run(fmt.Sprint("victim", victim), func(t *testing.T) {
+			const np = 3
+			var opts []proctest.Option
+			if victim == 0 {
+				opts = append(opts, proctest.ExpectError("cannot reach the store", 1, 2))
+			}
+			proctest.Run(t, "shrinkowner", np, append(opts, proctest.Timeout(time.Minute), proctest.KillOnMark(victim, "ready"),
+				torchrunEnv(t, np, "GOCOLL_BACKEND=shm", "GOCOLL_TIMEOUT=20s", "GOCOLL_TEST_VICTIM="+strconv.Itoa(victim)))...)
+		})
+	}
+}
+
+func shrinkOwnerBody(ctx context.Context, r *proctest.Rank) error {
+	victim := envInt("GOCOLL_TEST_VICTIM", -1)
+	c, err := Init(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Barrier(ctx); err != nil {
+		return err
+	}
+	if r.Rank == victim {
+		r.Mark("ready") // proctest kills this process now
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	var pe *core.PeerError
+	if err := c.Barrier(ctx); !errors.As(err, &pe) || !slices.Contains(pe.Ranks, victim) {
+		return fmt.Errorf("barrier after rank %d died: got %v; want a PeerError naming it", victim, err)
+	}
+	s, err := c.Shrink(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := c.Close(); err != nil {
+		return fmt.Errorf("closing the failed communicator: %w", err)
+	}
+	if !slices.Equal(s.Ranks(), []int{0, 1}) || s.Rank() != r.Rank {
+		return fmt.Errorf("shrunk: rank %d of world ranks %v; want rank %d of [0 1]", s.Rank(), s.Ranks(), r.Rank)
+	}
+	for range 100 {
+		if err := sumOfWorldRanks(ctx, s); err != nil {
+			return err
+		}
+	}
+	// A group of the shrunk communicator still meets through the store.
+	g, err := s.Split(ctx, 0, -s.Rank())
+	if err != nil {
+		return fmt.Errorf("split after shrinking: %w", err)
+	}
+	defer g.Close()
+	if !slices.Equal(g.Ranks(), []int{1, 0}) {
+		return fmt.Errorf("split after shrinking: world ranks %v, want [1 0]", g.Ranks())
+	}
+	return sumOfWorldRanks(ctx, g)
 }
