@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
 	"github.com/gocoll/gocoll/generated/coll"
 	"github.com/gocoll/gocoll/internal/proctest"
@@ -98,6 +101,68 @@ func meshAllreduce(ctx context.Context, g *dispatch.Comm, it int) error {
 	for j, v := range recv {
 		if want := base + int64(g.Size()*j); v != want {
 			return fmt.Errorf("element %d = %d, want %d", j, v, want)
+		}
+	}
+	return nil
+}
+
+func init() { proctest.Register("meshshrink", meshShrinkBody) }
+
+// TestShrinkAcrossNodes: 2 nodes x 2 ranks on the hierarchical backend;
+// a rank (a node's leader or not) is killed with SIGKILL, and the 3
+// survivors Shrink onto a hierarchical communicator of their own (one node
+// still has two of them) and run 200 checked allreduces.
+func TestShrinkAcrossNodes(t *testing.T) {
+	const np = 4
+	for _, victim := range []int{1, 2} {
+		t.Run(fmt.Sprint("victim", victim), func(t *testing.T) {
+			n := Setup(t, 2)
+			res := n.Run(t, "meshshrink", np, proctest.Timeout(2*time.Minute),
+				proctest.Env(envWant+"=shm+tcp", "GOCOLL_NETNS_VICTIM="+strconv.Itoa(victim)),
+				proctest.KillOnMark(victim, "running"))
+			if !res[victim].Killed {
+				t.Errorf("rank %d was not killed: %+v", victim, res[victim])
+			}
+		})
+	}
+}
+
+func meshShrinkBody(ctx context.Context, r *proctest.Rank) error {
+	victim, err := strconv.Atoi(os.Getenv("GOCOLL_NETNS_VICTIM"))
+	if err != nil {
+		return err
+	}
+	c, err := hierComm(ctx, r, 20*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for i := 0; ; i++ {
+		if r.Rank == victim && i == 10 {
+			r.Mark("running") // the parent kills this process now
+		}
+		err := meshAllreduce(ctx, c, i)
+		if err == nil {
+			continue
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || !slices.Contains(pe.Ranks, victim) {
+			return fmt.Errorf("rank %d: allreduce #%d: want a *core.PeerError naming rank %d: %w", r.Rank, i, victim, err)
+		}
+		break
+	}
+	s, err := c.Shrink(ctx)
+	if err != nil {
+		return fmt.Errorf("rank %d: shrink: %w", r.Rank, err)
+	}
+	defer s.Close()
+	want := slices.DeleteFunc([]int{0, 1, 2, 3}, func(w int) bool { return w == victim })
+	if !slices.Equal(s.Ranks(), want) || s.Backend() != "shm+tcp" {
+		return fmt.Errorf("rank %d: shrunk to world ranks %v on %s; want %v on shm+tcp", r.Rank, s.Ranks(), s.Backend(), want)
+	}
+	for i := range 200 {
+		if err := meshAllreduce(ctx, s, i); err != nil {
+			return fmt.Errorf("rank %d: allreduce #%d after shrinking: %w", r.Rank, i, err)
 		}
 	}
 	return nil
