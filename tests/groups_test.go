@@ -325,7 +325,8 @@ func wantBackend(asked string, ranks []int, node func(int) string) string {
 // 0 is among the victims because proctest's store lives in the test
 // process, as gocollrun's does in the launcher: only the rank that serves
 // the store may not die (see dispatch.Comm.Shrink). Two ranks of 5 killed
-// at once leave 3 survivors too.
+// at once leave 3 survivors too. A group of every rank, made before the
+// kill, is shrunk as well.
 func TestShrink(t *testing.T) {
 	for _, be := range []string{"shm", "tcp"} {
 		t.Run(be, func(t *testing.T) {
@@ -375,6 +376,13 @@ func shrinkBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer c.Close()
+	// A group of every rank, which is shrunk too: a group's ranks hold
+	// alive keys of their own.
+	g, err := c.NewGroup(ctx, seq(0, r.Size))
+	if err != nil {
+		return err
+	}
+	defer g.Close()
 	for i := 0; ; i++ {
 		if slices.Contains(victims, r.Rank) && i == 20 {
 			// proctest kills this process now. Until it does, it must
@@ -422,6 +430,19 @@ func shrinkBody(ctx context.Context, r *proctest.Rank) error {
 	for i := range 1000 {
 		if err := shrunkAllreduce(ctx, s, i); err != nil {
 			return fmt.Errorf("rank %d: allreduce #%d after shrinking: %w", r.Rank, i, err)
+		}
+	}
+	sg, err := g.Shrink(ctx)
+	if err != nil {
+		return fmt.Errorf("rank %d: shrinking the group of every rank: %w", r.Rank, err)
+	}
+	defer sg.Close()
+	if !slices.Equal(sg.Ranks(), want) {
+		return fmt.Errorf("rank %d: the shrunk group has world ranks %v, want %v", r.Rank, sg.Ranks(), want)
+	}
+	for i := range 100 {
+		if err := shrunkAllreduce(ctx, sg, i); err != nil {
+			return fmt.Errorf("rank %d: allreduce #%d on the shrunk group: %w", r.Rank, i, err)
 		}
 	}
 	fmt.Printf("rank %d: shrink took %v, then 1000 allreduces on %s\n", r.Rank, took.Round(time.Millisecond), s.Backend())
