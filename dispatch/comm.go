@@ -105,8 +105,15 @@ type info struct {
 // read; options override them.
 func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	o := buildOptions(opts)
-	l, err := resolve(o, o.env)
+	env, pc, err := pmiPreconnect(ctx, o, o.env)
 	if err != nil {
+		return nil, err
+	}
+	l, err := resolve(o, env)
+	if err != nil {
+		if pc != nil {
+			pc.Finalize(ctx)
+		}
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
@@ -118,6 +125,12 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 			c.release()
 		}
 	}()
+	if l.pmiSecret && l.rank == 0 {
+		c.secret = randomBytes(32)
+	}
+	if err := c.pmiRendezvous(ctx, l, env, pc, o.log); err != nil {
+		return nil, err
+	}
 
 	base := o.store
 	if a, ok := base.(interface{ Addr() string }); ok {
@@ -182,7 +195,7 @@ func (c *Comm) connect(ctx context.Context, l *launch, log *slog.Logger) (core.S
 		c.secret = randomBytes(32)
 	}
 	addr := l.master
-	serve := l.rank == 0 && !l.launcherStore
+	serve := l.rank == 0 && !l.launcherStore && c.server == nil // pmiRendezvous may serve it already
 	if serve {
 		listen := "127.0.0.1:0"
 		if addr != "" {
