@@ -419,6 +419,10 @@ func (c *Client) write(ctx context.Context, b []byte) error {
 }
 
 func (c *Client) ioError(ctx context.Context, what string, err error) error {
+	if d, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(d) {
+		// The connection's deadline is ctx's: ctx is done, or about to be.
+		<-ctx.Done()
+	}
 	if ctx.Err() != nil {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
