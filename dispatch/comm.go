@@ -8,8 +8,9 @@
 //
 // # Who serves the store
 //
-// The store listens at MASTER_ADDR:MASTER_PORT. Rank 0 serves it, as in
-// torch, unless the launcher already does (gocollrun does, and says so
+// The store listens at MASTER_ADDR:MASTER_PORT, or where rank 0 says
+// through the launcher's PMI when those are unset under mpiexec or
+// srun --mpi=pmi2. Rank 0 serves it, as in torch, unless the launcher already does (gocollrun does, and says so
 // with GOCOLL_LAUNCHER_STORE=1, so the store outlives a rank 0 that
 // exits early) or WithStore hands Init a store to use. Rank 0 binds the
 // port on every interface, unless MASTER_ADDR is a loopback address; the
@@ -21,11 +22,14 @@
 // # The secret
 //
 // Every store connection proves it holds the job secret (GOCOLL_SECRET or
-// WithSecret). gocollrun makes a fresh one per job. Under mpirun or srun
-// nothing sets it (under plain srun the store's address and port are
-// derived from SLURM_STEP_NODELIST and the job and step ids, but a secret
-// cannot be), and Init refuses to start without it rather than run a store
-// anyone on the network could write to: pass one, e.g.
+// WithSecret). gocollrun makes a fresh one per job. Under MPICH's mpiexec
+// and srun --mpi=pmi2, rank 0 makes one and shares it, with the store's
+// address, through the launcher's PMI (see pmiRendezvous in pmi.go; the
+// environment variable EnvPMI). Under mpirun or plain srun nothing sets it
+// (under plain srun the store's address and port are derived from
+// SLURM_STEP_NODELIST and the job and step ids, but a secret cannot be),
+// and Init refuses to start without it rather than run a store anyone on
+// the network could write to: pass one, e.g.
 // mpirun -x GOCOLL_SECRET=$(openssl rand -hex 16). With WithStore the
 // store is already trusted, so rank 0 makes one up for the backends.
 //

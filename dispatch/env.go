@@ -14,9 +14,10 @@ import (
 
 // Environment variables gocoll reads besides the launchers' own.
 const (
-	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one;
-	// under mpirun or srun pass it yourself (mpirun -x GOCOLL_SECRET=...,
-	// or GOCOLL_SECRET=... srun ...).
+	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one,
+	// and so does rank 0 under mpiexec and srun --mpi=pmi2 (through PMI);
+	// under mpirun or plain srun pass it yourself
+	// (mpirun -x GOCOLL_SECRET=..., or GOCOLL_SECRET=... srun ...).
 	EnvSecret = "GOCOLL_SECRET"
 	// EnvJobID names the job; shared resources carry it. Optional: rank 0
 	// makes one up and shares it through the store when it is unset.
