@@ -65,7 +65,7 @@ func pmiVersion(env envLookup) (int, error) {
 // pmiConnect opens and initializes this process's PMI connection, once.
 func pmiConnect(ctx context.Context, env envLookup, version int) (*pmi.Client, error) {
 	if !pmiClaimed.CompareAndSwap(false, true) {
-		return nil, fmt.Errorf("dispatch: this process already met its job through the launcher's PMI, which serves one Init "+
+		return nil, fmt.Errorf("dispatch: this process already used the launcher's PMI connection, which serves one Init "+
 			"per process; to Init again set MASTER_ADDR, MASTER_PORT and %s on every rank", EnvSecret)
 	}
 	pc, err := pmi.Connect(ctx, pmi.Env(env), version)
@@ -163,24 +163,22 @@ func (c *Comm) pmiRendezvous(ctx context.Context, l *launch, env envLookup, pc *
 	}
 	if l.rank == 0 {
 		if l.pmiMaster {
-			host, listen, err := pmiStoreHost(ctx, l, env)
-			if err != nil {
-				return err
+			addr, serr := c.pmiServe(ctx, l, env, log)
+			if serr != nil {
+				// Tell the others, so that they fail now rather than at
+				// the timeout; PMI values cannot hold spaces, hence hex.
+				addr = pmiFailed + hex.EncodeToString([]byte(serr.Error()))
 			}
-			port := l.pmiPort
-			if port == "" {
-				port = "0"
-			}
-			srv, err := store.Listen(net.JoinHostPort(listen, port), c.secret, store.WithLogger(log))
-			if err != nil {
-				return fmt.Errorf("dispatch: rank 0 cannot serve the store: %w", err)
-			}
-			c.server = srv
-			_, p, _ := net.SplitHostPort(srv.Addr())
-			l.master = net.JoinHostPort(host, p)
-			if err := pc.Put(ctx, pmiKeyStore, l.master); err != nil {
+			if err := pc.Put(ctx, pmiKeyStore, clipValue(addr)); err != nil {
 				return wrap("publishing the store's address", err)
 			}
+			if serr != nil {
+				if err := pc.Fence(ctx); err != nil {
+					return fmt.Errorf("%w (and telling the others: %v)", serr, err)
+				}
+				return serr
+			}
+			l.master = addr
 		}
 		if l.pmiSecret {
 			if err := pc.Put(ctx, pmiKeySecret, hex.EncodeToString(c.secret)); err != nil {
@@ -203,6 +201,10 @@ func (c *Comm) pmiRendezvous(ctx context.Context, l *launch, env envLookup, pc *
 			return fmt.Errorf("dispatch: rank %d: rank 0 published no store address through the launcher's PMI: "+
 				"does it have MASTER_ADDR and MASTER_PORT set? Set them on every rank or on none", l.rank)
 		}
+		if msg, failed := strings.CutPrefix(v, pmiFailed); failed {
+			b, _ := hex.DecodeString(msg)
+			return fmt.Errorf("dispatch: rank %d: rank 0 failed: %s", l.rank, b)
+		}
 		l.master = v
 	}
 	if l.pmiSecret {
@@ -219,6 +221,38 @@ func (c *Comm) pmiRendezvous(ctx context.Context, l *launch, env envLookup, pc *
 		}
 	}
 	return nil
+}
+
+// pmiFailed starts the store's address in the PMI space when rank 0
+// could not serve it; the hex of its error follows.
+const pmiFailed = "failed:"
+
+// clipValue keeps a value within PMI's 1024 bytes.
+func clipValue(v string) string {
+	if len(v) > 1024 {
+		return v[:1024]
+	}
+	return v
+}
+
+// pmiServe has rank 0 serve the store where pmiStoreHost says, and
+// returns the address to advertise.
+func (c *Comm) pmiServe(ctx context.Context, l *launch, env envLookup, log *slog.Logger) (string, error) {
+	host, listen, err := pmiStoreHost(ctx, l, env)
+	if err != nil {
+		return "", err
+	}
+	port := l.pmiPort
+	if port == "" {
+		port = "0"
+	}
+	srv, err := store.Listen(net.JoinHostPort(listen, port), c.secret, store.WithLogger(log))
+	if err != nil {
+		return "", fmt.Errorf("dispatch: rank 0 cannot serve the store: %w", err)
+	}
+	c.server = srv
+	_, p, _ := net.SplitHostPort(srv.Addr())
+	return net.JoinHostPort(host, p), nil
 }
 
 // pmiStoreHost picks where rank 0 serves the store: the host it

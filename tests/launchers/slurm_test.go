@@ -243,6 +243,29 @@ func TestSrun(t *testing.T) {
 			}
 		}
 	})
+	// Rank 0 cannot bind MASTER_PORT: every rank says so at once, not at
+	// the timeout.
+	t.Run("rank0-fails", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		start := time.Now()
+		out, err := c.srun(t, []string{"MASTER_PORT=" + port, "GOCOLL_TIMEOUT=60s"}, "--mpi=pmi2", "--overcommit", "-n", "3", hello)
+		if err == nil {
+			t.Fatalf("srun succeeded with MASTER_PORT taken:\n%s", out)
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("the ranks took %v to fail", d)
+		}
+		for _, want := range []string{"rank 0 cannot serve the store", "rank 1: rank 0 failed", "rank 2: rank 0 failed", "address already in use"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
 	t.Run("init-time/np8", func(t *testing.T) {
 		out, err := c.srun(t, []string{envChild + "=allreduce"}, "--mpi=pmi2", "--overcommit", "-n", "8", exe)
 		if err != nil {
