@@ -10,9 +10,10 @@
 //
 // The store listens at MASTER_ADDR:MASTER_PORT, or where rank 0 says
 // through the launcher's PMI when those are unset under mpiexec or
-// srun --mpi=pmi2. Rank 0 serves it, as in torch, unless the launcher already does (gocollrun does, and says so
-// with GOCOLL_LAUNCHER_STORE=1, so the store outlives a rank 0 that
-// exits early) or WithStore hands Init a store to use. Rank 0 binds the
+// srun --mpi=pmi2. Rank 0 serves it, as in torch, unless the launcher
+// already does (gocollrun does, and says so with GOCOLL_LAUNCHER_STORE=1,
+// so the store outlives a rank 0 that exits early) or WithStore hands
+// Init a store to use. Rank 0 binds the
 // port on every interface, unless MASTER_ADDR is a loopback address; the
 // job secret keeps strangers out. A job of one process with no
 // MASTER_ADDR serves a private store on 127.0.0.1. Rank 0's Close waits
@@ -129,9 +130,6 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 			c.release()
 		}
 	}()
-	if l.pmiSecret && l.rank == 0 {
-		c.secret = randomBytes(32)
-	}
 	if err := c.pmiRendezvous(ctx, l, env, pc, o.log); err != nil {
 		return nil, err
 	}

@@ -162,6 +162,9 @@ func (c *Comm) pmiRendezvous(ctx context.Context, l *launch, env envLookup, pc *
 		return fmt.Errorf("dispatch: rank %d: %s through the launcher's PMI (protocol %d): %w", l.rank, what, pc.Version(), err)
 	}
 	if l.rank == 0 {
+		if l.pmiSecret {
+			c.secret = randomBytes(32)
+		}
 		if l.pmiMaster {
 			addr, serr := c.pmiServe(ctx, l, env, log)
 			if serr != nil {

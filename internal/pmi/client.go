@@ -188,16 +188,16 @@ func (c *Client) initV1(ctx context.Context, env Env, id int) error {
 	if m, err = c.callV1(ctx, "maxes", "get_maxes"); err != nil {
 		return err
 	}
-	if c.keyMax, err = m.int("keylen_max"); err != nil {
+	if c.keyMax, err = m.integer("keylen_max"); err != nil {
 		return err
 	}
-	if c.valMax, err = m.int("vallen_max"); err != nil {
+	if c.valMax, err = m.integer("vallen_max"); err != nil {
 		return err
 	}
 	if m, err = c.callV1(ctx, "appnum", "get_appnum"); err != nil {
 		return err
 	}
-	if c.appnum, err = m.int("appnum"); err != nil {
+	if c.appnum, err = m.integer("appnum"); err != nil {
 		return err
 	}
 	if m, err = c.callV1(ctx, "my_kvsname", "get_my_kvsname"); err != nil {
@@ -234,13 +234,13 @@ func (c *Client) initV2(ctx context.Context, env Env, id int) error {
 	if m, err = c.callV2(ctx, "fullinit-response", "fullinit", tokens...); err != nil {
 		return err
 	}
-	if c.rank, err = m.int("rank"); err != nil {
+	if c.rank, err = m.integer("rank"); err != nil {
 		return err
 	}
-	if c.size, err = m.int("size"); err != nil {
+	if c.size, err = m.integer("size"); err != nil {
 		return err
 	}
-	if c.appnum, err = m.int("appnum"); err != nil {
+	if c.appnum, err = m.integer("appnum"); err != nil {
 		c.appnum = -1 // optional in some servers
 	}
 	if c.rank < 0 || c.size <= 0 || c.rank >= c.size {

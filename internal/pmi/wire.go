@@ -45,8 +45,8 @@ func (m *message) get(key string) (string, bool) {
 	return "", false
 }
 
-// int returns the integer value of key.
-func (m *message) int(key string) (int, error) {
+// integer returns the integer value of key.
+func (m *message) integer(key string) (int, error) {
 	v, ok := m.get(key)
 	if !ok {
 		return 0, fmt.Errorf("pmi: %s reply has no %s", m.cmd, key)
