@@ -1,9 +1,11 @@
 package launchers
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -80,6 +82,32 @@ func TestMpiexec(t *testing.T) {
 			})
 		}
 	}
+	// Two hydra proxies on this machine, one per "host", look like two
+	// nodes (MPI_LOCALNRANKS=1): rank 0 then listens on every interface
+	// and advertises a non-loopback address of its host.
+	t.Run("hello/two-proxies", func(t *testing.T) {
+		host, err := os.Hostname()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := run(t, cleanEnv(), mpiexec, "-hosts", "localhost:1,"+host+":1", "-n", "2", hello)
+		if err != nil {
+			if strings.Contains(out, "ssh") || strings.Contains(out, "bootstrap") {
+				t.Skipf("hydra does not take localhost and %s for this machine: %v\n%s", host, err, out)
+			}
+			t.Fatalf("mpiexec.mpich -hosts localhost:1,%s:1 -n 2 hello: %v\n%s", host, err, out)
+		}
+		checkHello(t, out, 2)
+		i := strings.Index(out, "store ")
+		if i < 0 {
+			t.Fatalf("no store address in the output:\n%s", out)
+		}
+		addr, _, _ := strings.Cut(out[i+len("store "):], ")")
+		h, _, err := net.SplitHostPort(addr)
+		if ip := net.ParseIP(h); err != nil || ip == nil || ip.IsLoopback() {
+			t.Errorf("rank 0 advertised %q; want a non-loopback address", addr)
+		}
+	})
 	t.Run("init-time/np8", func(t *testing.T) {
 		out, err := run(t, cleanEnv(envChild+"=allreduce"), mpiexec, "-n", "8", exe)
 		if err != nil {
