@@ -31,7 +31,11 @@ const envChild = "LAUNCHERS_TEST_CHILD"
 func TestMain(m *testing.M) {
 	switch os.Getenv(envChild) {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		if helloPath != "" {
+			os.RemoveAll(filepath.Dir(helloPath))
+		}
+		os.Exit(code)
 	case "allreduce":
 		os.Exit(report(allreduceChild()))
 	case "pmi1":
@@ -151,7 +155,7 @@ func hello(t *testing.T) string {
 			helloErr = err
 			return
 		}
-		helloPath = filepath.Join(dir, "hello")
+		helloPath = filepath.Join(dir, "hello") // TestMain removes dir
 		if out, err := exec.Command("go", "build", "-o", helloPath, "../../examples/hello").CombinedOutput(); err != nil {
 			helloErr = fmt.Errorf("go build examples/hello: %v\n%s", err, out)
 		}
