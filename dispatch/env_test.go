@@ -316,7 +316,7 @@ func TestResolveSlurmErrors(t *testing.T) {
 		{"rank 0 elsewhere", slurmWith("SLURM_PROCID=0", "SLURMD_NODENAME=node08"),
 			[]string{"rank 0 runs on node08, not on node07", "MASTER_ADDR=node08"}},
 		{"no secret", slurm[:len(slurm)-1],
-			[]string{"GOCOLL_SECRET is not set", "node07:62873", "GOCOLL_SECRET=$(openssl rand -hex 16) srun", "srun --mpi=pmi2 is planned", "does not read PMI yet"}},
+			[]string{"GOCOLL_SECRET is not set", "node07:62873", "GOCOLL_SECRET=$(openssl rand -hex 16) srun", "or launch with srun --mpi=pmi2", "with nothing exported"}},
 		// Under mpiexec inside an srun step, SLURM_* describe the step
 		// that started the launcher, not this rank: nothing is derived.
 		{"hydra inside a step", []string{"PMI_RANK=3", "PMI_SIZE=4", "SLURM_PROCID=0", "SLURM_NTASKS=1", "SLURM_JOB_ID=1",
