@@ -24,13 +24,17 @@
 //     within each node;
 //   - reduce_scatter: a reduce of the whole buffer to the leader within
 //     each node, a reduce_scatter of the nodes' blocks between the
-//     leaders, a scatter from the leader within each node.
+//     leaders, a scatter from the leader within each node;
+//   - alltoall: within each node the ranks first compare what they
+//     passed, as for a rooted call; then a gather of every rank's whole
+//     buffer to the leader within each node, an alltoall between the leaders of the blocks each pair
+//     of nodes sends each other, a scatter of every rank's result from
+//     the leader within each node.
 //
 // Every staged collective has a stage within every node (all its ranks)
 // after the last stage between the leaders at which ranks can disagree,
-// so that a failure among the leaders reaches every rank. Alltoall runs
-// on World: every rank's data goes to every other rank, so a leader
-// would only relay it.
+// so that a failure among the leaders reaches every rank. Send and recv
+// run on World.
 //
 // # Failures
 //
@@ -51,9 +55,9 @@
 //
 // A disagreement between two staged collectives is seen by a stage's
 // backend, as a mismatch of that stage's kinds or counts. One between a
-// staged collective on some ranks and alltoall, which runs on World, on
-// others cannot be seen by any one stage: those ranks wait in different
-// backends and fail at the timeout, naming each other.
+// staged collective on some ranks and send or recv, which run on World,
+// on others cannot be seen by any one stage: those ranks wait in
+// different backends and fail at the timeout, naming each other.
 package hier
 
 import (
@@ -223,7 +227,7 @@ func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
 		return core.KindGather, core.KindAllgather, true
 	case core.KindReduceScatter:
 		return core.KindReduce, core.KindReduceScatter, true
-	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
+	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter, core.KindAlltoall:
 		return core.KindAlltoall, core.KindAlltoall, true
 	}
 	return 0, 0, false
@@ -244,6 +248,8 @@ func (h *Backend) Run(ctx context.Context, req *core.Request) error {
 		return h.run(ctx, req, h.reduceScatter(req))
 	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
 		return h.run(ctx, req, h.rooted(req))
+	case core.KindAlltoall:
+		return h.run(ctx, req, h.alltoall(req))
 	}
 	return h.world.Run(ctx, req)
 }
@@ -316,6 +322,72 @@ func (h *Backend) allgather(req *core.Request) []stage {
 	}
 }
 
+// alltoall: first, as for a rooted call, the ranks of each node exchange
+// and compare what they passed (the kind above all: the gather that
+// follows would otherwise meet an allgather's first stage as a mere count
+// mismatch); then a gather of every rank's whole send buffer to the
+// leader within each node; an alltoall between the leaders in which each pair of
+// nodes exchanges the blocks one node's ranks send to the other's, in a
+// width x width grid (width: the largest node's ranks) so that every pair
+// moves the same count; a scatter of each rank's whole receive buffer
+// from the leader within each node. The leaders regroup the blocks by
+// destination node after the gather, and into rank order after the
+// exchange (a node's ranks need not be contiguous). Only the blocks whose
+// ranks are on different nodes cross between nodes, once each, in one
+// message per pair of nodes, where flat tcp sends one per pair of ranks.
+func (h *Backend) alltoall(req *core.Request) []stage {
+	local := h.nodes[h.node]
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	row := h.size * blk // one rank's whole buffer
+	var gathered, packed, exchanged, out []byte
+	if h.leader() {
+		gathered = make([]byte, len(local)*row)
+		packed = make([]byte, len(h.nodes)*width*width*blk)
+		exchanged = make([]byte, len(packed))
+		out = make([]byte, len(local)*row)
+	}
+	// cell is where node n's i-th rank's block for the other node's j-th
+	// rank sits in a leader's packed or exchanged grid.
+	cell := func(buf []byte, n, i, j int) []byte {
+		off := ((n*width+i)*width + j) * blk
+		return buf[off : off+blk]
+	}
+	return []stage{
+		h.agreeLocal(req, header(req)),
+		{name: "gather within the node", scale: h.size, req: core.Request{Kind: core.KindGather, DType: req.DType,
+			Count: req.Count * h.size, Send: req.Send, Recv: gathered, Type: req.Type},
+			after: func() {
+				if !h.leader() {
+					return
+				}
+				for n, ranks := range h.nodes {
+					for i := range local {
+						for j, r := range ranks {
+							copy(cell(packed, n, i, j), gathered[i*row+r*blk:])
+						}
+					}
+				}
+			}},
+		{leaders: true, name: "alltoall between nodes", scale: width * width, req: core.Request{Kind: core.KindAlltoall,
+			DType: req.DType, Count: req.Count * width * width, Send: packed, Recv: exchanged, Type: req.Type},
+			after: func() {
+				for n, ranks := range h.nodes {
+					for i, r := range ranks {
+						for j := range local {
+							copy(out[j*row+r*blk:(j*row)+(r+1)*blk], cell(exchanged, n, i, j))
+						}
+					}
+				}
+			}},
+		{name: "scatter within the node", scale: h.size, req: core.Request{Kind: core.KindScatter, DType: req.DType,
+			Count: req.Count * h.size, Send: out, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
 // The fields of a rooted call that every rank must pass alike, in the
 // order the backends compare them.
 var agreeFields = [...]string{"kind", "dtype", "op", "count", "root"}
@@ -371,14 +443,28 @@ func headerValue(field string, v int64) string {
 	return strconv.FormatInt(v, 10)
 }
 
+// agreeLocal is the stage in which the ranks of a node exchange hdr,
+// req's header, and compare it: the first stage of a rooted call and of
+// an alltoall.
+func (h *Backend) agreeLocal(req *core.Request, hdr []byte) stage {
+	local := h.nodes[h.node]
+	nodeHdrs := make([]byte, len(hdr)*len(local))
+	return stage{name: "agreement within the node",
+		req: core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: len(hdr) / req.Type.Size,
+			Send: repeat(hdr, len(local)), Recv: nodeHdrs, Type: req.Type},
+		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}
+}
+
 // rooted returns the stages of a broadcast, reduce, gather or scatter.
 // Their stages within a node and between the leaders use the root's
 // node and its index there, so a disagreement on the root could go
 // unseen by the backends; so the ranks first exchange what they passed
 // (within each node, then between the leaders) and compare it, which
 // every rank of a stage does alike. The exchange is an alltoall, a kind
-// no other stage runs, so that the backends see a disagreement between
-// a rooted and another staged collective in the first stage. After
+// no other first stage runs (alltoall's begins with the same exchange,
+// whose headers then differ in kind), so that the backends see a
+// disagreement between a rooted and another staged collective in the
+// first stage. After
 // those, every node has a stage within it, which a leader refuses when
 // the leaders found a disagreement; the stages that follow depend on
 // where the root is, which the ranks then agree on.
@@ -386,10 +472,7 @@ func (h *Backend) rooted(req *core.Request) []stage {
 	hdr := header(req)
 	hn := len(hdr) / req.Type.Size
 	local := h.nodes[h.node]
-	nodeHdrs := make([]byte, len(hdr)*len(local))
-	stages := []stage{{name: "agreement within the node",
-		req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(local)), Recv: nodeHdrs, Type: req.Type},
-		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}}
+	stages := []stage{h.agreeLocal(req, hdr)}
 	if h.leader() {
 		leaderHdrs := make([]byte, len(hdr)*len(h.nodes))
 		firsts := make([]int, len(h.nodes))

@@ -172,6 +172,8 @@ func stagedReq(kind core.Kind, count, size int) *core.Request {
 		req.Recv = make([]byte, 4*count*size)
 	case coll.KindScatter:
 		req.Send = make([]byte, 4*count*size)
+	case coll.KindAlltoall:
+		req.Send, req.Recv = make([]byte, 4*count*size), make([]byte, 4*count*size)
 	case coll.KindBroadcast:
 		req.Send = nil
 	}
@@ -180,7 +182,7 @@ func stagedReq(kind core.Kind, count, size int) *core.Request {
 
 // The staged collectives whose calls take buffers.
 var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather, coll.KindBroadcast, coll.KindReduce,
-	coll.KindGather, coll.KindScatter, coll.KindReduceScatter}
+	coll.KindGather, coll.KindScatter, coll.KindReduceScatter, coll.KindAlltoall}
 
 // A rank whose staged call fails its own check gets that error; every
 // other rank, on its node and on the others, a MismatchError naming it
@@ -304,23 +306,22 @@ func TestRootMismatchNamesTheCulprit(t *testing.T) {
 	}
 }
 
-// A refused call of a kind that runs on the world backend: every rank
-// names the culprit.
+// A refused call of a kind that runs on the world backend (a send): its
+// peer names the culprit, and the next call lines up everywhere.
 func TestRefusedWorldCallNamesTheCulprit(t *testing.T) {
-	const bad = 2
+	const bad, peer = 2, 0 // on different nodes
 	errs := memJob(t, [][]int{{0, 1}, {2, 3}}, func(ctx context.Context, g *core.Guard) error {
-		n := g.Size()
-		recv := make([]byte, 4*n)
-		if g.Rank() == bad {
-			recv = recv[:4]
-		}
-		err := g.Do(ctx, &core.Request{Kind: coll.KindAlltoall, DType: coll.DTypeFloat32, Count: 1, Send: make([]byte, 4*n), Recv: recv})
-		if g.Rank() == bad {
+		switch g.Rank() {
+		case bad:
+			err := g.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeFloat32, Count: 2, Peer: peer, Send: make([]byte, 4)})
 			if !errors.Is(err, core.ErrBufferLength) {
 				return fmt.Errorf("own error %v; want ErrBufferLength", err)
 			}
-		} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
-			return err
+		case peer:
+			err := g.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 2, Peer: bad, Recv: make([]byte, 8)})
+			if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
+				return err
+			}
 		}
 		return lineUp(ctx, g)
 	})
@@ -435,6 +436,9 @@ func TestKindMismatchFailsEveryRank(t *testing.T) {
 		{"a rank broadcasts, the others allgather", []int{3}, coll.KindAllgather, coll.KindBroadcast},
 		{"a node gathers, the others reduce", []int{4}, coll.KindReduce, coll.KindGather},
 		{"a rank barriers, the others broadcast", []int{2}, coll.KindBroadcast, coll.KindBarrier},
+		{"a node alltoalls, the others allgather", []int{1, 2}, coll.KindAllgather, coll.KindAlltoall},
+		{"a rank alltoalls, the others broadcast", []int{3}, coll.KindBroadcast, coll.KindAlltoall},
+		{"a rank allgathers, the others alltoall", []int{0}, coll.KindAlltoall, coll.KindAllgather},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
