@@ -461,3 +461,55 @@ func TestKindMismatchFailsEveryRank(t *testing.T) {
 		})
 	}
 }
+
+// Alltoall takes its staged path up to alltoallStagedMax bytes and World
+// above: both are checked bit for bit at counts on either side, for every
+// dtype, at even and uneven layouts.
+func TestAlltoallBothPaths(t *testing.T) {
+	for _, nodes := range [][][]int{{{0, 1}, {2, 3}}, {{0, 3}, {1, 2}, {4}}} {
+		t.Run(fmt.Sprint(nodes), func(t *testing.T) {
+			size := 0
+			for _, n := range nodes {
+				size += len(n)
+			}
+			small := alltoallStagedMax / size / 8 // staged for every dtype
+			large := alltoallStagedMax/size + 1   // World for every dtype
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				return conform.Run(ctx, g, conform.Options{Sizes: []int{small, large},
+					Filter: func(c conform.Case) bool { return c.Kind == coll.KindAlltoall }})
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// Ranks that disagree on an alltoall's count, so that some would take the
+// staged path and others World's, fail at once on every rank with a count
+// MismatchError, whether the odd ranks make up a node or share one; and
+// the next allreduce lines up.
+func TestAlltoallPathDisagreement(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	const size = 5
+	small, large := 2, alltoallStagedMax/4/size+1
+	for _, odd := range [][]int{{1, 2}, {3}, {4}, {0}} {
+		t.Run(fmt.Sprint(odd), func(t *testing.T) {
+			start := time.Now()
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				count := small
+				if slices.Contains(odd, g.Rank()) {
+					count = large
+				}
+				err := g.Do(ctx, stagedReq(coll.KindAlltoall, count, size))
+				var me *core.MismatchError
+				if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() {
+					return fmt.Errorf("want a count MismatchError, got %v", err)
+				}
+				return lineUp(ctx, g)
+			})
+			noErrors(t, errs)
+			if d := time.Since(start); d > 20*time.Second {
+				t.Errorf("the disagreement took %v to be reported: a rank waited for a timeout", d)
+			}
+		})
+	}
+}

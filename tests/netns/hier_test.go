@@ -46,7 +46,14 @@ func hierConformanceBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer c.Close()
-	return conform.Run(ctx, c, conform.Options{Sizes: []int{0, 1, 7, 300}, RandomSizes: []int{7}})
+	if err := conform.Run(ctx, c, conform.Options{Sizes: []int{0, 1, 7, 300}, RandomSizes: []int{7}}); err != nil {
+		return err
+	}
+	// Alltoall at 2000 elements per block: under 16 KiB per rank for
+	// one-byte dtypes at 6 ranks, which hier stages, and over it for the
+	// wider ones, which it runs on World.
+	return conform.Run(ctx, c, conform.Options{Sizes: []int{2000},
+		Filter: func(k conform.Case) bool { return k.Kind == coll.KindAlltoall }})
 }
 
 // TestHierConformanceNodes runs the conformance suite through dispatch
@@ -72,12 +79,13 @@ func TestHierConformanceNodes(t *testing.T) {
 	}
 }
 
-// envKillKind names the collective hierKillBody runs: "broadcast" or
-// "alltoall".
+// envKillKind names the collective hierKillBody runs: "broadcast",
+// "alltoall" (64 KiB per rank, which hier runs on World after the
+// ranks agree) or "alltoall-staged" (4 KiB, which it runs in stages).
 const envKillKind = "GOCOLL_NETNS_KILL_KIND"
 
-// hierKillBody runs 64 KiB broadcasts from rank 0 (or alltoalls of 64 KiB
-// per rank) until one fails; the parent kills a rank once any rank has
+// hierKillBody runs 64 KiB broadcasts from rank 0 (or alltoalls, see
+// envKillKind) until one fails; the parent kills a rank once any rank has
 // finished one.
 func hierKillBody(ctx context.Context, r *proctest.Rank) error {
 	c, err := hierComm(ctx, r, 30*time.Second)
@@ -88,8 +96,11 @@ func hierKillBody(ctx context.Context, r *proctest.Rank) error {
 	buf := make([]float32, 1<<14)
 	send, recv := make([]float32, 1<<14), make([]float32, 1<<14)
 	call := func() error { return coll.BroadcastFloat32(ctx, c, buf, 0) }
-	if os.Getenv(envKillKind) == "alltoall" {
+	switch os.Getenv(envKillKind) {
+	case "alltoall":
 		call = func() error { return coll.AlltoallFloat32(ctx, c, send, recv) }
+	case "alltoall-staged":
+		call = func() error { return coll.AlltoallFloat32(ctx, c, send[:1<<10], recv[:1<<10]) }
 	}
 	for i := 0; i < 1000000; i++ {
 		if i == 1 {
@@ -113,7 +124,7 @@ func hierKillBody(ctx context.Context, r *proctest.Rank) error {
 // fail, naming it.
 func TestHierKillAcrossNodes(t *testing.T) {
 	const np = 4 // ranks 0, 1 on node 0 and 2, 3 on node 1; 0 and 2 lead
-	for _, kind := range []string{"broadcast", "alltoall"} {
+	for _, kind := range []string{"broadcast", "alltoall", "alltoall-staged"} {
 		for _, victim := range []int{1, 2, 3} {
 			t.Run(fmt.Sprintf("%s/victim%d", kind, victim), func(t *testing.T) {
 				n := Setup(t, 2)
