@@ -25,11 +25,16 @@
 //   - reduce_scatter: a reduce of the whole buffer to the leader within
 //     each node, a reduce_scatter of the nodes' blocks between the
 //     leaders, a scatter from the leader within each node;
-//   - alltoall: within each node the ranks first compare what they
-//     passed, as for a rooted call; then a gather of every rank's whole
-//     buffer to the leader within each node, an alltoall between the leaders of the blocks each pair
-//     of nodes sends each other, a scatter of every rank's result from
-//     the leader within each node.
+//   - alltoall of up to 16 KiB per rank: within each node the ranks
+//     first compare what they passed, as for a rooted call; then a gather
+//     of every rank's whole buffer to the leader within each node, an
+//     alltoall between the leaders of the blocks each pair of nodes sends
+//     each other, a scatter of every rank's result from the leader within
+//     each node. A larger alltoall runs on World once the ranks have
+//     compared what they passed within each node and between the leaders,
+//     as for a rooted call, and passed a barrier within each node: every
+//     block crosses between nodes either way, and relaying large ones
+//     through the leaders costs more than it saves.
 //
 // Every staged collective has a stage within every node (all its ranks)
 // after the last stage between the leaders at which ranks can disagree,
