@@ -204,8 +204,10 @@ func broadcast(ctx context.Context, c core.Comm, data []byte, fail error, root i
 
 // AllgatherBytes gathers every rank's data on every rank: element r of
 // the result is rank r's data (a copy, this rank's included). Values of
-// at most InlineSize bytes move in one allgather; longer ones take a
-// second, padded to the longest.
+// at most InlineSize bytes move in one allgather; the rest of longer ones
+// in a second allgather, padded to the longest, or, when that padding
+// would at least double the bytes moved, in a broadcast from each rank
+// that has more.
 func AllgatherBytes(ctx context.Context, c core.Comm, data []byte) ([][]byte, error) {
 	return allgather(ctx, c, data, nil)
 }
@@ -250,19 +252,38 @@ func split(hs []byte, lens []int) [][]byte {
 }
 
 // allgatherRest moves what followed the headers of an allgather: each
-// rank's bytes past InlineSize, into out. It pads every rank's rest to the
-// longest, as a fixed-count allgather needs. This is the seam for a
-// variable-count allgather (allgatherv), which would move each rest at its
-// own length, without the padding and the copy out of it.
+// rank's bytes past InlineSize, into out. With rests of similar lengths it
+// pads every rank's to the longest, as a fixed-count allgather needs; when
+// the padding would at least double the bytes moved (one long value among
+// short ones), each rank that has a rest broadcasts it instead, one
+// broadcast per such rank. This is the seam for a variable-count allgather
+// (allgatherv), which would move each rest at its own length in one call.
 func allgatherRest(ctx context.Context, c core.Comm, dt core.DType, data []byte, lens []int, out [][]byte) error {
-	width := 0
+	width, total := 0, 0
 	for _, n := range lens {
 		width = max(width, rest(n))
+		total += rest(n)
 	}
 	if width == 0 {
 		return nil
 	}
-	np := len(lens)
+	np, rank := len(lens), c.Rank()
+	if 2*total <= np*width {
+		for r, n := range lens {
+			m := rest(n)
+			if m == 0 {
+				continue
+			}
+			buf := out[r][InlineSize:]
+			if r == rank {
+				copy(buf, data[InlineSize:])
+			}
+			if err := do(ctx, c, dt, core.KindBroadcast, m, r, 0, buf, buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	send := make([]byte, width)
 	if m := rest(len(data)); m > 0 {
 		copy(send, data[InlineSize:])

@@ -310,6 +310,15 @@ func objectsBody(ctx context.Context, r *proctest.Rank) error {
 			return fmt.Errorf("allgather with 10 MiB from rank %d: rank %d's value: %w", last, q, err)
 		}
 	}
+	all, err = object.Allgather(ctx, c, value(me, big))
+	if err != nil {
+		return fmt.Errorf("allgather of 10 MiB from every rank: %w", err)
+	}
+	for q := range np {
+		if err := same(all[q], value(q, big)); err != nil {
+			return fmt.Errorf("allgather of 10 MiB from every rank: rank %d's value: %w", q, err)
+		}
+	}
 	gathered, err = object.Gather(ctx, c, value(me, big), 0)
 	if err != nil {
 		return fmt.Errorf("gather of 10 MiB: %w", err)
