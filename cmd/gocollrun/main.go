@@ -29,7 +29,10 @@
 // names each failed rank again at the end, and exits with the code of the
 // first rank that failed (0 only when every rank exited 0). The store it
 // serves outlives every rank, rank 0 included, so the survivors can
-// always Shrink. SIGINT and SIGTERM still stop every rank.
+// Shrink. In a multi-node job node 0's gocollrun serves the store only
+// until its own ranks have all exited: survivors on other nodes can
+// Shrink while a rank of node 0 lives. SIGINT and SIGTERM still stop
+// every rank.
 package main
 
 import (
