@@ -39,8 +39,9 @@ import (
 //     rank 0 serves it, and when rank 0 dies the store dies with it: Shrink
 //     then fails (the error says so) and the job must be restarted. Any
 //     other rank may die.
-//   - gocollrun stops the whole job when a rank exits; Shrink serves
-//     launchers and jobs that keep the survivors running.
+//   - The launcher must keep the survivors running: gocollrun does with
+//     -on-failure=continue, and otherwise stops the whole job when a rank
+//     fails.
 //   - Shrink needs the store's ephemeral keys, which the store client Init
 //     dials has (and a store.Client passed to WithStore); on another store
 //     it fails with an error wrapping core.ErrUnsupported.
