@@ -55,9 +55,9 @@ const (
 )
 
 // launch starts the ranks, supervises them and returns the exit code: 0
-// when every rank exited 0, else the code of the first rank that failed
-// (128+signal for one killed by a signal), or 128+signal when a signal
-// stopped ranks that did not all exit 0.
+// when every rank exited 0; else the code of the first rank that failed
+// before gocollrun got a signal (128+signal for a rank killed by one);
+// else 128+the signal gocollrun got.
 func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Duration, policy onFailure, stdout, stderr io.Writer) int {
 	var outMu sync.Mutex // whole lines from different ranks never interleave
 	say := func(format string, args ...any) {
