@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // ErrAborted is the cause of the failure Guard.Abort records when it is
@@ -19,80 +20,176 @@ var ErrAborted = errors.New("gocoll: the communicator was aborted")
 // completes when the call does.
 type Starter interface {
 	Comm
-	// Start issues req (see Guard.Start); it must not keep req.
-	Start(ctx context.Context, req *Request) (*Handle, error)
+	// Start issues req (see Guard.Start).
+	Start(ctx context.Context, req Request) (Handle, error)
 	// StartBatch issues the sends and recvs of reqs as one call (see
 	// Guard.StartBatch); it must not keep reqs.
-	StartBatch(ctx context.Context, reqs []*Request) (*Handle, error)
+	StartBatch(ctx context.Context, reqs []*Request) (Handle, error)
 }
 
-// Handle is a call issued by Start or StartBatch. It completes, in the
-// order the calls were issued, when the call does; Wait returns the
-// call's error and Done is closed then.
+// Handle is a call issued by Start or StartBatch. Calls complete in the
+// order they were issued; Wait returns a call's error and Done is closed
+// when it completes. Handles are values, and cheap to copy.
 //
 // The call's buffers belong to it until it completes: the caller must not
 // write a send buffer, nor read or write a recv buffer, before Wait
-// returns nil (or Done is closed). In builds with the race detector a send
+// returns (or Done is closed). In builds with the race detector a send
 // buffer written while its call is in flight makes the call's Wait return
 // an error wrapping ErrInvalid.
+//
+// Wait releases the handle, as MPI_Wait does a request: a later Wait on it
+// returns nil at once and Done a closed channel, whatever the call
+// returned, and Wait and Done must not be called from two goroutines at
+// once. A handle that is never waited for costs nothing more than garbage.
+// The zero Handle is a call that completed with nil.
 type Handle struct {
+	c   *call
+	gen uint64
+}
+
+// call is the state of a started call. Released calls are reused (see
+// Handle), so that a started call allocates nothing; gen tells a handle
+// to a released call from one to its reuse.
+type call struct {
 	g      *Guard
 	ctx    context.Context
 	req    Request
-	batch  []Request // a batch of sends and recvs, in the order they run; req unused
-	refuse bool      // req failed Check: take this rank's part as a refusal
+	batch  []Request // a batch of sends and recvs, in the order they run
+	multi  bool      // batch holds the call, not req
+	refuse bool      // the call failed Check: take this rank's part as a refusal
 	sum    uint64    // checksum of the send buffers at Start (race builds)
 
-	next *Handle // the next queued call
+	next *call // the next queued call
 
-	done chan struct{}
-	err  error
+	gen   atomic.Uint64
+	state atomic.Uint32  // callDone, callChan
+	done  chan struct{} // made by the first Done or blocking Wait (under the queue's mu)
+	err   error
 }
 
-// Done is closed when the call completes.
-func (h *Handle) Done() <-chan struct{} {
-	h.g.async.wake()
-	return h.done
+// Call states: the call completed (err is set); someone made done.
+const (
+	callDone = 1 << iota
+	callChan
+)
+
+// calls recycles released calls.
+var calls = sync.Pool{New: func() any { return new(call) }}
+
+// newCall takes a call for g from the pool.
+func newCall(g *Guard, ctx context.Context) *call {
+	c := calls.Get().(*call)
+	c.g, c.ctx = g, ctx
+	return c
+}
+
+// release returns c to the pool: every handle to it is stale from now on.
+// Only the one who saw it complete may release it.
+func (c *call) release() {
+	c.gen.Add(1)
+	clear(c.batch)
+	c.g, c.ctx, c.req, c.batch, c.multi, c.refuse, c.sum = nil, nil, Request{}, c.batch[:0], false, false, 0
+	c.next, c.done, c.err = nil, nil, nil
+	c.state.Store(0)
+	calls.Put(c)
+}
+
+// closed is the Done channel of a handle that completed and was released.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// live reports whether h still refers to its call.
+func (h Handle) live() bool { return h.c != nil && h.c.gen.Load() == h.gen }
+
+// Done returns a channel closed when the call completes. Asking for it
+// also makes sure the progress goroutine runs the call now, however small.
+func (h Handle) Done() <-chan struct{} {
+	if !h.live() {
+		return closed
+	}
+	d := h.c.doneChan()
+	if !h.c.finished() {
+		h.c.g.async.wake()
+	}
+	return d
+}
+
+func (c *call) finished() bool { return c.state.Load()&callDone != 0 }
+
+// doneChan makes c's channel if no one has, closed if c completed. Of it
+// and complete, whichever marks the state second closes the channel.
+func (c *call) doneChan() chan struct{} {
+	a := &c.g.async
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.state.Or(callChan)&callDone != 0 {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+// complete records err as c's result and wakes its waiters, if any: a call
+// waited for inline never makes a channel. The runner must not touch c
+// afterwards: its waiter may release it.
+func (c *call) complete(err error) {
+	c.err = err
+	a := &c.g.async
+	if c.state.Or(callDone)&callChan != 0 {
+		a.mu.Lock()
+		close(c.done)
+		a.mu.Unlock()
+	}
 }
 
 // Wait returns once the call has completed, with its error: nil, or what
-// the blocking form of the call would have returned. A call that has not
-// started yet is run by the caller, after every call issued before it, so
-// that waiting right after starting costs about what the blocking call
-// does (unless ctx can be cancelled, when the progress goroutine runs
-// it). When ctx ends first Wait returns an error wrapping ctx's: the call
-// is still in flight and still owns its buffers (cancel the context given
-// to Start, or Abort the communicator, to end it).
-func (h *Handle) Wait(ctx context.Context) error {
-	a := &h.g.async
+// the blocking form of the call would have returned; then it releases the
+// handle (see Handle). A call that has not started yet is run by the
+// caller, after every call issued before it, so that waiting right after
+// starting costs about what the blocking call does (unless ctx can end
+// the wait early, when the progress goroutine runs it). When ctx ends
+// first Wait returns an error wrapping ctx's and keeps the handle: the
+// call is still in flight and still owns its buffers (cancel the context
+// given to Start, or Abort the communicator, to end it).
+func (h Handle) Wait(ctx context.Context) error {
+	if !h.live() {
+		return nil
+	}
+	c := h.c
+	a := &c.g.async
 	for {
-		select {
-		case <-h.done:
-			return h.err
-		default:
+		st := c.state.Load()
+		if st&callDone != 0 {
+			if st&callChan != 0 {
+				<-c.done // the runner may still be closing it
+			}
+			err := c.err
+			c.release()
+			return err
 		}
 		// Run it here unless ctx could end the wait early: a call run
 		// inline ends only when it does.
-		if (ctx.Done() == nil || ctx == h.ctx) && a.run.TryLock() {
-			a.drain(h)
+		if (ctx.Done() == nil || ctx.Done() == c.ctx.Done()) && a.run.TryLock() {
+			a.drain(c)
 			a.run.Unlock()
 			continue
 		}
+		done := c.doneChan()
 		a.wake()
 		select {
-		case <-h.done:
-			return h.err
+		case <-done:
 		case <-ctx.Done():
-			return fmt.Errorf("gocoll: waiting for %s: the call is still in flight and owns its buffers: %w", h.describe(), ctx.Err())
+			return fmt.Errorf("gocoll: waiting for %s: the call is still in flight and owns its buffers: %w", c.describe(), ctx.Err())
 		}
 	}
 }
 
-func (h *Handle) describe() string {
-	if h.batch != nil {
-		return fmt.Sprintf("a batch of %d sends and recvs", len(h.batch))
+func (c *call) describe() string {
+	if c.multi {
+		return fmt.Sprintf("a batch of %d sends and recvs", len(c.batch))
 	}
-	return h.req.Kind.String()
+	return c.req.Kind.String()
 }
 
 // asyncState is a Guard's queue of started calls. Calls run one at a
@@ -101,7 +198,7 @@ func (h *Handle) describe() string {
 // progress goroutine, which the first Start starts and Close ends.
 type asyncState struct {
 	mu         sync.Mutex
-	head, tail *Handle
+	head, tail *call
 	// pending counts calls issued and not completed. A blocking call
 	// that finds it 0 goes straight to the backend: nothing can be
 	// ahead of it.
@@ -114,6 +211,10 @@ type asyncState struct {
 	quit    chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
+	// timer wakes the progress goroutine lazyKick after a small call
+	// started, unless a timer is armed already.
+	timer *time.Timer
+	armed atomic.Bool
 }
 
 // Start issues req and returns at once: the call runs after every call
@@ -121,24 +222,18 @@ type asyncState struct {
 // Handle completes when it does. Several calls may be in flight; they
 // complete in order. req is checked (Check) here, on the caller's
 // goroutine: a request that fails returns its error at once, no Handle,
-// and the peers learn of it, in order, as from a blocking call. Start
-// copies req; the buffers it names belong to the call until the Handle
-// completes. A communicator that is closed or failed returns the error a
+// and the peers learn of it, in order, as from a blocking call. The
+// buffers req names belong to the call until the Handle completes. A communicator that is closed or failed returns the error a
 // blocking call would.
 //
 // A blocking call (Do) issued while started calls are in flight runs after
 // them. Calls must be issued from one goroutine at a time, in the same
 // order on every rank: two goroutines issuing at once fail with
 // ErrConcurrentUse, as two blocking calls would.
-func (g *Guard) Start(ctx context.Context, req *Request) (*Handle, error) {
-	h := &Handle{g: g, ctx: ctx}
-	if req != nil {
-		h.req = *req
-	}
-	if err := g.issue(h, req == nil); err != nil {
-		return nil, err
-	}
-	return h, nil
+func (g *Guard) Start(ctx context.Context, req Request) (Handle, error) {
+	c := newCall(g, ctx)
+	c.req = req
+	return g.issue(c, false)
 }
 
 // StartBatch issues a batch of sends and recvs (every request's Kind is
@@ -155,69 +250,100 @@ func (g *Guard) Start(ctx context.Context, req *Request) (*Handle, error) {
 // Every request is checked at Start; one that fails makes StartBatch
 // return its error and refuses the whole batch, so that the peers learn
 // of it.
-func (g *Guard) StartBatch(ctx context.Context, reqs []*Request) (*Handle, error) {
-	h := &Handle{g: g, ctx: ctx, batch: make([]Request, 0, len(reqs))}
+func (g *Guard) StartBatch(ctx context.Context, reqs []*Request) (Handle, error) {
+	c := newCall(g, ctx)
+	c.multi = true
 	for _, r := range reqs {
 		if r == nil {
-			h.batch = append(h.batch, Request{})
+			c.batch = append(c.batch, Request{})
 			continue
 		}
-		h.batch = append(h.batch, *r)
+		c.batch = append(c.batch, *r)
 	}
-	if err := g.issue(h, false); err != nil {
-		return nil, err
-	}
-	return h, nil
+	return g.issue(c, false)
 }
 
-// issue checks h's call and queues it (a refusal when the check fails).
-func (g *Guard) issue(h *Handle, nilReq bool) error {
+// issue checks c and queues it (a refusal when the check fails), and
+// returns its handle.
+func (g *Guard) issue(c *call, nilReq bool) (Handle, error) {
 	a := &g.async
 	if !a.issuing.CompareAndSwap(false, true) {
+		c.release()
 		g.Abort(ErrConcurrentUse)
-		return ErrConcurrentUse
+		return Handle{}, ErrConcurrentUse
 	}
 	defer a.issuing.Store(false)
 	if g.closed.Load() {
-		return ErrClosed
+		c.release()
+		return Handle{}, ErrClosed
 	}
 	if f := g.failed.Load(); f != nil {
-		return fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; build a new one: %w", *f)
+		c.release()
+		return Handle{}, fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; build a new one: %w", *f)
 	}
 	var err error
 	switch {
 	case nilReq:
 		err = Check(nil, g.rank, g.size)
-	case h.batch != nil:
-		err = g.checkBatch(h)
+	case c.multi:
+		err = g.checkBatch(c)
 	default:
-		err = Check(&h.req, g.rank, g.size)
+		err = Check(&c.req, g.rank, g.size)
 	}
 	if err != nil {
 		// The peers learn of it in order, as from a blocking call; a
 		// batch's through each of its sends and recvs, refused one by
-		// one in the order the batch would have run them.
-		h.refuse = true
-		h.done = make(chan struct{})
-		a.push(h)
-		a.wake()
-		return err
+		// one in the order the batch would have run them. Nobody waits
+		// for the refusal: it releases itself.
+		c.refuse = true
+		a.push(c)
+		a.later()
+		return Handle{}, err
 	}
 	if raceEnabled {
-		h.sum = h.sendSum()
+		c.sum = c.sendSum()
 	}
-	h.done = make(chan struct{})
-	a.push(h)
-	a.wake()
-	return nil
+	h := Handle{c: c, gen: c.gen.Load()}
+	big := c.bytes() >= kickBytes
+	a.push(c) // from here on the runner owns c
+	if big {
+		a.wake()
+	} else {
+		a.later()
+	}
+	return h, nil
 }
 
-// checkBatch checks every request of h's batch and puts them in the order
+// A started call of kickBytes or more wakes the progress goroutine at
+// once; a smaller one only lazyKick later, if no Wait has run it by then.
+// Waking a parked goroutine costs the caller a few microseconds (the
+// runtime wakes a thread for it), more than a small shm collective takes,
+// while a Wait right after Start runs the call itself; a large call is
+// worth waking for, so that it overlaps the caller's work from the start.
+// The timer fires at most once per lazyKick, however many calls start.
+const (
+	kickBytes = 32 << 10
+	lazyKick  = 200 * time.Microsecond
+)
+
+// bytes is the size of c's buffers.
+func (c *call) bytes() int {
+	if !c.multi {
+		return len(c.req.Send) + len(c.req.Recv)
+	}
+	n := 0
+	for i := range c.batch {
+		n += len(c.batch[i].Send) + len(c.batch[i].Recv)
+	}
+	return n
+}
+
+// checkBatch checks every request of c's batch and puts them in the order
 // they run (see StartBatch).
-func (g *Guard) checkBatch(h *Handle) error {
+func (g *Guard) checkBatch(c *call) error {
 	var first error
-	for i := range h.batch {
-		r := &h.batch[i]
+	for i := range c.batch {
+		r := &c.batch[i]
 		if r.Kind != KindSend && r.Kind != KindRecv {
 			if first == nil {
 				first = fmt.Errorf("gocoll: batch element %d is a %v: %w: a batch holds sends and recvs only", i, r.Kind, ErrInvalid)
@@ -229,7 +355,7 @@ func (g *Guard) checkBatch(h *Handle) error {
 		}
 	}
 	me := g.rank
-	slices.SortStableFunc(h.batch, func(x, y Request) int {
+	slices.SortStableFunc(c.batch, func(x, y Request) int {
 		if x.Peer != y.Peer {
 			return x.Peer - y.Peer
 		}
@@ -246,32 +372,32 @@ func (g *Guard) checkBatch(h *Handle) error {
 	return first
 }
 
-// push queues h behind every call issued before it.
-func (a *asyncState) push(h *Handle) {
+// push queues c behind every call issued before it.
+func (a *asyncState) push(c *call) {
 	a.pending.Add(1)
 	a.mu.Lock()
 	if a.tail == nil {
-		a.head = h
+		a.head = c
 	} else {
-		a.tail.next = h
+		a.tail.next = c
 	}
-	a.tail = h
+	a.tail = c
 	a.mu.Unlock()
 }
 
 // pop takes the oldest queued call, or nil.
-func (a *asyncState) pop() *Handle {
+func (a *asyncState) pop() *call {
 	a.mu.Lock()
-	h := a.head
-	if h != nil {
-		a.head = h.next
+	c := a.head
+	if c != nil {
+		a.head = c.next
 		if a.head == nil {
 			a.tail = nil
 		}
-		h.next = nil
+		c.next = nil
 	}
 	a.mu.Unlock()
-	return h
+	return c
 }
 
 // wake makes the progress goroutine run the queued calls, starting it the
@@ -287,8 +413,38 @@ func (a *asyncState) wake() {
 func (a *asyncState) startProgress() {
 	a.kick = make(chan struct{}, 1)
 	a.quit = make(chan struct{})
+	a.timer = time.AfterFunc(time.Hour, a.fire)
+	a.timer.Stop()
 	a.wg.Add(1)
 	go a.progress()
+}
+
+// later wakes the progress goroutine lazyKick from now, if there is still
+// work then.
+func (a *asyncState) later() {
+	a.once.Do(a.startProgress)
+	if !a.armed.Load() && a.armed.CompareAndSwap(false, true) {
+		a.timer.Reset(lazyKick)
+	}
+}
+
+// fire runs on the timer's goroutine: it runs what is queued itself, or
+// wakes the progress goroutine if someone else is running calls (a Wait
+// stops at its own call).
+func (a *asyncState) fire() {
+	a.armed.Store(false)
+	if a.pending.Load() == 0 {
+		return
+	}
+	if a.run.TryLock() {
+		a.drain(nil)
+		a.run.Unlock()
+		return
+	}
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
 }
 
 // progress runs queued calls whenever it is woken, until the Guard closes.
@@ -308,51 +464,50 @@ func (a *asyncState) progress() {
 
 // drain runs queued calls in order until until has completed (nil: until
 // none is left). The caller holds run.
-func (a *asyncState) drain(until *Handle) {
+func (a *asyncState) drain(until *call) {
 	for {
-		if until != nil {
-			select {
-			case <-until.done:
-				return
-			default:
-			}
-		}
-		h := a.pop()
-		if h == nil {
+		if until != nil && until.finished() {
 			return
 		}
-		h.g.runHandle(h)
+		c := a.pop()
+		if c == nil {
+			return
+		}
+		c.g.runCall(c)
 	}
 }
 
-// runHandle runs a queued call on the backend and completes its Handle.
-func (g *Guard) runHandle(h *Handle) {
+// runCall runs a queued call on the backend and completes it.
+func (g *Guard) runCall(c *call) {
 	var err error
-	if h.batch != nil {
-		for i := range h.batch {
-			r := &h.batch[i]
-			if h.refuse && r.Kind != KindSend && r.Kind != KindRecv {
+	if c.multi {
+		for i := range c.batch {
+			r := &c.batch[i]
+			if c.refuse && r.Kind != KindSend && r.Kind != KindRecv {
 				continue // no peer expects anything of it
 			}
-			e := g.exec(h.ctx, r, h.refuse)
-			if err == nil && !h.refuse {
+			e := g.exec(c.ctx, r, c.refuse)
+			if err == nil && !c.refuse {
 				err = e
 			}
 		}
 	} else {
-		err = g.exec(h.ctx, &h.req, h.refuse)
+		err = g.exec(c.ctx, &c.req, c.refuse)
 	}
-	if raceEnabled && err == nil && !h.refuse && h.sum != h.sendSum() {
-		err = fmt.Errorf("gocoll: %s: a send buffer changed while the call was in flight; it belongs to the call until Wait returns: %w", h.describe(), ErrInvalid)
+	if raceEnabled && err == nil && !c.refuse && c.sum != c.sendSum() {
+		err = fmt.Errorf("gocoll: %s: a send buffer changed while the call was in flight; it belongs to the call until Wait returns: %w", c.describe(), ErrInvalid)
 	}
-	h.err = err
-	// Keep no buffers alive from a Handle the caller holds on to.
-	h.req.Send, h.req.Recv = nil, nil
-	for i := range h.batch {
-		h.batch[i].Send, h.batch[i].Recv = nil, nil
+	// Keep no buffers alive from a call a stale Handle refers to.
+	c.req.Send, c.req.Recv = nil, nil
+	for i := range c.batch {
+		c.batch[i].Send, c.batch[i].Recv = nil, nil
 	}
-	close(h.done)
 	g.async.pending.Add(-1)
+	if c.refuse {
+		c.release() // nobody holds a handle to it
+		return
+	}
+	c.complete(err)
 }
 
 // exec runs one checked request on the backend, or refuses one that failed
@@ -386,11 +541,12 @@ func (g *Guard) exec(ctx context.Context, req *Request, refuse bool) error {
 // doQueued runs a blocking call issued while started calls are in flight:
 // behind them, as if started and waited for.
 func (g *Guard) doQueued(ctx context.Context, req *Request) error {
-	h := &Handle{g: g, ctx: ctx}
+	c := newCall(g, ctx)
 	if req != nil {
-		h.req = *req
+		c.req = *req
 	}
-	if err := g.issue(h, req == nil); err != nil {
+	h, err := g.issue(c, req == nil)
+	if err != nil {
 		return err
 	}
 	return h.Wait(context.Background())
@@ -404,28 +560,29 @@ func (a *asyncState) closeAsync() {
 	a.run.Unlock()
 	a.once.Do(func() {}) // no progress goroutine after Close
 	if a.quit != nil {
+		a.timer.Stop()
 		close(a.quit)
 		a.wg.Wait()
 	}
 }
 
-// sendSum is a checksum of the send buffers of h's call (FNV-1a, 64 bits).
-func (h *Handle) sendSum() uint64 {
+// sendSum is a checksum of the send buffers of c (FNV-1a, 64 bits).
+func (c *call) sendSum() uint64 {
 	s := uint64(14695981039346656037)
 	add := func(b []byte) {
-		for _, c := range b {
-			s ^= uint64(c)
+		for _, x := range b {
+			s ^= uint64(x)
 			s *= 1099511628211
 		}
 	}
-	if h.batch != nil {
-		for i := range h.batch {
-			add(h.batch[i].Send)
+	if c.multi {
+		for i := range c.batch {
+			add(c.batch[i].Send)
 		}
 		return s
 	}
-	if !same(h.req.Send, h.req.Recv) { // in place, the call writes it
-		add(h.req.Send)
+	if !same(c.req.Send, c.req.Recv) { // in place, the call writes it
+		add(c.req.Send)
 	}
 	return s
 }

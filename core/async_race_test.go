@@ -16,7 +16,7 @@ func TestStartedBufferReuse(t *testing.T) {
 	defer g.Close()
 	l.gate.Lock()
 	req := idReq(2)
-	h, err := g.Start(context.Background(), req)
+	h, err := g.Start(context.Background(), *req)
 	if err != nil {
 		t.Fatal(err)
 	}

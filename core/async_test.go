@@ -76,9 +76,9 @@ func TestStartInOrder(t *testing.T) {
 	defer g.Close()
 	ctx := context.Background()
 	l.gate.Lock() // nothing runs until every call is issued
-	var hs []*Handle
+	var hs []Handle
 	for id := 1; id <= 5; id++ {
-		h, err := g.Start(ctx, idReq(id))
+		h, err := g.Start(ctx, *idReq(id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,10 +86,10 @@ func TestStartInOrder(t *testing.T) {
 	}
 	bad := idReq(6)
 	bad.Recv = bad.Recv[:4]
-	if _, err := g.Start(ctx, bad); !errors.Is(err, ErrBufferLength) {
+	if _, err := g.Start(ctx, *bad); !errors.Is(err, ErrBufferLength) {
 		t.Fatalf("a bad call started: %v", err)
 	}
-	h7, err := g.Start(ctx, idReq(7))
+	h7, err := g.Start(ctx, *idReq(7))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestBlockingBehindStarted(t *testing.T) {
 	defer g.Close()
 	ctx := context.Background()
 	l.gate.Lock()
-	h, err := g.Start(ctx, idReq(1))
+	h, err := g.Start(ctx, *idReq(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,9 +151,9 @@ func TestAbortStarted(t *testing.T) {
 	defer g.Close()
 	ctx := context.Background()
 	l.gate.Lock()
-	var hs []*Handle
+	var hs []Handle
 	for id := 1; id <= 8; id++ {
-		h, err := g.Start(ctx, idReq(id))
+		h, err := g.Start(ctx, *idReq(id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +169,7 @@ func TestAbortStarted(t *testing.T) {
 			t.Fatalf("call %d: Wait = %v, want ErrAborted", i+1, err)
 		}
 	}
-	if _, err := g.Start(ctx, idReq(9)); !errors.Is(err, ErrAborted) {
+	if _, err := g.Start(ctx, *idReq(9)); !errors.Is(err, ErrAborted) {
 		t.Fatalf("Start after Abort = %v, want ErrAborted", err)
 	}
 }
@@ -182,9 +182,9 @@ func TestCloseStarted(t *testing.T) {
 	g := NewGuard(l)
 	ctx := context.Background()
 	l.gate.Lock()
-	var hs []*Handle
+	var hs []Handle
 	for id := 1; id <= 4; id++ {
-		h, err := g.Start(ctx, idReq(id))
+		h, err := g.Start(ctx, *idReq(id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,13 +197,21 @@ func TestCloseStarted(t *testing.T) {
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range hs[1:] {
+	for _, h := range hs[1:3] {
 		if err := h.Wait(ctx); err != nil && !errors.Is(err, ErrClosed) {
 			t.Fatalf("Wait after Close = %v, want nil or ErrClosed", err)
 		}
 	}
 	if err := hs[3].Wait(ctx); !errors.Is(err, ErrClosed) {
 		t.Fatalf("the last queued call: %v, want ErrClosed", err)
+	}
+	if err := hs[3].Wait(ctx); err != nil {
+		t.Fatalf("a second Wait on a released handle: %v, want nil", err)
+	}
+	select {
+	case <-hs[3].Done():
+	default:
+		t.Fatal("a released handle's Done is not closed")
 	}
 	for i := 0; runtime.NumGoroutine() > before && i < 100; i++ {
 		time.Sleep(10 * time.Millisecond)
@@ -220,7 +228,7 @@ func TestWaitContext(t *testing.T) {
 	g := NewGuard(l)
 	defer g.Close()
 	l.gate.Lock()
-	h, err := g.Start(context.Background(), idReq(1))
+	h, err := g.Start(context.Background(), *idReq(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +297,7 @@ func TestConcurrentStart(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for range 2000 {
-				h, err := g.Start(context.Background(), idReq(1))
+				h, err := g.Start(context.Background(), *idReq(1))
 				if err == nil {
 					err = h.Wait(context.Background())
 				}

@@ -32,15 +32,11 @@ func Bytes[T any](s []T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)*int(unsafe.Sizeof(z)))
 }
 
-// StartCall starts req on c through a pooled *Request (see Call): the
-// typed start forms that generated packages make call it.
-func StartCall(ctx context.Context, c Starter, req Request) (*Handle, error) {
-	r := requests.Get().(*Request)
-	*r = req
-	h, err := c.Start(ctx, r)
-	*r = Request{}
-	requests.Put(r)
-	return h, err
+// StartCall starts req on c: the typed start forms that generated
+// packages make call it. Starter.Start takes the request by value, so
+// that nothing escapes and a started call allocates nothing.
+func StartCall(ctx context.Context, c Starter, req Request) (Handle, error) {
+	return c.Start(ctx, req)
 }
 
 // SendRecv sends send to its Peer and receives recv from its Peer as one
@@ -55,7 +51,7 @@ func SendRecv(ctx context.Context, c Starter, send, recv Request) error {
 }
 
 // StartSendRecv is SendRecv's start form.
-func StartSendRecv(ctx context.Context, c Starter, send, recv Request) (*Handle, error) {
+func StartSendRecv(ctx context.Context, c Starter, send, recv Request) (Handle, error) {
 	send.Kind, recv.Kind = KindSend, KindRecv
 	reqs := [2]*Request{&send, &recv}
 	return c.StartBatch(ctx, reqs[:])

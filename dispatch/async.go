@@ -12,13 +12,13 @@ var _ core.Starter = (*Comm)(nil)
 // core.Guard.Start for the rules (program order, checked at start, the
 // buffers belong to the call until it completes). The typed start forms
 // (coll.StartAllreduceFloat32, ...) call it.
-func (c *Comm) Start(ctx context.Context, req *core.Request) (*core.Handle, error) {
+func (c *Comm) Start(ctx context.Context, req core.Request) (core.Handle, error) {
 	return c.guard.Start(ctx, req)
 }
 
 // StartBatch issues a batch of sends and recvs completed together; see
 // core.Guard.StartBatch.
-func (c *Comm) StartBatch(ctx context.Context, reqs []*core.Request) (*core.Handle, error) {
+func (c *Comm) StartBatch(ctx context.Context, reqs []*core.Request) (core.Handle, error) {
 	return c.guard.StartBatch(ctx, reqs)
 }
 

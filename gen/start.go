@@ -88,7 +88,7 @@ func startFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 		f.Comment(line)
 	}
 	params, dict := callParts(c, d, jen.Qual(CorePath, "Starter"))
-	f.Func().Id("Start"+name).Params(params...).Params(jen.Op("*").Qual(CorePath, "Handle"), jen.Error()).Block(
+	f.Func().Id("Start"+name).Params(params...).Params(jen.Qual(CorePath, "Handle"), jen.Error()).Block(
 		jen.Return(jen.Qual(CorePath, "StartCall").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict))),
 	)
 }
@@ -125,7 +125,7 @@ func sendRecvFuncs(f *jen.File, send, recv spec.Collective, d spec.DType) {
 	for _, line := range wrap(fmt.Sprintf("Start%s is %s's start form: it returns the batch's handle.", name, name), 76) {
 		f.Comment(line)
 	}
-	f.Func().Id("Start"+name).Params(params...).Params(jen.Op("*").Qual(CorePath, "Handle"), jen.Error()).Block(
+	f.Func().Id("Start"+name).Params(params...).Params(jen.Qual(CorePath, "Handle"), jen.Error()).Block(
 		jen.Return(jen.Qual(CorePath, "StartSendRecv").Call(args...)),
 	)
 }

@@ -110,7 +110,7 @@ func asyncBody(ctx context.Context, r *proctest.Rank) error {
 
 // started is one call in flight and how to check its result.
 type started struct {
-	h     *core.Handle
+	h     core.Handle
 	what  string
 	check func() error
 }
@@ -455,7 +455,7 @@ func p2pRules(ctx context.Context, c *dispatch.Comm) error {
 	recv := make([]int32, 5000)
 	send := make([]int32, 5000)
 	fillMsg(send, me, 99)
-	var hr, hs *core.Handle
+	var hr, hs core.Handle
 	var err error
 	if me%2 == 0 {
 		if hr, err = coll.StartRecvInt32(ctx, c, recv, partner); err == nil {
@@ -475,7 +475,7 @@ func p2pRules(ctx context.Context, c *dispatch.Comm) error {
 	}
 	// A bad argument fails at start, and the peer learns of it.
 	if me%2 == 0 {
-		_, err := c.Start(ctx, &core.Request{Kind: core.KindSend, DType: coll.DTypeInt32, Count: 5000, Peer: partner, Send: core.Bytes(send)[1:]})
+		_, err := c.Start(ctx, core.Request{Kind: core.KindSend, DType: coll.DTypeInt32, Count: 5000, Peer: partner, Send: core.Bytes(send)[1:]})
 		if !errors.Is(err, core.ErrBufferLength) {
 			return fmt.Errorf("a send with a short buffer started: %v", err)
 		}

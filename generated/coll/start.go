@@ -13,7 +13,7 @@ import (
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllreduceFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (*core.Handle, error) {
+func StartAllreduceFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -30,7 +30,7 @@ func StartAllreduceFloat32(ctx context.Context, c core.Starter, send, recv []flo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllreduceFloat64(ctx context.Context, c core.Starter, send, recv []float64, op core.Op) (*core.Handle, error) {
+func StartAllreduceFloat64(ctx context.Context, c core.Starter, send, recv []float64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
@@ -47,7 +47,7 @@ func StartAllreduceFloat64(ctx context.Context, c core.Starter, send, recv []flo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllreduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (*core.Handle, error) {
+func StartAllreduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -64,7 +64,7 @@ func StartAllreduceBFloat16(ctx context.Context, c core.Starter, send, recv []BF
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllreduceFloat16(ctx context.Context, c core.Starter, send, recv []Float16, op core.Op) (*core.Handle, error) {
+func StartAllreduceFloat16(ctx context.Context, c core.Starter, send, recv []Float16, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
@@ -81,7 +81,7 @@ func StartAllreduceFloat16(ctx context.Context, c core.Starter, send, recv []Flo
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllreduceInt8(ctx context.Context, c core.Starter, send, recv []int8, op core.Op) (*core.Handle, error) {
+func StartAllreduceInt8(ctx context.Context, c core.Starter, send, recv []int8, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
@@ -98,7 +98,7 @@ func StartAllreduceInt8(ctx context.Context, c core.Starter, send, recv []int8, 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllreduceUint8(ctx context.Context, c core.Starter, send, recv []uint8, op core.Op) (*core.Handle, error) {
+func StartAllreduceUint8(ctx context.Context, c core.Starter, send, recv []uint8, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
@@ -115,7 +115,7 @@ func StartAllreduceUint8(ctx context.Context, c core.Starter, send, recv []uint8
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllreduceInt32(ctx context.Context, c core.Starter, send, recv []int32, op core.Op) (*core.Handle, error) {
+func StartAllreduceInt32(ctx context.Context, c core.Starter, send, recv []int32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
@@ -132,7 +132,7 @@ func StartAllreduceInt32(ctx context.Context, c core.Starter, send, recv []int32
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllreduceUint32(ctx context.Context, c core.Starter, send, recv []uint32, op core.Op) (*core.Handle, error) {
+func StartAllreduceUint32(ctx context.Context, c core.Starter, send, recv []uint32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
@@ -149,7 +149,7 @@ func StartAllreduceUint32(ctx context.Context, c core.Starter, send, recv []uint
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllreduceInt64(ctx context.Context, c core.Starter, send, recv []int64, op core.Op) (*core.Handle, error) {
+func StartAllreduceInt64(ctx context.Context, c core.Starter, send, recv []int64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
@@ -166,7 +166,7 @@ func StartAllreduceInt64(ctx context.Context, c core.Starter, send, recv []int64
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllreduceUint64(ctx context.Context, c core.Starter, send, recv []uint64, op core.Op) (*core.Handle, error) {
+func StartAllreduceUint64(ctx context.Context, c core.Starter, send, recv []uint64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
@@ -183,7 +183,7 @@ func StartAllreduceUint64(ctx context.Context, c core.Starter, send, recv []uint
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartReduceFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op, root int) (*core.Handle, error) {
+func StartReduceFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -201,7 +201,7 @@ func StartReduceFloat32(ctx context.Context, c core.Starter, send, recv []float3
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartReduceFloat64(ctx context.Context, c core.Starter, send, recv []float64, op core.Op, root int) (*core.Handle, error) {
+func StartReduceFloat64(ctx context.Context, c core.Starter, send, recv []float64, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
@@ -219,7 +219,7 @@ func StartReduceFloat64(ctx context.Context, c core.Starter, send, recv []float6
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartReduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op, root int) (*core.Handle, error) {
+func StartReduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -237,7 +237,7 @@ func StartReduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloa
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartReduceFloat16(ctx context.Context, c core.Starter, send, recv []Float16, op core.Op, root int) (*core.Handle, error) {
+func StartReduceFloat16(ctx context.Context, c core.Starter, send, recv []Float16, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
@@ -254,7 +254,7 @@ func StartReduceFloat16(ctx context.Context, c core.Starter, send, recv []Float1
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartReduceInt8(ctx context.Context, c core.Starter, send, recv []int8, op core.Op, root int) (*core.Handle, error) {
+func StartReduceInt8(ctx context.Context, c core.Starter, send, recv []int8, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
@@ -271,7 +271,7 @@ func StartReduceInt8(ctx context.Context, c core.Starter, send, recv []int8, op 
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartReduceUint8(ctx context.Context, c core.Starter, send, recv []uint8, op core.Op, root int) (*core.Handle, error) {
+func StartReduceUint8(ctx context.Context, c core.Starter, send, recv []uint8, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
@@ -288,7 +288,7 @@ func StartReduceUint8(ctx context.Context, c core.Starter, send, recv []uint8, o
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartReduceInt32(ctx context.Context, c core.Starter, send, recv []int32, op core.Op, root int) (*core.Handle, error) {
+func StartReduceInt32(ctx context.Context, c core.Starter, send, recv []int32, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
@@ -305,7 +305,7 @@ func StartReduceInt32(ctx context.Context, c core.Starter, send, recv []int32, o
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartReduceUint32(ctx context.Context, c core.Starter, send, recv []uint32, op core.Op, root int) (*core.Handle, error) {
+func StartReduceUint32(ctx context.Context, c core.Starter, send, recv []uint32, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
@@ -322,7 +322,7 @@ func StartReduceUint32(ctx context.Context, c core.Starter, send, recv []uint32,
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartReduceInt64(ctx context.Context, c core.Starter, send, recv []int64, op core.Op, root int) (*core.Handle, error) {
+func StartReduceInt64(ctx context.Context, c core.Starter, send, recv []int64, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
@@ -339,7 +339,7 @@ func StartReduceInt64(ctx context.Context, c core.Starter, send, recv []int64, o
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartReduceUint64(ctx context.Context, c core.Starter, send, recv []uint64, op core.Op, root int) (*core.Handle, error) {
+func StartReduceUint64(ctx context.Context, c core.Starter, send, recv []uint64, op core.Op, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
@@ -357,7 +357,7 @@ func StartReduceUint64(ctx context.Context, c core.Starter, send, recv []uint64,
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartBroadcastFloat32(ctx context.Context, c core.Starter, buf []float32, root int) (*core.Handle, error) {
+func StartBroadcastFloat32(ctx context.Context, c core.Starter, buf []float32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
@@ -373,7 +373,7 @@ func StartBroadcastFloat32(ctx context.Context, c core.Starter, buf []float32, r
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartBroadcastFloat64(ctx context.Context, c core.Starter, buf []float64, root int) (*core.Handle, error) {
+func StartBroadcastFloat64(ctx context.Context, c core.Starter, buf []float64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat64,
@@ -389,7 +389,7 @@ func StartBroadcastFloat64(ctx context.Context, c core.Starter, buf []float64, r
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartBroadcastBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, root int) (*core.Handle, error) {
+func StartBroadcastBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
@@ -405,7 +405,7 @@ func StartBroadcastBFloat16(ctx context.Context, c core.Starter, buf []BFloat16,
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartBroadcastFloat16(ctx context.Context, c core.Starter, buf []Float16, root int) (*core.Handle, error) {
+func StartBroadcastFloat16(ctx context.Context, c core.Starter, buf []Float16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat16,
@@ -421,7 +421,7 @@ func StartBroadcastFloat16(ctx context.Context, c core.Starter, buf []Float16, r
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartBroadcastInt8(ctx context.Context, c core.Starter, buf []int8, root int) (*core.Handle, error) {
+func StartBroadcastInt8(ctx context.Context, c core.Starter, buf []int8, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt8,
@@ -437,7 +437,7 @@ func StartBroadcastInt8(ctx context.Context, c core.Starter, buf []int8, root in
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartBroadcastUint8(ctx context.Context, c core.Starter, buf []uint8, root int) (*core.Handle, error) {
+func StartBroadcastUint8(ctx context.Context, c core.Starter, buf []uint8, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint8,
@@ -453,7 +453,7 @@ func StartBroadcastUint8(ctx context.Context, c core.Starter, buf []uint8, root 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartBroadcastInt32(ctx context.Context, c core.Starter, buf []int32, root int) (*core.Handle, error) {
+func StartBroadcastInt32(ctx context.Context, c core.Starter, buf []int32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt32,
@@ -469,7 +469,7 @@ func StartBroadcastInt32(ctx context.Context, c core.Starter, buf []int32, root 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartBroadcastUint32(ctx context.Context, c core.Starter, buf []uint32, root int) (*core.Handle, error) {
+func StartBroadcastUint32(ctx context.Context, c core.Starter, buf []uint32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint32,
@@ -485,7 +485,7 @@ func StartBroadcastUint32(ctx context.Context, c core.Starter, buf []uint32, roo
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartBroadcastInt64(ctx context.Context, c core.Starter, buf []int64, root int) (*core.Handle, error) {
+func StartBroadcastInt64(ctx context.Context, c core.Starter, buf []int64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt64,
@@ -501,7 +501,7 @@ func StartBroadcastInt64(ctx context.Context, c core.Starter, buf []int64, root 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartBroadcastUint64(ctx context.Context, c core.Starter, buf []uint64, root int) (*core.Handle, error) {
+func StartBroadcastUint64(ctx context.Context, c core.Starter, buf []uint64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint64,
@@ -517,7 +517,7 @@ func StartBroadcastUint64(ctx context.Context, c core.Starter, buf []uint64, roo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllgatherFloat32(ctx context.Context, c core.Starter, send, recv []float32) (*core.Handle, error) {
+func StartAllgatherFloat32(ctx context.Context, c core.Starter, send, recv []float32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -533,7 +533,7 @@ func StartAllgatherFloat32(ctx context.Context, c core.Starter, send, recv []flo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllgatherFloat64(ctx context.Context, c core.Starter, send, recv []float64) (*core.Handle, error) {
+func StartAllgatherFloat64(ctx context.Context, c core.Starter, send, recv []float64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
@@ -549,7 +549,7 @@ func StartAllgatherFloat64(ctx context.Context, c core.Starter, send, recv []flo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllgatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16) (*core.Handle, error) {
+func StartAllgatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -565,7 +565,7 @@ func StartAllgatherBFloat16(ctx context.Context, c core.Starter, send, recv []BF
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllgatherFloat16(ctx context.Context, c core.Starter, send, recv []Float16) (*core.Handle, error) {
+func StartAllgatherFloat16(ctx context.Context, c core.Starter, send, recv []Float16) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
@@ -581,7 +581,7 @@ func StartAllgatherFloat16(ctx context.Context, c core.Starter, send, recv []Flo
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllgatherInt8(ctx context.Context, c core.Starter, send, recv []int8) (*core.Handle, error) {
+func StartAllgatherInt8(ctx context.Context, c core.Starter, send, recv []int8) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
@@ -597,7 +597,7 @@ func StartAllgatherInt8(ctx context.Context, c core.Starter, send, recv []int8) 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllgatherUint8(ctx context.Context, c core.Starter, send, recv []uint8) (*core.Handle, error) {
+func StartAllgatherUint8(ctx context.Context, c core.Starter, send, recv []uint8) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
@@ -613,7 +613,7 @@ func StartAllgatherUint8(ctx context.Context, c core.Starter, send, recv []uint8
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllgatherInt32(ctx context.Context, c core.Starter, send, recv []int32) (*core.Handle, error) {
+func StartAllgatherInt32(ctx context.Context, c core.Starter, send, recv []int32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
@@ -629,7 +629,7 @@ func StartAllgatherInt32(ctx context.Context, c core.Starter, send, recv []int32
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllgatherUint32(ctx context.Context, c core.Starter, send, recv []uint32) (*core.Handle, error) {
+func StartAllgatherUint32(ctx context.Context, c core.Starter, send, recv []uint32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
@@ -645,7 +645,7 @@ func StartAllgatherUint32(ctx context.Context, c core.Starter, send, recv []uint
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllgatherInt64(ctx context.Context, c core.Starter, send, recv []int64) (*core.Handle, error) {
+func StartAllgatherInt64(ctx context.Context, c core.Starter, send, recv []int64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
@@ -661,7 +661,7 @@ func StartAllgatherInt64(ctx context.Context, c core.Starter, send, recv []int64
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAllgatherUint64(ctx context.Context, c core.Starter, send, recv []uint64) (*core.Handle, error) {
+func StartAllgatherUint64(ctx context.Context, c core.Starter, send, recv []uint64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
@@ -677,7 +677,7 @@ func StartAllgatherUint64(ctx context.Context, c core.Starter, send, recv []uint
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (*core.Handle, error) {
+func StartReduceScatterFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat32,
@@ -694,7 +694,7 @@ func StartReduceScatterFloat32(ctx context.Context, c core.Starter, send, recv [
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterFloat64(ctx context.Context, c core.Starter, send, recv []float64, op core.Op) (*core.Handle, error) {
+func StartReduceScatterFloat64(ctx context.Context, c core.Starter, send, recv []float64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat64,
@@ -711,7 +711,7 @@ func StartReduceScatterFloat64(ctx context.Context, c core.Starter, send, recv [
 // belong to the call until it completes: do not touch them before Wait
 // returns. The call is checked here: an invalid one returns its error and no
 // handle, and its peers fail too.
-func StartReduceScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (*core.Handle, error) {
+func StartReduceScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeBFloat16,
@@ -728,7 +728,7 @@ func StartReduceScatterBFloat16(ctx context.Context, c core.Starter, send, recv 
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterFloat16(ctx context.Context, c core.Starter, send, recv []Float16, op core.Op) (*core.Handle, error) {
+func StartReduceScatterFloat16(ctx context.Context, c core.Starter, send, recv []Float16, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat16,
@@ -745,7 +745,7 @@ func StartReduceScatterFloat16(ctx context.Context, c core.Starter, send, recv [
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartReduceScatterInt8(ctx context.Context, c core.Starter, send, recv []int8, op core.Op) (*core.Handle, error) {
+func StartReduceScatterInt8(ctx context.Context, c core.Starter, send, recv []int8, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt8,
@@ -762,7 +762,7 @@ func StartReduceScatterInt8(ctx context.Context, c core.Starter, send, recv []in
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterUint8(ctx context.Context, c core.Starter, send, recv []uint8, op core.Op) (*core.Handle, error) {
+func StartReduceScatterUint8(ctx context.Context, c core.Starter, send, recv []uint8, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint8,
@@ -779,7 +779,7 @@ func StartReduceScatterUint8(ctx context.Context, c core.Starter, send, recv []u
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterInt32(ctx context.Context, c core.Starter, send, recv []int32, op core.Op) (*core.Handle, error) {
+func StartReduceScatterInt32(ctx context.Context, c core.Starter, send, recv []int32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt32,
@@ -796,7 +796,7 @@ func StartReduceScatterInt32(ctx context.Context, c core.Starter, send, recv []i
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterUint32(ctx context.Context, c core.Starter, send, recv []uint32, op core.Op) (*core.Handle, error) {
+func StartReduceScatterUint32(ctx context.Context, c core.Starter, send, recv []uint32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint32,
@@ -813,7 +813,7 @@ func StartReduceScatterUint32(ctx context.Context, c core.Starter, send, recv []
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterInt64(ctx context.Context, c core.Starter, send, recv []int64, op core.Op) (*core.Handle, error) {
+func StartReduceScatterInt64(ctx context.Context, c core.Starter, send, recv []int64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt64,
@@ -830,7 +830,7 @@ func StartReduceScatterInt64(ctx context.Context, c core.Starter, send, recv []i
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterUint64(ctx context.Context, c core.Starter, send, recv []uint64, op core.Op) (*core.Handle, error) {
+func StartReduceScatterUint64(ctx context.Context, c core.Starter, send, recv []uint64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint64,
@@ -847,7 +847,7 @@ func StartReduceScatterUint64(ctx context.Context, c core.Starter, send, recv []
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartGatherFloat32(ctx context.Context, c core.Starter, send, recv []float32, root int) (*core.Handle, error) {
+func StartGatherFloat32(ctx context.Context, c core.Starter, send, recv []float32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -864,7 +864,7 @@ func StartGatherFloat32(ctx context.Context, c core.Starter, send, recv []float3
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartGatherFloat64(ctx context.Context, c core.Starter, send, recv []float64, root int) (*core.Handle, error) {
+func StartGatherFloat64(ctx context.Context, c core.Starter, send, recv []float64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
@@ -881,7 +881,7 @@ func StartGatherFloat64(ctx context.Context, c core.Starter, send, recv []float6
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartGatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, root int) (*core.Handle, error) {
+func StartGatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -898,7 +898,7 @@ func StartGatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloa
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartGatherFloat16(ctx context.Context, c core.Starter, send, recv []Float16, root int) (*core.Handle, error) {
+func StartGatherFloat16(ctx context.Context, c core.Starter, send, recv []Float16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
@@ -914,7 +914,7 @@ func StartGatherFloat16(ctx context.Context, c core.Starter, send, recv []Float1
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartGatherInt8(ctx context.Context, c core.Starter, send, recv []int8, root int) (*core.Handle, error) {
+func StartGatherInt8(ctx context.Context, c core.Starter, send, recv []int8, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
@@ -930,7 +930,7 @@ func StartGatherInt8(ctx context.Context, c core.Starter, send, recv []int8, roo
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartGatherUint8(ctx context.Context, c core.Starter, send, recv []uint8, root int) (*core.Handle, error) {
+func StartGatherUint8(ctx context.Context, c core.Starter, send, recv []uint8, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
@@ -946,7 +946,7 @@ func StartGatherUint8(ctx context.Context, c core.Starter, send, recv []uint8, r
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartGatherInt32(ctx context.Context, c core.Starter, send, recv []int32, root int) (*core.Handle, error) {
+func StartGatherInt32(ctx context.Context, c core.Starter, send, recv []int32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
@@ -962,7 +962,7 @@ func StartGatherInt32(ctx context.Context, c core.Starter, send, recv []int32, r
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartGatherUint32(ctx context.Context, c core.Starter, send, recv []uint32, root int) (*core.Handle, error) {
+func StartGatherUint32(ctx context.Context, c core.Starter, send, recv []uint32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
@@ -978,7 +978,7 @@ func StartGatherUint32(ctx context.Context, c core.Starter, send, recv []uint32,
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartGatherInt64(ctx context.Context, c core.Starter, send, recv []int64, root int) (*core.Handle, error) {
+func StartGatherInt64(ctx context.Context, c core.Starter, send, recv []int64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
@@ -994,7 +994,7 @@ func StartGatherInt64(ctx context.Context, c core.Starter, send, recv []int64, r
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartGatherUint64(ctx context.Context, c core.Starter, send, recv []uint64, root int) (*core.Handle, error) {
+func StartGatherUint64(ctx context.Context, c core.Starter, send, recv []uint64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,
@@ -1011,7 +1011,7 @@ func StartGatherUint64(ctx context.Context, c core.Starter, send, recv []uint64,
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartScatterFloat32(ctx context.Context, c core.Starter, send, recv []float32, root int) (*core.Handle, error) {
+func StartScatterFloat32(ctx context.Context, c core.Starter, send, recv []float32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat32,
@@ -1028,7 +1028,7 @@ func StartScatterFloat32(ctx context.Context, c core.Starter, send, recv []float
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartScatterFloat64(ctx context.Context, c core.Starter, send, recv []float64, root int) (*core.Handle, error) {
+func StartScatterFloat64(ctx context.Context, c core.Starter, send, recv []float64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat64,
@@ -1045,7 +1045,7 @@ func StartScatterFloat64(ctx context.Context, c core.Starter, send, recv []float
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, root int) (*core.Handle, error) {
+func StartScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeBFloat16,
@@ -1062,7 +1062,7 @@ func StartScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFlo
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartScatterFloat16(ctx context.Context, c core.Starter, send, recv []Float16, root int) (*core.Handle, error) {
+func StartScatterFloat16(ctx context.Context, c core.Starter, send, recv []Float16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat16,
@@ -1078,7 +1078,7 @@ func StartScatterFloat16(ctx context.Context, c core.Starter, send, recv []Float
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartScatterInt8(ctx context.Context, c core.Starter, send, recv []int8, root int) (*core.Handle, error) {
+func StartScatterInt8(ctx context.Context, c core.Starter, send, recv []int8, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt8,
@@ -1094,7 +1094,7 @@ func StartScatterInt8(ctx context.Context, c core.Starter, send, recv []int8, ro
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartScatterUint8(ctx context.Context, c core.Starter, send, recv []uint8, root int) (*core.Handle, error) {
+func StartScatterUint8(ctx context.Context, c core.Starter, send, recv []uint8, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint8,
@@ -1110,7 +1110,7 @@ func StartScatterUint8(ctx context.Context, c core.Starter, send, recv []uint8, 
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartScatterInt32(ctx context.Context, c core.Starter, send, recv []int32, root int) (*core.Handle, error) {
+func StartScatterInt32(ctx context.Context, c core.Starter, send, recv []int32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt32,
@@ -1127,7 +1127,7 @@ func StartScatterInt32(ctx context.Context, c core.Starter, send, recv []int32, 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartScatterUint32(ctx context.Context, c core.Starter, send, recv []uint32, root int) (*core.Handle, error) {
+func StartScatterUint32(ctx context.Context, c core.Starter, send, recv []uint32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint32,
@@ -1143,7 +1143,7 @@ func StartScatterUint32(ctx context.Context, c core.Starter, send, recv []uint32
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartScatterInt64(ctx context.Context, c core.Starter, send, recv []int64, root int) (*core.Handle, error) {
+func StartScatterInt64(ctx context.Context, c core.Starter, send, recv []int64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeInt64,
@@ -1160,7 +1160,7 @@ func StartScatterInt64(ctx context.Context, c core.Starter, send, recv []int64, 
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartScatterUint64(ctx context.Context, c core.Starter, send, recv []uint64, root int) (*core.Handle, error) {
+func StartScatterUint64(ctx context.Context, c core.Starter, send, recv []uint64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeUint64,
@@ -1177,7 +1177,7 @@ func StartScatterUint64(ctx context.Context, c core.Starter, send, recv []uint64
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallFloat32(ctx context.Context, c core.Starter, send, recv []float32) (*core.Handle, error) {
+func StartAlltoallFloat32(ctx context.Context, c core.Starter, send, recv []float32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeFloat32,
@@ -1193,7 +1193,7 @@ func StartAlltoallFloat32(ctx context.Context, c core.Starter, send, recv []floa
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallFloat64(ctx context.Context, c core.Starter, send, recv []float64) (*core.Handle, error) {
+func StartAlltoallFloat64(ctx context.Context, c core.Starter, send, recv []float64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeFloat64,
@@ -1209,7 +1209,7 @@ func StartAlltoallFloat64(ctx context.Context, c core.Starter, send, recv []floa
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAlltoallBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16) (*core.Handle, error) {
+func StartAlltoallBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeBFloat16,
@@ -1225,7 +1225,7 @@ func StartAlltoallBFloat16(ctx context.Context, c core.Starter, send, recv []BFl
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallFloat16(ctx context.Context, c core.Starter, send, recv []Float16) (*core.Handle, error) {
+func StartAlltoallFloat16(ctx context.Context, c core.Starter, send, recv []Float16) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeFloat16,
@@ -1240,7 +1240,7 @@ func StartAlltoallFloat16(ctx context.Context, c core.Starter, send, recv []Floa
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartAlltoallInt8(ctx context.Context, c core.Starter, send, recv []int8) (*core.Handle, error) {
+func StartAlltoallInt8(ctx context.Context, c core.Starter, send, recv []int8) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeInt8,
@@ -1256,7 +1256,7 @@ func StartAlltoallInt8(ctx context.Context, c core.Starter, send, recv []int8) (
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallUint8(ctx context.Context, c core.Starter, send, recv []uint8) (*core.Handle, error) {
+func StartAlltoallUint8(ctx context.Context, c core.Starter, send, recv []uint8) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeUint8,
@@ -1272,7 +1272,7 @@ func StartAlltoallUint8(ctx context.Context, c core.Starter, send, recv []uint8)
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallInt32(ctx context.Context, c core.Starter, send, recv []int32) (*core.Handle, error) {
+func StartAlltoallInt32(ctx context.Context, c core.Starter, send, recv []int32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeInt32,
@@ -1288,7 +1288,7 @@ func StartAlltoallInt32(ctx context.Context, c core.Starter, send, recv []int32)
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallUint32(ctx context.Context, c core.Starter, send, recv []uint32) (*core.Handle, error) {
+func StartAlltoallUint32(ctx context.Context, c core.Starter, send, recv []uint32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeUint32,
@@ -1304,7 +1304,7 @@ func StartAlltoallUint32(ctx context.Context, c core.Starter, send, recv []uint3
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallInt64(ctx context.Context, c core.Starter, send, recv []int64) (*core.Handle, error) {
+func StartAlltoallInt64(ctx context.Context, c core.Starter, send, recv []int64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeInt64,
@@ -1320,7 +1320,7 @@ func StartAlltoallInt64(ctx context.Context, c core.Starter, send, recv []int64)
 // it completes: do not touch them before Wait returns. The call is checked
 // here: an invalid one returns its error and no handle, and its peers fail
 // too.
-func StartAlltoallUint64(ctx context.Context, c core.Starter, send, recv []uint64) (*core.Handle, error) {
+func StartAlltoallUint64(ctx context.Context, c core.Starter, send, recv []uint64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send) / c.Size(),
 		DType: DTypeUint64,
@@ -1335,7 +1335,7 @@ func StartAlltoallUint64(ctx context.Context, c core.Starter, send, recv []uint6
 // before it on c. The buffers belong to the call until it completes: do not
 // touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartBarrier(ctx context.Context, c core.Starter) (*core.Handle, error) {
+func StartBarrier(ctx context.Context, c core.Starter) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{Kind: KindBarrier})
 }
 
@@ -1344,7 +1344,7 @@ func StartBarrier(ctx context.Context, c core.Starter) (*core.Handle, error) {
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartSendFloat32(ctx context.Context, c core.Starter, buf []float32, peer int) (*core.Handle, error) {
+func StartSendFloat32(ctx context.Context, c core.Starter, buf []float32, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
@@ -1359,7 +1359,7 @@ func StartSendFloat32(ctx context.Context, c core.Starter, buf []float32, peer i
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartSendFloat64(ctx context.Context, c core.Starter, buf []float64, peer int) (*core.Handle, error) {
+func StartSendFloat64(ctx context.Context, c core.Starter, buf []float64, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat64,
@@ -1374,7 +1374,7 @@ func StartSendFloat64(ctx context.Context, c core.Starter, buf []float64, peer i
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartSendBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, peer int) (*core.Handle, error) {
+func StartSendBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
@@ -1389,7 +1389,7 @@ func StartSendBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, peer
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartSendFloat16(ctx context.Context, c core.Starter, buf []Float16, peer int) (*core.Handle, error) {
+func StartSendFloat16(ctx context.Context, c core.Starter, buf []Float16, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat16,
@@ -1404,7 +1404,7 @@ func StartSendFloat16(ctx context.Context, c core.Starter, buf []Float16, peer i
 // before it on c. The buffers belong to the call until it completes: do not
 // touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartSendInt8(ctx context.Context, c core.Starter, buf []int8, peer int) (*core.Handle, error) {
+func StartSendInt8(ctx context.Context, c core.Starter, buf []int8, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt8,
@@ -1419,7 +1419,7 @@ func StartSendInt8(ctx context.Context, c core.Starter, buf []int8, peer int) (*
 // issued before it on c. The buffers belong to the call until it completes: do
 // not touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartSendUint8(ctx context.Context, c core.Starter, buf []uint8, peer int) (*core.Handle, error) {
+func StartSendUint8(ctx context.Context, c core.Starter, buf []uint8, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint8,
@@ -1434,7 +1434,7 @@ func StartSendUint8(ctx context.Context, c core.Starter, buf []uint8, peer int) 
 // issued before it on c. The buffers belong to the call until it completes: do
 // not touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartSendInt32(ctx context.Context, c core.Starter, buf []int32, peer int) (*core.Handle, error) {
+func StartSendInt32(ctx context.Context, c core.Starter, buf []int32, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt32,
@@ -1449,7 +1449,7 @@ func StartSendInt32(ctx context.Context, c core.Starter, buf []int32, peer int) 
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartSendUint32(ctx context.Context, c core.Starter, buf []uint32, peer int) (*core.Handle, error) {
+func StartSendUint32(ctx context.Context, c core.Starter, buf []uint32, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint32,
@@ -1464,7 +1464,7 @@ func StartSendUint32(ctx context.Context, c core.Starter, buf []uint32, peer int
 // issued before it on c. The buffers belong to the call until it completes: do
 // not touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartSendInt64(ctx context.Context, c core.Starter, buf []int64, peer int) (*core.Handle, error) {
+func StartSendInt64(ctx context.Context, c core.Starter, buf []int64, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt64,
@@ -1479,7 +1479,7 @@ func StartSendInt64(ctx context.Context, c core.Starter, buf []int64, peer int) 
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartSendUint64(ctx context.Context, c core.Starter, buf []uint64, peer int) (*core.Handle, error) {
+func StartSendUint64(ctx context.Context, c core.Starter, buf []uint64, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint64,
@@ -1494,7 +1494,7 @@ func StartSendUint64(ctx context.Context, c core.Starter, buf []uint64, peer int
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartRecvFloat32(ctx context.Context, c core.Starter, buf []float32, peer int) (*core.Handle, error) {
+func StartRecvFloat32(ctx context.Context, c core.Starter, buf []float32, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
@@ -1509,7 +1509,7 @@ func StartRecvFloat32(ctx context.Context, c core.Starter, buf []float32, peer i
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartRecvFloat64(ctx context.Context, c core.Starter, buf []float64, peer int) (*core.Handle, error) {
+func StartRecvFloat64(ctx context.Context, c core.Starter, buf []float64, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat64,
@@ -1524,7 +1524,7 @@ func StartRecvFloat64(ctx context.Context, c core.Starter, buf []float64, peer i
 // every call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartRecvBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, peer int) (*core.Handle, error) {
+func StartRecvBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
@@ -1539,7 +1539,7 @@ func StartRecvBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, peer
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartRecvFloat16(ctx context.Context, c core.Starter, buf []Float16, peer int) (*core.Handle, error) {
+func StartRecvFloat16(ctx context.Context, c core.Starter, buf []Float16, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat16,
@@ -1554,7 +1554,7 @@ func StartRecvFloat16(ctx context.Context, c core.Starter, buf []Float16, peer i
 // before it on c. The buffers belong to the call until it completes: do not
 // touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartRecvInt8(ctx context.Context, c core.Starter, buf []int8, peer int) (*core.Handle, error) {
+func StartRecvInt8(ctx context.Context, c core.Starter, buf []int8, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt8,
@@ -1569,7 +1569,7 @@ func StartRecvInt8(ctx context.Context, c core.Starter, buf []int8, peer int) (*
 // issued before it on c. The buffers belong to the call until it completes: do
 // not touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartRecvUint8(ctx context.Context, c core.Starter, buf []uint8, peer int) (*core.Handle, error) {
+func StartRecvUint8(ctx context.Context, c core.Starter, buf []uint8, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint8,
@@ -1584,7 +1584,7 @@ func StartRecvUint8(ctx context.Context, c core.Starter, buf []uint8, peer int) 
 // issued before it on c. The buffers belong to the call until it completes: do
 // not touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartRecvInt32(ctx context.Context, c core.Starter, buf []int32, peer int) (*core.Handle, error) {
+func StartRecvInt32(ctx context.Context, c core.Starter, buf []int32, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt32,
@@ -1599,7 +1599,7 @@ func StartRecvInt32(ctx context.Context, c core.Starter, buf []int32, peer int) 
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartRecvUint32(ctx context.Context, c core.Starter, buf []uint32, peer int) (*core.Handle, error) {
+func StartRecvUint32(ctx context.Context, c core.Starter, buf []uint32, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint32,
@@ -1614,7 +1614,7 @@ func StartRecvUint32(ctx context.Context, c core.Starter, buf []uint32, peer int
 // issued before it on c. The buffers belong to the call until it completes: do
 // not touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartRecvInt64(ctx context.Context, c core.Starter, buf []int64, peer int) (*core.Handle, error) {
+func StartRecvInt64(ctx context.Context, c core.Starter, buf []int64, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeInt64,
@@ -1629,7 +1629,7 @@ func StartRecvInt64(ctx context.Context, c core.Starter, buf []int64, peer int) 
 // call issued before it on c. The buffers belong to the call until it
 // completes: do not touch them before Wait returns. The call is checked here:
 // an invalid one returns its error and no handle, and its peers fail too.
-func StartRecvUint64(ctx context.Context, c core.Starter, buf []uint64, peer int) (*core.Handle, error) {
+func StartRecvUint64(ctx context.Context, c core.Starter, buf []uint64, peer int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeUint64,
@@ -1663,7 +1663,7 @@ func SendRecvFloat32(ctx context.Context, c core.Starter, send []float32, dst in
 
 // StartSendRecvFloat32 is SendRecvFloat32's start form: it returns the batch's
 // handle.
-func StartSendRecvFloat32(ctx context.Context, c core.Starter, send []float32, dst int, recv []float32, src int) (*core.Handle, error) {
+func StartSendRecvFloat32(ctx context.Context, c core.Starter, send []float32, dst int, recv []float32, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -1703,7 +1703,7 @@ func SendRecvFloat64(ctx context.Context, c core.Starter, send []float64, dst in
 
 // StartSendRecvFloat64 is SendRecvFloat64's start form: it returns the batch's
 // handle.
-func StartSendRecvFloat64(ctx context.Context, c core.Starter, send []float64, dst int, recv []float64, src int) (*core.Handle, error) {
+func StartSendRecvFloat64(ctx context.Context, c core.Starter, send []float64, dst int, recv []float64, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat64,
@@ -1743,7 +1743,7 @@ func SendRecvBFloat16(ctx context.Context, c core.Starter, send []BFloat16, dst 
 
 // StartSendRecvBFloat16 is SendRecvBFloat16's start form: it returns the
 // batch's handle.
-func StartSendRecvBFloat16(ctx context.Context, c core.Starter, send []BFloat16, dst int, recv []BFloat16, src int) (*core.Handle, error) {
+func StartSendRecvBFloat16(ctx context.Context, c core.Starter, send []BFloat16, dst int, recv []BFloat16, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -1783,7 +1783,7 @@ func SendRecvFloat16(ctx context.Context, c core.Starter, send []Float16, dst in
 
 // StartSendRecvFloat16 is SendRecvFloat16's start form: it returns the batch's
 // handle.
-func StartSendRecvFloat16(ctx context.Context, c core.Starter, send []Float16, dst int, recv []Float16, src int) (*core.Handle, error) {
+func StartSendRecvFloat16(ctx context.Context, c core.Starter, send []Float16, dst int, recv []Float16, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat16,
@@ -1823,7 +1823,7 @@ func SendRecvInt8(ctx context.Context, c core.Starter, send []int8, dst int, rec
 
 // StartSendRecvInt8 is SendRecvInt8's start form: it returns the batch's
 // handle.
-func StartSendRecvInt8(ctx context.Context, c core.Starter, send []int8, dst int, recv []int8, src int) (*core.Handle, error) {
+func StartSendRecvInt8(ctx context.Context, c core.Starter, send []int8, dst int, recv []int8, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt8,
@@ -1863,7 +1863,7 @@ func SendRecvUint8(ctx context.Context, c core.Starter, send []uint8, dst int, r
 
 // StartSendRecvUint8 is SendRecvUint8's start form: it returns the batch's
 // handle.
-func StartSendRecvUint8(ctx context.Context, c core.Starter, send []uint8, dst int, recv []uint8, src int) (*core.Handle, error) {
+func StartSendRecvUint8(ctx context.Context, c core.Starter, send []uint8, dst int, recv []uint8, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint8,
@@ -1903,7 +1903,7 @@ func SendRecvInt32(ctx context.Context, c core.Starter, send []int32, dst int, r
 
 // StartSendRecvInt32 is SendRecvInt32's start form: it returns the batch's
 // handle.
-func StartSendRecvInt32(ctx context.Context, c core.Starter, send []int32, dst int, recv []int32, src int) (*core.Handle, error) {
+func StartSendRecvInt32(ctx context.Context, c core.Starter, send []int32, dst int, recv []int32, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt32,
@@ -1943,7 +1943,7 @@ func SendRecvUint32(ctx context.Context, c core.Starter, send []uint32, dst int,
 
 // StartSendRecvUint32 is SendRecvUint32's start form: it returns the batch's
 // handle.
-func StartSendRecvUint32(ctx context.Context, c core.Starter, send []uint32, dst int, recv []uint32, src int) (*core.Handle, error) {
+func StartSendRecvUint32(ctx context.Context, c core.Starter, send []uint32, dst int, recv []uint32, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint32,
@@ -1983,7 +1983,7 @@ func SendRecvInt64(ctx context.Context, c core.Starter, send []int64, dst int, r
 
 // StartSendRecvInt64 is SendRecvInt64's start form: it returns the batch's
 // handle.
-func StartSendRecvInt64(ctx context.Context, c core.Starter, send []int64, dst int, recv []int64, src int) (*core.Handle, error) {
+func StartSendRecvInt64(ctx context.Context, c core.Starter, send []int64, dst int, recv []int64, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeInt64,
@@ -2023,7 +2023,7 @@ func SendRecvUint64(ctx context.Context, c core.Starter, send []uint64, dst int,
 
 // StartSendRecvUint64 is SendRecvUint64's start form: it returns the batch's
 // handle.
-func StartSendRecvUint64(ctx context.Context, c core.Starter, send []uint64, dst int, recv []uint64, src int) (*core.Handle, error) {
+func StartSendRecvUint64(ctx context.Context, c core.Starter, send []uint64, dst int, recv []uint64, src int) (core.Handle, error) {
 	return core.StartSendRecv(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeUint64,

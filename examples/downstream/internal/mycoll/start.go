@@ -13,7 +13,7 @@ import (
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllreduceFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (*core.Handle, error) {
+func StartAllreduceFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -30,7 +30,7 @@ func StartAllreduceFloat32(ctx context.Context, c core.Starter, send, recv []flo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllreduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (*core.Handle, error) {
+func StartAllreduceBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -47,7 +47,7 @@ func StartAllreduceBFloat16(ctx context.Context, c core.Starter, send, recv []BF
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartAllreduceComplex64(ctx context.Context, c core.Starter, send, recv []complex64, op core.Op) (*core.Handle, error) {
+func StartAllreduceComplex64(ctx context.Context, c core.Starter, send, recv []complex64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeComplex64,
@@ -64,7 +64,7 @@ func StartAllreduceComplex64(ctx context.Context, c core.Starter, send, recv []c
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartReduceScatterFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (*core.Handle, error) {
+func StartReduceScatterFloat32(ctx context.Context, c core.Starter, send, recv []float32, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeFloat32,
@@ -81,7 +81,7 @@ func StartReduceScatterFloat32(ctx context.Context, c core.Starter, send, recv [
 // belong to the call until it completes: do not touch them before Wait
 // returns. The call is checked here: an invalid one returns its error and no
 // handle, and its peers fail too.
-func StartReduceScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (*core.Handle, error) {
+func StartReduceScatterBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeBFloat16,
@@ -98,7 +98,7 @@ func StartReduceScatterBFloat16(ctx context.Context, c core.Starter, send, recv 
 // belong to the call until it completes: do not touch them before Wait
 // returns. The call is checked here: an invalid one returns its error and no
 // handle, and its peers fail too.
-func StartReduceScatterComplex64(ctx context.Context, c core.Starter, send, recv []complex64, op core.Op) (*core.Handle, error) {
+func StartReduceScatterComplex64(ctx context.Context, c core.Starter, send, recv []complex64, op core.Op) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(recv),
 		DType: DTypeComplex64,
@@ -115,7 +115,7 @@ func StartReduceScatterComplex64(ctx context.Context, c core.Starter, send, recv
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartBroadcastFloat32(ctx context.Context, c core.Starter, buf []float32, root int) (*core.Handle, error) {
+func StartBroadcastFloat32(ctx context.Context, c core.Starter, buf []float32, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeFloat32,
@@ -131,7 +131,7 @@ func StartBroadcastFloat32(ctx context.Context, c core.Starter, buf []float32, r
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartBroadcastBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, root int) (*core.Handle, error) {
+func StartBroadcastBFloat16(ctx context.Context, c core.Starter, buf []BFloat16, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeBFloat16,
@@ -147,7 +147,7 @@ func StartBroadcastBFloat16(ctx context.Context, c core.Starter, buf []BFloat16,
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartBroadcastComplex64(ctx context.Context, c core.Starter, buf []complex64, root int) (*core.Handle, error) {
+func StartBroadcastComplex64(ctx context.Context, c core.Starter, buf []complex64, root int) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(buf),
 		DType: DTypeComplex64,
@@ -163,7 +163,7 @@ func StartBroadcastComplex64(ctx context.Context, c core.Starter, buf []complex6
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllgatherFloat32(ctx context.Context, c core.Starter, send, recv []float32) (*core.Handle, error) {
+func StartAllgatherFloat32(ctx context.Context, c core.Starter, send, recv []float32) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeFloat32,
@@ -179,7 +179,7 @@ func StartAllgatherFloat32(ctx context.Context, c core.Starter, send, recv []flo
 // until it completes: do not touch them before Wait returns. The call is
 // checked here: an invalid one returns its error and no handle, and its peers
 // fail too.
-func StartAllgatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16) (*core.Handle, error) {
+func StartAllgatherBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeBFloat16,
@@ -195,7 +195,7 @@ func StartAllgatherBFloat16(ctx context.Context, c core.Starter, send, recv []BF
 // the call until it completes: do not touch them before Wait returns. The call
 // is checked here: an invalid one returns its error and no handle, and its
 // peers fail too.
-func StartAllgatherComplex64(ctx context.Context, c core.Starter, send, recv []complex64) (*core.Handle, error) {
+func StartAllgatherComplex64(ctx context.Context, c core.Starter, send, recv []complex64) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{
 		Count: len(send),
 		DType: DTypeComplex64,
@@ -210,6 +210,6 @@ func StartAllgatherComplex64(ctx context.Context, c core.Starter, send, recv []c
 // before it on c. The buffers belong to the call until it completes: do not
 // touch them before Wait returns. The call is checked here: an invalid one
 // returns its error and no handle, and its peers fail too.
-func StartBarrier(ctx context.Context, c core.Starter) (*core.Handle, error) {
+func StartBarrier(ctx context.Context, c core.Starter) (core.Handle, error) {
 	return core.StartCall(ctx, c, core.Request{Kind: KindBarrier})
 }
