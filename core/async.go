@@ -62,7 +62,7 @@ type call struct {
 	next *call // the next queued call
 
 	gen   atomic.Uint64
-	state atomic.Uint32  // callDone, callChan
+	state atomic.Uint32 // callDone, callChan
 	done  chan struct{} // made by the first Done or blocking Wait (under the queue's mu)
 	err   error
 }
