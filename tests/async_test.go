@@ -303,7 +303,9 @@ func failInFlight(ctx context.Context, c *dispatch.Comm, how string) error {
 			return fmt.Errorf("call %d (%s): %w", i, s.what, err)
 		}
 	}
-	if d := time.Since(t0); d > asyncQuick {
+	d := time.Since(t0)
+	fmt.Printf("%s: rank %d: %d calls ended in %v\n", how, me, len(hs), d)
+	if d > asyncQuick {
 		return fmt.Errorf("the calls took %v to fail", d)
 	}
 	return nil
@@ -362,7 +364,9 @@ func killedInFlight(ctx context.Context, c *dispatch.Comm, r *proctest.Rank) err
 			return fmt.Errorf("call %d (%s): got %v, want a *core.PeerError naming rank 1", i, s.what, err)
 		}
 	}
-	if d := time.Since(t0); d > asyncQuick {
+	d := time.Since(t0)
+	fmt.Printf("killed: rank %d: %d calls failed within %v of the first start\n", r.Rank, len(hs), d)
+	if d > asyncQuick {
 		return fmt.Errorf("the calls took %v to fail", d)
 	}
 	return nil
