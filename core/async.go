@@ -197,12 +197,13 @@ func (c *call) describe() string {
 // in Wait, the caller of a blocking call issued behind them, or the
 // progress goroutine, which the first Start starts and Close ends.
 type asyncState struct {
-	mu         sync.Mutex
-	head, tail *call
 	// pending counts calls issued and not completed. A blocking call
 	// that finds it 0 goes straight to the backend: nothing can be
-	// ahead of it.
-	pending atomic.Int64
+	// ahead of it. First, so that it shares a cache line with the
+	// Guard's own state.
+	pending    atomic.Int64
+	mu         sync.Mutex
+	head, tail *call
 	// issuing is held while a call is being issued, to catch two
 	// goroutines issuing at once.
 	issuing atomic.Bool
