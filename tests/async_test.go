@@ -32,23 +32,33 @@ const (
 
 func init() { proctest.Register("async", asyncBody) }
 
-// asyncBackends are the transports the started calls are tested on.
-var asyncBackends = []string{"shm", "tcp"}
+// asyncBackends are the transports the started calls are tested on:
+// "auto" on two simulated nodes is the hierarchical one.
+var asyncBackends = []struct {
+	name, label string
+	nodes       int
+}{{"shm", "shm", 0}, {"tcp", "tcp", 0}, {"kv", "kv", 0}, {"auto", "hier-2nodes", 2}}
 
-func runAsync(t *testing.T, scenario string, np int, opts ...proctest.Option) []proctest.Result {
+func runAsync(t *testing.T, scenario string, np int, only ...string) {
 	t.Helper()
-	var res []proctest.Result
 	for _, be := range asyncBackends {
-		t.Run(be, func(t *testing.T) {
-			if why := available(be); why != "" {
-				t.Skipf("dispatch offers no %q backend here: %s", be, why)
+		if only != nil && !slices.Contains(only, be.label) {
+			continue
+		}
+		t.Run(be.label, func(t *testing.T) {
+			if why := available(be.name); why != "" {
+				t.Skipf("dispatch offers no %q backend here: %s", be.name, why)
 			}
-			o := append([]proctest.Option{proctest.Timeout(2 * time.Minute),
-				proctest.Env(envBackend+"="+be, envAsync+"="+scenario)}, opts...)
-			res = proctest.Run(t, "async", np, o...)
+			proctest.Run(t, "async", np, proctest.Timeout(2*time.Minute),
+				proctest.Env(envBackend+"="+be.name, envAsync+"="+scenario),
+				proctest.RankEnv(func(r int) []string {
+					if be.nodes > 0 {
+						return []string{fmt.Sprintf("GOCOLL_NODE_ID=asyncnode%d", r*be.nodes/np)}
+					}
+					return nil
+				}))
 		})
 	}
-	return res
 }
 
 // TestStartedInFlight: 64 calls of every kind and mixed sizes in flight on
@@ -58,24 +68,28 @@ func TestStartedInFlight(t *testing.T) { runAsync(t, "inflight", 3) }
 // TestStartedCancel: a rank cancels the context its started calls run
 // under while they wait for a rank that has not started yet: every rank's
 // calls fail quickly (on the peers, from the first the culprit had not
-// done its part in), the peers' naming it.
-func TestStartedCancel(t *testing.T) { runAsync(t, "cancel", 3) }
+// done its part in), the peers' naming it. On shm and tcp: the
+// hierarchical backend's peers name the rank the culprit waited for.
+func TestStartedCancel(t *testing.T) { runAsync(t, "cancel", 3, "shm", "tcp") }
 
 // TestStartedAbort: Comm.Abort from another goroutine while calls are in
 // flight fails them on every rank quickly.
-func TestStartedAbort(t *testing.T) { runAsync(t, "abort", 3) }
+func TestStartedAbort(t *testing.T) { runAsync(t, "abort", 3, "shm", "tcp") }
 
 // TestStartedKilled: a rank killed with SIGKILL while calls are in flight:
 // every handle's Wait on the other ranks returns a *core.PeerError naming
 // it.
 func TestStartedKilled(t *testing.T) {
 	for _, be := range asyncBackends {
-		t.Run(be, func(t *testing.T) {
-			if why := available(be); why != "" {
-				t.Skipf("dispatch offers no %q backend here: %s", be, why)
+		if be.label != "shm" && be.label != "tcp" {
+			continue
+		}
+		t.Run(be.label, func(t *testing.T) {
+			if why := available(be.name); why != "" {
+				t.Skipf("dispatch offers no %q backend here: %s", be.name, why)
 			}
 			res := proctest.Run(t, "async", 3, proctest.Timeout(2*time.Minute),
-				proctest.Env(envBackend+"="+be, envAsync+"=killed"), proctest.KillOnMark(1, "started"))
+				proctest.Env(envBackend+"="+be.name, envAsync+"=killed"), proctest.KillOnMark(1, "started"))
 			if !res[1].Killed {
 				t.Errorf("rank 1 was not killed: %+v", res[1])
 			}
