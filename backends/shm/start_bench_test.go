@@ -147,4 +147,3 @@ func BenchmarkStartOverheadOneRank(b *testing.B) {
 		})
 	}
 }
-
