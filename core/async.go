@@ -587,3 +587,10 @@ func (c *call) sendSum() uint64 {
 	}
 	return s
 }
+
+// EagerSize is the largest send that every backend completes without
+// waiting for its recv (with the sends before it to that peer received):
+// so Send then Recv on both ranks of a pair works up to it. A larger send
+// waits until the receiver has begun the matching recv, on every backend
+// alike; exchange large messages with SendRecv or a batch.
+const EagerSize = 64 << 10

@@ -102,6 +102,12 @@ func TestStartedKilled(t *testing.T) {
 // send and recv, all checked.
 func TestP2PRules(t *testing.T) { runAsync(t, "p2p", 4) }
 
+// TestRendezvous: above core.EagerSize a send waits for its recv on shm
+// and tcp alike: a send returns only once the late receiver has begun,
+// and two ranks that both send first time out, both of them; at the eager
+// size a send does not wait.
+func TestRendezvous(t *testing.T) { runAsync(t, "rendezvous", 2, "shm", "tcp") }
+
 func asyncBody(ctx context.Context, r *proctest.Rank) error {
 	c, err := initCommTimeout(ctx, r, os.Getenv(envBackend), asyncTimeout)
 	if err != nil {
@@ -117,6 +123,8 @@ func asyncBody(ctx context.Context, r *proctest.Rank) error {
 		return killedInFlight(ctx, c, r)
 	case "p2p":
 		return p2pRules(ctx, c)
+	case "rendezvous":
+		return rendezvous(ctx, c)
 	default:
 		return fmt.Errorf("unknown scenario %q", s)
 	}
@@ -505,6 +513,53 @@ func p2pRules(ctx context.Context, c *dispatch.Comm) error {
 	}
 	if err := c.Barrier(ctx); err != nil {
 		return fmt.Errorf("after the refused send: %w", err)
+	}
+	return nil
+}
+
+// rendezvous checks when sends return (see TestRendezvous), at np 2.
+func rendezvous(ctx context.Context, c *dispatch.Comm) error {
+	me, peer := c.Rank(), 1-c.Rank()
+	const late = 300 * time.Millisecond
+	for _, bytes := range []int{core.EagerSize, 1 << 20} {
+		buf := make([]int32, bytes/4)
+		if me == 0 {
+			for i := range buf {
+				buf[i] = int32(i)
+			}
+			t0 := time.Now()
+			if err := coll.SendInt32(ctx, c, buf, peer); err != nil {
+				return err
+			}
+			d := time.Since(t0)
+			if bytes <= core.EagerSize && d >= late*3/4 {
+				return fmt.Errorf("an eager send of %d bytes took %v: it waited for the late recv", bytes, d)
+			}
+			if bytes > core.EagerSize && d < late*3/4 {
+				return fmt.Errorf("a send of %d bytes returned after %v, before its recv began", bytes, d)
+			}
+		} else {
+			time.Sleep(late)
+			if err := coll.RecvInt32(ctx, c, buf, peer); err != nil {
+				return err
+			}
+			for i, v := range buf {
+				if v != int32(i) {
+					return fmt.Errorf("element %d of %d bytes = %d", i, bytes, v)
+				}
+			}
+		}
+		if err := c.Barrier(ctx); err != nil {
+			return err
+		}
+	}
+	// Both send 1 MiB first: both wait for a recv that never begins.
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := coll.SendInt32(tctx, c, make([]int32, 1<<18), peer)
+	var pe *core.PeerError
+	if !errors.As(err, &pe) {
+		return fmt.Errorf("two large sends first: got %v, want a *core.PeerError", err)
 	}
 	return nil
 }

@@ -241,7 +241,7 @@ func TestAgreementProcesses(t *testing.T) {
 // others exchange alongside, unaffected.
 func checkP2PAgreement(ctx context.Context, g *core.Guard) error {
 	me := g.Rank()
-	eager := 2 * g.Backend().(*Backend).lay.p2pSize // sends up to this return before their recv looks
+	eager := min(2*g.Backend().(*Backend).lay.p2pSize, core.EagerSize) // sends up to this return before their recv looks
 	type side struct {
 		count int
 		short bool // pass a buffer one byte short: fails core.Check

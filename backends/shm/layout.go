@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"github.com/gocoll/gocoll/core"
 )
 
 // The workspace, one shared mapping laid out as:
@@ -142,7 +144,7 @@ func newLayout(n int, cfg config) (layout, error) {
 	// eager message: p2p.go), unless the option asked for less.
 	p := cfg.p2pSize
 	if n > 1 {
-		p = min(p, max(EagerSize/2, (16<<20)/(2*n*n)))
+		p = min(p, max(core.EagerSize/2, (16<<20)/(2*n*n)))
 	}
 	l.p2pSize = roundUp(p, pageSize)
 	if err := l.place(); err != nil {

@@ -21,15 +21,10 @@ const (
 	DefaultSmallThreshold = 64 << 10
 	// DefaultP2PBufferSize is the size of each of the two buffers a pair of
 	// ranks has for send/recv in each direction (shrunk for large groups,
-	// to EagerSize/2 at least: from 23 ranks on, the channels take
-	// n² x 64 KiB, 256 MiB at 64 ranks).
+	// to core.EagerSize/2 at least, so that an eager message fits a
+	// channel: from 23 ranks on the channels take n² x 64 KiB, 256 MiB
+	// at 64 ranks).
 	DefaultP2PBufferSize = 64 << 10
-	// EagerSize is the size up to which a send returns without waiting for
-	// its recv whatever the group size: a send is eager when it fits the
-	// two buffers of its channel (twice the p2p buffer size, 128 KiB by
-	// default), and they never shrink below this unless
-	// WithP2PBufferSize asks for less.
-	EagerSize = 64 << 10
 	// DefaultSpin is how long a waiter spins before it sleeps on a futex
 	// when the node has at least as many CPUs as ranks.
 	DefaultSpin = 100 * time.Microsecond
@@ -93,8 +88,8 @@ func WithSmallThreshold(n int) Option {
 }
 
 // WithP2PBufferSize sets the size of each of the two buffers a pair of ranks
-// uses for send/recv in each direction (rounded up to 4 KiB). Sends of up
-// to twice the size are eager (see EagerSize).
+// uses for send/recv in each direction (rounded up to 4 KiB). Below
+// core.EagerSize/2 it lowers the eager size to twice n.
 func WithP2PBufferSize(n int) Option {
 	return func(c *config) error {
 		if n < 64 {

@@ -14,12 +14,13 @@ import (
 // buffer: message number, dtype, count) and a receiver line that counts
 // consumed ones. The sender may run two chunks ahead of the acks.
 //
-// A message of at most two chunks is eager: the sender publishes it and
-// returns without waiting for the receiver (as a tcp send returns once the
-// kernel has taken the bytes), so that Send then Recv on both ranks of a
-// pair works. Only a send behind two chunks not yet taken waits, for the
-// receiver to take the older ones. A larger message's sender returns once
-// the receiver has taken its last chunk.
+// A message of at most core.EagerSize bytes (two chunks at most: the
+// buffers are at least half that) is eager: the sender publishes it and
+// returns without waiting for the receiver, so that Send then Recv on both
+// ranks of a pair works. Only a send behind two chunks not yet taken
+// waits, for the receiver to take the older ones. A larger message's
+// sender returns once the receiver has taken its last chunk (tcp's waits
+// for the receiver to begin the recv: both wait for the recv).
 //
 // The receiver compares the header of a message's first chunk with its own
 // call before it copies a byte. When they differ (or either side refused
@@ -112,7 +113,8 @@ func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) err
 	}
 	P := b.lay.p2pSize
 	n := chunks(len(buf), P)
-	if n <= 2 {
+	eager := n <= 2 && len(buf) <= core.EagerSize
+	if eager {
 		hdr[1] |= p2pEager | uint64(n)<<p2pChunksShift
 	}
 	for i := 0; i < n; i++ {
@@ -133,8 +135,8 @@ func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) err
 		publish(&mine.seq, &mine.sleepers, c)
 		b.sent[peer] = c
 	}
-	if n <= 2 {
-		return nil // eager: the receiver takes it when it comes
+	if eager {
+		return nil // the receiver takes it when it comes
 	}
 	if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, b.sent[peer]); err != nil {
 		return err
