@@ -224,8 +224,9 @@ type asyncState struct {
 // complete in order. req is checked (Check) here, on the caller's
 // goroutine: a request that fails returns its error at once, no Handle,
 // and the peers learn of it, in order, as from a blocking call. The
-// buffers req names belong to the call until the Handle completes. A communicator that is closed or failed returns the error a
-// blocking call would.
+// buffers req names belong to the call until the Handle completes. A
+// communicator that is closed or failed returns the error a blocking call
+// would.
 //
 // A blocking call (Do) issued while started calls are in flight runs after
 // them. Calls must be issued from one goroutine at a time, in the same
