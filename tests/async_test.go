@@ -271,8 +271,9 @@ func inFlight(ctx context.Context, c *dispatch.Comm) error {
 	return c.Barrier(ctx)
 }
 
-// failInFlight: rank 0 starts its calls late, so that the others' wait for
-// it; meanwhile rank 1 cancels its calls' context, or rank 2 aborts.
+// failInFlight: rank 0 starts its calls once the culprit has given up, so
+// that the others' calls wait for it meanwhile; rank 1 cancels its calls'
+// context, or rank 2 aborts.
 func failInFlight(ctx context.Context, c *dispatch.Comm, how string) error {
 	me := c.Rank()
 	culprit := 1
@@ -285,7 +286,9 @@ func failInFlight(ctx context.Context, c *dispatch.Comm, how string) error {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if me == 0 {
-		time.Sleep(300 * time.Millisecond)
+		if _, err := c.Store().Get(ctx, "gave-up"); err != nil {
+			return err
+		}
 	}
 	var hs []started
 	for i := range 16 {
@@ -306,6 +309,10 @@ func failInFlight(ctx context.Context, c *dispatch.Comm, how string) error {
 			cancel()
 		} else {
 			go c.Abort() // from another goroutine
+		}
+		time.Sleep(50 * time.Millisecond) // the failure reaches the peers first
+		if err := c.Store().Set(ctx, "gave-up", nil); err != nil {
+			return err
 		}
 	}
 	// On the peers, calls the culprit had done its part in before it gave
