@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -40,8 +41,24 @@ type exitInfo struct {
 	how  string // "exit status 3", "signal: killed"
 }
 
-// launch starts the ranks, supervises them and returns the exit code.
-func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Duration, stdout, stderr io.Writer) int {
+// onFailure says what a rank that fails does to the others.
+type onFailure string
+
+const (
+	// failStop stops the other ranks, as torchrun and mpirun do by
+	// default.
+	failStop onFailure = "stop"
+	// failContinue leaves the other ranks running, as MPICH's
+	// -disable-auto-cleanup and Open MPI's --enable-recovery do, so that
+	// they can go on without it (dispatch.Comm.Shrink).
+	failContinue onFailure = "continue"
+)
+
+// launch starts the ranks, supervises them and returns the exit code: 0
+// when every rank exited 0; else the code of the first rank that failed
+// before gocollrun got a signal (128+signal for a rank killed by one);
+// else 128+the signal gocollrun got.
+func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Duration, policy onFailure, stdout, stderr io.Writer) int {
 	var outMu sync.Mutex // whole lines from different ranks never interleave
 	say := func(format string, args ...any) {
 		outMu.Lock()
@@ -105,6 +122,7 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 	live := len(procs)
 	stopping := false
 	signalled := 0
+	var failed []exitInfo // with -on-failure=continue
 	var kill <-chan time.Time
 	for live > 0 {
 		select {
@@ -114,7 +132,18 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 			if e.code == 0 || stopping {
 				continue
 			}
-			code = e.code
+			if code == 0 {
+				code = e.code
+			}
+			if policy == failContinue {
+				failed = append(failed, e)
+				if live > 0 {
+					say("rank %d (pid %d) failed: %s; the other ranks go on (-on-failure=continue; %d still running)", e.p.rank, e.p.cmd.Process.Pid, e.how, live)
+				} else {
+					say("rank %d (pid %d) failed: %s", e.p.rank, e.p.cmd.Process.Pid, e.how)
+				}
+				continue
+			}
 			stopping = true
 			if live > 0 {
 				say("rank %d (pid %d) failed: %s; stopping the other ranks", e.p.rank, e.p.cmd.Process.Pid, e.how)
@@ -142,6 +171,15 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 	if signalled > 0 && allZero(procs) {
 		// Every rank handled the signal and exited cleanly.
 		return 0
+	}
+	if len(failed) > 0 {
+		// The failures may lie far apart in a long output: name them all
+		// where the job ends.
+		list := make([]string, len(failed))
+		for i, e := range failed {
+			list[i] = fmt.Sprintf("rank %d (%s)", e.p.rank, e.how)
+		}
+		say("%d of %d rank(s) failed: %s; exiting %d, rank %d's code", len(failed), len(procs), strings.Join(list, ", "), code, failed[0].p.rank)
 	}
 	return code
 }

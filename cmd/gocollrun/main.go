@@ -21,6 +21,18 @@
 // rank's code (128+signal for a rank killed by a signal). Every rank runs
 // in its own process group with a parent-death signal, and gocollrun kills
 // those groups before it exits, so no child outlives it.
+//
+// With -on-failure=continue (like MPICH's -disable-auto-cleanup and Open
+// MPI's --enable-recovery) a rank that fails or is killed leaves the
+// others running, so that they can go on without it (dispatch's
+// Comm.Shrink): gocollrun says which rank failed, waits for every rank,
+// names each failed rank again at the end, and exits with the code of the
+// first rank that failed (0 only when every rank exited 0). The store it
+// serves outlives every rank, rank 0 included, so the survivors can
+// Shrink. In a multi-node job node 0's gocollrun serves the store only
+// until its own ranks have all exited: survivors on other nodes can
+// Shrink while a rank of node 0 lives. SIGINT and SIGTERM still stop
+// every rank.
 package main
 
 import (
@@ -55,6 +67,7 @@ type config struct {
 	grace                time.Duration
 	backend, timeout     string
 	bind                 affinity.Mode
+	onFailure            onFailure
 	argv                 []string
 }
 
@@ -72,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.grace, "grace", time.Second, "how long stopped ranks get between SIGTERM and SIGKILL")
 	fs.StringVar(&c.backend, "backend", "", "sets GOCOLL_BACKEND for the ranks: auto, shm, tcp or kv")
 	fs.StringVar(&c.timeout, "timeout", "", "sets GOCOLL_TIMEOUT for the ranks, e.g. 90s")
+	policy := fs.String("on-failure", string(failStop), "what a rank that exits non-zero or is killed does to the others: stop (gocollrun stops them) or continue (they go on, e.g. to Shrink; gocollrun waits for all and exits with the first failed rank's code)")
 	bind := fs.String("bind", string(affinity.Auto), "bind each rank to one CPU, round robin: auto (only when ranks outnumber this node's CPUs), cpu (always) or none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: gocollrun [flags] PROGRAM [ARGS...]\n\nStarts the ranks of a gocoll job on this node.\n\n")
@@ -84,6 +98,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var err error
 	if c.bind, err = affinity.Parse(*bind); err != nil {
 		return nil, fmt.Errorf("-bind: %w", err)
+	}
+	switch c.onFailure = onFailure(*policy); c.onFailure {
+	case failStop, failContinue:
+	default:
+		return nil, fmt.Errorf("-on-failure %q: want %s or %s", *policy, failStop, failContinue)
 	}
 	switch {
 	case len(c.argv) == 0:
@@ -190,7 +209,7 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 	for i, cpu := range plan {
 		ranks[i].cpu = cpu
 	}
-	return launch(context.Background(), ranks, c.prefix, c.grace, stdout, stderr)
+	return launch(context.Background(), ranks, c.prefix, c.grace, c.onFailure, stdout, stderr)
 }
 
 func envMap(environ []string) map[string]string {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,7 +22,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
+	"github.com/gocoll/gocoll/generated/coll"
 )
 
 // The test binary plays both parts: started by gocollrun (which sets
@@ -109,9 +113,108 @@ func rankMain(mode string) int {
 		fmt.Printf("rank=%d size=%d local=%d/%d node=%d/%d store=%s job=%s\n", c.Rank(), c.Size(), c.LocalRank(), c.LocalSize(),
 			c.NodeRank(), c.NumNodes(), c.KVSAddr(), c.JobID())
 		return 0
+	case "codes":
+		// Rank 1 fails at once; rank 2 fails, and rank 3 succeeds, when
+		// the test says so.
+		switch rank {
+		case "1":
+			return 3
+		case "2", "3":
+			for !exists(filepath.Join(dir, "go")) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if rank == "2" {
+				return 5
+			}
+		}
+		return 0
+	case "shrink":
+		write("pid-"+rank, strconv.Itoa(os.Getpid()))
+		if err := shrinkRank(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
 	}
 	fmt.Fprintln(os.Stderr, "unknown mode", mode)
 	return 2
+}
+
+// shrinkRank runs allreduces until the rank GOCOLLRUN_TEST_VICTIM names
+// kills itself with SIGKILL; the others catch the *core.PeerError naming
+// it, Shrink, and run 1000 checked allreduces on what they get.
+func shrinkRank() error {
+	ctx := context.Background()
+	victim, err := strconv.Atoi(os.Getenv("GOCOLLRUN_TEST_VICTIM"))
+	if err != nil {
+		return fmt.Errorf("GOCOLLRUN_TEST_VICTIM: %w", err)
+	}
+	c, err := dispatch.Init(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for i := 0; ; i++ {
+		if c.Rank() == victim && i == 20 {
+			unix.Kill(os.Getpid(), unix.SIGKILL)
+			select {} // the signal is on its way
+		}
+		err := checkedAllreduce(ctx, c, i)
+		if err == nil {
+			continue
+		}
+		var pe *core.PeerError
+		if !errors.As(err, &pe) || !slices.Contains(pe.Ranks, victim) {
+			return fmt.Errorf("rank %d: allreduce #%d: want a *core.PeerError naming rank %d: %w", c.Rank(), i, victim, err)
+		}
+		break
+	}
+	s, err := c.Shrink(ctx)
+	if err != nil {
+		return fmt.Errorf("rank %d: shrink: %w", c.Rank(), err)
+	}
+	defer s.Close()
+	var want []int
+	for r := range c.Size() {
+		if r != victim {
+			want = append(want, r)
+		}
+	}
+	if !slices.Equal(s.Ranks(), want) || s.WorldRank() != c.Rank() {
+		return fmt.Errorf("rank %d: shrunk to world ranks %v (this one %d), want %v", c.Rank(), s.Ranks(), s.WorldRank(), want)
+	}
+	c.Close() // failed for good; s keeps the store connection
+	for i := range 1000 {
+		if err := checkedAllreduce(ctx, s, i); err != nil {
+			return fmt.Errorf("rank %d: allreduce #%d after shrinking: %w", c.Rank(), i, err)
+		}
+	}
+	fmt.Printf("rank %d: rank %d of %v on %s after the shrink, 1000 allreduces checked\n", c.Rank(), s.Rank(), s.Ranks(), s.Backend())
+	return nil
+}
+
+// checkedAllreduce is allreduce #i on c: each rank contributes its world
+// rank + i + the element's index, and the sum is checked, so that a stale
+// or mispaired call cannot pass.
+func checkedAllreduce(ctx context.Context, c *dispatch.Comm, i int) error {
+	const n = 257
+	send, recv := make([]int64, n), make([]int64, n)
+	for j := range send {
+		send[j] = int64(c.WorldRank() + i + j)
+	}
+	if err := coll.AllreduceInt64(ctx, c, send, recv, coll.OpSum); err != nil {
+		return err
+	}
+	var base int64
+	for _, w := range c.Ranks() {
+		base += int64(w + i)
+	}
+	for j, v := range recv {
+		if want := base + int64(c.Size()*j); v != want {
+			return fmt.Errorf("allreduce #%d: element %d = %d, want %d", i, j, v, want)
+		}
+	}
+	return nil
 }
 
 func exists(path string) bool { _, err := os.Stat(path); return err == nil }
@@ -387,6 +490,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-nnodes", "2", "x"}, nil, "-master-port"},
 		{[]string{"-nnodes", "2", "-master-port", "1234", "x"}, nil, "GOCOLL_SECRET"},
 		{[]string{"/nonexistent/program"}, nil, "starting rank 0"},
+		{[]string{"-on-failure", "restart", "x"}, nil, "-on-failure"},
 	} {
 		var out, errb bytes.Buffer
 		code := gocollrun(tc.args, tc.env, &out, &errb)
@@ -499,4 +603,108 @@ func TestSecondSignalKills(t *testing.T) {
 			t.Errorf("rank pid %d survived", pid)
 		}
 	}
+}
+
+// With -on-failure=continue, a rank killed by SIGKILL (rank 0, whose
+// death takes the store with it when rank 0 serves it, and another) leaves
+// the others running: they Shrink and finish 1000 checked allreduces,
+// through the store gocollrun serves. gocollrun waits for them, names the
+// dead rank, exits 128+SIGKILL, and leaves no process and nothing in
+// /dev/shm.
+func TestContinueAfterKill(t *testing.T) {
+	const np = 4
+	for _, tc := range []struct {
+		victim  int
+		backend string
+	}{{0, "shm"}, {2, "shm"}, {0, "tcp"}} {
+		t.Run(fmt.Sprintf("rank%d/%s", tc.victim, tc.backend), func(t *testing.T) {
+			before := shmEntries()
+			cmd, dir, out, errb := launcher(t, "shrink", "-np", strconv.Itoa(np), "-on-failure", "continue",
+				"-backend", tc.backend, "-timeout", "30s")
+			cmd.Env = append(cmd.Env, "GOCOLLRUN_TEST_VICTIM="+strconv.Itoa(tc.victim))
+			start := time.Now()
+			err := cmd.Run()
+			t.Logf("gocollrun ran %v; stdout:\n%sstderr:\n%s", time.Since(start).Round(time.Millisecond), out, errb)
+			if code := exitCode(t, err); code != 128+int(unix.SIGKILL) {
+				t.Errorf("gocollrun exited %d, want %d; stderr:\n%s", code, 128+int(unix.SIGKILL), errb)
+			}
+			dead := fmt.Sprintf("rank %d (pid", tc.victim)
+			summary := fmt.Sprintf("1 of %d rank(s) failed: rank %d (killed by signal killed)", np, tc.victim)
+			if !strings.Contains(errb.String(), dead) || !strings.Contains(errb.String(), summary) {
+				t.Errorf("stderr does not name rank %d as killed (%q, then %q):\n%s", tc.victim, dead, summary, errb)
+			}
+			var survivors []int
+			for r := range np {
+				if r != tc.victim {
+					survivors = append(survivors, r)
+				}
+			}
+			for i, r := range survivors {
+				line := fmt.Sprintf("[rank %d] rank %d: rank %d of %v on %s after the shrink, 1000 allreduces checked\n",
+					r, r, i, survivors, tc.backend)
+				if !strings.Contains(out.String(), line) {
+					t.Errorf("stdout lacks %q:\n%s\nstderr:\n%s", line, out, errb)
+				}
+			}
+			pids := readPids(t, dir, "pid-")
+			if len(pids) != np {
+				t.Errorf("found %d rank pids, want %d", len(pids), np)
+			}
+			for _, pid := range pids {
+				if !waitGone(pid) {
+					unix.Kill(pid, unix.SIGKILL)
+					t.Errorf("rank pid %d outlived gocollrun", pid)
+				}
+			}
+			for name := range shmEntries() {
+				if !before[name] && strings.Contains(name, "gocoll") {
+					t.Errorf("/dev/shm/%s appeared during the run", name)
+				}
+			}
+		})
+	}
+}
+
+// With -on-failure=continue, ranks that exit non-zero leave the others
+// running; gocollrun names every one of them at the end and exits with
+// the first one's code.
+func TestContinueReportsEveryFailure(t *testing.T) {
+	cmd, dir, _, errb := launcher(t, "codes", "-np", "4", "-on-failure", "continue")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(errb.String(), "rank 1 (pid") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("gocollrun did not report rank 1; stderr:\n%s", errb)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if code := exitCode(t, err); code != 3 {
+		t.Errorf("gocollrun exited %d, want 3 (rank 1's code); stderr:\n%s", code, errb)
+	}
+	for _, want := range []string{
+		"rank 1 (pid", "exit code 3; the other ranks go on (-on-failure=continue",
+		"rank 2 (pid", "exit code 5",
+		"2 of 4 rank(s) failed: rank 1 (exit code 3), rank 2 (exit code 5); exiting 3, rank 1's code",
+	} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb)
+		}
+	}
+}
+
+func shmEntries() map[string]bool {
+	m := map[string]bool{}
+	ents, _ := os.ReadDir("/dev/shm")
+	for _, e := range ents {
+		m[e.Name()] = true
+	}
+	return m
 }
