@@ -65,11 +65,12 @@ import (
 )
 
 // Comm is a communicator: this process's place in a job, and the backend
-// that runs its collectives. It implements core.Comm. Collectives on one
-// Comm must be called in the same order on every rank, one at a time: a
-// call that starts while another is in flight fails, and so does the
-// other (core.ErrConcurrentUse), rather than pair different calls across
-// ranks.
+// that runs its collectives. It implements core.Comm and core.Starter.
+// Collectives on one Comm must be issued in the same order on every rank,
+// from one goroutine at a time, blocking (Do) or started (Start, see
+// async.go): calls issued from two goroutines at once fail, and so does
+// the one in flight (core.ErrConcurrentUse), rather than pair different
+// calls across ranks.
 type Comm struct {
 	rank, size           int
 	localRank, localSize int
@@ -352,8 +353,9 @@ func (c *Comm) Backend() string { return c.guard.Backend().Name() }
 
 // Do runs one collective; see core.Comm and core.Guard. Every call is
 // checked once here (core.Check) before the backend runs it; a rank whose
-// call fails the check tells its peers, which fail at once naming it. Two
-// calls in flight at once fail with core.ErrConcurrentUse. After Close it
+// call fails the check tells its peers, which fail at once naming it. It
+// runs after the started calls in flight, if any. Two calls issued from
+// different goroutines at once fail with core.ErrConcurrentUse. After Close it
 // fails with core.ErrClosed, and after an error that leaves the ranks out
 // of step (a rank that never came, a lost connection, a cancelled wait)
 // with that error.

@@ -14,6 +14,7 @@ func collFiles(s *spec.Spec, kernelsPath string) []genFile {
 	return append([]genFile{
 		{name: "ids.go", jen: collIDs(s, kernelsPath)},
 		{name: "api.go", jen: collAPI(s)},
+		{name: "start.go", jen: startFile(s)},
 		{name: "coll_test.go", jen: collTest(s)},
 	}, genericFiles(s)...)
 }
