@@ -11,7 +11,9 @@
 // The store listens at MASTER_ADDR:MASTER_PORT. Rank 0 serves it, as in
 // torch, unless the launcher already does (gocollrun does, and says so
 // with GOCOLL_LAUNCHER_STORE=1, so the store outlives a rank 0 that
-// exits early) or WithStore hands Init a store to use. Rank 0 binds the
+// exits early), torchrun's agent serves its own c10d store there (see
+// torchrun.go: then every rank dials that store instead), or WithStore
+// hands Init a store to use. Rank 0 binds the
 // port on every interface, unless MASTER_ADDR is a loopback address; the
 // job secret keeps strangers out. A job of one process with no
 // MASTER_ADDR serves a private store on 127.0.0.1. Rank 0's Close waits
@@ -27,7 +29,10 @@
 // cannot be), and Init refuses to start without it rather than run a store
 // anyone on the network could write to: pass one, e.g.
 // mpirun -x GOCOLL_SECRET=$(openssl rand -hex 16). With WithStore the
-// store is already trusted, so rank 0 makes one up for the backends.
+// store is already trusted, so rank 0 makes one up for the backends; so
+// it does in torchrun's agent store, and under torchrun's other
+// rendezvous the secret is derived from the run (see torchrun.go for
+// what protects each).
 //
 // # Timeouts
 //
@@ -57,6 +62,7 @@ import (
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/store"
+	"github.com/gocoll/gocoll/store/c10d"
 )
 
 // Comm is a communicator: this process's place in a job, and the backend
@@ -80,6 +86,7 @@ type Comm struct {
 	store  core.Store    // this job's namespace in the store
 	live   bool          // this rank holds an ephemeral "alive/<rank>" key in store
 	client *store.Client // dialled by Init; nil with WithStore
+	agent  *c10d.Client  // torchrun's agent store, dialled by Init (torchrun.go)
 	server *store.Server // served by this rank (rank 0 or a lone process)
 	// guard runs the backend's calls: the one request check, one call
 	// at a time, the failed and closed states.
@@ -122,6 +129,11 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	base := o.store
 	if a, ok := base.(interface{ Addr() string }); ok {
 		c.kvsAddr = a.Addr()
+	}
+	if base == nil && l.agentStore {
+		if base, err = c.connectAgentStore(ctx, l); err != nil {
+			return nil, err
+		}
 	}
 	if base == nil {
 		if base, err = c.connect(ctx, l, o.log); err != nil {
@@ -441,6 +453,9 @@ func withoutLost(keys, guards, lost []string) ([]string, []string) {
 func (c *Comm) release() {
 	if c.client != nil {
 		c.client.Close()
+	}
+	if c.agent != nil {
+		c.agent.Close()
 	}
 	if c.server != nil {
 		c.server.Close()

@@ -72,6 +72,8 @@ type launch struct {
 
 	master        string // store address "host:port"; "" for standalone
 	launcherStore bool   // the launcher serves the store
+	agentStore    bool   // torchrun's agent serves a c10d store at master (see torchrun.go)
+	agentPrefix   string // gocoll's namespace in the agent's store
 	secret        []byte // nil: none given
 	jobID         string
 	timeout       time.Duration
@@ -258,13 +260,16 @@ func resolve(o *options, env envLookup) (*launch, error) {
 		}
 		l.secret = []byte(v)
 	}
+	if err := torchrunResolve(o, env, l); err != nil {
+		return nil, err
+	}
 	if l.secret == nil && o.store == nil && l.master != "" && l.size > 1 && slurmStep(l, env) {
 		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s; "+
 			"srun passes on the environment it was started with, so run %s=$(openssl rand -hex 16) srun ... "+
 			"(with --export, name %s in it). Launching with nothing exported through srun --mpi=pmi2 is planned, "+
 			"but gocoll does not read PMI yet", EnvSecret, l.master, EnvSecret, EnvSecret)
 	}
-	if l.secret == nil && o.store == nil && l.master != "" {
+	if l.secret == nil && o.store == nil && l.master != "" && !l.agentStore {
 		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s "+
 			"(gocollrun sets it; with mpirun pass -x %s=$(openssl rand -hex 16))", EnvSecret, l.master, EnvSecret)
 	}
