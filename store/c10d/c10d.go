@@ -209,10 +209,14 @@ func validate(ctx context.Context, nc net.Conn, addr string) error {
 			got = strconv.Quote(string(b[:n]))
 		}
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return fmt.Errorf("%w: %s accepted the connection but sent %s in answer to a GETNUMKEYS query within %v "+
-				"(torch 1.13 answers at once; torch 2.x's store waits for a validation handshake this client does not speak)",
+		if errors.As(err, &ne) && ne.Timeout() && n > 0 {
+			return fmt.Errorf("%w: %s answered a GETNUMKEYS query with only %s in %v, not an 8-byte key count",
 				ErrNotC10d, addr, got, AnswerTimeout)
+		}
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w: %s accepted the connection but sent nothing in answer to a GETNUMKEYS query within %v "+
+				"(torch 1.13 answers at once; torch 2.x's store waits for a validation handshake this client does not speak)",
+				ErrNotC10d, addr, AnswerTimeout)
 		}
 		return fmt.Errorf("%w: %s closed the connection after sending %s in answer to a GETNUMKEYS query (%v); "+
 			"torch 2.x's store drops clients that do not validate in its newer protocol, which this client does not speak",
