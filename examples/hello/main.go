@@ -13,6 +13,11 @@
 //	mpirun --allow-run-as-root --oversubscribe -np 4 \
 //	    -x MASTER_ADDR=127.0.0.1 -x MASTER_PORT=29500 -x GOCOLL_SECRET=$(openssl rand -hex 16) ./hello
 //
+// Under torchrun, with nothing exported (Debian's torchrun needs
+// --redirects 1 --tee 1 on Python 3.11):
+//
+//	torchrun --nproc_per_node=4 --redirects 1 --tee 1 --no_python ./hello
+//
 // Flags: -barriers N (default 10).
 package main
 
