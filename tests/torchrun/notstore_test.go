@@ -53,9 +53,9 @@ func listenFake(t *testing.T, serve func(nc net.Conn, hold <-chan struct{})) int
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// torchStore starts a real torch.distributed.TCPStore server and returns
-// its port, or skips without torch.
-func torchStore(t *testing.T) int {
+// torchStore starts a real torch.distributed.TCPStore server that lives
+// until owner ends, and returns its port; it skips t without torch.
+func torchStore(owner, t *testing.T) int {
 	t.Helper()
 	if err := exec.Command(torchPython, "-c", "import torch.distributed").Run(); err != nil {
 		t.Skipf("%s cannot import torch.distributed (%v): apt-get install python3-torch", torchPython, err)
@@ -78,7 +78,7 @@ sys.stdin.read()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { in.Close(); cmd.Wait() })
+	owner.Cleanup(func() { in.Close(); cmd.Wait() })
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		t.Fatalf("the torch store did not print its port: %v", err)
@@ -130,6 +130,15 @@ func TestWrongServerFailsFast(t *testing.T) {
 		return []string{"MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + strconv.Itoa(port),
 			"TORCHELASTIC_USE_AGENT_STORE=True", "TORCHELASTIC_RUN_ID=test", "TORCHELASTIC_RESTART_COUNT=0"}
 	}
+	// One torch store serves both cases that need one: torch takes
+	// seconds to import. The ranks only probe it.
+	var torchPort int
+	sharedTorch := func(st *testing.T) int {
+		if torchPort == 0 {
+			torchPort = torchStore(t, st)
+		}
+		return torchPort
+	}
 	cases := []struct {
 		name   string
 		server func(t *testing.T) int
@@ -144,8 +153,8 @@ func TestWrongServerFailsFast(t *testing.T) {
 			`sent "HTTP/1.1 400 Bad Request`, "MASTER_PORT in use"},
 		{"gocoll/silent", func(t *testing.T) int { return listenFake(t, silent) }, gocollEnv,
 			"sent nothing in", "MASTER_PORT in use"},
-		{"gocoll/torch", torchStore, gocollEnv, "torch's c10d TCPStore", "MASTER_PORT in use"},
-		{"launcher/torch", torchStore, launcherEnv, "torch's c10d TCPStore", "torch's c10d TCPStore"},
+		{"gocoll/torch", sharedTorch, gocollEnv, "torch's c10d TCPStore", "MASTER_PORT in use"},
+		{"launcher/torch", sharedTorch, launcherEnv, "torch's c10d TCPStore", "torch's c10d TCPStore"},
 		{"launcher/silent", func(t *testing.T) int { return listenFake(t, silent) }, launcherEnv,
 			"sent nothing in", "sent nothing in"},
 		{"agent/gocoll", gocollStore, agentEnv, "gocoll store's challenge", "gocoll store's challenge"},
