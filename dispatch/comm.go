@@ -102,7 +102,7 @@ var _ core.Comm = (*Comm)(nil)
 type info struct {
 	JobID  string `json:"job"`
 	KVS    string `json:"kvs"`
-	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore)
+	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore, torchrun's agent store)
 }
 
 // Init joins the job this process was launched into and returns its
