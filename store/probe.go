@@ -37,16 +37,16 @@ func readChallenge(ctx context.Context, nc net.Conn, addr string) ([]byte, error
 	ch := make([]byte, len(magic)+nonceLen)
 	n := 0
 	start := time.Now()
-	limit := start.Add(challengeTimeout) // zero once the server proved to be a (slow) gocoll store
+	limit := start.Add(challengeTimeout) // for the whole challenge; zero once the server proved to be a (slow) gocoll store
 	probed := false
 	for n < len(ch) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("store: waiting for the challenge from %s: %w", addr, err)
 		}
 		dl := deadline
-		if n == 0 && !limit.IsZero() {
+		if !limit.IsZero() {
 			step := limit
-			if !probed {
+			if !probed && n == 0 {
 				step = start.Add(probeAfter)
 			}
 			if dl.IsZero() || step.Before(dl) {
@@ -64,10 +64,10 @@ func readChallenge(ctx context.Context, nc net.Conn, addr string) ([]byte, error
 			continue
 		}
 		var ne net.Error
-		silent := n == 0 && errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil &&
+		silent := errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil &&
 			(deadline.IsZero() || time.Now().Before(deadline))
 		switch {
-		case silent && !probed:
+		case silent && !probed && n == 0:
 			probed = true
 			switch what := probeC10d(addr, limit); what {
 			case "":
@@ -78,9 +78,12 @@ func readChallenge(ctx context.Context, nc net.Conn, addr string) ([]byte, error
 					"rendezvous (TORCHELASTIC_USE_AGENT_STORE=True) gocoll meets through that store itself, "+
 					"elsewhere point MASTER_ADDR:MASTER_PORT at rank 0's gocoll store", ErrNotStore, addr, what)
 			}
-		case silent && !limit.IsZero() && !time.Now().Before(limit):
+		case silent && !limit.IsZero() && !time.Now().Before(limit) && n == 0:
 			return nil, fmt.Errorf("%w: %s accepted the connection but sent nothing in %v; a gocoll store sends its challenge "+
 				"at once: another program listens on that port (is MASTER_PORT right?)", ErrNotStore, addr, challengeTimeout)
+		case silent && !limit.IsZero() && !time.Now().Before(limit):
+			return nil, fmt.Errorf("%w: %s sent only %s in %v, not a whole gocoll challenge: another program listens on that port "+
+				"(is MASTER_PORT right?)", ErrNotStore, addr, quote(ch[:n]), challengeTimeout)
 		case silent:
 		case errors.Is(err, io.EOF):
 			// A server going away mid-handshake may be a store

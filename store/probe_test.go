@@ -74,6 +74,10 @@ func TestNotAStore(t *testing.T) {
 			<-hold
 		}, "torch's c10d TCPStore"},
 		{"silent", func(nc net.Conn, hold <-chan struct{}) { <-hold }, "sent nothing in"},
+		{"partial", func(nc net.Conn, hold <-chan struct{}) {
+			io.WriteString(nc, magic[:2])
+			<-hold
+		}, `sent only "GC" in`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
