@@ -15,7 +15,8 @@ import (
 const (
 	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one;
 	// under mpirun or srun pass it yourself (mpirun -x GOCOLL_SECRET=...,
-	// or GOCOLL_SECRET=... srun ...).
+	// or GOCOLL_SECRET=... srun ...); under torchrun it is optional (see
+	// torchrun.go).
 	EnvSecret = "GOCOLL_SECRET"
 	// EnvJobID names the job; shared resources carry it. Optional: rank 0
 	// makes one up and shares it through the store when it is unset.
