@@ -32,8 +32,9 @@ import (
 //     secret is derived from TORCHELASTIC_RUN_ID and MASTER_ADDR:
 //     MASTER_PORT, which every worker of the rendezvous round shares.
 //     Under --standalone the run id is a fresh random UUID that only the
-//     job's processes see (a process's environment is private to its
-//     user), so other users cannot reach the store; under
+//     job's user sees (in the processes' environments, and in torchrun's
+//     log at INFO level, which is off by default), so other users cannot
+//     reach the store; under
 //     --rdzv_backend=c10d it is --rdzv_id ("none" if not given), which
 //     anyone who sees the command line knows: then the store is as open
 //     as torch's own env:// TCPStore, which has no authentication at all.
