@@ -135,20 +135,32 @@ func torchrun(t *testing.T, mode []string, np int, prog string, args ...string) 
 func TestHelloAndAllreduce(t *testing.T) {
 	needTorchrun(t)
 	hello, job := binaries(t)
+	// The modes run side by side (each picks its own ports; only
+	// --standalone uses the fixed 29400), most of a run being torchrun's
+	// Python starting up.
 	for _, m := range modes {
-		for _, np := range []int{2, 4} {
-			t.Run(fmt.Sprintf("%s/np%d", m.name, np), func(t *testing.T) {
-				out := torchrun(t, m.flags(t), np, hello, "-barriers", "20")
-				for r := range np {
-					hi := fmt.Sprintf("hello from rank %d of %d (local rank %d of %d, node 0 of 1", r, np, r, np)
-					done := fmt.Sprintf("rank %d passed 20 barriers; sum of ranks = %d", r, np*(np-1)/2)
-					if !strings.Contains(out, hi) || !strings.Contains(out, done) {
-						t.Fatalf("rank %d's hello lines are missing:\n%s", r, out)
-					}
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			helloAndAllreduce(t, m.flags, hello, job)
+		})
+	}
+}
+
+// helloAndAllreduce runs hello and the job program under torchrun with
+// flags, at np 2 and 4, and checks every rank's output.
+func helloAndAllreduce(t *testing.T, flags func(t *testing.T) []string, hello, job string) {
+	for _, np := range []int{2, 4} {
+		t.Run(fmt.Sprintf("np%d", np), func(t *testing.T) {
+			out := torchrun(t, flags(t), np, hello, "-barriers", "20")
+			for r := range np {
+				hi := fmt.Sprintf("hello from rank %d of %d (local rank %d of %d, node 0 of 1", r, np, r, np)
+				done := fmt.Sprintf("rank %d passed 20 barriers; sum of ranks = %d", r, np*(np-1)/2)
+				if !strings.Contains(out, hi) || !strings.Contains(out, done) {
+					t.Fatalf("rank %d's hello lines are missing:\n%s", r, out)
 				}
-				checkJob(t, torchrun(t, m.flags(t), np, job), np)
-			})
-		}
+			}
+			checkJob(t, torchrun(t, flags(t), np, job), np)
+		})
 	}
 }
 
