@@ -18,9 +18,9 @@ var ErrNotStore = errors.New("store: the server is not a gocoll store")
 
 // A gocoll server sends its challenge as soon as it accepts a connection,
 // so a client need not wait long to know it reached something else.
-var (
+const (
 	// challengeTimeout bounds the wait for the challenge from a server
-	// that sends nothing at all.
+	// that sends nothing at all, or only part of one.
 	challengeTimeout = time.Second
 	// probeAfter is how long the client waits in silence before it asks,
 	// on a second connection, whether the server is torch's c10d store.

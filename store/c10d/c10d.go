@@ -99,7 +99,7 @@ const (
 // AnswerTimeout bounds how long Dial waits for the server's answer to its
 // validating query. torch's server answers at once; a server that says
 // nothing for this long is not one.
-var AnswerTimeout = time.Second
+const AnswerTimeout = time.Second
 
 // DefaultDialTimeout bounds Dial when its context has no deadline.
 const DefaultDialTimeout = 60 * time.Second
