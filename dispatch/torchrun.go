@@ -34,11 +34,10 @@ import (
 //     Under --standalone the run id is a fresh random UUID that only the
 //     job's user sees (in the processes' environments, and in torchrun's
 //     log at INFO level, which is off by default), so other users cannot
-//     reach the store; under
-//     --rdzv_backend=c10d it is --rdzv_id ("none" if not given), which
-//     anyone who sees the command line knows: then the store is as open
-//     as torch's own env:// TCPStore, which has no authentication at all.
-//     Set GOCOLL_SECRET on every node to close it.
+//     reach the store; under --rdzv_backend=c10d it is --rdzv_id ("none"
+//     if not given), which anyone who sees the command line knows: then
+//     the store is as open as torch's own env:// TCPStore, which has no
+//     authentication at all. Set GOCOLL_SECRET on every node to close it.
 const (
 	// envAgentStore is "True" when the worker's MASTER_PORT is the
 	// agent's own c10d store.
