@@ -23,11 +23,11 @@
 // Newer torch releases (2.x) changed the protocol: a client must first
 // send a VALIDATE query (type 0, with the magic number 0x3C85F7CE), every
 // other type moved up by one, and queries were added (APPEND, MULTI_GET,
-// MULTI_SET, CANCEL_WAIT and more), some releases prefixing every query
-// with a magic number too; their libuv server is the default since 2.4.
-// This client does not speak that protocol. Against such a server Dial
-// fails within AnswerTimeout, saying that the server did not answer a
-// torch 1.13 query.
+// MULTI_SET and CANCEL_WAIT; by 2.8 also PING, QUEUE_PUSH, QUEUE_POP and
+// QUEUE_LEN), some releases prefixing every query with a magic number
+// too; their libuv server is the default since 2.4. This client does not
+// speak that protocol. Against such a server Dial fails within
+// AnswerTimeout, saying that the server did not answer a torch 1.13 query.
 //
 // # Validation and errors
 //
