@@ -12,10 +12,11 @@
 // through the launcher's PMI when those are unset under mpiexec or
 // srun --mpi=pmi2. Rank 0 serves it, as in torch, unless the launcher
 // already does (gocollrun does, and says so with GOCOLL_LAUNCHER_STORE=1,
-// so the store outlives a rank 0 that exits early) or WithStore hands
-// Init a store to use. Rank 0 binds the
-// port on every interface, unless MASTER_ADDR is a loopback address; the
-// job secret keeps strangers out. A job of one process with no
+// so the store outlives a rank 0 that exits early), torchrun's agent
+// serves its own c10d store there (see torchrun.go: then every rank dials
+// that store instead), or WithStore hands Init a store to use. Rank 0
+// binds the port on every interface, unless MASTER_ADDR is a loopback
+// address; the job secret keeps strangers out. A job of one process with no
 // MASTER_ADDR serves a private store on 127.0.0.1. Rank 0's Close waits
 // (up to the timeout) until every rank has closed, so that no rank loses
 // the store while it still needs it.
@@ -32,7 +33,10 @@
 // and Init refuses to start without it rather than run a store anyone on
 // the network could write to: pass one, e.g.
 // mpirun -x GOCOLL_SECRET=$(openssl rand -hex 16). With WithStore the
-// store is already trusted, so rank 0 makes one up for the backends.
+// store is already trusted, so rank 0 makes one up for the backends; so
+// it does in torchrun's agent store, and under torchrun's other
+// rendezvous the secret is derived from the run (see torchrun.go for
+// what protects each).
 //
 // # Timeouts
 //
@@ -62,6 +66,7 @@ import (
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/store"
+	"github.com/gocoll/gocoll/store/c10d"
 )
 
 // Comm is a communicator: this process's place in a job, and the backend
@@ -86,6 +91,7 @@ type Comm struct {
 	store  core.Store    // this job's namespace in the store
 	live   bool          // this rank holds an ephemeral "alive/<rank>" key in store
 	client *store.Client // dialled by Init; nil with WithStore
+	agent  *c10d.Client  // torchrun's agent store, dialled by Init (torchrun.go)
 	server *store.Server // served by this rank (rank 0 or a lone process)
 	// guard runs the backend's calls: the one request check, one call
 	// at a time, the failed and closed states.
@@ -102,7 +108,7 @@ var _ core.Comm = (*Comm)(nil)
 type info struct {
 	JobID  string `json:"job"`
 	KVS    string `json:"kvs"`
-	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore)
+	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore, torchrun's agent store)
 }
 
 // Init joins the job this process was launched into and returns its
@@ -140,6 +146,11 @@ func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	base := o.store
 	if a, ok := base.(interface{ Addr() string }); ok {
 		c.kvsAddr = a.Addr()
+	}
+	if base == nil && l.agentStore {
+		if base, err = c.connectAgentStore(ctx, l); err != nil {
+			return nil, err
+		}
 	}
 	if base == nil {
 		if base, err = c.connect(ctx, l, o.log); err != nil {
@@ -460,6 +471,9 @@ func withoutLost(keys, guards, lost []string) ([]string, []string) {
 func (c *Comm) release() {
 	if c.client != nil {
 		c.client.Close()
+	}
+	if c.agent != nil {
+		c.agent.Close()
 	}
 	if c.server != nil {
 		c.server.Close()

@@ -15,9 +15,10 @@ import (
 // Environment variables gocoll reads besides the launchers' own.
 const (
 	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one,
-	// and so does rank 0 under mpiexec and srun --mpi=pmi2 (through PMI);
-	// under mpirun or plain srun pass it yourself
-	// (mpirun -x GOCOLL_SECRET=..., or GOCOLL_SECRET=... srun ...).
+	// and so does rank 0 under mpiexec and srun --mpi=pmi2 (through PMI)
+	// and under torchrun (see torchrun.go); under mpirun or plain srun
+	// pass it yourself (mpirun -x GOCOLL_SECRET=..., or
+	// GOCOLL_SECRET=... srun ...).
 	EnvSecret = "GOCOLL_SECRET"
 	// EnvJobID names the job; shared resources carry it. Optional: rank 0
 	// makes one up and shares it through the store when it is unset.
@@ -74,6 +75,8 @@ type launch struct {
 
 	master        string // store address "host:port"; "" for standalone
 	launcherStore bool   // the launcher serves the store
+	agentStore    bool   // torchrun's agent serves a c10d store at master (see torchrun.go)
+	agentPrefix   string // gocoll's namespace in the agent's store
 	secret        []byte // nil: none given
 	jobID         string
 	timeout       time.Duration
@@ -297,6 +300,9 @@ func resolve(o *options, env envLookup) (*launch, error) {
 		}
 		l.secret = []byte(v)
 	}
+	if err := torchrunResolve(o, env, l); err != nil {
+		return nil, err
+	}
 	if l.secret == nil && o.store == nil && l.size > 1 && pmiVer > 0 {
 		// Rank 0 makes a fresh one and shares it through PMI.
 		l.pmi, l.pmiSecret = pmiVer, true
@@ -307,7 +313,7 @@ func resolve(o *options, env envLookup) (*launch, error) {
 			"(with --export, name %s in it); or launch with srun --mpi=pmi2, through whose PMI rank 0 shares "+
 			"a fresh secret and the store's address, with nothing exported", EnvSecret, l.master, EnvSecret, EnvSecret)
 	}
-	if l.secret == nil && !l.pmiSecret && o.store == nil && l.master != "" {
+	if l.secret == nil && !l.pmiSecret && !l.agentStore && o.store == nil && l.master != "" {
 		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s "+
 			"(gocollrun sets it; with mpirun pass -x %s=$(openssl rand -hex 16))", EnvSecret, l.master, EnvSecret)
 	}

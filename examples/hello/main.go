@@ -20,6 +20,11 @@
 //	mpiexec.mpich -n 4 ./hello
 //	srun --mpi=pmi2 -n 4 ./hello
 //
+// Under torchrun nothing needs exporting either (Debian's torchrun needs
+// --redirects 1 --tee 1 on Python 3.11):
+//
+//	torchrun --nproc_per_node=4 --redirects 1 --tee 1 --no_python ./hello
+//
 // Flags: -barriers N (default 10).
 package main
 
