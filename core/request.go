@@ -25,6 +25,23 @@ type Request struct {
 	Send  []byte
 	Recv  []byte
 
+	// The vector collectives' per-rank element counts and element
+	// displacements, as MPI's: SendCounts[j] elements of block j of Send
+	// at SendDispls[j], and RecvCounts[j] of block j of Recv at
+	// RecvDispls[j]; nil displacements mean blocks packed in rank order.
+	// The Kind's Shape says which a collective takes: allgatherv, gatherv
+	// and reduce_scatter_v take RecvCounts, scatterv SendCounts (the same
+	// on every rank, unlike MPI, which reads them at the root only), and
+	// alltoallv both, SendCounts[j] of rank i being RecvCounts[i] of rank
+	// j. Blocks of one buffer must not overlap. Count is unused (zero).
+	SendCounts, SendDispls []int
+	RecvCounts, RecvDispls []int
+
+	// Digest is a hash of the counts vector every rank must pass alike
+	// (Shape.SharedCounts), 0 for other collectives: backends compare it
+	// where they compare Count. Set by Check.
+	Digest uint64
+
 	// Type is DType's descriptor; nil for a barrier. Set by Check.
 	Type *Type
 	// Kernel is Type's kernel for Op; nil for collectives that do not
