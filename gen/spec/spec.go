@@ -60,8 +60,8 @@ func (c Collective) Vector() bool { return len(c.Vectors) > 0 }
 
 // Buffer is one buffer argument of a collective.
 type Buffer struct {
-	Name  string // Go parameter name
-	Role  string // "send", "recv" or "inout"
+	Name string // Go parameter name
+	Role string // "send", "recv" or "inout"
 	// "count" or "count*size"; for a vector collective "counts" (one block
 	// per rank, as its vectors say), "counts[rank]" (this rank's count of
 	// the one counts vector) or "sum(counts)" (all of them, packed).
