@@ -246,3 +246,54 @@ func FuzzCheckVector(f *testing.F) {
 		}
 	})
 }
+
+func TestCountsEdgeSum(t *testing.T) {
+	// A consistent 3-rank matrix: send[i][j] == recv[j][i].
+	send := [][]int{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}}
+	recv := [][]int{{1, 4, 7}, {2, 5, 8}, {3, 6, 9}}
+	sum := func() uint64 {
+		var s uint64
+		for r := range send {
+			s += CountsEdgeSum(r, send[r], recv[r])
+		}
+		return s
+	}
+	if s := sum(); s != 0 {
+		t.Fatalf("consistent counts sum to %#x", s)
+	}
+	if e := PairCountsMismatch(1, 0, send, recv); e != nil {
+		t.Fatalf("consistent counts: %v", e)
+	}
+	recv[2][1] = 7 // rank 2 expects 7 from rank 1, which sends 8
+	if s := sum(); s == 0 {
+		t.Fatal("inconsistent counts sum to 0")
+	}
+	for r := range send {
+		e := PairCountsMismatch(1, r, send, recv)
+		if e == nil || e.Field != "counts" {
+			t.Fatalf("rank %d: %v", r, e)
+		}
+		if want := map[int]int{0: 1, 1: 2, 2: 1}[r]; e.Peer != want {
+			t.Errorf("rank %d names rank %d, want %d: %v", r, e.Peer, want, e)
+		}
+	}
+	// Swapped entries keep the sums of the counts but not the hash.
+	send[1][2], send[1][0] = 4, 6
+	recv[2][1] = 8
+	if s := sum(); s == 0 {
+		t.Fatal("swapped counts sum to 0")
+	}
+}
+
+func TestSharedCountsMismatch(t *testing.T) {
+	counts := [][]int{{1, 2}, {1, 2}, {1, 3}}
+	for r, want := range []int{2, 2, 0} {
+		e := SharedCountsMismatch(5, r, counts)
+		if e == nil || e.Peer != want || e.Field != "counts" {
+			t.Fatalf("rank %d: %v, want it to name rank %d", r, e, want)
+		}
+	}
+	if e := SharedCountsMismatch(5, 0, [][]int{{1}, {1}}); e != nil {
+		t.Fatal(e)
+	}
+}

@@ -122,6 +122,7 @@ type Backend struct {
 	brkSeen []uint64 // per destination: the last break its receiver made that this rank took up
 
 	srcs [][]byte // scratch list of reduce inputs
+	voff []int    // scratch: a vector collective's packed block offsets
 	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc
