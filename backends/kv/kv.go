@@ -309,7 +309,7 @@ type header struct {
 	kind    core.Kind
 	dtype   core.DType
 	op      core.Op
-	refused bool // the rank's own call failed its check: it moves no data
+	refused bool  // the rank's own call failed its check: it moves no data
 	count   int64 // a vector collective's: its counts' digest
 	root    int64
 	// vectors are a vector collective's counts vectors (vcoll.go).
