@@ -30,7 +30,10 @@
 // after the last stage between the leaders at which ranks can disagree,
 // so that a failure among the leaders reaches every rank. Alltoall runs
 // on World: every rank's data goes to every other rank, so a leader
-// would only relay it.
+// would only relay it. So do the vector collectives (allgatherv, gatherv,
+// scatterv, alltoallv, reduce_scatter_v): staging them would need every
+// node's counts at its leader first, and World's backend compares the
+// counts across all ranks itself.
 //
 // # Failures
 //
