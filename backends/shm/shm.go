@@ -55,7 +55,9 @@
 // (and at any size for two ranks) are direct: one round per chunk, after
 // which every rank reduces all inputs in rank order. Larger ones are split:
 // each rank reduces its 1/n slice of every input, then all copy the slices
-// out (two rounds per chunk). Other collectives take one round per chunk.
+// out (two rounds per chunk). Other collectives take one round per chunk;
+// so do the vector collectives (vcoll.go), whose counts are agreed in their
+// first round at no extra cost.
 // Buffers from Alloc live in the workspace, and an allreduce or reduce of
 // 64 KiB or more reads them in place instead of copying them in.
 package shm
