@@ -41,63 +41,25 @@ func checkVector(req *Request, sh *Shape, t *Type, rank, size int) error {
 	if sh.SendCounts && !sh.RecvCounts {
 		shared = req.SendCounts
 	}
-	limit := math.MaxInt / t.Size
-	for _, v := range []struct {
-		name string
-		on   bool
-		vec  []int
-	}{{"send counts", sh.SendCounts, req.SendCounts}, {"recv counts", sh.RecvCounts, req.RecvCounts}} {
-		if !v.on {
-			continue
-		}
-		if len(v.vec) != size {
-			return fmt.Errorf("gocoll: %v: %w: %s holds %d entries; pass one count per rank (%d)", req.Kind, ErrInvalid, v.name, len(v.vec), size)
-		}
-		total := 0
-		for j, c := range v.vec {
-			if c < 0 || c > limit-total {
-				return fmt.Errorf("gocoll: %v: %w: %s[%d] is %d: counts must be non-negative and their %d-byte elements fit in memory", req.Kind, ErrInvalid, v.name, j, c, t.Size)
-			}
-			total += c
+	limit := maxElems(t.Size)
+	if sh.SendCounts {
+		if err := checkCounts(req, "send counts", req.SendCounts, size, limit, t); err != nil {
+			return err
 		}
 	}
-	for _, side := range []struct {
-		name          string
-		ext           Extent
-		on            bool
-		buf           []byte
-		counts, displ []int
-	}{
-		{"send", sh.Send, sendOn, req.Send, req.SendCounts, req.SendDispls},
-		{"recv", sh.Recv, recvOn, req.Recv, req.RecvCounts, req.RecvDispls},
-	} {
-		if !side.on {
-			continue
+	if sh.RecvCounts {
+		if err := checkCounts(req, "recv counts", req.RecvCounts, size, limit, t); err != nil {
+			return err
 		}
-		var want int
-		switch side.ext {
-		case Mine:
-			want = shared[rank] * t.Size
-		case Sum:
-			want = sum(shared) * t.Size
-		case Blocks:
-			if side.displ == nil {
-				want = sum(side.counts) * t.Size
-				break
-			}
-			end, err := checkDispls(req, side.name, side.counts, side.displ, size, limit)
-			if err != nil {
-				return err
-			}
-			// Displaced blocks need the buffer to reach the last of
-			// them; it may be longer, as MPI's may.
-			if len(side.buf) < end*t.Size {
-				return fmt.Errorf("gocoll: %v: %w: %s holds %d bytes; its blocks at their displacements reach element %d, %d bytes", req.Kind, ErrBufferLength, side.name, len(side.buf), end, end*t.Size)
-			}
-			continue
+	}
+	if sendOn {
+		if err := checkSide(req, "send", sh.Send, req.Send, req.SendCounts, req.SendDispls, shared, rank, size, limit, t); err != nil {
+			return err
 		}
-		if len(side.buf) != want {
-			return fmt.Errorf("gocoll: %v: %w: %s holds %d bytes; %s of %v need %d", req.Kind, ErrBufferLength, side.name, len(side.buf), extentText(side.ext, side.name), req.DType, want)
+	}
+	if recvOn {
+		if err := checkSide(req, "recv", sh.Recv, req.Recv, req.RecvCounts, req.RecvDispls, shared, rank, size, limit, t); err != nil {
+			return err
 		}
 	}
 	if overlap(req.Send, req.Recv) {
@@ -108,6 +70,72 @@ func checkVector(req *Request, sh *Shape, t *Type, rank, size int) error {
 		req.Digest = CountsDigest(shared)
 	}
 	return nil
+}
+
+// checkCounts requires vec to hold one count per rank, none negative, and
+// their elements to fit in memory together.
+func checkCounts(req *Request, name string, vec []int, size, limit int, t *Type) error {
+	if len(vec) != size {
+		return fmt.Errorf("gocoll: %v: %w: %s holds %d entries; pass one count per rank (%d)", req.Kind, ErrInvalid, name, len(vec), size)
+	}
+	total := 0
+	for j, c := range vec {
+		if c < 0 || c > limit-total {
+			return fmt.Errorf("gocoll: %v: %w: %s[%d] is %d: counts must be non-negative and their %d-byte elements fit in memory", req.Kind, ErrInvalid, name, j, c, t.Size)
+		}
+		total += c
+	}
+	return nil
+}
+
+// checkSide requires buf, one side's buffer of extent e, to hold what its
+// counts (and displacements) say.
+func checkSide(req *Request, name string, e Extent, buf []byte, counts, displ, shared []int, rank, size, limit int, t *Type) error {
+	var want int
+	switch e {
+	case Mine:
+		want = shared[rank] * t.Size
+	case Sum:
+		want = sum(shared) * t.Size
+	case Blocks:
+		if displ == nil {
+			want = sum(counts) * t.Size
+			break
+		}
+		end, err := checkDispls(req, name, counts, displ, size, limit)
+		if err != nil {
+			return err
+		}
+		// Displaced blocks need the buffer to reach the last of them; it
+		// may be longer, as MPI's may.
+		if len(buf) < end*t.Size {
+			return fmt.Errorf("gocoll: %v: %w: %s holds %d bytes; its blocks at their displacements reach element %d, %d bytes", req.Kind, ErrBufferLength, name, len(buf), end, end*t.Size)
+		}
+		return nil
+	}
+	if len(buf) != want {
+		return fmt.Errorf("gocoll: %v: %w: %s holds %d bytes; %s of %v need %d", req.Kind, ErrBufferLength, name, len(buf), extentText(e, name), req.DType, want)
+	}
+	return nil
+}
+
+// maxElems is how many elements of size bytes fit in memory's address
+// range, math.MaxInt/size without a division for the usual sizes: a
+// vector collective's check runs on every call.
+func maxElems(size int) int {
+	switch size {
+	case 1:
+		return math.MaxInt
+	case 2:
+		return math.MaxInt >> 1
+	case 4:
+		return math.MaxInt >> 2
+	case 8:
+		return math.MaxInt >> 3
+	case 16:
+		return math.MaxInt >> 4
+	}
+	return math.MaxInt / size
 }
 
 func extentText(e Extent, side string) string {

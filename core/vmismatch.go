@@ -19,12 +19,11 @@ func CountsEdgeSum(rank int, sendCounts, recvCounts []int) uint64 {
 	return s
 }
 
-// edgeHash hashes the count of the block rank i sends rank j
-// (splitmix64's finaliser over the three).
+// edgeHash hashes the count of the block rank i sends rank j: splitmix64's
+// finaliser over an odd-multiplier combination of the three, one mix per
+// pair because every rank hashes 2n pairs per call.
 func edgeHash(i, j, c int) uint64 {
-	x := uint64(i)*0x9e3779b97f4a7c15 ^ uint64(j)*0xc2b2ae3d27d4eb4f
-	x = mix64(x)
-	return mix64(x ^ uint64(c)*0x165667b19e3779f9)
+	return mix64(uint64(i)*0x9e3779b97f4a7c15 + uint64(j)*0xc2b2ae3d27d4eb4f + uint64(c)*0x165667b19e3779f9)
 }
 
 func mix64(x uint64) uint64 {

@@ -125,6 +125,9 @@ type Backend struct {
 
 	srcs [][]byte // scratch list of reduce inputs
 	voff []int    // scratch: a vector collective's packed block offsets
+	// vcb is the last vector collective's elements per block per round,
+	// for its element size and blocks per buffer.
+	vcb struct{ es, blocks, cb int }
 	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc

@@ -92,11 +92,16 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 		pl.sendCounts, pl.sendOff = req.RecvCounts, offsets(req.RecvCounts, nil, so)
 		maxc = maxOf(req.RecvCounts)
 	}
+	blocks := n
 	if pl.one {
-		pl.cb = b.lay.bufferSize / es
-	} else {
-		pl.cb = b.lay.bufferSize / (n * es)
+		blocks = 1
 	}
+	if b.vcb.es != es || b.vcb.blocks != blocks {
+		// Divisions are slow enough to show in a small call: the last
+		// geometry is kept.
+		b.vcb.es, b.vcb.blocks, b.vcb.cb = es, blocks, b.lay.bufferSize/(blocks*es)
+	}
+	pl.cb = b.vcb.cb
 	d.count = req.Digest
 	rounds := 1
 	for k := 0; k < rounds; k++ {
@@ -184,6 +189,9 @@ func (b *Backend) vfirst(o *op, d desc, req *core.Request, maxc, cb int) (int, e
 		if sum != 0 {
 			return 0, b.countsError(o, d, req)
 		}
+	}
+	if maxc <= cb {
+		return 1, nil
 	}
 	return chunks(maxc, cb), nil
 }

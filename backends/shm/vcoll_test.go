@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/tests/conform"
@@ -126,4 +128,87 @@ func sumInts(v []int) int {
 		s += c
 	}
 	return s
+}
+
+// benchAlltoall times alltoall, or alltoallv with uniform counts, of count
+// float32 per block at n goroutine ranks: the per-call cost the vector
+// form adds (checks, offsets, the counts sum) shows as their difference.
+func benchAlltoall(b *testing.B, n, count int, vector bool) {
+	mustOK(b, goRanks(b, n, nil, func(ctx context.Context, g *core.Guard) error {
+		send, recv := make([]byte, 4*count*n), make([]byte, 4*count*n)
+		req := &core.Request{Kind: core.KindAlltoall, DType: 1, Count: count, Send: send, Recv: recv}
+		if vector {
+			counts := make([]int, n)
+			for j := range counts {
+				counts[j] = count
+			}
+			req = &core.Request{Kind: core.KindAlltoallv, DType: 1, SendCounts: counts, RecvCounts: counts, Send: send, Recv: recv}
+		}
+		if g.Rank() == 0 {
+			b.ResetTimer()
+		}
+		for i := 0; i < b.N; i++ {
+			if err := g.Do(ctx, req); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+func BenchmarkAlltoall1Rank(b *testing.B)  { benchAlltoall(b, 1, 4, false) }
+func BenchmarkAlltoallv1Rank(b *testing.B) { benchAlltoall(b, 1, 4, true) }
+func BenchmarkAlltoall4(b *testing.B)      { benchAlltoall(b, 4, 4, false) }
+func BenchmarkAlltoallv4(b *testing.B)     { benchAlltoall(b, 4, 4, true) }
+
+// BenchmarkAlltoallvBar: alltoallv with uniform counts against alltoall at
+// 4 goroutine ranks, sizes 16 B to 16 MiB per rank's buffer, the two calls
+// alternating in one loop so that a shared machine's load falls on both
+// alike. It reports rank 0's median time of each call and their ratio.
+func BenchmarkAlltoallvBar(b *testing.B) {
+	const n = 4
+	for size := 16; size <= 16<<20; size *= 4 {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			count := size / 4 / n
+			var fixed, vector []time.Duration
+			mustOK(b, goRanks(b, n, nil, func(ctx context.Context, g *core.Guard) error {
+				send, recv := make([]byte, 4*count*n), make([]byte, 4*count*n)
+				counts := make([]int, n)
+				for j := range counts {
+					counts[j] = count
+				}
+				a := &core.Request{Kind: core.KindAlltoall, DType: 1, Count: count, Send: send, Recv: recv}
+				v := &core.Request{Kind: core.KindAlltoallv, DType: 1, SendCounts: counts, RecvCounts: counts, Send: send, Recv: recv}
+				for i := 0; i < b.N; i++ {
+					for k, req := range []*core.Request{a, v} {
+						t := time.Now()
+						if err := g.Do(ctx, req); err != nil {
+							return err
+						}
+						if g.Rank() == 0 {
+							if k == 0 {
+								fixed = append(fixed, time.Since(t))
+							} else {
+								vector = append(vector, time.Since(t))
+							}
+						}
+					}
+				}
+				return nil
+			}))
+			mf, mv := median(fixed), median(vector)
+			b.ReportMetric(float64(mf.Nanoseconds()), "alltoall-ns")
+			b.ReportMetric(float64(mv.Nanoseconds()), "alltoallv-ns")
+			b.ReportMetric(float64(mv)/float64(mf), "ratio")
+		})
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
