@@ -128,7 +128,7 @@ type Backend struct {
 	// vcb is the last vector collective's elements per block per round,
 	// for its element size and blocks per buffer.
 	vcb struct{ es, blocks, cb int }
-	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
+	zc  []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc
 	zcMin int // smallest input read in place from the heap (tests lower it)
