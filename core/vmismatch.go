@@ -1,29 +1,52 @@
 package core
 
-import "fmt"
+import (
+	"fmt"
+	"sync/atomic"
+)
 
-// CountsEdgeSum is rank's share of alltoallv's counts check. Every pair
-// (i, j) of ranks adds a hash of (i, j, sendCounts[j]) on rank i and
-// subtracts a hash of (i, j, recvCounts[i]) on rank j, so the shares of
-// all ranks sum to 0 (mod 2^64) when every rank's send counts are what
-// their receivers expect, and to 0 only by a 2^-64 accident otherwise:
-// backends compare one sum instead of the whole counts matrix.
+// CountsEdgeSum is rank's share of alltoallv's counts check. The block
+// rank i sends rank j weighs its count with a key of the pair, K(i, j), a
+// pseudo-random odd number: rank i adds sendCounts[j]*K(i, j) and rank j
+// subtracts recvCounts[i]*K(i, j). The shares of all ranks sum to 0 (mod
+// 2^64) when every rank sends each peer what that peer expects, and to 0
+// otherwise only by a 2^-64 accident (one pair that differs by d adds
+// d*K, never 0 mod 2^64 for an odd K): backends compare one sum instead
+// of the whole counts matrix. The keys of this rank's row and column are
+// computed once per rank and size.
 func CountsEdgeSum(rank int, sendCounts, recvCounts []int) uint64 {
+	n := len(sendCounts)
+	t := edgeKeys.Load()
+	if t == nil || t.rank != rank || t.size != n {
+		t = &edgeTable{rank: rank, size: n, row: make([]uint64, n), col: make([]uint64, n)}
+		for j := range n {
+			t.row[j], t.col[j] = edgeKey(rank, j), edgeKey(j, rank)
+		}
+		edgeKeys.Store(t)
+	}
 	var s uint64
 	for j, c := range sendCounts {
-		s += edgeHash(rank, j, c)
+		s += uint64(c) * t.row[j]
 	}
-	for i, c := range recvCounts {
-		s -= edgeHash(i, rank, c)
+	for i, c := range recvCounts[:min(n, len(recvCounts))] {
+		s -= uint64(c) * t.col[i]
 	}
 	return s
 }
 
-// edgeHash hashes the count of the block rank i sends rank j: splitmix64's
-// finaliser over an odd-multiplier combination of the three, one mix per
-// pair because every rank hashes 2n pairs per call.
-func edgeHash(i, j, c int) uint64 {
-	return mix64(uint64(i)*0x9e3779b97f4a7c15 + uint64(j)*0xc2b2ae3d27d4eb4f + uint64(c)*0x165667b19e3779f9)
+// edgeTable holds the keys of one rank's row (K(rank, j)) and column
+// (K(i, rank)) at one size.
+type edgeTable struct {
+	rank, size int
+	row, col   []uint64
+}
+
+// edgeKeys is the last rank's keys: a process is usually one rank.
+var edgeKeys atomic.Pointer[edgeTable]
+
+// edgeKey is K(i, j): splitmix64's finaliser of the pair, made odd.
+func edgeKey(i, j int) uint64 {
+	return mix64(uint64(i)*0x9e3779b97f4a7c15+uint64(j)*0xc2b2ae3d27d4eb4f) | 1
 }
 
 func mix64(x uint64) uint64 {
