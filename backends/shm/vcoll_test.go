@@ -20,12 +20,20 @@ func vectorOnly(c conform.Case) bool { return c.Kind.Shape().Vector() }
 // several rounds: every dtype and op, zero, uniform, ragged and one-rank
 // counts, packed and displaced blocks, bit for bit.
 func TestVectorConformance(t *testing.T) {
-	for n := 1; n <= 8; n++ {
+	maxNP := 8
+	if testing.Short() {
+		maxNP = 4
+	}
+	for n := 1; n <= maxNP; n++ {
 		t.Run(fmt.Sprintf("np%d", n), func(t *testing.T) {
 			opts := []Option{WithBufferSize(confBuffer), WithSmallThreshold(1024), WithP2PBufferSize(4096)}
+			sizes := []int{0, 1, 33, 301}
+			if n > 4 {
+				sizes = []int{0, 33} // more goroutine ranks than CPUs: slow
+			}
 			mustOK(t, goRanks(t, n, opts, func(ctx context.Context, g *core.Guard) error {
 				return conform.Run(ctx, g, conform.Options{
-					Sizes:       []int{0, 1, 33, 301},
+					Sizes:       sizes,
 					Bytes:       []int{confBuffer * 7 / 2},
 					RandomSizes: []int{1, 301},
 					NoRandom:    n > 2,
