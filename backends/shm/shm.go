@@ -127,8 +127,9 @@ type Backend struct {
 	voff []int    // scratch: a vector collective's packed block offsets
 	// vcb is the last vector collective's elements per block per round,
 	// for its element size and blocks per buffer.
-	vcb struct{ es, blocks, cb int }
-	zc  []uint64 // peers' heap offsets (+1) of the current collective's input
+	vcb     struct{ es, blocks, cb int }
+	vstride []int    // per sender: its blocks' stride in its buffer (vcoll.go)
+	zc      []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc
 	zcMin int // smallest input read in place from the heap (tests lower it)

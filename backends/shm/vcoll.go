@@ -30,7 +30,12 @@ type vplan struct {
 	sendCounts, sendOff []int // the blocks this rank writes (nil: none)
 	one                 bool  // allgatherv, gatherv: one block, read by every reader
 	recvCounts, recvOff []int // the blocks this rank reads (nil: none)
-	cb                  int   // elements per block per round
+	cb                  int   // elements per block per round, at most
+	// stride is how many elements apart this rank's blocks lie in its
+	// buffer: cb, or less when its largest block is smaller, so that
+	// small blocks lie together as alltoall's do. A reader takes a
+	// peer's from vstride.
+	stride int
 }
 
 // offsets returns the element offsets of counts' blocks: displs, or the
@@ -87,7 +92,7 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 	case core.KindAlltoallv:
 		pl.sendCounts, pl.sendOff = req.SendCounts, offsets(req.SendCounts, req.SendDispls, so)
 		pl.recvCounts, pl.recvOff = req.RecvCounts, offsets(req.RecvCounts, req.RecvDispls, ro)
-		maxc = max(maxOf(req.SendCounts), maxOf(req.RecvCounts))
+		maxc = maxOf(req.SendCounts) // the largest of all ranks' after the first round
 	case core.KindReduceScatterV:
 		pl.sendCounts, pl.sendOff = req.RecvCounts, offsets(req.RecvCounts, nil, so)
 		maxc = maxOf(req.RecvCounts)
@@ -102,6 +107,13 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 		b.vcb.es, b.vcb.blocks, b.vcb.cb = es, blocks, b.lay.bufferSize/(blocks*es)
 	}
 	pl.cb = b.vcb.cb
+	pl.stride = min(pl.cb, maxc)
+	if len(b.vstride) < n {
+		b.vstride = make([]int, n)
+	}
+	for j := range n {
+		b.vstride[j] = pl.stride // alltoallv: the peers' come with the first round
+	}
 	d.count = req.Digest
 	rounds := 1
 	for k := 0; k < rounds; k++ {
@@ -112,11 +124,11 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 			lo, hi := clampChunk(pl.sendCounts[me], k, pl.cb)
 			copy(mine, req.Send[lo*es:hi*es])
 		case pl.sendCounts != nil:
-			cbb := pl.cb * es
+			sb := pl.stride * es
 			for j, c := range pl.sendCounts {
 				lo, hi := clampChunk(c, k, pl.cb)
 				at := pl.sendOff[j]
-				copy(mine[j*cbb:j*cbb+cbb], req.Send[(at+lo)*es:(at+hi)*es])
+				copy(mine[j*sb:j*sb+sb], req.Send[(at+lo)*es:(at+hi)*es])
 			}
 		}
 		if k > 0 {
@@ -138,18 +150,18 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 			}
 		case core.KindScatterv:
 			lo, hi := clampChunk(req.SendCounts[me], k, pl.cb)
-			from := me * pl.cb * es
+			from := me * pl.stride * es
 			copy(req.Recv[lo*es:hi*es], b.slot(req.Root, p)[from:from+(hi-lo)*es])
 		case core.KindAlltoallv:
-			from := me * pl.cb * es
 			for j, c := range pl.recvCounts {
 				lo, hi := clampChunk(c, k, pl.cb)
 				at := pl.recvOff[j]
+				from := me * b.vstride[j] * es
 				copy(req.Recv[(at+lo)*es:(at+hi)*es], b.slot(j, p)[from:from+(hi-lo)*es])
 			}
 		case core.KindReduceScatterV:
 			lo, hi := clampChunk(req.RecvCounts[me], k, pl.cb)
-			from := me * pl.cb * es
+			from := me * pl.stride * es
 			srcs := b.srcs[:n]
 			for j := range srcs {
 				srcs[j] = b.slot(j, p)[from : from+(hi-lo)*es]
@@ -172,8 +184,8 @@ func (b *Backend) vfirst(o *op, d desc, req *core.Request, maxc, cb int) (int, e
 		binary.LittleEndian.PutUint64(in[8:], uint64(maxc))
 	}
 	if err := b.first(o, d); err != nil {
-		var me *core.MismatchError
-		if errors.As(err, &me) && me.Field == "count" {
+		var mm *core.MismatchError
+		if errors.As(err, &mm) && mm.Field == "count" {
 			// Only the digests differ: the counts.
 			return 0, b.countsError(o, d, req)
 		}
@@ -184,7 +196,9 @@ func (b *Backend) vfirst(o *op, d desc, req *core.Request, maxc, cb int) (int, e
 		for j := range b.size {
 			in := &b.hot[j][p].inline
 			sum += binary.LittleEndian.Uint64(in[0:])
-			maxc = max(maxc, int(binary.LittleEndian.Uint64(in[8:])))
+			peer := int(binary.LittleEndian.Uint64(in[8:]))
+			maxc = max(maxc, peer)
+			b.vstride[j] = min(cb, peer)
 		}
 		if sum != 0 {
 			return 0, b.countsError(o, d, req)
