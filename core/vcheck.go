@@ -42,23 +42,29 @@ func checkVector(req *Request, sh *Shape, t *Type, rank, size int) error {
 		shared = req.SendCounts
 	}
 	limit := maxElems(t.Size)
+	var sendTotal, recvTotal int
+	var err error
 	if sh.SendCounts {
-		if err := checkCounts(req, "send counts", req.SendCounts, size, limit, t); err != nil {
+		if sendTotal, err = checkCounts(req, "send counts", req.SendCounts, size, limit, t); err != nil {
 			return err
 		}
 	}
 	if sh.RecvCounts {
-		if err := checkCounts(req, "recv counts", req.RecvCounts, size, limit, t); err != nil {
+		if recvTotal, err = checkCounts(req, "recv counts", req.RecvCounts, size, limit, t); err != nil {
 			return err
 		}
 	}
+	sharedTotal := recvTotal
+	if sh.SendCounts && !sh.RecvCounts {
+		sharedTotal = sendTotal
+	}
 	if sendOn {
-		if err := checkSide(req, "send", sh.Send, req.Send, req.SendCounts, req.SendDispls, shared, rank, size, limit, t); err != nil {
+		if err := checkSide(req, "send", sh.Send, req.Send, req.SendCounts, req.SendDispls, shared, sendTotal, sharedTotal, rank, size, limit, t); err != nil {
 			return err
 		}
 	}
 	if recvOn {
-		if err := checkSide(req, "recv", sh.Recv, req.Recv, req.RecvCounts, req.RecvDispls, shared, rank, size, limit, t); err != nil {
+		if err := checkSide(req, "recv", sh.Recv, req.Recv, req.RecvCounts, req.RecvDispls, shared, recvTotal, sharedTotal, rank, size, limit, t); err != nil {
 			return err
 		}
 	}
@@ -73,33 +79,33 @@ func checkVector(req *Request, sh *Shape, t *Type, rank, size int) error {
 }
 
 // checkCounts requires vec to hold one count per rank, none negative, and
-// their elements to fit in memory together.
-func checkCounts(req *Request, name string, vec []int, size, limit int, t *Type) error {
+// their elements to fit in memory together; it returns their sum.
+func checkCounts(req *Request, name string, vec []int, size, limit int, t *Type) (int, error) {
 	if len(vec) != size {
-		return fmt.Errorf("gocoll: %v: %w: %s holds %d entries; pass one count per rank (%d)", req.Kind, ErrInvalid, name, len(vec), size)
+		return 0, fmt.Errorf("gocoll: %v: %w: %s holds %d entries; pass one count per rank (%d)", req.Kind, ErrInvalid, name, len(vec), size)
 	}
 	total := 0
 	for j, c := range vec {
 		if c < 0 || c > limit-total {
-			return fmt.Errorf("gocoll: %v: %w: %s[%d] is %d: counts must be non-negative and their %d-byte elements fit in memory", req.Kind, ErrInvalid, name, j, c, t.Size)
+			return 0, fmt.Errorf("gocoll: %v: %w: %s[%d] is %d: counts must be non-negative and their %d-byte elements fit in memory", req.Kind, ErrInvalid, name, j, c, t.Size)
 		}
 		total += c
 	}
-	return nil
+	return total, nil
 }
 
 // checkSide requires buf, one side's buffer of extent e, to hold what its
 // counts (and displacements) say.
-func checkSide(req *Request, name string, e Extent, buf []byte, counts, displ, shared []int, rank, size, limit int, t *Type) error {
+func checkSide(req *Request, name string, e Extent, buf []byte, counts, displ, shared []int, total, sharedTotal, rank, size, limit int, t *Type) error {
 	var want int
 	switch e {
 	case Mine:
 		want = shared[rank] * t.Size
 	case Sum:
-		want = sum(shared) * t.Size
+		want = sharedTotal * t.Size
 	case Blocks:
 		if displ == nil {
-			want = sum(counts) * t.Size
+			want = total * t.Size
 			break
 		}
 		end, err := checkDispls(req, name, counts, displ, size, limit)
@@ -148,13 +154,6 @@ func extentText(e Extent, side string) string {
 	return "the " + side + " counts"
 }
 
-func sum(v []int) int {
-	s := 0
-	for _, c := range v {
-		s += c
-	}
-	return s
-}
 
 // checkDispls checks one side's displacements against its counts: one per
 // rank, none negative, and the blocks apart from each other (empty blocks

@@ -109,10 +109,7 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 	pl.cb = b.vcb.cb
 	pl.stride = min(pl.cb, maxc)
 	if len(b.vstride) < n {
-		b.vstride = make([]int, n)
-	}
-	for j := range n {
-		b.vstride[j] = pl.stride // alltoallv: the peers' come with the first round
+		b.vstride = make([]int, n) // alltoallv's: the peers' come with the first round
 	}
 	d.count = req.Digest
 	rounds := 1
