@@ -154,7 +154,6 @@ func extentText(e Extent, side string) string {
 	return "the " + side + " counts"
 }
 
-
 // checkDispls checks one side's displacements against its counts: one per
 // rank, none negative, and the blocks apart from each other (empty blocks
 // may lie anywhere in range). It returns the element offset the blocks
