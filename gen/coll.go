@@ -11,11 +11,12 @@ import (
 // collFiles is the typed API package; kernelsPath is the kernels package
 // it imports to register the spec's kernels.
 func collFiles(s *spec.Spec, kernelsPath string) []genFile {
-	return []genFile{
+	return append([]genFile{
 		{name: "ids.go", jen: collIDs(s, kernelsPath)},
 		{name: "api.go", jen: collAPI(s)},
+		{name: "start.go", jen: startFile(s)},
 		{name: "coll_test.go", jen: collTest(s)},
-	}
+	}, genericFiles(s)...)
 }
 
 func qCore(name string) *jen.Statement { return jen.Qual(CorePath, name) }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/dave/jennifer/jen"
 	"github.com/gocoll/gocoll/gen/spec"
 )
 
@@ -17,6 +18,23 @@ func vectorField(v spec.Vector) string {
 		return side + "Displs"
 	}
 	return side + "Counts"
+}
+
+// vectorParts appends a vector collective's []int parameters to params
+// and, with dict, sets the core.Request fields they fill; nothing for the
+// other collectives.
+func vectorParts(c spec.Collective, params *[]jen.Code, dict jen.Dict) {
+	if !c.Vector() {
+		return
+	}
+	var names []jen.Code
+	for _, v := range c.Vectors {
+		names = append(names, jen.Id(v.Name))
+		if dict != nil {
+			dict[jen.Id(vectorField(v))] = jen.Id(v.Name)
+		}
+	}
+	*params = append(*params, jen.List(names...).Index().Int())
 }
 
 // vectorDoc describes a vector collective's buffers and vectors for its

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"github.com/gocoll/gocoll/core"
 )
 
 // The workspace, one shared mapping laid out as:
@@ -137,10 +139,12 @@ func newLayout(n int, cfg config) (layout, error) {
 	if !cfg.smallSet {
 		l.smallThreshold = defaultSmallThreshold(n)
 	}
-	// n² channels: keep their total near 16 MiB for large groups.
+	// n² channels: keep their total near 16 MiB for large groups, but
+	// never below half the eager size (a channel's two buffers hold an
+	// eager message: p2p.go), unless the option asked for less.
 	p := cfg.p2pSize
 	if n > 1 {
-		p = min(p, max(pageSize, (16<<20)/(2*n*n)))
+		p = min(p, max(core.EagerSize/2, (16<<20)/(2*n*n)))
 	}
 	l.p2pSize = roundUp(p, pageSize)
 	if err := l.place(); err != nil {

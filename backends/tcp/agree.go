@@ -133,6 +133,7 @@ func (b *Backend) skipMessage(p *peer) error {
 	if got.kind != core.KindSend || (got.typ != frameData && got.typ != frameEnd) {
 		return b.ioError(p, fmt.Errorf("rank %d sent a %v frame where this rank's refused recv expects a message from it", p.rank, got.kind))
 	}
+	b.ackIfLarge(p, &got)
 	if err := b.discardMessage(p, &got); err != nil {
 		return b.ioError(p, err)
 	}

@@ -106,6 +106,9 @@ type peer struct {
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
+
+	acked   atomic.Uint64 // the last rendezvous message the peer began receiving (rendezvous.go)
+	ackNote chan struct{} // an ack came (cap 1)
 }
 
 type sendJob struct {
@@ -196,7 +199,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		if j == g.Rank {
 			continue
 		}
-		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{})}
+		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{}), ackNote: make(chan struct{}, 1)}
 		p.initLowat()
 		b.peers[j] = p
 		b.wg.Add(2)
@@ -330,6 +333,8 @@ func (b *Backend) ctlLoop(p *peer) {
 		case frameStall:
 			p.stallOn.Store(int64(h.root))
 			p.stallSeq.Store(h.seq)
+		case frameAck:
+			p.gotAck(h.seq)
 		case frameAbort:
 			a := new(abortInfo)
 			if err := a.unmarshal(payload); err != nil {
@@ -609,6 +614,7 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 		return err
 	}
 	scan := b.cur.kind != core.KindSend // a collective looks for disagreement while it waits
+	total := len(dst)
 	for {
 		n := min(len(dst), maxFrame)
 		if k, err := b.fill(p, p.rhdr[:], false, scan); err != nil {
@@ -620,6 +626,9 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 		var got header
 		if err := got.get(p.rhdr[:]); err != nil {
 			return b.ioError(p, err)
+		}
+		if !scan && len(dst) == total {
+			b.ackIfLarge(p, &got) // a message's first frame, matching or not
 		}
 		exp := *h
 		exp.length = uint32(n)

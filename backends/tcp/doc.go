@@ -101,10 +101,12 @@
 //     a tree takes anyway. The pipelined chains, gather and scatter first
 //     run such a barrier of header-only frames, before any data moves:
 //     ceil(log2 n) small messages per call.
-//   - send and recv: the receiver compares the sender's header. A send
-//     completes once its frames are handed to the kernel, as a buffered
-//     send does, so a disagreement is the receiver's error; the message is
-//     discarded and the next one lines up.
+//   - send and recv: the receiver compares the sender's header. A send of
+//     up to core.EagerSize completes once its frames are handed to the
+//     kernel, as a buffered send does; a larger one once the receiver has
+//     begun the recv (it acks on its control connection: rendezvous.go), as
+//     shm's does. Either way a disagreement is the receiver's error; the
+//     message is discarded and the next one lines up.
 //
 // Ranks whose calls differ may run different algorithms, and then a rank
 // can wait for a frame that its peer, following another pattern, never

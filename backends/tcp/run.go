@@ -310,7 +310,11 @@ func (b *Backend) run(req *core.Request, algo Algorithm) error {
 	case core.KindBarrier:
 		return b.barrier()
 	case core.KindSend:
-		return b.send(b.peers[req.Peer], &b.cur, req.Send)
+		p := b.peers[req.Peer]
+		if err := b.send(p, &b.cur, req.Send); err != nil || len(req.Send) <= core.EagerSize {
+			return err
+		}
+		return b.awaitAck(p, b.cur.seq)
 	case core.KindRecv:
 		return b.recv(b.peers[req.Peer], &b.cur, req.Recv)
 	}
