@@ -56,7 +56,8 @@ type Comm interface {
 	// Size is the number of ranks.
 	Size() int
 	// Do runs one collective. Every rank must call Do with matching Kind,
-	// DType, Op, Count and Root, in the same order, one call at a time; a
+	// DType, Op, Count and Root (and a vector collective's counts, as
+	// Request says), in the same order, one call at a time; a
 	// disagreement is a *MismatchError on every rank instead of data.
 	// Do must not keep req after it returns: the typed API reuses it.
 	Do(ctx context.Context, req *Request) error
@@ -76,8 +77,11 @@ type Backend interface {
 	Name() string
 	// Run runs req, which passed Check with this backend's rank and size.
 	// It compares with the peers every field that must agree (kind, dtype,
-	// op, count, root, peer, sequence) before any rank's output changes,
-	// and returns a *MismatchError on every rank when they differ.
+	// op, count, root, peer, sequence; a vector collective's counts: its
+	// Digest, alltoallv's pairwise) before any rank's output changes, and
+	// returns a *MismatchError on every rank when they differ (Field
+	// "counts" for counts, with their values: SharedCountsMismatch,
+	// PairCountsMismatch).
 	Run(ctx context.Context, req *Request) error
 	// Refuse takes this rank's part in the agreement step of req, which
 	// failed Check on this rank, so that its peers return at once with a
