@@ -122,6 +122,7 @@ func genericFunc(f *jen.File, c spec.Collective, example spec.DType) {
 		bufs = append(bufs, jen.Id(b.Name))
 	}
 	params = append(params, jen.List(bufs...).Index().Id("T"))
+	vectorParts(c, &params, nil)
 	if c.Op {
 		params = append(params, jen.Id("op").Qual(CorePath, "Op"))
 	}
@@ -132,15 +133,19 @@ func genericFunc(f *jen.File, c spec.Collective, example spec.DType) {
 		params = append(params, jen.Id("peer").Int())
 	}
 
-	from := c.Buffers[c.CountFrom()]
-	count := jen.Len(jen.Id(from.Name))
-	if from.Count == "count*size" {
-		count = count.Op("/").Id("c").Dot("Size").Call()
-	}
 	dict := jen.Dict{
 		jen.Id("Kind"):  jen.Id(kindConst(c)),
 		jen.Id("DType"): jen.Id(dtypeOfFunc).Index(jen.Id("T")).Call(),
-		jen.Id("Count"): count,
+	}
+	if from := c.CountFrom(); from >= 0 {
+		count := jen.Len(jen.Id(c.Buffers[from].Name))
+		if c.Buffers[from].Count == "count*size" {
+			count = count.Op("/").Id("c").Dot("Size").Call()
+		}
+		dict[jen.Id("Count")] = count
+	}
+	for _, v := range c.Vectors {
+		dict[jen.Id(vectorField(v))] = jen.Id(v.Name)
 	}
 	if c.Op {
 		dict[jen.Id("Op")] = jen.Id("op")

@@ -49,13 +49,15 @@ func callParts(c spec.Collective, d *spec.DType, comm jen.Code) ([]jen.Code, jen
 		}
 		params = append(params, jen.List(names...).Index().Add(goType(*d)))
 		dict[jen.Id("DType")] = jen.Id(dtConst(*d))
-		from := c.Buffers[c.CountFrom()]
-		count := jen.Len(jen.Id(from.Name))
-		if from.Count == "count*size" {
-			count = count.Op("/").Id("c").Dot("Size").Call()
+		if from := c.CountFrom(); from >= 0 {
+			count := jen.Len(jen.Id(c.Buffers[from].Name))
+			if c.Buffers[from].Count == "count*size" {
+				count = count.Op("/").Id("c").Dot("Size").Call()
+			}
+			dict[jen.Id("Count")] = count
 		}
-		dict[jen.Id("Count")] = count
 	}
+	vectorParts(c, &params, dict)
 	if c.Op {
 		params = append(params, jen.Id("op").Qual(CorePath, "Op"))
 		dict[jen.Id("Op")] = jen.Id("op")

@@ -39,7 +39,10 @@
 // Every staged collective has a stage within every node (all its ranks)
 // after the last stage between the leaders at which ranks can disagree,
 // so that a failure among the leaders reaches every rank. Send and recv
-// run on World.
+// run on World, and so do the vector collectives (allgatherv, gatherv,
+// scatterv, alltoallv, reduce_scatter_v): staging them would need every
+// node's counts at its leader first, and World's backend compares the
+// counts across all ranks itself.
 //
 // # Failures
 //

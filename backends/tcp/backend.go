@@ -40,6 +40,7 @@ type Backend struct {
 	ownJob  []uint64  // ring: per slice (mod n+1), the send of this rank's part; in place, the allgather overwrites it
 	slotJob []uint64  // ring: per scratch slot (2n), the send job that last read it
 	notes   []endNote // settle: every rank's call, by rank (see agree.go)
+	vc      vcall     // the running vector collective's counts (vcoll.go)
 	// settling is the collective being settled: the senders skip its data
 	// frames still queued (the peers discard them anyway).
 	settling atomic.Uint64

@@ -107,6 +107,11 @@ func same(a, b Func, v Args, rank, size int) error {
 		len(ra.Send) != len(rb.Send) || len(ra.Recv) != len(rb.Recv) || (ra.Send == nil) != (rb.Send == nil) || (ra.Recv == nil) != (rb.Recv == nil) {
 		return fmt.Errorf("requests differ: %s and %s", describe(ra), describe(rb))
 	}
+	if !sameInts(ra.SendCounts, rb.SendCounts) || !sameInts(ra.SendDispls, rb.SendDispls) ||
+		!sameInts(ra.RecvCounts, rb.RecvCounts) || !sameInts(ra.RecvDispls, rb.RecvDispls) {
+		return fmt.Errorf("requests' counts and displacements differ: %v %v %v %v and %v %v %v %v",
+			ra.SendCounts, ra.SendDispls, ra.RecvCounts, ra.RecvDispls, rb.SendCounts, rb.SendDispls, rb.RecvCounts, rb.RecvDispls)
+	}
 	if (ea == nil) != (eb == nil) || (ea != nil && ea.Error() != eb.Error()) {
 		return fmt.Errorf("errors differ: %v and %v", ea, eb)
 	}

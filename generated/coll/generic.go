@@ -207,3 +207,95 @@ func Recv[T Elem](ctx context.Context, c core.Comm, buf []T, peer int) error {
 		Recv:  core.Bytes(buf),
 	})
 }
+
+// Allgatherv runs allgatherv on elements of type T: Allgatherv[float32] is
+// AllgathervFloat32. Allgatherv places every rank's send buffer, of
+// recvCounts[rank] elements, as block rank of every rank's recv buffer.
+//
+// Buffers, arguments and errors are those of the typed function of T's dtype
+// (AllgathervFloat32 for float32); it allocates nothing either.
+func Allgatherv[T Elem](ctx context.Context, c core.Comm, send, recv []T, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      dtypeOf[T](),
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// Gatherv runs gatherv on elements of type T: Gatherv[float32] is
+// GathervFloat32. Gatherv places every rank's send buffer, of recvCounts[rank]
+// elements, as block rank of the root's recv buffer.
+//
+// Buffers, arguments and errors are those of the typed function of T's dtype
+// (GathervFloat32 for float32); it allocates nothing either.
+func Gatherv[T Elem](ctx context.Context, c core.Comm, send, recv []T, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      dtypeOf[T](),
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// Scatterv runs scatterv on elements of type T: Scatterv[float32] is
+// ScattervFloat32. Scatterv sends block rank of the root's send buffer, of
+// sendCounts[rank] elements, to each rank's recv buffer.
+//
+// Buffers, arguments and errors are those of the typed function of T's dtype
+// (ScattervFloat32 for float32); it allocates nothing either.
+func Scatterv[T Elem](ctx context.Context, c core.Comm, send, recv []T, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      dtypeOf[T](),
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// Alltoallv runs alltoallv on elements of type T: Alltoallv[float32] is
+// AlltoallvFloat32. Alltoallv sends block j of each rank's send buffer to rank
+// j, which stores it as block rank of its recv buffer; sendCounts[j] of rank i
+// must equal recvCounts[i] of rank j.
+//
+// Buffers, arguments and errors are those of the typed function of T's dtype
+// (AlltoallvFloat32 for float32); it allocates nothing either.
+func Alltoallv[T Elem](ctx context.Context, c core.Comm, send, recv []T, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      dtypeOf[T](),
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// ReduceScatterV runs reduce_scatter_v on elements of type T:
+// ReduceScatterV[float32] is ReduceScatterVFloat32. ReduceScatterV combines
+// every rank's send buffer, recvCounts packed in rank order, with op and
+// leaves block rank of the result, recvCounts[rank] elements, in each rank's
+// recv buffer.
+//
+// Buffers, arguments and errors are those of the typed function of T's dtype
+// (ReduceScatterVFloat32 for float32); it allocates nothing either.
+func ReduceScatterV[T Elem](ctx context.Context, c core.Comm, send, recv []T, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      dtypeOf[T](),
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}

@@ -1639,6 +1639,891 @@ func StartRecvUint64(ctx context.Context, c core.Starter, buf []uint64, peer int
 	})
 }
 
+// StartAllgathervFloat32 issues AllgathervFloat32 without blocking and returns
+// its handle, whose Wait returns what AllgathervFloat32 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAllgathervFloat32(ctx context.Context, c core.Starter, send, recv []float32, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervFloat64 issues AllgathervFloat64 without blocking and returns
+// its handle, whose Wait returns what AllgathervFloat64 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAllgathervFloat64(ctx context.Context, c core.Starter, send, recv []float64, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervBFloat16 issues AllgathervBFloat16 without blocking and
+// returns its handle, whose Wait returns what AllgathervBFloat16 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartAllgathervBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervFloat16 issues AllgathervFloat16 without blocking and returns
+// its handle, whose Wait returns what AllgathervFloat16 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAllgathervFloat16(ctx context.Context, c core.Starter, send, recv []Float16, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervInt8 issues AllgathervInt8 without blocking and returns its
+// handle, whose Wait returns what AllgathervInt8 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAllgathervInt8(ctx context.Context, c core.Starter, send, recv []int8, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervUint8 issues AllgathervUint8 without blocking and returns its
+// handle, whose Wait returns what AllgathervUint8 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAllgathervUint8(ctx context.Context, c core.Starter, send, recv []uint8, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervInt32 issues AllgathervInt32 without blocking and returns its
+// handle, whose Wait returns what AllgathervInt32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAllgathervInt32(ctx context.Context, c core.Starter, send, recv []int32, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervUint32 issues AllgathervUint32 without blocking and returns
+// its handle, whose Wait returns what AllgathervUint32 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAllgathervUint32(ctx context.Context, c core.Starter, send, recv []uint32, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervInt64 issues AllgathervInt64 without blocking and returns its
+// handle, whose Wait returns what AllgathervInt64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAllgathervInt64(ctx context.Context, c core.Starter, send, recv []int64, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartAllgathervUint64 issues AllgathervUint64 without blocking and returns
+// its handle, whose Wait returns what AllgathervUint64 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAllgathervUint64(ctx context.Context, c core.Starter, send, recv []uint64, recvCounts, displs []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervFloat32 issues GathervFloat32 without blocking and returns its
+// handle, whose Wait returns what GathervFloat32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartGathervFloat32(ctx context.Context, c core.Starter, send, recv []float32, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervFloat64 issues GathervFloat64 without blocking and returns its
+// handle, whose Wait returns what GathervFloat64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartGathervFloat64(ctx context.Context, c core.Starter, send, recv []float64, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervBFloat16 issues GathervBFloat16 without blocking and returns its
+// handle, whose Wait returns what GathervBFloat16 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartGathervBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervFloat16 issues GathervFloat16 without blocking and returns its
+// handle, whose Wait returns what GathervFloat16 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartGathervFloat16(ctx context.Context, c core.Starter, send, recv []Float16, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervInt8 issues GathervInt8 without blocking and returns its handle,
+// whose Wait returns what GathervInt8 would have; the call runs after every
+// call issued before it on c. The buffers belong to the call until it
+// completes: do not touch them before Wait returns. The call is checked here:
+// an invalid one returns its error and no handle, and its peers fail too.
+func StartGathervInt8(ctx context.Context, c core.Starter, send, recv []int8, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervUint8 issues GathervUint8 without blocking and returns its
+// handle, whose Wait returns what GathervUint8 would have; the call runs after
+// every call issued before it on c. The buffers belong to the call until it
+// completes: do not touch them before Wait returns. The call is checked here:
+// an invalid one returns its error and no handle, and its peers fail too.
+func StartGathervUint8(ctx context.Context, c core.Starter, send, recv []uint8, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervInt32 issues GathervInt32 without blocking and returns its
+// handle, whose Wait returns what GathervInt32 would have; the call runs after
+// every call issued before it on c. The buffers belong to the call until it
+// completes: do not touch them before Wait returns. The call is checked here:
+// an invalid one returns its error and no handle, and its peers fail too.
+func StartGathervInt32(ctx context.Context, c core.Starter, send, recv []int32, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervUint32 issues GathervUint32 without blocking and returns its
+// handle, whose Wait returns what GathervUint32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartGathervUint32(ctx context.Context, c core.Starter, send, recv []uint32, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervInt64 issues GathervInt64 without blocking and returns its
+// handle, whose Wait returns what GathervInt64 would have; the call runs after
+// every call issued before it on c. The buffers belong to the call until it
+// completes: do not touch them before Wait returns. The call is checked here:
+// an invalid one returns its error and no handle, and its peers fail too.
+func StartGathervInt64(ctx context.Context, c core.Starter, send, recv []int64, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartGathervUint64 issues GathervUint64 without blocking and returns its
+// handle, whose Wait returns what GathervUint64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartGathervUint64(ctx context.Context, c core.Starter, send, recv []uint64, recvCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartScattervFloat32 issues ScattervFloat32 without blocking and returns its
+// handle, whose Wait returns what ScattervFloat32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervFloat32(ctx context.Context, c core.Starter, send, recv []float32, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervFloat64 issues ScattervFloat64 without blocking and returns its
+// handle, whose Wait returns what ScattervFloat64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervFloat64(ctx context.Context, c core.Starter, send, recv []float64, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervBFloat16 issues ScattervBFloat16 without blocking and returns
+// its handle, whose Wait returns what ScattervBFloat16 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartScattervBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervFloat16 issues ScattervFloat16 without blocking and returns its
+// handle, whose Wait returns what ScattervFloat16 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervFloat16(ctx context.Context, c core.Starter, send, recv []Float16, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervInt8 issues ScattervInt8 without blocking and returns its
+// handle, whose Wait returns what ScattervInt8 would have; the call runs after
+// every call issued before it on c. The buffers belong to the call until it
+// completes: do not touch them before Wait returns. The call is checked here:
+// an invalid one returns its error and no handle, and its peers fail too.
+func StartScattervInt8(ctx context.Context, c core.Starter, send, recv []int8, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervUint8 issues ScattervUint8 without blocking and returns its
+// handle, whose Wait returns what ScattervUint8 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervUint8(ctx context.Context, c core.Starter, send, recv []uint8, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervInt32 issues ScattervInt32 without blocking and returns its
+// handle, whose Wait returns what ScattervInt32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervInt32(ctx context.Context, c core.Starter, send, recv []int32, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervUint32 issues ScattervUint32 without blocking and returns its
+// handle, whose Wait returns what ScattervUint32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervUint32(ctx context.Context, c core.Starter, send, recv []uint32, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervInt64 issues ScattervInt64 without blocking and returns its
+// handle, whose Wait returns what ScattervInt64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervInt64(ctx context.Context, c core.Starter, send, recv []int64, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartScattervUint64 issues ScattervUint64 without blocking and returns its
+// handle, whose Wait returns what ScattervUint64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartScattervUint64(ctx context.Context, c core.Starter, send, recv []uint64, sendCounts, displs []int, root int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// StartAlltoallvFloat32 issues AlltoallvFloat32 without blocking and returns
+// its handle, whose Wait returns what AlltoallvFloat32 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAlltoallvFloat32(ctx context.Context, c core.Starter, send, recv []float32, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvFloat64 issues AlltoallvFloat64 without blocking and returns
+// its handle, whose Wait returns what AlltoallvFloat64 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAlltoallvFloat64(ctx context.Context, c core.Starter, send, recv []float64, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvBFloat16 issues AlltoallvBFloat16 without blocking and returns
+// its handle, whose Wait returns what AlltoallvBFloat16 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAlltoallvBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvFloat16 issues AlltoallvFloat16 without blocking and returns
+// its handle, whose Wait returns what AlltoallvFloat16 would have; the call
+// runs after every call issued before it on c. The buffers belong to the call
+// until it completes: do not touch them before Wait returns. The call is
+// checked here: an invalid one returns its error and no handle, and its peers
+// fail too.
+func StartAlltoallvFloat16(ctx context.Context, c core.Starter, send, recv []Float16, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvInt8 issues AlltoallvInt8 without blocking and returns its
+// handle, whose Wait returns what AlltoallvInt8 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAlltoallvInt8(ctx context.Context, c core.Starter, send, recv []int8, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvUint8 issues AlltoallvUint8 without blocking and returns its
+// handle, whose Wait returns what AlltoallvUint8 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAlltoallvUint8(ctx context.Context, c core.Starter, send, recv []uint8, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvInt32 issues AlltoallvInt32 without blocking and returns its
+// handle, whose Wait returns what AlltoallvInt32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAlltoallvInt32(ctx context.Context, c core.Starter, send, recv []int32, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvUint32 issues AlltoallvUint32 without blocking and returns its
+// handle, whose Wait returns what AlltoallvUint32 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAlltoallvUint32(ctx context.Context, c core.Starter, send, recv []uint32, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvInt64 issues AlltoallvInt64 without blocking and returns its
+// handle, whose Wait returns what AlltoallvInt64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAlltoallvInt64(ctx context.Context, c core.Starter, send, recv []int64, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartAlltoallvUint64 issues AlltoallvUint64 without blocking and returns its
+// handle, whose Wait returns what AlltoallvUint64 would have; the call runs
+// after every call issued before it on c. The buffers belong to the call until
+// it completes: do not touch them before Wait returns. The call is checked
+// here: an invalid one returns its error and no handle, and its peers fail
+// too.
+func StartAlltoallvUint64(ctx context.Context, c core.Starter, send, recv []uint64, sendCounts, sendDispls, recvCounts, recvDispls []int) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// StartReduceScatterVFloat32 issues ReduceScatterVFloat32 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVFloat32 would
+// have; the call runs after every call issued before it on c. The buffers
+// belong to the call until it completes: do not touch them before Wait
+// returns. The call is checked here: an invalid one returns its error and no
+// handle, and its peers fail too.
+func StartReduceScatterVFloat32(ctx context.Context, c core.Starter, send, recv []float32, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVFloat64 issues ReduceScatterVFloat64 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVFloat64 would
+// have; the call runs after every call issued before it on c. The buffers
+// belong to the call until it completes: do not touch them before Wait
+// returns. The call is checked here: an invalid one returns its error and no
+// handle, and its peers fail too.
+func StartReduceScatterVFloat64(ctx context.Context, c core.Starter, send, recv []float64, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVBFloat16 issues ReduceScatterVBFloat16 without blocking
+// and returns its handle, whose Wait returns what ReduceScatterVBFloat16 would
+// have; the call runs after every call issued before it on c. The buffers
+// belong to the call until it completes: do not touch them before Wait
+// returns. The call is checked here: an invalid one returns its error and no
+// handle, and its peers fail too.
+func StartReduceScatterVBFloat16(ctx context.Context, c core.Starter, send, recv []BFloat16, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVFloat16 issues ReduceScatterVFloat16 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVFloat16 would
+// have; the call runs after every call issued before it on c. The buffers
+// belong to the call until it completes: do not touch them before Wait
+// returns. The call is checked here: an invalid one returns its error and no
+// handle, and its peers fail too.
+func StartReduceScatterVFloat16(ctx context.Context, c core.Starter, send, recv []Float16, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVInt8 issues ReduceScatterVInt8 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVInt8 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartReduceScatterVInt8(ctx context.Context, c core.Starter, send, recv []int8, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVUint8 issues ReduceScatterVUint8 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVUint8 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartReduceScatterVUint8(ctx context.Context, c core.Starter, send, recv []uint8, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVInt32 issues ReduceScatterVInt32 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVInt32 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartReduceScatterVInt32(ctx context.Context, c core.Starter, send, recv []int32, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVUint32 issues ReduceScatterVUint32 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVUint32 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartReduceScatterVUint32(ctx context.Context, c core.Starter, send, recv []uint32, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVInt64 issues ReduceScatterVInt64 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVInt64 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartReduceScatterVInt64(ctx context.Context, c core.Starter, send, recv []int64, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// StartReduceScatterVUint64 issues ReduceScatterVUint64 without blocking and
+// returns its handle, whose Wait returns what ReduceScatterVUint64 would have;
+// the call runs after every call issued before it on c. The buffers belong to
+// the call until it completes: do not touch them before Wait returns. The call
+// is checked here: an invalid one returns its error and no handle, and its
+// peers fail too.
+func StartReduceScatterVUint64(ctx context.Context, c core.Starter, send, recv []uint64, recvCounts []int, op core.Op) (core.Handle, error) {
+	return core.StartCall(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
 // SendRecvFloat32 sends send to rank dst and receives recv from rank src as
 // one batch (core.Guard.StartBatch), and waits for both: two ranks that
 // exchange messages of any size with it do not deadlock, where Send then Recv
