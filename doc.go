@@ -9,3 +9,4 @@
 package gocoll
 
 //go:generate go run -C cmd/gentool . -spec ../../spec/collectives.yaml -out ../../generated
+//go:generate go run -C gen ./cmd/halfasm -dir ../half

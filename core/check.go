@@ -19,7 +19,12 @@ import (
 //     than this one (ErrInvalid);
 //   - allows Send and Recv to be the same slice only where the Shape
 //     allows in-place use, and no other overlap (ErrInvalid), before any
-//     byte moves.
+//     byte moves;
+//   - for the vector collectives, requires each counts vector the Shape
+//     takes to hold one count per rank, none negative, each displacement
+//     vector (if any) one per rank, none negative, the blocks it places
+//     inside the buffer and apart from each other, and every buffer to
+//     hold what the counts say (see checkVector); it sets Digest.
 //
 // It also zeroes what the kind does not use (Op, Root, Peer, a buffer
 // this rank does not take part with), so that backends compare and move
@@ -44,6 +49,7 @@ func Check(req *Request, rank, size int) error {
 	}
 	if req.Kind == KindBarrier {
 		req.DType, req.Count, req.Send, req.Recv = 0, 0, nil, nil
+		req.SendCounts, req.SendDispls, req.RecvCounts, req.RecvDispls, req.Digest = nil, nil, nil, nil, 0
 		return nil
 	}
 	t := LookupType(req.DType)
@@ -68,6 +74,14 @@ func Check(req *Request, rank, size int) error {
 			return fmt.Errorf("gocoll: %v: %w: peer %d is this rank; a blocking %v to itself would never complete", req.Kind, ErrInvalid, req.Peer, req.Kind)
 		}
 	}
+	if sh.Vector() {
+		if err := checkVector(req, sh, t, rank, size); err != nil {
+			return err
+		}
+		req.Type = t
+		return nil
+	}
+	req.SendCounts, req.SendDispls, req.RecvCounts, req.RecvDispls, req.Digest = nil, nil, nil, nil, 0
 	// Count x Size x ranks must not pass MaxInt: a multiplication, not the
 	// two divisions the bound reads as (64-bit divisions take tens of
 	// cycles, a measurable part of an 8-byte call).

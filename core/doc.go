@@ -17,7 +17,8 @@
 //   - Backend, what a transport implements, and Guard, the communicator
 //     boundary that drives it: one call at a time, a refused call made
 //     known to the peers, the failed and closed states, one default
-//     timeout.
+//     timeout; and calls started without blocking (Starter, Handle), run
+//     in the order issued by the caller's Wait or a progress goroutine.
 //   - Store, the rendezvous key-value store, and the errors collectives
 //     return: MismatchError when ranks disagree, PeerError when a rank did
 //     not take part, and the sentinels a rank's own bad argument wraps.

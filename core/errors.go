@@ -40,7 +40,7 @@ var ErrConcurrentUse = errors.New("gocoll: two calls in flight on one communicat
 // looks valid.
 type MismatchError struct {
 	Seq    uint64 // collective sequence number on this communicator
-	Field  string // "kind", "dtype", "op", "count", "root", "peer", "seq", "argument"
+	Field  string // "kind", "dtype", "op", "count", "counts", "root", "peer", "seq", "argument"
 	Rank   int    // this rank
 	Mine   string // this rank's value
 	Peer   int    // a rank that disagrees

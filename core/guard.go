@@ -39,6 +39,9 @@ func Deadline(ctx context.Context, timeout time.Duration) time.Time {
 //     fails with ErrConcurrentUse, and so does the one in flight, through
 //     the backend's Abort and, should the backend finish it anyway, here
 //     (see ErrConcurrentUse for why);
+//   - calls started without blocking (Start, StartBatch: async.go), which
+//     run one at a time in the order issued, blocking calls issued behind
+//     them included;
 //   - the closed and failed states: after an error that leaves the ranks
 //     out of step (a dead peer, a timeout, a cancelled call), every later
 //     call fails at once with an error wrapping the first.
@@ -53,6 +56,8 @@ type Guard struct {
 	busy   atomic.Bool
 	closed atomic.Bool
 	failed atomic.Pointer[error]
+
+	async asyncState // calls issued by Start, not yet completed (async.go)
 }
 
 var _ Comm = (*Guard)(nil)
@@ -73,6 +78,9 @@ func (g *Guard) Backend() Backend { return g.b }
 
 // Do checks req and runs it on the backend; see Guard.
 func (g *Guard) Do(ctx context.Context, req *Request) error {
+	if g.async.pending.Load() != 0 {
+		return g.doQueued(ctx, req) // behind the started calls
+	}
 	if !g.busy.CompareAndSwap(false, true) {
 		g.fail(ErrConcurrentUse)
 		g.b.Abort(ErrConcurrentUse)
@@ -133,12 +141,19 @@ func (g *Guard) Err() error {
 	return nil
 }
 
-// Abort fails the call in flight and every later one with an error
-// wrapping cause, on this rank and, as far as the backend can tell them,
-// on its peers. It may be called from any goroutine.
+// Abort fails the calls in flight (started ones included) and every later
+// one with an error wrapping cause (ErrAborted if nil), on this rank and,
+// as far as the backend can tell them, on its peers. It may be called from
+// any goroutine.
 func (g *Guard) Abort(cause error) {
+	if cause == nil {
+		cause = ErrAborted
+	}
 	g.fail(cause)
 	g.b.Abort(cause)
+	if g.async.pending.Load() != 0 {
+		g.async.wake() // fail the queued calls now, not when waited for
+	}
 }
 
 // Close closes the backend; later calls return ErrClosed. It does not
@@ -147,5 +162,7 @@ func (g *Guard) Close() error {
 	if !g.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	return g.b.Close()
+	err := g.b.Close()
+	g.async.closeAsync()
+	return err
 }

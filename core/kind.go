@@ -21,6 +21,13 @@ const (
 	KindBarrier       Kind = 9
 	KindSend          Kind = 10
 	KindRecv          Kind = 11
+	// The vector collectives: per-rank counts (and displacements) in
+	// Request's SendCounts, SendDispls, RecvCounts and RecvDispls.
+	KindAllgatherv     Kind = 12
+	KindGatherv        Kind = 13
+	KindScatterv       Kind = 14
+	KindAlltoallv      Kind = 15
+	KindReduceScatterV Kind = 16
 )
 
 // Extent is how many elements a buffer holds, in terms of a Request's
@@ -34,6 +41,16 @@ const (
 	PerRank
 	// AllRanks: Count elements for every rank, rank order.
 	AllRanks
+	// Blocks: one block per rank, block j holding Counts[j] elements at
+	// element offset Displs[j] of the buffer (packed in rank order when
+	// Displs is nil), with the side's counts: SendCounts and SendDispls
+	// for Send, RecvCounts and RecvDispls for Recv.
+	Blocks
+	// Mine: Counts[rank] elements of the request's one counts vector.
+	Mine
+	// Sum: the sum of the request's one counts vector, packed in rank
+	// order.
+	Sum
 )
 
 // Shape says what a collective does with a Request's fields.
@@ -56,7 +73,23 @@ type Shape struct {
 	// ResultRootOnly, on the root alone.
 	Result         Result
 	ResultRootOnly bool
+	// SendCounts and RecvCounts: the request carries that side's counts
+	// vector, one count per rank (every rank passes it, root-only buffer or
+	// not). SendDispls and RecvDispls: it may carry that side's
+	// displacements too (nil: blocks packed in rank order); they are read
+	// only where this rank passes the side's buffer.
+	SendCounts, RecvCounts bool
+	SendDispls, RecvDispls bool
 }
+
+// Vector reports whether the collective takes per-rank counts.
+func (s *Shape) Vector() bool { return s.SendCounts || s.RecvCounts }
+
+// SharedCounts reports whether the collective's one counts vector must be
+// the same on every rank (every vector collective but alltoallv, whose
+// send counts of one rank must equal the receive counts its peers expect
+// from it instead).
+func (s *Shape) SharedCounts() bool { return s.SendCounts != s.RecvCounts }
 
 // Result says what a collective leaves in its output buffer.
 type Result uint8
@@ -100,6 +133,16 @@ var shapes = [...]Shape{
 	KindBarrier: {Name: "barrier"},
 	KindSend:    {Name: "send", Peer: true, Send: PerRank},
 	KindRecv:    {Name: "recv", Peer: true, Recv: PerRank, Result: ResultPeer},
+	KindAllgatherv: {Name: "allgatherv", Send: Mine, Recv: Blocks, RecvCounts: true, RecvDispls: true,
+		Result: ResultConcat},
+	KindGatherv: {Name: "gatherv", Root: true, Send: Mine, Recv: Blocks, RecvRootOnly: true, RecvCounts: true, RecvDispls: true,
+		Result: ResultConcat, ResultRootOnly: true},
+	KindScatterv: {Name: "scatterv", Root: true, Send: Blocks, Recv: Mine, SendRootOnly: true, SendCounts: true, SendDispls: true,
+		Result: ResultRootBlock},
+	KindAlltoallv: {Name: "alltoallv", Send: Blocks, Recv: Blocks, SendCounts: true, SendDispls: true, RecvCounts: true, RecvDispls: true,
+		Result: ResultTranspose},
+	KindReduceScatterV: {Name: "reduce_scatter_v", Op: true, Send: Sum, Recv: Mine, RecvCounts: true,
+		Result: ResultReduceBlock},
 }
 
 // Shape returns k's shape, or nil for an id the runtime does not run.

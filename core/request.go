@@ -25,6 +25,23 @@ type Request struct {
 	Send  []byte
 	Recv  []byte
 
+	// The vector collectives' per-rank element counts and element
+	// displacements, as MPI's: SendCounts[j] elements of block j of Send
+	// at SendDispls[j], and RecvCounts[j] of block j of Recv at
+	// RecvDispls[j]; nil displacements mean blocks packed in rank order.
+	// The Kind's Shape says which a collective takes: allgatherv, gatherv
+	// and reduce_scatter_v take RecvCounts, scatterv SendCounts (the same
+	// on every rank, unlike MPI, which reads them at the root only), and
+	// alltoallv both, SendCounts[j] of rank i being RecvCounts[i] of rank
+	// j. Blocks of one buffer must not overlap. Count is unused (zero).
+	SendCounts, SendDispls []int
+	RecvCounts, RecvDispls []int
+
+	// Digest is a hash of the counts vector every rank must pass alike
+	// (Shape.SharedCounts), 0 for other collectives: backends compare it
+	// where they compare Count. Set by Check.
+	Digest uint64
+
 	// Type is DType's descriptor; nil for a barrier. Set by Check.
 	Type *Type
 	// Kernel is Type's kernel for Op; nil for collectives that do not
@@ -39,7 +56,8 @@ type Comm interface {
 	// Size is the number of ranks.
 	Size() int
 	// Do runs one collective. Every rank must call Do with matching Kind,
-	// DType, Op, Count and Root, in the same order, one call at a time; a
+	// DType, Op, Count and Root (and a vector collective's counts, as
+	// Request says), in the same order, one call at a time; a
 	// disagreement is a *MismatchError on every rank instead of data.
 	// Do must not keep req after it returns: the typed API reuses it.
 	Do(ctx context.Context, req *Request) error
@@ -59,8 +77,11 @@ type Backend interface {
 	Name() string
 	// Run runs req, which passed Check with this backend's rank and size.
 	// It compares with the peers every field that must agree (kind, dtype,
-	// op, count, root, peer, sequence) before any rank's output changes,
-	// and returns a *MismatchError on every rank when they differ.
+	// op, count, root, peer, sequence; a vector collective's counts: its
+	// Digest, alltoallv's pairwise) before any rank's output changes, and
+	// returns a *MismatchError on every rank when they differ (Field
+	// "counts" for counts, with their values: SharedCountsMismatch,
+	// PairCountsMismatch).
 	Run(ctx context.Context, req *Request) error
 	// Refuse takes this rank's part in the agreement step of req, which
 	// failed Check on this rank, so that its peers return at once with a

@@ -8,12 +8,15 @@
 //
 // # Who serves the store
 //
-// The store listens at MASTER_ADDR:MASTER_PORT. Rank 0 serves it, as in
-// torch, unless the launcher already does (gocollrun does, and says so
-// with GOCOLL_LAUNCHER_STORE=1, so the store outlives a rank 0 that
-// exits early) or WithStore hands Init a store to use. Rank 0 binds the
-// port on every interface, unless MASTER_ADDR is a loopback address; the
-// job secret keeps strangers out. A job of one process with no
+// The store listens at MASTER_ADDR:MASTER_PORT, or where rank 0 says
+// through the launcher's PMI when those are unset under mpiexec or
+// srun --mpi=pmi2. Rank 0 serves it, as in torch, unless the launcher
+// already does (gocollrun does, and says so with GOCOLL_LAUNCHER_STORE=1,
+// so the store outlives a rank 0 that exits early), torchrun's agent
+// serves its own c10d store there (see torchrun.go: then every rank dials
+// that store instead), or WithStore hands Init a store to use. Rank 0
+// binds the port on every interface, unless MASTER_ADDR is a loopback
+// address; the job secret keeps strangers out. A job of one process with no
 // MASTER_ADDR serves a private store on 127.0.0.1. Rank 0's Close waits
 // (up to the timeout) until every rank has closed, so that no rank loses
 // the store while it still needs it.
@@ -21,13 +24,19 @@
 // # The secret
 //
 // Every store connection proves it holds the job secret (GOCOLL_SECRET or
-// WithSecret). gocollrun makes a fresh one per job. Under mpirun or srun
-// nothing sets it (under plain srun the store's address and port are
-// derived from SLURM_STEP_NODELIST and the job and step ids, but a secret
-// cannot be), and Init refuses to start without it rather than run a store
-// anyone on the network could write to: pass one, e.g.
+// WithSecret). gocollrun makes a fresh one per job. Under MPICH's mpiexec
+// and srun --mpi=pmi2, rank 0 makes one and shares it, with the store's
+// address, through the launcher's PMI (see pmiRendezvous in pmi.go; the
+// environment variable EnvPMI). Under mpirun or plain srun nothing sets it
+// (under plain srun the store's address and port are derived from
+// SLURM_STEP_NODELIST and the job and step ids, but a secret cannot be),
+// and Init refuses to start without it rather than run a store anyone on
+// the network could write to: pass one, e.g.
 // mpirun -x GOCOLL_SECRET=$(openssl rand -hex 16). With WithStore the
-// store is already trusted, so rank 0 makes one up for the backends.
+// store is already trusted, so rank 0 makes one up for the backends; so
+// it does in torchrun's agent store, and under torchrun's other
+// rendezvous the secret is derived from the run (see torchrun.go for
+// what protects each).
 //
 // # Timeouts
 //
@@ -57,14 +66,16 @@ import (
 	"github.com/gocoll/gocoll/backends/shm"
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/store"
+	"github.com/gocoll/gocoll/store/c10d"
 )
 
 // Comm is a communicator: this process's place in a job, and the backend
-// that runs its collectives. It implements core.Comm. Collectives on one
-// Comm must be called in the same order on every rank, one at a time: a
-// call that starts while another is in flight fails, and so does the
-// other (core.ErrConcurrentUse), rather than pair different calls across
-// ranks.
+// that runs its collectives. It implements core.Comm and core.Starter.
+// Collectives on one Comm must be issued in the same order on every rank,
+// from one goroutine at a time, blocking (Do) or started (Start, see
+// async.go): calls issued from two goroutines at once fail, and so does
+// the one in flight (core.ErrConcurrentUse), rather than pair different
+// calls across ranks.
 type Comm struct {
 	rank, size           int
 	localRank, localSize int
@@ -80,10 +91,12 @@ type Comm struct {
 	store  core.Store    // this job's namespace in the store
 	live   bool          // this rank holds an ephemeral "alive/<rank>" key in store
 	client *store.Client // dialled by Init; nil with WithStore
+	agent  *c10d.Client  // torchrun's agent store, dialled by Init (torchrun.go)
 	server *store.Server // served by this rank (rank 0 or a lone process)
 	// guard runs the backend's calls: the one request check, one call
 	// at a time, the failed and closed states.
 	guard *core.Guard
+	grp   groupState // groups and Shrink: see group.go
 
 	closeOnce sync.Once
 	closeErr  error
@@ -95,7 +108,7 @@ var _ core.Comm = (*Comm)(nil)
 type info struct {
 	JobID  string `json:"job"`
 	KVS    string `json:"kvs"`
-	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore)
+	Secret string `json:"secret,omitempty"` // hex; only when rank 0 made it up (WithStore, torchrun's agent store)
 }
 
 // Init joins the job this process was launched into and returns its
@@ -105,23 +118,39 @@ type info struct {
 // read; options override them.
 func Init(ctx context.Context, opts ...Option) (_ *Comm, err error) {
 	o := buildOptions(opts)
-	l, err := resolve(o, o.env)
+	env, pc, err := pmiPreconnect(ctx, o, o.env)
 	if err != nil {
+		return nil, err
+	}
+	l, err := resolve(o, env)
+	if err != nil {
+		if pc != nil {
+			pc.Finalize(ctx)
+		}
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	c := &Comm{rank: l.rank, size: l.size, jobID: l.jobID, secret: l.secret, timeout: l.timeout,
 		log: o.log.With("rank", l.rank), shmOpts: o.shm}
+	c.grp.backend = l.backend
 	defer func() {
 		if err != nil {
 			c.release()
 		}
 	}()
+	if err := c.pmiRendezvous(ctx, l, env, pc, o.log); err != nil {
+		return nil, err
+	}
 
 	base := o.store
 	if a, ok := base.(interface{ Addr() string }); ok {
 		c.kvsAddr = a.Addr()
+	}
+	if base == nil && l.agentStore {
+		if base, err = c.connectAgentStore(ctx, l); err != nil {
+			return nil, err
+		}
 	}
 	if base == nil {
 		if base, err = c.connect(ctx, l, o.log); err != nil {
@@ -182,7 +211,7 @@ func (c *Comm) connect(ctx context.Context, l *launch, log *slog.Logger) (core.S
 		c.secret = randomBytes(32)
 	}
 	addr := l.master
-	serve := l.rank == 0 && !l.launcherStore
+	serve := l.rank == 0 && !l.launcherStore && c.server == nil // pmiRendezvous may serve it already
 	if serve {
 		listen := "127.0.0.1:0"
 		if addr != "" {
@@ -335,8 +364,9 @@ func (c *Comm) Backend() string { return c.guard.Backend().Name() }
 
 // Do runs one collective; see core.Comm and core.Guard. Every call is
 // checked once here (core.Check) before the backend runs it; a rank whose
-// call fails the check tells its peers, which fail at once naming it. Two
-// calls in flight at once fail with core.ErrConcurrentUse. After Close it
+// call fails the check tells its peers, which fail at once naming it. It
+// runs after the started calls in flight, if any. Two calls issued from
+// different goroutines at once fail with core.ErrConcurrentUse. After Close it
 // fails with core.ErrClosed, and after an error that leaves the ranks out
 // of step (a rank that never came, a lost connection, a cancelled wait)
 // with that error.
@@ -441,6 +471,9 @@ func withoutLost(keys, guards, lost []string) ([]string, []string) {
 func (c *Comm) release() {
 	if c.client != nil {
 		c.client.Close()
+	}
+	if c.agent != nil {
+		c.agent.Close()
 	}
 	if c.server != nil {
 		c.server.Close()

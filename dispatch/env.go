@@ -9,13 +9,16 @@ import (
 	"time"
 
 	"github.com/gocoll/gocoll/core"
+	"github.com/gocoll/gocoll/internal/pmi"
 )
 
 // Environment variables gocoll reads besides the launchers' own.
 const (
-	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one;
-	// under mpirun or srun pass it yourself (mpirun -x GOCOLL_SECRET=...,
-	// or GOCOLL_SECRET=... srun ...).
+	// EnvSecret holds the job's shared secret. gocollrun sets a fresh one,
+	// and so does rank 0 under mpiexec and srun --mpi=pmi2 (through PMI)
+	// and under torchrun (see torchrun.go); under mpirun or plain srun
+	// pass it yourself (mpirun -x GOCOLL_SECRET=..., or
+	// GOCOLL_SECRET=... srun ...).
 	EnvSecret = "GOCOLL_SECRET"
 	// EnvJobID names the job; shared resources carry it. Optional: rank 0
 	// makes one up and shares it through the store when it is unset.
@@ -72,11 +75,20 @@ type launch struct {
 
 	master        string // store address "host:port"; "" for standalone
 	launcherStore bool   // the launcher serves the store
+	agentStore    bool   // torchrun's agent serves a c10d store at master (see torchrun.go)
+	agentPrefix   string // gocoll's namespace in the agent's store
 	secret        []byte // nil: none given
 	jobID         string
 	timeout       time.Duration
 	backend       string
 	nodeID        string // "" for the default (hostname + boot id)
+
+	// What Init learns through the launcher's PMI (see pmiRendezvous).
+	pmi       int    // protocol version; 0: PMI is not used
+	pmiMaster bool   // the store's address
+	pmiSecret bool   // the secret
+	pmiHost   string // MASTER_ADDR, where set alone: the host rank 0 advertises
+	pmiPort   string // MASTER_PORT, where set alone: the port rank 0 binds
 }
 
 // envLookup is os.LookupEnv or a test's stand-in.
@@ -175,6 +187,13 @@ func resolve(o *options, env envLookup) (*launch, error) {
 			l.source = "options"
 		}
 	}
+	if o.rank != nil || o.size != nil {
+		// Options that set the rank or the size describe another job than
+		// the launcher's (a sub-job on a store.Prefix, a test), whose local
+		// layout the launcher's variables do not describe; the layout is
+		// computed from the ranks' node ids anyway.
+		l.localRank, l.localSize, l.nodeRank = -1, -1, -1
+	}
 	switch {
 	case l.rank < 0 && l.size < 0:
 		// No launcher and no options: a job of one process.
@@ -192,6 +211,16 @@ func resolve(o *options, env envLookup) (*launch, error) {
 		return nil, fmt.Errorf("dispatch: local size %d exceeds %s=%d", l.localSize, sizeVar, l.size)
 	}
 
+	// Under hydra and srun --mpi=pmi2, PMI can tell the ranks what the
+	// environment does not (see pmiRendezvous).
+	pmiVer, err := pmiVersion(env)
+	if err != nil {
+		return nil, err
+	}
+	if l.source != "MPICH/Intel MPI" || !pmi.Offered(pmi.Env(env)) {
+		pmiVer = 0
+	}
+
 	// Where the store is.
 	if l.source == "Open MPI" && o.store == nil && l.size > 1 {
 		if err := ompiMissing(o, env, l); err != nil {
@@ -206,7 +235,20 @@ func resolve(o *options, env envLookup) (*launch, error) {
 	} else {
 		addr, aok := env("MASTER_ADDR")
 		port, pok := env("MASTER_PORT")
-		if (!aok || !pok) && o.store == nil && l.size > 1 && slurmStep(l, env) {
+		if (!aok || !pok) && o.store == nil && l.size > 1 && pmiVer > 0 {
+			// Rank 0 picks what is missing and shares it through PMI.
+			if aok && addr == "" {
+				return nil, fmt.Errorf("dispatch: MASTER_ADDR is empty; set it to rank 0's host, or unset it")
+			}
+			if pok {
+				if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+					return nil, fmt.Errorf("dispatch: MASTER_PORT=%q is not a port number (0..65535)", port)
+				}
+			}
+			l.pmi, l.pmiMaster, l.pmiHost, l.pmiPort = pmiVer, true, addr, port
+			aok, pok = false, false
+		}
+		if (!aok || !pok) && !l.pmiMaster && o.store == nil && l.size > 1 && slurmStep(l, env) {
 			var err error
 			if addr, port, err = slurmMaster(env, l.rank, addr, aok, port, pok); err != nil {
 				return nil, err
@@ -233,7 +275,7 @@ func resolve(o *options, env envLookup) (*launch, error) {
 			return nil, fmt.Errorf("dispatch: MASTER_PORT=0: %d ranks must agree on a fixed port", l.size)
 		}
 	}
-	if l.master == "" && o.store == nil && l.size > 1 {
+	if l.master == "" && !l.pmiMaster && o.store == nil && l.size > 1 {
 		return nil, fmt.Errorf("dispatch: %d ranks need a store: set MASTER_ADDR and MASTER_PORT (rank 0's host and a free port), or WithMaster, or WithStore", l.size)
 	}
 	if v, ok := env(EnvLauncherStore); ok && v != "" && v != "0" {
@@ -258,13 +300,20 @@ func resolve(o *options, env envLookup) (*launch, error) {
 		}
 		l.secret = []byte(v)
 	}
-	if l.secret == nil && o.store == nil && l.master != "" && l.size > 1 && slurmStep(l, env) {
+	if err := torchrunResolve(o, env, l); err != nil {
+		return nil, err
+	}
+	if l.secret == nil && o.store == nil && l.size > 1 && pmiVer > 0 {
+		// Rank 0 makes a fresh one and shares it through PMI.
+		l.pmi, l.pmiSecret = pmiVer, true
+	}
+	if l.secret == nil && !l.pmiSecret && o.store == nil && l.master != "" && l.size > 1 && slurmStep(l, env) {
 		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s; "+
 			"srun passes on the environment it was started with, so run %s=$(openssl rand -hex 16) srun ... "+
-			"(with --export, name %s in it). Launching with nothing exported through srun --mpi=pmi2 is planned, "+
-			"but gocoll does not read PMI yet", EnvSecret, l.master, EnvSecret, EnvSecret)
+			"(with --export, name %s in it); or launch with srun --mpi=pmi2, through whose PMI rank 0 shares "+
+			"a fresh secret and the store's address, with nothing exported", EnvSecret, l.master, EnvSecret, EnvSecret)
 	}
-	if l.secret == nil && o.store == nil && l.master != "" {
+	if l.secret == nil && !l.pmiSecret && !l.agentStore && o.store == nil && l.master != "" {
 		return nil, fmt.Errorf("dispatch: %s is not set: every rank needs the job's secret to reach the store at %s "+
 			"(gocollrun sets it; with mpirun pass -x %s=$(openssl rand -hex 16))", EnvSecret, l.master, EnvSecret)
 	}

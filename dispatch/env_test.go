@@ -99,6 +99,18 @@ func TestResolveSettings(t *testing.T) {
 	if l.timeout != DefaultTimeout || l.backend != "auto" {
 		t.Errorf("defaults: timeout %v backend %q", l.timeout, l.backend)
 	}
+	// WithRank and WithSize make another job than the launcher's: its
+	// local layout no longer applies (it used to fail "local size 4
+	// exceeds WithSize=2"), while the rest of the environment still does.
+	l, err = resolve(buildOptions([]Option{WithStore(memstore.New()), WithRank(1), WithSize(2)}),
+		envOf("RANK=5", "WORLD_SIZE=8", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=4", "GROUP_RANK=1", "GOCOLL_TIMEOUT=7s", "GOCOLL_BACKEND=tcp"))
+	if err != nil {
+		t.Fatalf("WithRank and WithSize under a launcher's variables: %v", err)
+	}
+	if l.rank != 1 || l.size != 2 || l.localRank != -1 || l.localSize != -1 || l.nodeRank != -1 ||
+		l.timeout != 7*time.Second || l.backend != "tcp" {
+		t.Errorf("WithRank(1), WithSize(2) under torchrun's variables: got %+v", l)
+	}
 	// WithStore needs neither master nor secret.
 	if _, err := resolve(buildOptions([]Option{WithStore(memstore.New()), WithRank(0), WithSize(4)}), envOf()); err != nil {
 		t.Errorf("WithStore without master or secret: %v", err)
@@ -304,7 +316,7 @@ func TestResolveSlurmErrors(t *testing.T) {
 		{"rank 0 elsewhere", slurmWith("SLURM_PROCID=0", "SLURMD_NODENAME=node08"),
 			[]string{"rank 0 runs on node08, not on node07", "MASTER_ADDR=node08"}},
 		{"no secret", slurm[:len(slurm)-1],
-			[]string{"GOCOLL_SECRET is not set", "node07:62873", "GOCOLL_SECRET=$(openssl rand -hex 16) srun", "srun --mpi=pmi2 is planned", "does not read PMI yet"}},
+			[]string{"GOCOLL_SECRET is not set", "node07:62873", "GOCOLL_SECRET=$(openssl rand -hex 16) srun", "or launch with srun --mpi=pmi2", "with nothing exported"}},
 		// Under mpiexec inside an srun step, SLURM_* describe the step
 		// that started the launcher, not this rank: nothing is derived.
 		{"hydra inside a step", []string{"PMI_RANK=3", "PMI_SIZE=4", "SLURM_PROCID=0", "SLURM_NTASKS=1", "SLURM_JOB_ID=1",

@@ -69,7 +69,8 @@ func WithNodeID(id string) Option { return func(o *options) { o.nodeID = id } }
 // through s. Communicators made one after another on one store each get a
 // fresh namespace in it, provided every rank took part in each Init;
 // communicators made at the same time need separate stores or prefixes
-// (store.Prefix).
+// (store.Prefix). For communicators among some ranks of a job, Comm.Split
+// and Comm.NewGroup need neither.
 func WithStore(s core.Store) Option { return func(o *options) { o.store = s } }
 
 // WithLogger sends the communicator's log (and the store server's, on

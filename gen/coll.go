@@ -11,11 +11,12 @@ import (
 // collFiles is the typed API package; kernelsPath is the kernels package
 // it imports to register the spec's kernels.
 func collFiles(s *spec.Spec, kernelsPath string) []genFile {
-	return []genFile{
+	return append([]genFile{
 		{name: "ids.go", jen: collIDs(s, kernelsPath)},
 		{name: "api.go", jen: collAPI(s)},
+		{name: "start.go", jen: startFile(s)},
 		{name: "coll_test.go", jen: collTest(s)},
-	}
+	}, genericFiles(s)...)
 }
 
 func qCore(name string) *jen.Statement { return jen.Qual(CorePath, name) }
@@ -141,7 +142,9 @@ func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 		paras = append(paras, fmt.Sprintf("%s runs %s. %s", name, c.Name, c.Doc))
 	}
 	var shape []string
-	if len(c.Buffers) > 0 {
+	if c.Vector() {
+		shape = append(shape, vectorDoc(c))
+	} else if len(c.Buffers) > 0 {
 		var parts []string
 		for _, b := range c.Buffers {
 			where := "on every rank"
@@ -179,6 +182,9 @@ func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 	if c.Root || c.Peer {
 		errs = append(errs, "a rank out of range one wrapping core.ErrInvalid")
 	}
+	if c.Vector() {
+		errs = append(errs, "counts or displacements that are not one per rank, are negative or make blocks overlap one wrapping core.ErrInvalid")
+	}
 	if len(errs) > 0 {
 		paras = append(paras, "The communicator checks the call before any data moves: "+strings.Join(errs, ", ")+
 			"; the peers of a rank that fails the check fail too instead of waiting.")
@@ -202,6 +208,13 @@ func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 		}
 		params = append(params, jen.List(names...).Index().Add(goType(*d)))
 	}
+	if c.Vector() {
+		var names []jen.Code
+		for _, v := range c.Vectors {
+			names = append(names, jen.Id(v.Name))
+		}
+		params = append(params, jen.List(names...).Index().Int())
+	}
 	if c.Op {
 		params = append(params, jen.Id("op").Qual(CorePath, "Op"))
 	}
@@ -215,12 +228,16 @@ func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 	dict := jen.Dict{jen.Id("Kind"): jen.Id(kindConst(c))}
 	if d != nil {
 		dict[jen.Id("DType")] = jen.Id(dtConst(*d))
-		from := c.Buffers[c.CountFrom()]
-		count := jen.Len(jen.Id(from.Name))
-		if from.Count == "count*size" {
-			count = count.Op("/").Id("c").Dot("Size").Call()
+		if from := c.CountFrom(); from >= 0 {
+			count := jen.Len(jen.Id(c.Buffers[from].Name))
+			if c.Buffers[from].Count == "count*size" {
+				count = count.Op("/").Id("c").Dot("Size").Call()
+			}
+			dict[jen.Id("Count")] = count
 		}
-		dict[jen.Id("Count")] = count
+	}
+	for _, v := range c.Vectors {
+		dict[jen.Id(vectorField(v))] = jen.Id(v.Name)
 	}
 	if c.Op {
 		dict[jen.Id("Op")] = jen.Id("op")

@@ -41,10 +41,7 @@ func collTest(s *spec.Spec) *jen.File {
 				}
 			}
 			for _, b := range c.Buffers {
-				extent := qCore("PerRank")
-				if b.Count == "count*size" {
-					extent = qCore("AllRanks")
-				}
+				extent := qCore(extentConsts[b.Count])
 				side := "Recv"
 				if b.Role == "send" {
 					side = "Send"
@@ -56,6 +53,9 @@ func collTest(s *spec.Spec) *jen.File {
 				if b.Role == "inout" {
 					sh = append(sh, field("SendIsRecv", jen.True()))
 				}
+			}
+			for _, v := range c.Vectors {
+				sh = append(sh, field(vectorField(v), jen.True()))
 			}
 			if r := resultConsts[c.Result.Kind]; r != "ResultNone" {
 				sh = append(sh, field("Result", qCore(r)))
@@ -136,6 +136,10 @@ func collTest(s *spec.Spec) *jen.File {
 			mk = append(mk, jen.Id(b.Name).Op(":=").Make(jen.Index().Id("T"), n))
 			args = append(args, jen.Id(b.Name))
 		}
+		for _, v := range c.Vectors {
+			ftype = append(ftype, jen.Index().Int())
+			args = append(args, jen.Id("a").Dot(vectorField(v)))
+		}
 		if c.Op {
 			ftype = append(ftype, qCore("Op"))
 			args = append(args, jen.Id("a").Dot("Op"))
@@ -164,6 +168,12 @@ func collTest(s *spec.Spec) *jen.File {
 // field is one key: value of a composite literal. Unlike jen.Dict, a
 // literal of fields stays on one line: the tables read one entry a line.
 func field(name string, v jen.Code) jen.Code { return jen.Id(name).Op(":").Add(v) }
+
+// extentConsts names core's Extent constant for each buffer count a spec
+// may give.
+var extentConsts = map[string]string{
+	"count": "PerRank", "count*size": "AllRanks", "counts": "Blocks", "counts[rank]": "Mine", "sum(counts)": "Sum",
+}
 
 // resultConsts names core's Result constant for each result kind a spec
 // may give.

@@ -62,7 +62,8 @@ func Detect() ISA {
 }
 
 // EnvISA is the environment variable that picks a level at start-up:
-// generic, avx2 or avx512. Unset, the kernels run at Detect's level.
+// generic, avx2 or avx512. Unset, the kernels run at Detect's level. The
+// level also caps package half's bulk conversions.
 const EnvISA = "GOCOLL_ISA"
 
 var (

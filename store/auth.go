@@ -83,8 +83,14 @@ func clientHandshake(rw io.ReadWriter, secret []byte, addr string) error {
 	if _, err := io.ReadFull(rw, ch[:]); err != nil {
 		return fmt.Errorf("store: reading the challenge from %s (is it a gocoll store?): %w", addr, err)
 	}
+	return clientProve(rw, ch[:], secret, addr)
+}
+
+// clientProve runs the client side on rw after the challenge ch (magic
+// and server nonce) has been read.
+func clientProve(rw io.ReadWriter, ch, secret []byte, addr string) error {
 	if string(ch[:len(magic)]) != magic {
-		return fmt.Errorf("%w: %s does not speak the gocoll store protocol", ErrAuth, addr)
+		return fmt.Errorf("%w: %s sent %s, not a gocoll store's challenge", ErrNotStore, addr, quote(ch[:len(magic)]))
 	}
 	sn := ch[len(magic):]
 	cn, err := nonce()

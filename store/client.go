@@ -52,7 +52,8 @@ type clientConn struct {
 // Refused connections are retried until ctx ends (the server may not be
 // up yet when ranks start); if ctx has no deadline, DefaultDialTimeout
 // applies. A secret the server refuses is not retried: the error wraps
-// ErrAuth.
+// ErrAuth. Nor is a server that is not a gocoll store: the error wraps
+// ErrNotStore, within about a second, and says what the server sent.
 func Dial(ctx context.Context, addr string, secret []byte) (*Client, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -65,7 +66,7 @@ func Dial(ctx context.Context, addr string, secret []byte) (*Client, error) {
 		nc, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			c, err := handshake(ctx, nc, addr, secret)
-			if err == nil || errors.Is(err, ErrAuth) {
+			if err == nil || errors.Is(err, ErrAuth) || errors.Is(err, ErrNotStore) {
 				return c, err
 			}
 			// A server that is going away mid-handshake is as good as
@@ -97,7 +98,12 @@ func handshake(ctx context.Context, nc net.Conn, addr string, secret []byte) (*C
 	}
 	// Unblock the handshake if ctx is cancelled without a deadline.
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	err := clientHandshake(nc, secret, addr)
+	ch, err := readChallenge(ctx, nc, addr)
+	if err == nil {
+		dl, _ := ctx.Deadline()
+		nc.SetReadDeadline(dl)
+		err = clientProve(nc, ch, secret, addr)
+	}
 	if !stop() || err != nil {
 		nc.Close()
 		if err == nil {

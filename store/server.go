@@ -70,10 +70,12 @@ type Server struct {
 	owner   map[string]*serverConn // ephemeral keys: deleted when their connection closes
 	changed chan struct{}          // closed and replaced on every write: wakes waiters
 
-	connMu sync.Mutex
-	conns  map[*serverConn]struct{}
-	closed bool
-	wg     sync.WaitGroup // accept loop, connection loops, blocked handlers
+	connMu  sync.Mutex
+	conns   map[*serverConn]struct{}
+	closed  bool
+	clients int            // connections past the handshake and not yet closed
+	idle    chan struct{}  // made by Idle while clients > 0; closed when clients drops to 0
+	wg      sync.WaitGroup // accept loop, connection loops, blocked handlers
 }
 
 // Listen starts a store server on addr ("host:port"; ":0" picks a free
@@ -122,6 +124,32 @@ func serve(ln net.Listener, secret []byte, cfg serverConfig) *Server {
 
 // Addr returns the address the server listens on, as "host:port".
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// closedChan is what Idle returns when no client is connected.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Idle returns a channel that is closed once no client is connected: at
+// once if none is connected now, else when the last connected one closes.
+// A client counts from the moment it has proved it holds the secret until
+// its connection closes and the ephemeral keys it set are gone, so
+// connections that never authenticate neither keep a server busy nor mark
+// it idle. A launcher that serves the store for processes it did not
+// start (the ranks of other nodes) waits on Idle to know when none of
+// them needs the store any more: each rank holds its one connection for
+// as long as it uses the store, and the kernel closes that connection
+// when the rank's process ends, however it ends. A client that connects
+// after Idle's channel was closed needs a new call to Idle.
+func (s *Server) Idle() <-chan struct{} {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.clients == 0 {
+		return closedChan
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+	}
+	return s.idle
+}
 
 // Close stops the server, closes every connection and waits for all of
 // the server's goroutines to end. Clients see their calls fail.
@@ -199,11 +227,19 @@ func (c *serverConn) close() {
 
 func (c *serverConn) serve() {
 	defer c.s.wg.Done()
+	authed := false
 	defer func() {
 		c.close()
 		c.s.dropEphemeral(c)
 		c.s.connMu.Lock()
 		delete(c.s.conns, c)
+		if authed {
+			c.s.clients--
+			if c.s.clients == 0 && c.s.idle != nil {
+				close(c.s.idle)
+				c.s.idle = nil
+			}
+		}
 		c.s.connMu.Unlock()
 	}()
 	log := c.s.cfg.log.With("remote", c.nc.RemoteAddr().String())
@@ -215,6 +251,10 @@ func (c *serverConn) serve() {
 		return
 	}
 	c.nc.SetDeadline(time.Time{})
+	c.s.connMu.Lock()
+	c.s.clients++
+	authed = true
+	c.s.connMu.Unlock()
 	for {
 		body, err := c.readFrame()
 		if err != nil {

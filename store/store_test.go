@@ -799,3 +799,142 @@ func TestReadFrameInPieces(t *testing.T) {
 		}
 	}
 }
+
+// Idle is closed while no authenticated client is connected, and a call
+// made while clients are connected gets a channel that closes when the
+// last of them goes, however it goes: a Client's Close, a bare TCP close,
+// the server's Close. Connections that never authenticate do not count.
+func TestIdle(t *testing.T) {
+	s, _ := newServer(t)
+	ctx := ctxT(t)
+	isClosed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	clients := func() int {
+		s.connMu.Lock()
+		defer s.connMu.Unlock()
+		return s.clients
+	}
+	if !isClosed(s.Idle()) {
+		t.Fatal("a server no client ever reached is not idle")
+	}
+
+	// A connection stuck before proving the secret is no client.
+	stranger, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	if !isClosed(s.Idle()) {
+		t.Fatal("an unauthenticated connection made the server busy")
+	}
+
+	a, b := dial(t, s), dial(t, s)
+	raw := authedRaw(t, s)
+	// A round trip on each Client: the server has counted it by then.
+	for _, c := range []*Client{a, b} {
+		if err := c.SetEphemeral(ctx, fmt.Sprintf("alive/%p", c), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "3 clients counted", func() bool { return clients() == 3 })
+	idle := s.Idle()
+	if isClosed(idle) {
+		t.Fatal("idle with 3 clients connected")
+	}
+	if s.Idle() != idle {
+		t.Fatal("two calls while busy got different channels")
+	}
+
+	a.Close()
+	raw.Close()
+	waitFor(t, "2 clients gone", func() bool { return clients() == 1 })
+	if isClosed(idle) {
+		t.Fatal("idle while a client is still connected")
+	}
+	if _, ok, err := b.TryGet(ctx, fmt.Sprintf("alive/%p", a)); err != nil || ok {
+		t.Fatalf("the closed client's ephemeral key: present %v, %v", ok, err)
+	}
+
+	b.Close()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		t.Fatal("Idle's channel stayed open after the last client closed")
+	}
+	if !isClosed(s.Idle()) {
+		t.Fatal("Idle after the last client closed is not closed")
+	}
+
+	// Busy again, then the server closes under its client.
+	c := dial(t, s)
+	if err := c.Set(ctx, "k", nil); err != nil {
+		t.Fatal(err)
+	}
+	idle = s.Idle()
+	if isClosed(idle) {
+		t.Fatal("idle with a new client connected")
+	}
+	s.Close()
+	if !isClosed(idle) {
+		t.Fatal("Idle's channel still open after Close returned")
+	}
+}
+
+// Clients that come and go at once while others wait on Idle leave the
+// count at zero and every channel Idle gave closed (run with -race).
+func TestIdleUnderChurn(t *testing.T) {
+	s, _ := newServer(t)
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	chans := make(chan (<-chan struct{}), 1024)
+	for i := 0; i < 8; i++ {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 10; j++ {
+				c, err := Dial(ctx, s.Addr(), secret)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := c.Add(ctx, "n", 1); err != nil {
+					t.Error(err)
+				}
+				c.Close()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 100; j++ {
+				chans <- s.Idle()
+			}
+		}()
+	}
+	wg.Wait()
+	close(chans)
+	// The server may not have seen the last closes yet: a fresh channel
+	// closes when it has.
+	all := []<-chan struct{}{s.Idle()}
+	for ch := range chans {
+		all = append(all, ch)
+	}
+	for _, ch := range all {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatal("a channel Idle gave stayed open after every client closed")
+		}
+	}
+	s.connMu.Lock()
+	n := s.clients
+	s.connMu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d clients counted after all closed", n)
+	}
+}

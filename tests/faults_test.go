@@ -45,6 +45,9 @@ var faults = []string{
 	"nil-request",   // F3: rank 1 passes a nil request, the others an allreduce
 	"count",         // rank 2 passes another count
 	"op",            // rank 2 passes another op
+	"vcounts",       // allgatherv: rank 2 passes other counts (its own count the same)
+	"vcounts-pair",  // alltoallv: rank 2 expects one element more from rank 1 than rank 1 sends it
+	"vdispls",       // allgatherv: rank 1's displacements make two blocks overlap
 }
 
 func TestFaults(t *testing.T) {
@@ -190,6 +193,10 @@ func faultBody(ctx context.Context, r *proctest.Rank) error {
 		}
 		err = c.Do(ctx, req)
 		if err := wantArgument(err, r.Rank, 1, core.ErrInvalid); err != nil {
+			return err
+		}
+	case "vcounts", "vcounts-pair", "vdispls":
+		if err := vectorFault(ctx, c, fault, r.Rank); err != nil {
 			return err
 		}
 	default:

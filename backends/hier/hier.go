@@ -24,13 +24,25 @@
 //     within each node;
 //   - reduce_scatter: a reduce of the whole buffer to the leader within
 //     each node, a reduce_scatter of the nodes' blocks between the
-//     leaders, a scatter from the leader within each node.
+//     leaders, a scatter from the leader within each node;
+//   - alltoall of up to 16 KiB per rank: within each node the ranks
+//     first compare what they passed, as for a rooted call; then a gather
+//     of every rank's whole buffer to the leader within each node, an
+//     alltoall between the leaders of the blocks each pair of nodes sends
+//     each other, a scatter of every rank's result from the leader within
+//     each node. A larger alltoall runs on World once the ranks have
+//     compared what they passed within each node and between the leaders,
+//     as for a rooted call, and passed a barrier within each node: every
+//     block crosses between nodes either way, and relaying large ones
+//     through the leaders costs more than it saves.
 //
 // Every staged collective has a stage within every node (all its ranks)
 // after the last stage between the leaders at which ranks can disagree,
-// so that a failure among the leaders reaches every rank. Alltoall runs
-// on World: every rank's data goes to every other rank, so a leader
-// would only relay it.
+// so that a failure among the leaders reaches every rank. Send and recv
+// run on World, and so do the vector collectives (allgatherv, gatherv,
+// scatterv, alltoallv, reduce_scatter_v): staging them would need every
+// node's counts at its leader first, and World's backend compares the
+// counts across all ranks itself.
 //
 // # Failures
 //
@@ -51,9 +63,9 @@
 //
 // A disagreement between two staged collectives is seen by a stage's
 // backend, as a mismatch of that stage's kinds or counts. One between a
-// staged collective on some ranks and alltoall, which runs on World, on
-// others cannot be seen by any one stage: those ranks wait in different
-// backends and fail at the timeout, naming each other.
+// staged collective on some ranks and send or recv, which run on World,
+// on others cannot be seen by any one stage: those ranks wait in
+// different backends and fail at the timeout, naming each other.
 package hier
 
 import (
@@ -192,6 +204,9 @@ func (h *Backend) backends() []core.Backend {
 // every rank of each node, or on Leaders by the nodes' leaders.
 type stage struct {
 	leaders bool
+	// world: run on World by every rank, as the last stage, which no
+	// failure needs passing on to.
+	world bool
 	// p2p: a send or receive within the node, between the leader and
 	// the root, which the rest of the node skips. A leader that passes a
 	// failure on still runs one its node has not learned of, so that the
@@ -199,9 +214,10 @@ type stage struct {
 	p2p  bool
 	name string // what the stage does, for errors
 	req  core.Request
-	// scale is the stage's Count per element of the call's Count, so that
-	// a count the stage's backend names reads as the call's.
-	scale int
+	// scale is the stage's Count per element of the call's Count, and
+	// offset what the stage adds to that product, so that a count the
+	// stage's backend names reads as the call's.
+	scale, offset int
 	// after runs on this rank when the stage succeeded.
 	after func()
 	// check, when set, runs after the stage succeeded and returns the
@@ -223,7 +239,7 @@ func staged(kind core.Kind) (local, leaders core.Kind, ok bool) {
 		return core.KindGather, core.KindAllgather, true
 	case core.KindReduceScatter:
 		return core.KindReduce, core.KindReduceScatter, true
-	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
+	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter, core.KindAlltoall:
 		return core.KindAlltoall, core.KindAlltoall, true
 	}
 	return 0, 0, false
@@ -244,6 +260,8 @@ func (h *Backend) Run(ctx context.Context, req *core.Request) error {
 		return h.run(ctx, req, h.reduceScatter(req))
 	case core.KindBroadcast, core.KindReduce, core.KindGather, core.KindScatter:
 		return h.run(ctx, req, h.rooted(req))
+	case core.KindAlltoall:
+		return h.run(ctx, req, h.alltoall(req))
 	}
 	return h.world.Run(ctx, req)
 }
@@ -316,6 +334,116 @@ func (h *Backend) allgather(req *core.Request) []stage {
 	}
 }
 
+// alltoallStagedMax is the largest buffer (one rank's whole send buffer,
+// in bytes) whose alltoall runs in stages through the leaders; larger
+// ones run on World. Every block crosses between nodes either way: the
+// stages save messages and link round trips (one message per pair of
+// nodes instead of per pair of ranks), and cost a gather and a scatter of
+// every buffer through the leader and the regrouping copies. Over a
+// 1 Gbit/s link with 1 ms of delay, the stages won at 2 nodes x 4 ranks
+// up to 16 KiB and lost from 32 KiB, and at 2 x 2 they lost by about a
+// fifth from 4 KiB up (bench/results/hier-alltoall).
+const alltoallStagedMax = 16 << 10
+
+// alltoall returns the stages of an alltoall. Up to alltoallStagedMax:
+// first, as for a rooted call, the ranks of each node exchange and
+// compare what they passed (the kind above all: the gather that follows
+// would otherwise meet an allgather's first stage as a mere count
+// mismatch); then a gather of every rank's whole send buffer to the
+// leader within each node; an alltoall between the leaders in which each
+// pair of nodes exchanges the blocks one node's ranks send to the
+// other's, in a width x width grid (width: the largest node's ranks) so
+// that every pair moves the same count, followed by the header, which
+// the leaders compare (so that the exchange cannot pass for a rooted
+// call's agreement between the leaders); a scatter of each rank's whole
+// receive buffer from the leader within each node. The leaders regroup
+// the blocks by destination node after the gather, and into rank order
+// after the exchange (a node's ranks need not be contiguous). Only the
+// blocks whose ranks are on different nodes cross between nodes, once
+// each, in one message per pair of nodes, where flat tcp sends one per
+// pair of ranks.
+//
+// Larger: the agreement within each node and between the leaders of a
+// rooted call, a barrier within each node (which a leader refuses when
+// the leaders disagreed), then the alltoall on World. The agreement
+// comes first so that ranks that disagree on the count, and so on the
+// path, fail together instead of waiting in different backends.
+func (h *Backend) alltoall(req *core.Request) []stage {
+	hdr := header(req)
+	if len(req.Send) > alltoallStagedMax {
+		stages := []stage{h.agreeLocal(req, hdr)}
+		if h.leader() {
+			stages = append(stages, h.agreeLeaders(req, hdr))
+		}
+		return append(stages,
+			stage{name: "barrier within the node", req: core.Request{Kind: core.KindBarrier}},
+			stage{world: true, name: "alltoall", scale: 1, req: *req})
+	}
+	local := h.nodes[h.node]
+	width := 0
+	for _, ranks := range h.nodes {
+		width = max(width, len(ranks))
+	}
+	blk := req.Count * req.Type.Size
+	row := h.size * blk // one rank's whole buffer
+	hn := len(hdr) / req.Type.Size
+	// A leader's packed and exchanged buffers hold one part per node: its
+	// grid of blocks, then the header.
+	part := width*width*blk + len(hdr)
+	var gathered, packed, exchanged, out []byte
+	if h.leader() {
+		gathered = make([]byte, len(local)*row)
+		packed = make([]byte, len(h.nodes)*part)
+		exchanged = make([]byte, len(packed))
+		out = make([]byte, len(local)*row)
+	}
+	// cell is where node n's i-th rank's block for the other node's j-th
+	// rank sits in a leader's packed or exchanged buffer.
+	cell := func(buf []byte, n, i, j int) []byte {
+		off := n*part + (i*width+j)*blk
+		return buf[off : off+blk]
+	}
+	return []stage{
+		h.agreeLocal(req, hdr),
+		{name: "gather within the node", scale: h.size, req: core.Request{Kind: core.KindGather, DType: req.DType,
+			Count: req.Count * h.size, Send: req.Send, Recv: gathered, Type: req.Type},
+			after: func() {
+				if !h.leader() {
+					return
+				}
+				for n, ranks := range h.nodes {
+					for i := range local {
+						for j, r := range ranks {
+							copy(cell(packed, n, i, j), gathered[i*row+r*blk:])
+						}
+					}
+					copy(packed[(n+1)*part-len(hdr):], hdr)
+				}
+			}},
+		{leaders: true, name: "alltoall between nodes", scale: width * width, offset: hn, req: core.Request{Kind: core.KindAlltoall,
+			DType: req.DType, Count: req.Count*width*width + hn, Send: packed, Recv: exchanged, Type: req.Type},
+			check: func() *core.MismatchError {
+				hdrs := make([]byte, 0, len(h.nodes)*len(hdr))
+				for n := range h.nodes {
+					hdrs = append(hdrs, exchanged[(n+1)*part-len(hdr):(n+1)*part]...)
+				}
+				if me := h.disagree(hdr, hdrs, h.leaderRanks()); me != nil {
+					return me
+				}
+				for n, ranks := range h.nodes {
+					for i, r := range ranks {
+						for j := range local {
+							copy(out[j*row+r*blk:j*row+(r+1)*blk], cell(exchanged, n, i, j))
+						}
+					}
+				}
+				return nil
+			}},
+		{name: "scatter within the node", scale: h.size, req: core.Request{Kind: core.KindScatter, DType: req.DType,
+			Count: req.Count * h.size, Send: out, Recv: req.Recv, Type: req.Type}},
+	}
+}
+
 // The fields of a rooted call that every rank must pass alike, in the
 // order the backends compare them.
 var agreeFields = [...]string{"kind", "dtype", "op", "count", "root"}
@@ -371,34 +499,56 @@ func headerValue(field string, v int64) string {
 	return strconv.FormatInt(v, 10)
 }
 
+// agreeLocal is the stage in which the ranks of a node exchange hdr,
+// req's header, and compare it: the first stage of a rooted call and of
+// an alltoall.
+func (h *Backend) agreeLocal(req *core.Request, hdr []byte) stage {
+	local := h.nodes[h.node]
+	nodeHdrs := make([]byte, len(hdr)*len(local))
+	return stage{name: "agreement within the node",
+		req: core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: len(hdr) / req.Type.Size,
+			Send: repeat(hdr, len(local)), Recv: nodeHdrs, Type: req.Type},
+		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}
+}
+
+// agreeLeaders is the stage in which the leaders exchange hdr, req's
+// header, and compare it; the leaders run it alone.
+func (h *Backend) agreeLeaders(req *core.Request, hdr []byte) stage {
+	leaderHdrs := make([]byte, len(hdr)*len(h.nodes))
+	return stage{leaders: true, name: "agreement between nodes",
+		req: core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: len(hdr) / req.Type.Size,
+			Send: repeat(hdr, len(h.nodes)), Recv: leaderHdrs, Type: req.Type},
+		check: func() *core.MismatchError { return h.disagree(hdr, leaderHdrs, h.leaderRanks()) }}
+}
+
+// leaderRanks lists the nodes' leaders' job ranks, by node.
+func (h *Backend) leaderRanks() []int {
+	firsts := make([]int, len(h.nodes))
+	for n, ranks := range h.nodes {
+		firsts[n] = ranks[0]
+	}
+	return firsts
+}
+
 // rooted returns the stages of a broadcast, reduce, gather or scatter.
 // Their stages within a node and between the leaders use the root's
 // node and its index there, so a disagreement on the root could go
 // unseen by the backends; so the ranks first exchange what they passed
 // (within each node, then between the leaders) and compare it, which
 // every rank of a stage does alike. The exchange is an alltoall, a kind
-// no other stage runs, so that the backends see a disagreement between
-// a rooted and another staged collective in the first stage. After
+// no other first stage runs (alltoall's begins with the same exchange,
+// whose headers then differ in kind), so that the backends see a
+// disagreement between a rooted and another staged collective in the
+// first stage. After
 // those, every node has a stage within it, which a leader refuses when
 // the leaders found a disagreement; the stages that follow depend on
 // where the root is, which the ranks then agree on.
 func (h *Backend) rooted(req *core.Request) []stage {
 	hdr := header(req)
-	hn := len(hdr) / req.Type.Size
 	local := h.nodes[h.node]
-	nodeHdrs := make([]byte, len(hdr)*len(local))
-	stages := []stage{{name: "agreement within the node",
-		req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(local)), Recv: nodeHdrs, Type: req.Type},
-		check: func() *core.MismatchError { return h.disagree(hdr, nodeHdrs, local) }}}
+	stages := []stage{h.agreeLocal(req, hdr)}
 	if h.leader() {
-		leaderHdrs := make([]byte, len(hdr)*len(h.nodes))
-		firsts := make([]int, len(h.nodes))
-		for n, ranks := range h.nodes {
-			firsts[n] = ranks[0]
-		}
-		stages = append(stages, stage{leaders: true, name: "agreement between nodes",
-			req:   core.Request{Kind: core.KindAlltoall, DType: req.DType, Count: hn, Send: repeat(hdr, len(h.nodes)), Recv: leaderHdrs, Type: req.Type},
-			check: func() *core.MismatchError { return h.disagree(hdr, leaderHdrs, firsts) }})
+		stages = append(stages, h.agreeLeaders(req, hdr))
 	}
 	rootNode, rootLocal := -1, -1
 	for n, ranks := range h.nodes {
@@ -606,8 +756,11 @@ func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) er
 			continue
 		}
 		b, rename := h.local, h.localError
-		if s.leaders {
+		switch {
+		case s.leaders:
 			b, rename = h.leaders, h.leaderError
+		case s.world:
+			b, rename = h.world, h.worldError
 		}
 		h.sub = s.req
 		err := b.Run(ctx, &h.sub)
@@ -623,7 +776,12 @@ func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) er
 				continue
 			}
 		} else {
-			err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
+			if s.offset == 0 {
+				err = rename(err, req.Kind.String()+" ("+s.name+")", s.scale)
+			} else if err = rename(err, req.Kind.String()+" ("+s.name+")", 1); mismatch(err) != nil && mismatch(err).Field == "count" {
+				me := mismatch(err)
+				me.Mine, me.Theirs = unoffset(me.Mine, s.scale, s.offset), unoffset(me.Theirs, s.scale, s.offset)
+			}
 			if me = mismatch(err); me == nil {
 				return h.stageFailed(ctx, err)
 			}
@@ -642,7 +800,7 @@ func (h *Backend) run(ctx context.Context, req *core.Request, stages []stage) er
 					h.Abort(err)
 					return fmt.Errorf("hier: call #%d failed (%v), and passing that on failed: %w", h.seq, me, err)
 				}
-			case t.p2p:
+			case t.p2p, t.world:
 			case t.leaders && !leadersKnow:
 				leadersKnow = true
 				if err := h.passOn(ctx, me, h.leaders, t.req.Kind); err != me {
@@ -878,6 +1036,12 @@ func (h *Backend) leaderError(err error, op string, scale int) error {
 	})
 }
 
+// worldError names the call in an error from a stage on World, whose
+// ranks are the job's.
+func (h *Backend) worldError(err error, op string, scale int) error {
+	return h.rename(err, op, scale, func(r int) int { return r })
+}
+
 // at returns ranks[i], or i when a backend named no rank of its group.
 func at(ranks []int, i int) int {
 	if i < 0 || i >= len(ranks) {
@@ -906,6 +1070,16 @@ func (h *Backend) rename(err error, op string, scale int, rank func(int) int) er
 		return &core.PeerError{Op: op, Ranks: ranks, Err: pe.Err}
 	}
 	return err
+}
+
+// unoffset turns the count of a stage whose Count is the call's times
+// scale plus offset into the call's.
+func unoffset(count string, scale, offset int) string {
+	n, err := strconv.Atoi(count)
+	if err != nil || n < offset {
+		return count
+	}
+	return unscale(strconv.Itoa(n-offset), scale)
 }
 
 // unscale turns a stage's count into the call's, or says it is the

@@ -172,6 +172,8 @@ func stagedReq(kind core.Kind, count, size int) *core.Request {
 		req.Recv = make([]byte, 4*count*size)
 	case coll.KindScatter:
 		req.Send = make([]byte, 4*count*size)
+	case coll.KindAlltoall:
+		req.Send, req.Recv = make([]byte, 4*count*size), make([]byte, 4*count*size)
 	case coll.KindBroadcast:
 		req.Send = nil
 	}
@@ -180,7 +182,7 @@ func stagedReq(kind core.Kind, count, size int) *core.Request {
 
 // The staged collectives whose calls take buffers.
 var dataKinds = []core.Kind{coll.KindAllreduce, coll.KindAllgather, coll.KindBroadcast, coll.KindReduce,
-	coll.KindGather, coll.KindScatter, coll.KindReduceScatter}
+	coll.KindGather, coll.KindScatter, coll.KindReduceScatter, coll.KindAlltoall}
 
 // A rank whose staged call fails its own check gets that error; every
 // other rank, on its node and on the others, a MismatchError naming it
@@ -304,23 +306,22 @@ func TestRootMismatchNamesTheCulprit(t *testing.T) {
 	}
 }
 
-// A refused call of a kind that runs on the world backend: every rank
-// names the culprit.
+// A refused call of a kind that runs on the world backend (a send): its
+// peer names the culprit, and the next call lines up everywhere.
 func TestRefusedWorldCallNamesTheCulprit(t *testing.T) {
-	const bad = 2
+	const bad, peer = 2, 0 // on different nodes
 	errs := memJob(t, [][]int{{0, 1}, {2, 3}}, func(ctx context.Context, g *core.Guard) error {
-		n := g.Size()
-		recv := make([]byte, 4*n)
-		if g.Rank() == bad {
-			recv = recv[:4]
-		}
-		err := g.Do(ctx, &core.Request{Kind: coll.KindAlltoall, DType: coll.DTypeFloat32, Count: 1, Send: make([]byte, 4*n), Recv: recv})
-		if g.Rank() == bad {
+		switch g.Rank() {
+		case bad:
+			err := g.Do(ctx, &core.Request{Kind: coll.KindSend, DType: coll.DTypeFloat32, Count: 2, Peer: peer, Send: make([]byte, 4)})
 			if !errors.Is(err, core.ErrBufferLength) {
 				return fmt.Errorf("own error %v; want ErrBufferLength", err)
 			}
-		} else if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
-			return err
+		case peer:
+			err := g.Do(ctx, &core.Request{Kind: coll.KindRecv, DType: coll.DTypeFloat32, Count: 2, Peer: bad, Recv: make([]byte, 8)})
+			if err := wantMismatch(err, g.Rank(), "argument", bad); err != nil {
+				return err
+			}
 		}
 		return lineUp(ctx, g)
 	})
@@ -435,6 +436,9 @@ func TestKindMismatchFailsEveryRank(t *testing.T) {
 		{"a rank broadcasts, the others allgather", []int{3}, coll.KindAllgather, coll.KindBroadcast},
 		{"a node gathers, the others reduce", []int{4}, coll.KindReduce, coll.KindGather},
 		{"a rank barriers, the others broadcast", []int{2}, coll.KindBroadcast, coll.KindBarrier},
+		{"a node alltoalls, the others allgather", []int{1, 2}, coll.KindAllgather, coll.KindAlltoall},
+		{"a rank alltoalls, the others broadcast", []int{3}, coll.KindBroadcast, coll.KindAlltoall},
+		{"a rank allgathers, the others alltoall", []int{0}, coll.KindAlltoall, coll.KindAllgather},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
@@ -454,6 +458,58 @@ func TestKindMismatchFailsEveryRank(t *testing.T) {
 				return lineUp(ctx, g)
 			})
 			noErrors(t, errs)
+		})
+	}
+}
+
+// Alltoall takes its staged path up to alltoallStagedMax bytes and World
+// above: both are checked bit for bit at counts on either side, for every
+// dtype, at even and uneven layouts.
+func TestAlltoallBothPaths(t *testing.T) {
+	for _, nodes := range [][][]int{{{0, 1}, {2, 3}}, {{0, 3}, {1, 2}, {4}}} {
+		t.Run(fmt.Sprint(nodes), func(t *testing.T) {
+			size := 0
+			for _, n := range nodes {
+				size += len(n)
+			}
+			small := alltoallStagedMax / size / 8 // staged for every dtype
+			large := alltoallStagedMax/size + 1   // World for every dtype
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				return conform.Run(ctx, g, conform.Options{Sizes: []int{small, large},
+					Filter: func(c conform.Case) bool { return c.Kind == coll.KindAlltoall }})
+			})
+			noErrors(t, errs)
+		})
+	}
+}
+
+// Ranks that disagree on an alltoall's count, so that some would take the
+// staged path and others World's, fail at once on every rank with a count
+// MismatchError, whether the odd ranks make up a node or share one; and
+// the next allreduce lines up.
+func TestAlltoallPathDisagreement(t *testing.T) {
+	nodes := [][]int{{0, 3}, {1, 2}, {4}}
+	const size = 5
+	small, large := 2, alltoallStagedMax/4/size+1
+	for _, odd := range [][]int{{1, 2}, {3}, {4}, {0}} {
+		t.Run(fmt.Sprint(odd), func(t *testing.T) {
+			start := time.Now()
+			errs := memJob(t, nodes, func(ctx context.Context, g *core.Guard) error {
+				count := small
+				if slices.Contains(odd, g.Rank()) {
+					count = large
+				}
+				err := g.Do(ctx, stagedReq(coll.KindAlltoall, count, size))
+				var me *core.MismatchError
+				if !errors.As(err, &me) || me.Field != "count" || me.Rank != g.Rank() {
+					return fmt.Errorf("want a count MismatchError, got %v", err)
+				}
+				return lineUp(ctx, g)
+			})
+			noErrors(t, errs)
+			if d := time.Since(start); d > 20*time.Second {
+				t.Errorf("the disagreement took %v to be reported: a rank waited for a timeout", d)
+			}
 		})
 	}
 }

@@ -309,15 +309,21 @@ type header struct {
 	kind    core.Kind
 	dtype   core.DType
 	op      core.Op
-	refused bool // the rank's own call failed its check: it moves no data
-	count   int64
+	refused bool  // the rank's own call failed its check: it moves no data
+	count   int64 // a vector collective's: its counts' digest
 	root    int64
+	// vectors are a vector collective's counts vectors (vcoll.go).
+	vectors [][]int
 }
 
 const headerLen = 4 + 8 + 8
 
 func headerOf(req *core.Request, refused bool) *header {
-	return &header{kind: req.Kind, dtype: req.DType, op: req.Op, refused: refused, count: int64(req.Count), root: int64(req.Root)}
+	h := &header{kind: req.Kind, dtype: req.DType, op: req.Op, refused: refused, count: int64(req.Count), root: int64(req.Root)}
+	if !refused {
+		vectorHeader(h, req)
+	}
+	return h
 }
 
 func (h *header) encode() []byte {
@@ -326,17 +332,37 @@ func (h *header) encode() []byte {
 		b[3] = 1
 	}
 	b = binary.BigEndian.AppendUint64(b, uint64(h.count))
-	return binary.BigEndian.AppendUint64(b, uint64(h.root))
+	b = binary.BigEndian.AppendUint64(b, uint64(h.root))
+	for _, v := range h.vectors {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+		for _, c := range v {
+			b = binary.BigEndian.AppendUint64(b, uint64(c))
+		}
+	}
+	return b
 }
 
 func decodeHeader(v []byte) (*header, error) {
-	if len(v) != headerLen || v[3] > 1 {
-		return nil, fmt.Errorf("kv: a header of %d bytes, want %d: is another job using this store prefix?", len(v), headerLen)
+	if len(v) < headerLen || v[3] > 1 {
+		return nil, fmt.Errorf("kv: a header of %d bytes, want %d or more: is another job using this store prefix?", len(v), headerLen)
 	}
-	return &header{
+	h := &header{
 		kind: core.Kind(v[0]), dtype: core.DType(v[1]), op: core.Op(v[2]), refused: v[3] == 1,
 		count: int64(binary.BigEndian.Uint64(v[4:])), root: int64(binary.BigEndian.Uint64(v[12:])),
-	}, nil
+	}
+	for rest := v[headerLen:]; len(rest) > 0; {
+		if len(rest) < 4 || uint64(len(rest)-4) < 8*uint64(binary.BigEndian.Uint32(rest)) {
+			return nil, fmt.Errorf("kv: a header with a malformed counts vector: is another job using this store prefix?")
+		}
+		vec := make([]int, binary.BigEndian.Uint32(rest))
+		rest = rest[4:]
+		for i := range vec {
+			vec[i] = int(binary.BigEndian.Uint64(rest[8*i:]))
+		}
+		rest = rest[8*len(vec):]
+		h.vectors = append(h.vectors, vec)
+	}
+	return h, nil
 }
 
 // String describes the call h stands for, for a peer's error.
@@ -432,9 +458,18 @@ func (b *Backend) collective(ctx context.Context, req *core.Request, refused boo
 	for r, hr := range hs {
 		if r != me {
 			if e := disagree(seq, me, r, mine, hr); e != nil {
+				if e.Field == "count" {
+					// A vector collective's count is its counts' digest.
+					if ve := vectorMismatch(seq, me, hs); ve != nil {
+						return ve
+					}
+				}
 				return e
 			}
 		}
+	}
+	if e := vectorMismatch(seq, me, hs); e != nil {
+		return e
 	}
 	get := func(names []string, size int) ([][]byte, error) {
 		for i := range names {

@@ -26,6 +26,9 @@ func block(r, j int) string { return strconv.Itoa(r) + "/" + strconv.Itoa(j) }
 
 // publish returns what rank me writes: only what some other rank reads.
 func (sh *shape) publish(req *core.Request, me, n int) (names []string, vals [][]byte) {
+	if s := sh.kind.Shape(); s != nil && s.Vector() {
+		return vpublish(req, me, n)
+	}
 	isRoot := me == req.Root
 	switch sh.kind {
 	case core.KindAllreduce, core.KindAllgather:
@@ -64,6 +67,9 @@ func (sh *shape) publish(req *core.Request, me, n int) (names []string, vals [][
 // fold the ranks' inputs left to right in rank order, so every rank (and
 // every backend using the same kernels) computes the same bits.
 func (sh *shape) complete(req *core.Request, me, n int, get func(names []string, size int) ([][]byte, error)) error {
+	if s := sh.kind.Shape(); s != nil && s.Vector() {
+		return vcomplete(req, me, n, get)
+	}
 	isRoot := me == req.Root
 	blk := sh.blk
 	// gatherAll returns every rank's value, with mine (local) in place.

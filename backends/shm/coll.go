@@ -53,6 +53,8 @@ func (b *Backend) run(ctx context.Context, req *core.Request) error {
 		return b.blocks(&o, d, req, es)
 	case core.KindBarrier:
 		return b.first(&o, d)
+	case core.KindAllgatherv, core.KindGatherv, core.KindScatterv, core.KindAlltoallv, core.KindReduceScatterV:
+		return b.vector(&o, d, req, es)
 	}
 	// core.Check lets no other kind through; a caller that skipped it
 	// still takes part in the first round, so that its peers learn.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"github.com/gocoll/gocoll/core"
 )
 
 // The workspace, one shared mapping laid out as:
@@ -53,10 +55,14 @@ type desc struct {
 	zc    uint64 // 1 + offset of the send buffer in the rank's heap, or 0
 }
 
+// inlineMax is the side data a round carries in its hot line.
+const inlineMax = 16
+
 // hotLine is what a rank publishes for the rounds of one parity, in one
-// 64-byte cache line: the round's number and its descriptor, so that a
-// waiter gets both with the one line transfer it waits for anyway. Each
-// rank has two (rounds alternate between them).
+// 64-byte cache line: the round's number, its descriptor and a few bytes
+// of side data (alltoallv's count check, vcoll.go), so that a waiter gets
+// them with the one line transfer it waits for anyway. Each rank has two
+// (rounds alternate between them).
 type hotLine struct {
 	seq      uint64 // last round of this parity published; futex on its low 32 bits
 	sleepers uint32 // waiters asleep on seq
@@ -65,7 +71,7 @@ type hotLine struct {
 	count    uint64 // descriptor: count
 	root     uint64 // descriptor: root
 	zc       uint64 // 1 + heap offset of the rank's zero-copy input, or 0
-	_        [16]byte
+	inline   [inlineMax]byte
 }
 
 func (h *hotLine) setDesc(d desc) {
@@ -134,10 +140,12 @@ func newLayout(n int, cfg config) (layout, error) {
 	if !cfg.smallSet {
 		l.smallThreshold = defaultSmallThreshold(n)
 	}
-	// n² channels: keep their total near 16 MiB for large groups.
+	// n² channels: keep their total near 16 MiB for large groups, but
+	// never below half the eager size (a channel's two buffers hold an
+	// eager message: p2p.go), unless the option asked for less.
 	p := cfg.p2pSize
 	if n > 1 {
-		p = min(p, max(pageSize, (16<<20)/(2*n*n)))
+		p = min(p, max(core.EagerSize/2, (16<<20)/(2*n*n)))
 	}
 	l.p2pSize = roundUp(p, pageSize)
 	if err := l.place(); err != nil {

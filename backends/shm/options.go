@@ -20,7 +20,10 @@ const (
 	// is min(this, 192 KiB / ranks). Groups of two use direct at any size.
 	DefaultSmallThreshold = 64 << 10
 	// DefaultP2PBufferSize is the size of each of the two buffers a pair of
-	// ranks has for send/recv in each direction (shrunk for large groups).
+	// ranks has for send/recv in each direction (shrunk for large groups,
+	// to core.EagerSize/2 at least, so that an eager message fits a
+	// channel: from 23 ranks on the channels take n² x 64 KiB, 256 MiB
+	// at 64 ranks).
 	DefaultP2PBufferSize = 64 << 10
 	// DefaultSpin is how long a waiter spins before it sleeps on a futex
 	// when the node has at least as many CPUs as ranks.
@@ -85,7 +88,8 @@ func WithSmallThreshold(n int) Option {
 }
 
 // WithP2PBufferSize sets the size of each of the two buffers a pair of ranks
-// uses for send/recv in each direction (rounded up to 4 KiB).
+// uses for send/recv in each direction (rounded up to 4 KiB). Below
+// core.EagerSize/2 it lowers the eager size to twice n.
 func WithP2PBufferSize(n int) Option {
 	return func(c *config) error {
 		if n < 64 {

@@ -12,21 +12,55 @@ import (
 // Send and recv go through a channel per ordered pair of ranks: two
 // buffers, a sender line that counts published chunks (with a header per
 // buffer: message number, dtype, count) and a receiver line that counts
-// consumed ones. The sender may run two chunks ahead; it returns once the
-// receiver has taken the last chunk, so that a receiver's mismatch error
-// reaches the sender too.
+// consumed ones. The sender may run two chunks ahead of the acks.
+//
+// A message of at most core.EagerSize bytes (two chunks at most: the
+// buffers are at least half that) is eager: the sender publishes it and
+// returns without waiting for the receiver, so that Send then Recv on both
+// ranks of a pair works. Only a send behind two chunks not yet taken
+// waits, for the receiver to take the older ones. A larger message's
+// sender returns once the receiver has taken its last chunk (tcp's waits
+// for the receiver to begin the recv: both wait for the recv).
 //
 // The receiver compares the header of a message's first chunk with its own
 // call before it copies a byte. When they differ (or either side refused
-// its call), it breaks the message: it records its own header and a resume
-// count B beyond anything the sender can have published, and acks B. The
-// sender, which is waiting for an ack of that message, sees B, reports the
-// mismatch from the receiver's header, and moves its own count to B; the
-// receiver waits for that before it returns. Both then go on counting from
-// B, so the next message pairs as if the broken one had gone through.
+// its call) it fails its call with the mismatch, and the channel must
+// stay in step:
+//   - an eager message (its header says so, and how many chunks it has) is
+//     all published already: the receiver takes its chunks without copying
+//     them, and the sender, long returned, never hears of it (as on tcp);
+//   - a larger one is broken: the receiver records its own header and a
+//     resume count B beyond anything the sender can have published, and
+//     acks B. The sender, which is waiting for an ack of that message, sees
+//     B, reports the mismatch from the receiver's header, and moves its own
+//     count to B; the receiver waits for that before it returns. Both then
+//     go on counting from B, so the next message pairs as if the broken one
+//     had gone through.
 
-// p2pInvalid marks the header of a refused call (in its dtype word).
-const p2pInvalid = 1 << 32
+const (
+	// p2pInvalid marks the header of a refused call (in its dtype word).
+	p2pInvalid = 1 << 32
+	// p2pEager marks the header of an eager message (in its dtype word),
+	// whose chunk count is in the two bits from p2pChunksShift.
+	p2pEager       = 1 << 33
+	p2pChunksShift = 34
+	p2pFlags       = p2pEager | 3<<p2pChunksShift
+)
+
+// eagerChunks is the number of chunks of the eager message whose header
+// is h, or 0 if it is not eager.
+func eagerChunks(h [3]uint64) uint64 {
+	if h[1]&p2pEager == 0 {
+		return 0
+	}
+	return h[1] >> p2pChunksShift & 3
+}
+
+// plain is h without the eager marks, as the receiver compares it.
+func plain(h [3]uint64) [3]uint64 {
+	h[1] &^= p2pFlags
+	return h
+}
 
 // p2pHeader is what a side of a channel says about its call: message
 // number, dtype (and p2pInvalid for a refused call), count.
@@ -42,6 +76,7 @@ func p2pHeader(msg uint64, req *core.Request, refused bool) [3]uint64 {
 // sides compare the same two headers in the same order, so they name the
 // same field.
 func p2pMismatch(me, peer int, myKind, theirKind core.Kind, mine, theirs [3]uint64) error {
+	mine, theirs = plain(mine), plain(theirs)
 	e := &core.MismatchError{Seq: mine[0], Rank: me, Peer: peer}
 	switch {
 	case mine[1]&p2pInvalid != 0:
@@ -77,7 +112,12 @@ func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) err
 		buf = nil // a header alone
 	}
 	P := b.lay.p2pSize
-	for i := 0; i < chunks(len(buf), P); i++ {
+	n := chunks(len(buf), P)
+	eager := n <= 2 && len(buf) <= core.EagerSize
+	if eager {
+		hdr[1] |= p2pEager | uint64(n)<<p2pChunksShift
+	}
+	for i := 0; i < n; i++ {
 		c := b.sent[peer] + 1
 		if c > 2 {
 			if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, c-2); err != nil {
@@ -94,6 +134,9 @@ func (b *Backend) send(ctx context.Context, req *core.Request, refused bool) err
 		mine.hdr[h] = hdr
 		publish(&mine.seq, &mine.sleepers, c)
 		b.sent[peer] = c
+	}
+	if eager {
+		return nil // the receiver takes it when it comes
 	}
 	if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, b.sent[peer]); err != nil {
 		return err
@@ -130,6 +173,15 @@ func (b *Backend) recv(ctx context.Context, req *core.Request, refused bool) err
 	b.rmsgs[peer]++
 	want := p2pHeader(b.rmsgs[peer], req, refused)
 	if refused {
+		// An eager message is taken whole, a larger one broken: see
+		// which the sender's first chunk says it is.
+		c := b.recvd[peer] + 1
+		if err := b.waitFor(&o, peer, &theirs.seq, &theirs.sleepers, c); err != nil {
+			return err
+		}
+		if n := eagerChunks(theirs.hdr[c&1]); n > 0 {
+			return b.takeEager(&o, peer, mine, theirs, n, nil)
+		}
 		return b.breakMessage(&o, peer, mine, theirs, want, nil)
 	}
 	buf := req.Recv
@@ -140,8 +192,12 @@ func (b *Backend) recv(ctx context.Context, req *core.Request, refused bool) err
 			return err
 		}
 		h := int(c & 1)
-		if got := theirs.hdr[h]; got != want {
-			return b.breakMessage(&o, peer, mine, theirs, want, p2pMismatch(me, peer, core.KindRecv, core.KindSend, want, got))
+		if got := theirs.hdr[h]; plain(got) != want {
+			mm := p2pMismatch(me, peer, core.KindRecv, core.KindSend, want, got)
+			if n := eagerChunks(got); n > 0 && i == 0 {
+				return b.takeEager(&o, peer, mine, theirs, n, mm)
+			}
+			return b.breakMessage(&o, peer, mine, theirs, want, mm)
 		}
 		lo := i * P
 		hi := min(lo+P, len(buf))
@@ -165,5 +221,18 @@ func (b *Backend) breakMessage(o *op, peer int, mine, theirs *chanLine, want [3]
 		return err
 	}
 	b.recvd[peer] = brk
+	return mismatch
+}
+
+// takeEager takes the n chunks of an eager message this rank does not
+// receive (see the top of this file): all are published or about to be,
+// without the sender waiting for an ack. It acks them and returns mismatch.
+func (b *Backend) takeEager(o *op, peer int, mine, theirs *chanLine, n uint64, mismatch error) error {
+	last := b.recvd[peer] + n
+	if err := b.waitFor(o, peer, &theirs.seq, &theirs.sleepers, last); err != nil {
+		return err
+	}
+	publish(&mine.seq, &mine.sleepers, last)
+	b.recvd[peer] = last
 	return mismatch
 }

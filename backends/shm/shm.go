@@ -55,7 +55,9 @@
 // (and at any size for two ranks) are direct: one round per chunk, after
 // which every rank reduces all inputs in rank order. Larger ones are split:
 // each rank reduces its 1/n slice of every input, then all copy the slices
-// out (two rounds per chunk). Other collectives take one round per chunk.
+// out (two rounds per chunk). Other collectives take one round per chunk;
+// so do the vector collectives (vcoll.go), whose counts are agreed in their
+// first round at no extra cost.
 // Buffers from Alloc live in the workspace, and an allreduce or reduce of
 // 64 KiB or more reads them in place instead of copying them in.
 package shm
@@ -122,7 +124,12 @@ type Backend struct {
 	brkSeen []uint64 // per destination: the last break its receiver made that this rank took up
 
 	srcs [][]byte // scratch list of reduce inputs
-	zc   []uint64 // peers' heap offsets (+1) of the current collective's input
+	voff []int    // scratch: a vector collective's packed block offsets
+	// vcb is the last vector collective's elements per block per round,
+	// for its element size and blocks per buffer.
+	vcb     struct{ es, blocks, cb int }
+	vstride []int    // per sender: its blocks' stride in its buffer (vcoll.go)
+	zc      []uint64 // peers' heap offsets (+1) of the current collective's input
 
 	heap  heapAlloc
 	zcMin int // smallest input read in place from the heap (tests lower it)

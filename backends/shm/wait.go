@@ -351,7 +351,9 @@ func (b *Backend) dead(scope []int) []int {
 func (b *Backend) fail(err error) error {
 	f := b.rank
 	var pe *core.PeerError
-	if errors.As(err, &pe) && len(pe.Ranks) > 0 {
+	// A cancelled call is this rank leaving, whoever it was waiting for:
+	// its peers name it, as tcp's do.
+	if errors.As(err, &pe) && len(pe.Ranks) > 0 && !errors.Is(err, context.Canceled) {
 		f = pe.Ranks[0]
 	}
 	b.memMu.Lock()

@@ -22,6 +22,8 @@ type endNote struct {
 	chunk  int
 	detail string // what the rank saw that it did not expect, if anything
 	have   bool
+	// vectors are a vector collective's counts vectors (vcoll.go).
+	vectors [][]int
 }
 
 // maxEndPayload bounds an end frame's payload: the chunk size and a line.
@@ -131,6 +133,7 @@ func (b *Backend) skipMessage(p *peer) error {
 	if got.kind != core.KindSend || (got.typ != frameData && got.typ != frameEnd) {
 		return b.ioError(p, fmt.Errorf("rank %d sent a %v frame where this rank's refused recv expects a message from it", p.rank, got.kind))
 	}
+	b.ackIfLarge(p, &got)
 	if err := b.discardMessage(p, &got); err != nil {
 		return b.ioError(p, err)
 	}
@@ -297,14 +300,19 @@ func (b *Backend) settleInHeader(p *peer, k int) error {
 
 // readEnd reads the payload of p's end frame h into p's note.
 func (b *Backend) readEnd(p *peer, h *header) error {
-	if h.length < 4 || h.length > maxEndPayload {
+	if h.length < 6 || h.length > uint32(maxEndPayload+16*b.size+16) {
 		return fmt.Errorf("rank %d sent a malformed end frame (%d bytes)", p.rank, h.length)
 	}
 	buf := make([]byte, h.length)
 	if _, err := b.fill(p, buf, false, false); err != nil {
 		return err
 	}
-	b.notes[p.rank] = endNote{h: *h, chunk: int(binary.LittleEndian.Uint32(buf)), detail: string(buf[4:]), have: true}
+	dl := int(binary.LittleEndian.Uint16(buf[4:]))
+	if 6+dl > len(buf) {
+		return fmt.Errorf("rank %d sent a malformed end frame (%d bytes, detail of %d)", p.rank, h.length, dl)
+	}
+	b.notes[p.rank] = endNote{h: *h, chunk: int(binary.LittleEndian.Uint32(buf)), detail: string(buf[6 : 6+dl]), have: true,
+		vectors: parseVectors(buf[6+dl:])}
 	return nil
 }
 
@@ -318,6 +326,11 @@ func (b *Backend) settle(detail string) error {
 	defer b.settling.Store(0)
 	defer clear(b.notes)
 	b.notes[b.rank] = endNote{h: b.cur, chunk: b.cfg.chunk, detail: detail, have: true}
+	if b.vc.shared != nil {
+		b.notes[b.rank].vectors = [][]int{b.vc.shared}
+	} else if b.vc.send != nil {
+		b.notes[b.rank].vectors = [][]int{b.vc.send, b.vc.recv}
+	}
 	for _, p := range b.peers {
 		if p != nil {
 			if err := b.use(p); err != nil {
@@ -337,8 +350,10 @@ func (b *Backend) settle(detail string) error {
 	if len(detail) > 1024 {
 		detail = detail[:1024]
 	}
-	payload := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+len(detail)), uint32(b.cfg.chunk))
+	payload := binary.LittleEndian.AppendUint32(make([]byte, 0, 6+len(detail)), uint32(b.cfg.chunk))
+	payload = binary.LittleEndian.AppendUint16(payload, uint16(len(detail)))
 	payload = append(payload, detail...)
+	payload = b.appendVectors(payload)
 	h := b.cur
 	h.typ = frameEnd
 	var werr error
@@ -455,6 +470,12 @@ func (b *Backend) verdict() error {
 		if best == len(notes) {
 			continue
 		}
+		if f.name == "count" {
+			// A vector collective's count is its counts' digest.
+			if e := b.vverdict(); e != nil {
+				return e
+			}
+		}
 		refKey := f.key(&notes[ref])
 		peer := ref
 		if f.key(me) == refKey {
@@ -466,6 +487,10 @@ func (b *Backend) verdict() error {
 			}
 		}
 		return &core.MismatchError{Seq: b.cur.seq, Field: f.name, Rank: b.rank, Mine: f.text(me), Peer: peer, Theirs: f.text(&notes[peer])}
+	}
+	// Alltoallv's counts differ by rank: equal calls, unequal counts.
+	if e := b.vverdict(); e != nil {
+		return e
 	}
 	// Equal calls that exchanged frames they did not expect: nothing any
 	// rank passed explains it, so the backend cannot vouch for the

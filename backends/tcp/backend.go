@@ -40,6 +40,7 @@ type Backend struct {
 	ownJob  []uint64  // ring: per slice (mod n+1), the send of this rank's part; in place, the allgather overwrites it
 	slotJob []uint64  // ring: per scratch slot (2n), the send job that last read it
 	notes   []endNote // settle: every rank's call, by rank (see agree.go)
+	vc      vcall     // the running vector collective's counts (vcoll.go)
 	// settling is the collective being settled: the senders skip its data
 	// frames still queued (the peers discard them anyway).
 	settling atomic.Uint64
@@ -111,6 +112,9 @@ type peer struct {
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
+
+	acked   atomic.Uint64 // the last rendezvous message the peer began receiving (rendezvous.go)
+	ackNote chan struct{} // an ack came (cap 1)
 }
 
 type sendJob struct {
@@ -201,7 +205,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		if j == g.Rank {
 			continue
 		}
-		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{})}
+		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{}), ackNote: make(chan struct{}, 1)}
 		p.initLowat()
 		p.initSpin(cfg.spin)
 		b.peers[j] = p
@@ -338,6 +342,8 @@ func (b *Backend) ctlLoop(p *peer) {
 		case frameStall:
 			p.stallOn.Store(int64(h.root))
 			p.stallSeq.Store(h.seq)
+		case frameAck:
+			p.gotAck(h.seq)
 		case frameAbort:
 			a := new(abortInfo)
 			if err := a.unmarshal(payload); err != nil {
@@ -619,6 +625,7 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 		return err
 	}
 	scan := b.cur.kind != core.KindSend // a collective looks for disagreement while it waits
+	total := len(dst)
 	for {
 		n := min(len(dst), maxFrame)
 		p.spent = false // a new frame: its reads may spin
@@ -631,6 +638,9 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 		var got header
 		if err := got.get(p.rhdr[:]); err != nil {
 			return b.ioError(p, err)
+		}
+		if !scan && len(dst) == total {
+			b.ackIfLarge(p, &got) // a message's first frame, matching or not
 		}
 		exp := *h
 		exp.length = uint32(n)

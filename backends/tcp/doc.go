@@ -58,6 +58,10 @@
 //   - allgather and reduce_scatter: a pipelined ring;
 //   - gather and scatter: direct to and from the root;
 //   - alltoall: pairwise exchange, all sends queued at once;
+//   - the vector collectives (vcoll.go): allgatherv straight to every
+//     rank up to the small size, a pipelined ring above; reduce_scatter_v
+//     a pipelined ring; gatherv and scatterv direct to and from the root;
+//     alltoallv pairwise exchange after a round that agrees the counts;
 //   - barrier: dissemination;
 //   - send and recv: one frame stream per direction and pair.
 //
@@ -70,7 +74,11 @@
 //
 // Every rank must call with the same kind, dtype, op, count and root, in
 // the same order (the sequence number), with options that pick the same
-// algorithm and chunk size. Every frame on a data connection carries its
+// algorithm and chunk size. A vector collective's count field carries the
+// digest of the counts every rank passes alike (core.Request.Digest), so
+// its counts are compared as a count is; alltoallv's counts differ by rank
+// and are compared pairwise in a round of their own before any data moves
+// (vcoll.go). Every frame on a data connection carries its
 // sender's call in its header, and a receiver compares that with its own
 // call before it reads a byte of payload. What a rank learns that way
 // depends on the collective:
@@ -93,10 +101,12 @@
 //     a tree takes anyway. The pipelined chains, gather and scatter first
 //     run such a barrier of header-only frames, before any data moves:
 //     ceil(log2 n) small messages per call.
-//   - send and recv: the receiver compares the sender's header. A send
-//     completes once its frames are handed to the kernel, as a buffered
-//     send does, so a disagreement is the receiver's error; the message is
-//     discarded and the next one lines up.
+//   - send and recv: the receiver compares the sender's header. A send of
+//     up to core.EagerSize completes once its frames are handed to the
+//     kernel, as a buffered send does; a larger one once the receiver has
+//     begun the recv (it acks on its control connection: rendezvous.go), as
+//     shm's does. Either way a disagreement is the receiver's error; the
+//     message is discarded and the next one lines up.
 //
 // Ranks whose calls differ may run different algorithms, and then a rank
 // can wait for a frame that its peer, following another pattern, never

@@ -40,6 +40,7 @@ const (
 	frameStall frameType = 4 // control: the sender timed out in collective seq waiting for rank root
 	frameAgree frameType = 5 // data: a rooted collective's agreement round (no payload)
 	frameEnd   frameType = 6 // data: the sender ends the call after a disagreement or a refusal (payload: chunk size, detail)
+	frameAck   frameType = 7 // control: the receiver began the rendezvous message seq (rendezvous.go)
 )
 
 // Header flags.

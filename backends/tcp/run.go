@@ -33,8 +33,25 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 	}
 	// Check bounds Count x Size x ranks by MaxInt, so no byte count or
 	// offset the algorithms derive from them can wrap.
-	algo := b.choose(req.Kind, req.Count, req.Count*b.es)
-	b.cur = header{typ: frameData, kind: req.Kind, dtype: req.DType, op: req.Op, algo: algo, count: uint64(req.Count), root: int32(req.Root)}
+	var algo Algorithm
+	b.vc = vcall{}
+	if sh := req.Kind.Shape(); sh != nil && sh.Vector() {
+		// A vector collective: its count field carries its counts' digest.
+		algo = algoCopy
+		if b.size > 1 {
+			algo = b.vchoose(req)
+		}
+		b.vc = vcall{shared: req.RecvCounts}
+		switch req.Kind {
+		case core.KindScatterv:
+			b.vc.shared = req.SendCounts
+		case core.KindAlltoallv:
+			b.vc = vcall{send: req.SendCounts, recv: req.RecvCounts}
+		}
+	} else {
+		algo = b.choose(req.Kind, req.Count, req.Count*b.es)
+	}
+	b.cur = header{typ: frameData, kind: req.Kind, dtype: req.DType, op: req.Op, algo: algo, count: uint64(req.Count) | req.Digest, root: int32(req.Root)}
 	b.number(req, next)
 	b.setDeadline(ctx)
 	call := b.calls.Add(1)
@@ -130,6 +147,7 @@ func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
 		return b.failureError(f, fmt.Sprintf("refused %v #%d", req.Kind, next))
 	}
 	b.kern, b.es = nil, 0
+	b.vc = vcall{}
 	b.cur = header{typ: frameData, kind: req.Kind, dtype: req.DType, op: req.Op, count: uint64(req.Count), root: int32(req.Root), flags: flagRefused}
 	p2p := req.Kind == core.KindSend || req.Kind == core.KindRecv
 	var p *peer
@@ -242,6 +260,9 @@ func (b *Backend) choose(kind core.Kind, count, bytes int) Algorithm {
 }
 
 func (b *Backend) run(req *core.Request, algo Algorithm) error {
+	if b.vc.shared != nil || b.vc.send != nil {
+		return b.runVector(req, algo)
+	}
 	if algo == algoCopy {
 		return b.local(req)
 	}
@@ -289,7 +310,11 @@ func (b *Backend) run(req *core.Request, algo Algorithm) error {
 	case core.KindBarrier:
 		return b.barrier()
 	case core.KindSend:
-		return b.send(b.peers[req.Peer], &b.cur, req.Send)
+		p := b.peers[req.Peer]
+		if err := b.send(p, &b.cur, req.Send); err != nil || len(req.Send) <= core.EagerSize {
+			return err
+		}
+		return b.awaitAck(p, b.cur.seq)
 	case core.KindRecv:
 		return b.recv(b.peers[req.Peer], &b.cur, req.Recv)
 	}

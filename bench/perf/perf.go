@@ -38,6 +38,16 @@ func Canonical(name string) (string, bool) {
 		return "scatter", true
 	case "alltoall":
 		return "alltoall", true
+	case "allgatherv":
+		return "allgatherv", true
+	case "gatherv":
+		return "gatherv", true
+	case "scatterv":
+		return "scatterv", true
+	case "alltoallv":
+		return "alltoallv", true
+	case "reducescatterv":
+		return "reduce_scatter_v", true
 	case "barrier":
 		return "barrier", true
 	case "sendrecv", "send", "recv":
@@ -49,14 +59,28 @@ func Canonical(name string) (string, bool) {
 // Collectives lists the collectives perf knows, in spec order; "sendrecv"
 // stands for the spec's send and recv, benchmarked as pairs.
 var Collectives = []string{"allreduce", "reduce", "broadcast", "allgather", "reduce_scatter",
-	"gather", "scatter", "alltoall", "barrier", "sendrecv"}
+	"gather", "scatter", "alltoall", "barrier", "sendrecv",
+	"allgatherv", "gatherv", "scatterv", "alltoallv", "reduce_scatter_v"}
+
+// fixed is the fixed-count collective a vector collective's benchmark
+// matches: gocollbench runs the vector ones with uniform counts, so their
+// sizes and bandwidths are the fixed ones'.
+func fixed(collective string) string {
+	switch collective {
+	case "allgatherv", "gatherv", "scatterv", "alltoallv":
+		return strings.TrimSuffix(collective, "v")
+	case "reduce_scatter_v":
+		return "reduce_scatter"
+	}
+	return collective
+}
 
 // BlockFactor is how many per-rank blocks the row size of collective holds
 // on n ranks: n where the largest buffer is count*size elements (allgather,
 // reduce_scatter, gather, scatter, alltoall), else 1. A row of size bytes
 // thus runs the collective with count = size / (BlockFactor * elemSize).
 func BlockFactor(collective string, n int) int {
-	switch collective {
+	switch fixed(collective) {
 	case "allgather", "reduce_scatter", "gather", "scatter", "alltoall":
 		return n
 	}
@@ -74,7 +98,7 @@ func BusFactor(collective string, n int) float64 {
 		return 0
 	}
 	nf := float64(n)
-	switch collective {
+	switch fixed(collective) {
 	case "allreduce":
 		return 2 * (nf - 1) / nf
 	case "allgather", "reduce_scatter", "gather", "scatter", "alltoall":

@@ -60,7 +60,8 @@ func TestBlockFactor(t *testing.T) {
 	for _, c := range Collectives {
 		want := 1
 		switch c {
-		case "allgather", "reduce_scatter", "gather", "scatter", "alltoall":
+		case "allgather", "reduce_scatter", "gather", "scatter", "alltoall",
+			"allgatherv", "reduce_scatter_v", "gatherv", "scatterv", "alltoallv":
 			want = 4
 		}
 		if got := BlockFactor(c, 4); got != want {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -40,8 +41,35 @@ type exitInfo struct {
 	how  string // "exit status 3", "signal: killed"
 }
 
-// launch starts the ranks, supervises them and returns the exit code.
-func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Duration, stdout, stderr io.Writer) int {
+// onFailure says what a rank that fails does to the others.
+type onFailure string
+
+const (
+	// failStop stops the other ranks, as torchrun and mpirun do by
+	// default.
+	failStop onFailure = "stop"
+	// failContinue leaves the other ranks running, as MPICH's
+	// -disable-auto-cleanup and Open MPI's --enable-recovery do, so that
+	// they can go on without it (dispatch.Comm.Shrink).
+	failContinue onFailure = "continue"
+)
+
+// storeHold keeps node 0's gocollrun serving the store, after its own
+// ranks have exited, for the ranks of other nodes still connected to it.
+type storeHold struct {
+	idle func() <-chan struct{} // store.Server.Idle
+	max  time.Duration          // the longest hold; 0: no bound
+}
+
+// launch starts the ranks, supervises them and returns the exit code: 0
+// when every rank exited 0; else the code of the first rank that failed
+// before gocollrun got a signal (128+signal for a rank killed by one);
+// else 128+the signal gocollrun got. With hold, once every rank has
+// exited (and its process group is killed), launch waits until
+// hold.idle's channel closes, hold.max passes or a signal comes, unless a
+// signal stopped the ranks or, under failStop, a rank failed; a signal
+// that ends the wait sets the code only when no rank failed.
+func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Duration, policy onFailure, hold *storeHold, stdout, stderr io.Writer) int {
 	var outMu sync.Mutex // whole lines from different ranks never interleave
 	say := func(format string, args ...any) {
 		outMu.Lock()
@@ -55,13 +83,16 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 	defer signal.Stop(sigs)
 
 	procs := make([]*proc, 0, len(specs))
-	// Whatever happens, every rank's process group dies before we return:
-	// that takes grandchildren the ranks left behind too.
-	defer func() {
+	// Whatever happens, every rank's process group dies before we return
+	// (or hold the store for other nodes): that takes grandchildren the
+	// ranks left behind too.
+	killGroups := func() {
 		for _, p := range procs {
 			unix.Kill(-p.cmd.Process.Pid, unix.SIGKILL)
 		}
-	}()
+		procs = procs[:0]
+	}
+	defer func() { killGroups() }()
 
 	exits := make(chan exitInfo, len(specs))
 	for _, s := range specs {
@@ -105,6 +136,7 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 	live := len(procs)
 	stopping := false
 	signalled := 0
+	var failed []exitInfo // with -on-failure=continue
 	var kill <-chan time.Time
 	for live > 0 {
 		select {
@@ -114,7 +146,18 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 			if e.code == 0 || stopping {
 				continue
 			}
-			code = e.code
+			if code == 0 {
+				code = e.code
+			}
+			if policy == failContinue {
+				failed = append(failed, e)
+				if live > 0 {
+					say("rank %d (pid %d) failed: %s; the other ranks go on (-on-failure=continue; %d still running)", e.p.rank, e.p.cmd.Process.Pid, e.how, live)
+				} else {
+					say("rank %d (pid %d) failed: %s", e.p.rank, e.p.cmd.Process.Pid, e.how)
+				}
+				continue
+			}
 			stopping = true
 			if live > 0 {
 				say("rank %d (pid %d) failed: %s; stopping the other ranks", e.p.rank, e.p.cmd.Process.Pid, e.how)
@@ -143,7 +186,57 @@ func launch(ctx context.Context, specs []rankSpec, prefix bool, grace time.Durat
 		// Every rank handled the signal and exited cleanly.
 		return 0
 	}
+	if len(failed) > 0 {
+		// The failures may lie far apart in a long output: name them all
+		// where the job ends.
+		list := make([]string, len(failed))
+		for i, e := range failed {
+			list[i] = fmt.Sprintf("rank %d (%s)", e.p.rank, e.how)
+		}
+		say("%d of %d rank(s) failed: %s; exiting %d, rank %d's code", len(failed), len(procs), strings.Join(list, ", "), code, failed[0].p.rank)
+	}
+	if hold != nil && signalled == 0 && (policy == failContinue || code == 0) {
+		killGroups()
+		if s, ok := holdStore(hold, sigs, say); !ok && code == 0 {
+			code = 128 + int(s)
+		}
+	}
 	return code
+}
+
+// holdStore waits until no rank of another node is connected to the store
+// any more, hold.max passes, or a signal comes (which it returns, with
+// false). It says what it waits for only when the wait lasts: at the end
+// of a job the other nodes' ranks are usually gone within moments.
+func holdStore(hold *storeHold, sigs <-chan os.Signal, say func(string, ...any)) (unix.Signal, bool) {
+	idle := hold.idle()
+	notice := time.NewTimer(time.Second)
+	defer notice.Stop()
+	var bound <-chan time.Time
+	deadline := time.Now().Add(hold.max)
+	if hold.max > 0 {
+		t := time.NewTimer(hold.max)
+		defer t.Stop()
+		bound = t.C
+	}
+	for {
+		select {
+		case <-idle:
+			return 0, true
+		case <-notice.C:
+			limit := "no time limit"
+			if hold.max > 0 {
+				limit = fmt.Sprintf("for at most %v more", time.Until(deadline).Round(time.Second))
+			}
+			say("this node's ranks have exited; serving the store while ranks of other nodes are connected to it (%s; SIGINT or SIGTERM stops it)", limit)
+		case <-bound:
+			say("ranks of other nodes still use the store after -store-linger %v; closing it under them", hold.max)
+			return 0, true
+		case s := <-sigs:
+			say("got %v; closing the store under the ranks of other nodes still connected to it", s)
+			return s.(unix.Signal), false
+		}
+	}
 }
 
 // allZero reports whether every rank exited with status 0.

@@ -21,6 +21,29 @@
 // rank's code (128+signal for a rank killed by a signal). Every rank runs
 // in its own process group with a parent-death signal, and gocollrun kills
 // those groups before it exits, so no child outlives it.
+//
+// With -on-failure=continue (like MPICH's -disable-auto-cleanup and Open
+// MPI's --enable-recovery) a rank that fails or is killed leaves the
+// others running, so that they can go on without it (dispatch's
+// Comm.Shrink): gocollrun says which rank failed, waits for every rank,
+// names each failed rank again at the end, and exits with the code of the
+// first rank that failed (0 only when every rank exited 0). The store it
+// serves outlives every rank, rank 0 included, so the survivors can
+// Shrink. SIGINT and SIGTERM still stop every rank.
+//
+// In a multi-node job node 0's gocollrun, once its own ranks have exited,
+// goes on serving the store for as long as ranks of other nodes are
+// connected to it (each rank holds one connection from Init to Close, and
+// it closes when the rank's process ends, however it ends), then exits:
+// under -on-failure=continue, so that survivors on other nodes can
+// Shrink (again and again, over a long run) even when every rank of node
+// 0 died; under -on-failure=stop when its ranks all exited 0, so that
+// ranks of other nodes that finish a moment later still reach the store
+// as they Close. Under -on-failure=stop a failed rank of node 0 stops the
+// job, and the store closes at once, so that the other nodes' ranks fail
+// fast. -store-linger bounds the wait (by default the job's timeout under
+// -on-failure=stop, no bound under continue); SIGINT or SIGTERM ends it at
+// once, and gocollrun then exits 128+signal unless a rank had failed.
 package main
 
 import (
@@ -35,8 +58,10 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
 	"github.com/gocoll/gocoll/internal/affinity"
 	"github.com/gocoll/gocoll/store"
@@ -55,6 +80,9 @@ type config struct {
 	grace                time.Duration
 	backend, timeout     string
 	bind                 affinity.Mode
+	onFailure            onFailure
+	storeLinger          time.Duration
+	storeLingerSet       bool // -store-linger given; else it depends on onFailure
 	argv                 []string
 }
 
@@ -72,6 +100,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.grace, "grace", time.Second, "how long stopped ranks get between SIGTERM and SIGKILL")
 	fs.StringVar(&c.backend, "backend", "", "sets GOCOLL_BACKEND for the ranks: auto, shm, tcp or kv")
 	fs.StringVar(&c.timeout, "timeout", "", "sets GOCOLL_TIMEOUT for the ranks, e.g. 90s")
+	policy := fs.String("on-failure", string(failStop), "what a rank that exits non-zero or is killed does to the others: stop (gocollrun stops them) or continue (they go on, e.g. to Shrink; gocollrun waits for all and exits with the first failed rank's code)")
+	fs.DurationVar(&c.storeLinger, "store-linger", 0, "on node 0 of a multi-node job: the longest gocollrun keeps serving the store, once this node's ranks have exited, for ranks of other nodes still connected to it (0: no limit; default: the job's timeout with -on-failure=stop, no limit with continue)")
 	bind := fs.String("bind", string(affinity.Auto), "bind each rank to one CPU, round robin: auto (only when ranks outnumber this node's CPUs), cpu (always) or none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: gocollrun [flags] PROGRAM [ARGS...]\n\nStarts the ranks of a gocoll job on this node.\n\n")
@@ -81,9 +111,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	c.argv = fs.Args()
+	fs.Visit(func(f *flag.Flag) { c.storeLingerSet = c.storeLingerSet || f.Name == "store-linger" })
 	var err error
 	if c.bind, err = affinity.Parse(*bind); err != nil {
 		return nil, fmt.Errorf("-bind: %w", err)
+	}
+	switch c.onFailure = onFailure(*policy); c.onFailure {
+	case failStop, failContinue:
+	default:
+		return nil, fmt.Errorf("-on-failure %q: want %s or %s", *policy, failStop, failContinue)
 	}
 	switch {
 	case len(c.argv) == 0:
@@ -101,6 +137,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("-master-port: a multi-node job needs a fixed port that every node's gocollrun is given")
 	case c.grace < 0:
 		return nil, fmt.Errorf("-grace %v is negative", c.grace)
+	case c.storeLinger < 0:
+		return nil, fmt.Errorf("-store-linger %v is negative", c.storeLinger)
 	}
 	return c, nil
 }
@@ -133,7 +171,16 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 	// With several nodes and no GOCOLL_JOB_ID, rank 0 makes the id up and
 	// shares it through the store: each node's launcher would pick another.
 
+	linger := c.storeLinger
+	if !c.storeLingerSet && c.onFailure == failStop && c.nodeRank == 0 && c.nnodes > 1 {
+		if linger, err = jobTimeout(c.timeout, env); err != nil {
+			fmt.Fprintln(stderr, "gocollrun:", err)
+			return 2
+		}
+	}
+
 	port := c.masterPort
+	var hold *storeHold
 	if c.nodeRank == 0 {
 		listen := net.JoinHostPort("", strconv.Itoa(port))
 		if ip := net.ParseIP(c.masterAddr); (ip != nil && ip.IsLoopback()) || c.masterAddr == "localhost" {
@@ -148,6 +195,9 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 		defer srv.Close()
 		_, p, _ := net.SplitHostPort(srv.Addr())
 		port, _ = strconv.Atoi(p)
+		if c.nnodes > 1 {
+			hold = &storeHold{idle: srv.Idle, max: linger}
+		}
 	}
 
 	base, procs, err := affinity.Procs(withoutJobVars(environ), c.np)
@@ -190,7 +240,32 @@ func gocollrun(args, environ []string, stdout, stderr io.Writer) int {
 	for i, cpu := range plan {
 		ranks[i].cpu = cpu
 	}
-	return launch(context.Background(), ranks, c.prefix, c.grace, stdout, stderr)
+	return launch(context.Background(), ranks, c.prefix, c.grace, c.onFailure, hold, stdout, stderr)
+}
+
+// jobTimeout is the timeout the ranks get: -timeout, else the
+// environment's GOCOLL_TIMEOUT, else core.DefaultTimeout. Like the ranks,
+// it takes a Go duration or a number of seconds.
+func jobTimeout(flagValue string, env map[string]string) (time.Duration, error) {
+	v, what := flagValue, "-timeout"
+	if v == "" {
+		v, what = env[dispatch.EnvTimeout], dispatch.EnvTimeout
+	}
+	if v = strings.TrimSpace(v); v == "" {
+		return core.DefaultTimeout, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		secs, err2 := strconv.ParseFloat(v, 64)
+		if err2 != nil {
+			return 0, fmt.Errorf("%s %q is not a duration (e.g. 90s, 5m) or a number of seconds", what, v)
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("%s %q: the timeout must be positive", what, v)
+	}
+	return d, nil
 }
 
 func envMap(environ []string) map[string]string {

@@ -29,6 +29,9 @@ type Args struct {
 	Send, Recv int
 	Op         core.Op
 	Root, Peer int
+	// The vector collectives' per-rank counts and displacements, as
+	// core.Request holds them; the test sets them.
+	SendCounts, SendDispls, RecvCounts, RecvDispls []int
 	// SendBytes and RecvBytes are set by Bind: the buffers it made, as
 	// bytes (nil where the function has no such buffer).
 	SendBytes, RecvBytes []byte
@@ -70,15 +73,42 @@ func (c *comm) Do(_ context.Context, req *core.Request) error {
 	return core.Check(&checked, c.rank, c.size)
 }
 
-// extent is e elements of count at size ranks.
-func extent(e core.Extent, count, size int) int {
+// extent is e elements of count at size ranks; a vector collective's
+// blocks are packed, with counts (the side's) and shared (the one vector
+// the shape's Mine and Sum refer to).
+func extent(e core.Extent, count, size, rank int, counts, shared []int) int {
 	switch e {
 	case core.PerRank:
 		return count
 	case core.AllRanks:
 		return count * size
+	case core.Blocks:
+		return total(counts)
+	case core.Mine:
+		return shared[rank]
+	case core.Sum:
+		return total(shared)
 	}
 	return 0
+}
+
+func total(v []int) int {
+	s := 0
+	for _, c := range v {
+		s += c
+	}
+	return s
+}
+
+// vcounts are the counts of a vector collective's tests: ragged, one of
+// them zero.
+func vcounts(count, size int) []int {
+	v := make([]int, size)
+	for j := range v {
+		v[j] = count + j
+	}
+	v[size-1] = 0
+	return v
 }
 
 // sameBytes reports whether got is exactly want's memory (or both nil).
@@ -162,20 +192,35 @@ func args(sh *core.Shape, count, size, rank int, op core.Op) Args {
 		a.Peer = (rank + 1) % size
 	}
 	isRoot := rank == a.Root
+	if sh.SendCounts {
+		a.SendCounts = vcounts(count, size)
+	}
+	if sh.RecvCounts {
+		a.RecvCounts = vcounts(count, size)
+	}
+	shared := a.RecvCounts
+	if shared == nil {
+		shared = a.SendCounts
+	}
 	if !(sh.SendRootOnly && !isRoot) {
-		a.Send = extent(sh.Send, count, size)
+		a.Send = extent(sh.Send, count, size, rank, a.SendCounts, shared)
 	}
 	if !(sh.RecvRootOnly && !isRoot) {
-		a.Recv = extent(sh.Recv, count, size)
+		a.Recv = extent(sh.Recv, count, size, rank, a.RecvCounts, shared)
 	}
 	return a
+}
+
+// sameInts reports whether got is exactly want's memory (or both nil).
+func sameInts(got, want []int) bool {
+	return (got == nil) == (want == nil) && len(got) == len(want) && unsafe.SliceData(got) == unsafe.SliceData(want)
 }
 
 // match compares the request a function handed over with what its shape
 // says it must be.
 func match(req core.Request, f Func, sh *core.Shape, a *Args, count int) error {
 	want := core.Request{Kind: f.Kind, DType: f.DType, Count: count}
-	if f.Kind == core.KindBarrier {
+	if f.Kind == core.KindBarrier || sh.Vector() {
 		want.Count = 0
 	}
 	if sh.Op {
@@ -196,8 +241,13 @@ func match(req core.Request, f Func, sh *core.Shape, a *Args, count int) error {
 			len(req.Send), len(req.Recv), unsafe.SliceData(req.Send), unsafe.SliceData(req.Recv),
 			len(a.SendBytes), len(a.RecvBytes), unsafe.SliceData(a.SendBytes), unsafe.SliceData(a.RecvBytes))
 	}
-	if req.Type != nil || req.Kernel != nil {
-		return fmt.Errorf("request's Type or Kernel is set: they are the check's to fill")
+	if !sameInts(req.SendCounts, a.SendCounts) || !sameInts(req.SendDispls, a.SendDispls) ||
+		!sameInts(req.RecvCounts, a.RecvCounts) || !sameInts(req.RecvDispls, a.RecvDispls) {
+		return fmt.Errorf("request's counts and displacements %v %v %v %v are not the call's %v %v %v %v",
+			req.SendCounts, req.SendDispls, req.RecvCounts, req.RecvDispls, a.SendCounts, a.SendDispls, a.RecvCounts, a.RecvDispls)
+	}
+	if req.Type != nil || req.Kernel != nil || req.Digest != 0 {
+		return fmt.Errorf("request's Type, Kernel or Digest is set: they are the check's to fill")
 	}
 	return nil
 }
@@ -230,7 +280,7 @@ func tooLong(ctx context.Context, t *testing.T, f Func, sh *core.Shape, count, s
 		// A buffer this rank passes alone defines the count: one element
 		// more is a larger count, which is valid where one element is a
 		// whole block (a count of elements, or one rank's count*size).
-		if other == 0 && extent(e, 1, size) == 1 {
+		if !sh.Vector() && other == 0 && extent(e, 1, size, 0, nil, nil) == 1 {
 			if err != nil {
 				t.Fatalf("rank %d of %d, %s one element longer and alone: %v", rank, size, which, err)
 			}

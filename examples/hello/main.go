@@ -13,6 +13,18 @@
 //	mpirun --allow-run-as-root --oversubscribe -np 4 \
 //	    -x MASTER_ADDR=127.0.0.1 -x MASTER_PORT=29500 -x GOCOLL_SECRET=$(openssl rand -hex 16) ./hello
 //
+// Under MPICH's mpiexec, or srun --mpi=pmi2, nothing needs exporting: the
+// ranks share the store's address and a fresh secret through the
+// launcher's PMI:
+//
+//	mpiexec.mpich -n 4 ./hello
+//	srun --mpi=pmi2 -n 4 ./hello
+//
+// Under torchrun nothing needs exporting either (Debian's torchrun needs
+// --redirects 1 --tee 1 on Python 3.11):
+//
+//	torchrun --nproc_per_node=4 --redirects 1 --tee 1 --no_python ./hello
+//
 // Flags: -barriers N (default 10).
 package main
 

@@ -102,7 +102,7 @@ var (
 	}
 	finishes = []string{"divide"}
 	roles    = []string{"send", "recv", "inout"}
-	counts   = []string{"count", "count*size"}
+	counts   = []string{"count", "count*size", "counts", "counts[rank]", "sum(counts)"}
 	ons      = []string{"all", "root"}
 	classes  = []string{"float", "int", "uint", "complex"}
 )
@@ -310,7 +310,7 @@ func hint(key string) string {
 	case "role":
 		return "send, recv or inout"
 	case "count":
-		return "count or count*size"
+		return "count or count*size; counts, counts[rank] or sum(counts) for a vector collective"
 	case "on":
 		return "all or root"
 	case "kind":
@@ -682,7 +682,7 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 	if name := peekName(n); name != "" {
 		what = fmt.Sprintf("collective %q", name)
 	}
-	fs, ok := p.mapping(n, what, []string{"name", "id", "doc", "buffers", "result"}, []string{"op", "root", "peer"})
+	fs, ok := p.mapping(n, what, []string{"name", "id", "doc", "buffers", "result"}, []string{"op", "root", "peer", "vectors"})
 	if !ok {
 		return Collective{}, false
 	}
@@ -720,6 +720,11 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 			p.errNode(f.value, "%s takes both a root and a peer; a collective is rooted or point to point, not both", what)
 			good = false
 		}
+	}
+	if f, ok := fs["vectors"]; ok {
+		vs, vok := p.vectors(f, what)
+		c.Vectors = vs
+		good = good && vok
 	}
 	var sendish, recvish ast.Node
 	if f, ok := fs["buffers"]; ok {
@@ -781,7 +786,7 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 				c.Buffers = append(c.Buffers, b)
 			}
 		}
-		if good && len(c.Buffers) > 0 && c.CountFrom() < 0 {
+		if good && len(c.Buffers) > 0 && c.CountFrom() < 0 && !c.Vector() {
 			p.errNode(f.value, "%s: no buffer is on all ranks, so ranks off the root cannot know the count; put one buffer on: all", what)
 			good = false
 		}
@@ -848,6 +853,49 @@ func (p *parse) collective(n ast.Node, i int) (Collective, bool) {
 		}
 	}
 	return c, good
+}
+
+// vectors parses a vector collective's counts and displacements:
+// {name, of: send|recv, displs: bool}, names distinct Go identifiers.
+func (p *parse) vectors(f field, what string) ([]Vector, bool) {
+	var vs []Vector
+	good := true
+	names := map[string]bool{}
+	for j, vn := range p.seq(f, what+" vectors") {
+		vw := fmt.Sprintf("%s vectors[%d]", what, j)
+		vfs, ok := p.mapping(vn, vw, []string{"name", "of"}, []string{"displs"})
+		if !ok {
+			good = false
+			continue
+		}
+		var v Vector
+		vgood := true
+		if vf, ok := vfs["name"]; ok {
+			v.Name, ok = p.str(vf, vw+" name")
+			if ok && (!goIdent.MatchString(v.Name) || token.IsKeyword(v.Name) || contains(reservedParams, v.Name) || names[v.Name]) {
+				p.errNode(vf.value, "%s name %q must be a Go identifier, used once, that is not a keyword nor one of %s", vw, v.Name, strings.Join(reservedParams, ", "))
+				ok = false
+			}
+			names[v.Name] = true
+			vgood = vgood && ok
+		} else {
+			vgood = false
+		}
+		if vf, ok := vfs["of"]; ok {
+			v.Of, ok = p.oneOf(vf, vw+" of", []string{"send", "recv"})
+			vgood = vgood && ok
+		} else {
+			vgood = false
+		}
+		if vf, ok := vfs["displs"]; ok {
+			v.Displs = p.boolean(vf, vw+" displs")
+		}
+		if vgood {
+			vs = append(vs, v)
+		}
+		good = good && vgood
+	}
+	return vs, good
 }
 
 func contains(list []string, s string) bool {

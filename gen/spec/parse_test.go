@@ -104,7 +104,7 @@ func TestParseBroken(t *testing.T) {
 		{"result not a mapping", "result: {kind: none, on: all}", "result: none", "none\n", "collective \"barrier\" result must be a mapping with keys kind, on, not a string"},
 		{"collective id not the runtime's", "id: 9", "id: 2", "name: barrier", "collective \"barrier\": barrier is the runtime's collective of that name and must be described as the runtime runs it: id 9, buffers none, result {kind: none, on: all} (this spec says id 2,"},
 		{"collective shape not the runtime's", "{name: recv, role: recv, count: count, on: root}", "{name: recv, role: recv, count: count*size, on: root}", "name: reduce", "reduce is the runtime's collective of that name and must be described as the runtime runs it: id 2, op: true, root: true, buffers {role: recv, count: count, on: root}, {role: send, count: count, on: all}, result {kind: reduce, on: root} (this spec says"},
-		{"collective unknown to the runtime", "name: barrier", "name: barrierr", "name: barrierr", "collective \"barrierr\": the runtime runs no collective \"barrierr\"; a spec picks from allgather, allreduce, alltoall, barrier, broadcast, gather, recv, reduce, reduce_scatter, scatter, send (did you mean \"barrier\"?)"},
+		{"collective unknown to the runtime", "name: barrier", "name: barrierr", "name: barrierr", "collective \"barrierr\": the runtime runs no collective \"barrierr\"; a spec picks from allgather, allgatherv, allreduce, alltoall, alltoallv, barrier, broadcast, gather, gatherv, recv, reduce, reduce_scatter, reduce_scatter_v, scatter, scatterv, send (did you mean \"barrier\"?)"},
 		{"bad collective name", "name: barrier", "name: Barrier", "Barrier\n", "collectives[1] name \"Barrier\" must be lower_case"},
 		{"root and peer", "    root: true\n", "    root: true\n    peer: true\n", "true\n    result", "collective \"reduce\" takes both a root and a peer; a collective is rooted or point to point, not both"},
 		{"no buffer on all", "{name: send, role: send, count: count, on: all}", "{name: send, role: send, count: count, on: root}", "- {name: send, role: send, count: count, on: root}", "no buffer is on all ranks"},
@@ -142,5 +142,35 @@ func TestParseBroken(t *testing.T) {
 			}
 			t.Fatalf("errors:\n%v\nwant one at %s containing:\n%s", err, want, c.want)
 		})
+	}
+}
+
+// TestParseVectorShape checks that a vector collective must be described
+// as the runtime runs it: a missing displacement vector is refused.
+func TestParseVectorShape(t *testing.T) {
+	good := `package: x
+dtypes:
+  - {name: float32, id: 1, size: 4, go: float32, accum: float32, class: float, ops: [sum]}
+ops:
+  - {name: sum, id: 1, doc: "sum"}
+collectives:
+  - name: allgatherv
+    id: 12
+    doc: d
+    buffers:
+      - {name: send, role: send, count: "counts[rank]", on: all}
+      - {name: recv, role: recv, count: counts, on: all}
+    vectors:
+      - {name: counts, of: recv}
+      - {name: displs, of: recv, displs: true}
+    result: {kind: concat, on: all}
+`
+	if _, err := Parse("x.yaml", []byte(good)); err != nil {
+		t.Fatalf("the runtime's allgatherv refused: %v", err)
+	}
+	bad := strings.Replace(good, "      - {name: displs, of: recv, displs: true}\n", "", 1)
+	_, err := Parse("x.yaml", []byte(bad))
+	if err == nil || !strings.Contains(err.Error(), "vectors {of: recv, counts}, {of: recv, displs}") {
+		t.Fatalf("allgatherv without displacements: %v, want the runtime's shape named", err)
 	}
 }

@@ -70,6 +70,21 @@ var RuntimeCollectives = map[string]Collective{
 		Result: Result{"none", "all"}},
 	"recv": {ID: 11, Peer: true, Buffers: []Buffer{{"buf", "recv", "count", "all"}},
 		Result: Result{"peer", "all"}},
+	"allgatherv": {ID: 12, Buffers: []Buffer{{"send", "send", "counts[rank]", "all"}, {"recv", "recv", "counts", "all"}},
+		Vectors: []Vector{{"recvCounts", "recv", false}, {"displs", "recv", true}},
+		Result:  Result{"concat", "all"}},
+	"gatherv": {ID: 13, Root: true, Buffers: []Buffer{{"send", "send", "counts[rank]", "all"}, {"recv", "recv", "counts", "root"}},
+		Vectors: []Vector{{"recvCounts", "recv", false}, {"displs", "recv", true}},
+		Result:  Result{"concat", "root"}},
+	"scatterv": {ID: 14, Root: true, Buffers: []Buffer{{"send", "send", "counts", "root"}, {"recv", "recv", "counts[rank]", "all"}},
+		Vectors: []Vector{{"sendCounts", "send", false}, {"displs", "send", true}},
+		Result:  Result{"root_block", "all"}},
+	"alltoallv": {ID: 15, Buffers: []Buffer{{"send", "send", "counts", "all"}, {"recv", "recv", "counts", "all"}},
+		Vectors: []Vector{{"sendCounts", "send", false}, {"sendDispls", "send", true}, {"recvCounts", "recv", false}, {"recvDispls", "recv", true}},
+		Result:  Result{"transpose", "all"}},
+	"reduce_scatter_v": {ID: 16, Op: true, Buffers: []Buffer{{"send", "send", "sum(counts)", "all"}, {"recv", "recv", "counts[rank]", "all"}},
+		Vectors: []Vector{{"recvCounts", "recv", false}},
+		Result:  Result{"reduce_block", "all"}},
 }
 
 // shapeText describes c's shape (not its name, doc or buffer names) in
@@ -94,6 +109,18 @@ func shapeText(c Collective) string {
 		bufs = []string{"none"}
 	}
 	parts = append(parts, "buffers "+strings.Join(bufs, ", "))
+	var vecs []string
+	for _, v := range c.Vectors {
+		what := "counts"
+		if v.Displs {
+			what = "displs"
+		}
+		vecs = append(vecs, fmt.Sprintf("{of: %s, %s}", v.Of, what))
+	}
+	sort.Strings(vecs)
+	if len(vecs) > 0 {
+		parts = append(parts, "vectors "+strings.Join(vecs, ", "))
+	}
 	parts = append(parts, fmt.Sprintf("result {kind: %s, on: %s}", c.Result.Kind, c.Result.On))
 	return strings.Join(parts, ", ")
 }

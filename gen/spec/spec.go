@@ -40,13 +40,32 @@ type Collective struct {
 	Root    bool // takes a root rank
 	Peer    bool // takes a peer rank (point to point)
 	Result  Result
+	// Vectors are the per-rank counts and displacements of a vector
+	// collective (allgatherv...), in parameter order; none for the others.
+	Vectors []Vector
 }
+
+// Vector is one []int argument of a vector collective: the per-rank
+// element counts of its send or recv buffer's blocks, or their element
+// displacements (nil: packed in rank order). Every rank passes the counts;
+// displacements are read where the rank passes their buffer.
+type Vector struct {
+	Name   string // Go parameter name
+	Of     string // "send" or "recv": the buffer role whose blocks it describes
+	Displs bool   // displacements, not counts
+}
+
+// Vector reports whether c takes per-rank counts.
+func (c Collective) Vector() bool { return len(c.Vectors) > 0 }
 
 // Buffer is one buffer argument of a collective.
 type Buffer struct {
-	Name  string // Go parameter name
-	Role  string // "send", "recv" or "inout"
-	Count string // "count" or "count*size"
+	Name string // Go parameter name
+	Role string // "send", "recv" or "inout"
+	// "count" or "count*size"; for a vector collective "counts" (one block
+	// per rank, as its vectors say), "counts[rank]" (this rank's count of
+	// the one counts vector) or "sum(counts)" (all of them, packed).
+	Count string
 	On    string // "all" or "root": which ranks pass it
 }
 
@@ -117,8 +136,12 @@ func (c Collective) Title() string { return camel(c.Name) }
 // CountFrom returns the index of the buffer the element count is inferred
 // from: the first buffer every rank passes whose count is "count", else
 // the first every rank passes ("count*size", divided by the size); -1 if
-// no buffer is on all ranks.
+// no buffer is on all ranks, or for a vector collective (whose counts are
+// arguments).
 func (c Collective) CountFrom() int {
+	if c.Vector() {
+		return -1
+	}
 	for i, b := range c.Buffers {
 		if b.On == "all" && b.Count == "count" {
 			return i

@@ -2205,3 +2205,1543 @@ func RecvUint64(ctx context.Context, c core.Comm, buf []uint64, peer int) error 
 		Recv:  core.Bytes(buf),
 	})
 }
+
+// AllgathervFloat32 runs allgatherv on float32 elements. Allgatherv places
+// every rank's send buffer, of recvCounts[rank] elements, as block rank of
+// every rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervFloat32(ctx context.Context, c core.Comm, send, recv []float32, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervFloat64 runs allgatherv on float64 elements. Allgatherv places
+// every rank's send buffer, of recvCounts[rank] elements, as block rank of
+// every rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervFloat64(ctx context.Context, c core.Comm, send, recv []float64, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervBFloat16 runs allgatherv on bfloat16 elements. Allgatherv places
+// every rank's send buffer, of recvCounts[rank] elements, as block rank of
+// every rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervFloat16 runs allgatherv on float16 elements. Allgatherv places
+// every rank's send buffer, of recvCounts[rank] elements, as block rank of
+// every rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervFloat16(ctx context.Context, c core.Comm, send, recv []Float16, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervInt8 runs allgatherv on int8 elements. Allgatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of every
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervInt8(ctx context.Context, c core.Comm, send, recv []int8, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervUint8 runs allgatherv on uint8 elements. Allgatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of every
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervUint8(ctx context.Context, c core.Comm, send, recv []uint8, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervInt32 runs allgatherv on int32 elements. Allgatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of every
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervInt32(ctx context.Context, c core.Comm, send, recv []int32, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervUint32 runs allgatherv on uint32 elements. Allgatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of every
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervUint32(ctx context.Context, c core.Comm, send, recv []uint32, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervInt64 runs allgatherv on int64 elements. Allgatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of every
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervInt64(ctx context.Context, c core.Comm, send, recv []int64, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// AllgathervUint64 runs allgatherv on uint64 elements. Allgatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of every
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on every
+// rank. Counts are checked across ranks (every rank passes the same
+// recvCounts): a rank whose counts disagree makes the call fail with a
+// *core.MismatchError on every rank. Blocks of one buffer must not overlap,
+// and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AllgathervUint64(ctx context.Context, c core.Comm, send, recv []uint64, recvCounts, displs []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindAllgatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervFloat32 runs gatherv on float32 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervFloat32(ctx context.Context, c core.Comm, send, recv []float32, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervFloat64 runs gatherv on float64 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervFloat64(ctx context.Context, c core.Comm, send, recv []float64, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervBFloat16 runs gatherv on bfloat16 elements. Gatherv places every
+// rank's send buffer, of recvCounts[rank] elements, as block rank of the
+// root's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervFloat16 runs gatherv on float16 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervFloat16(ctx context.Context, c core.Comm, send, recv []Float16, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervInt8 runs gatherv on int8 elements. Gatherv places every rank's send
+// buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervInt8(ctx context.Context, c core.Comm, send, recv []int8, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervUint8 runs gatherv on uint8 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervUint8(ctx context.Context, c core.Comm, send, recv []uint8, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervInt32 runs gatherv on int32 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervInt32(ctx context.Context, c core.Comm, send, recv []int32, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervUint32 runs gatherv on uint32 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervUint32(ctx context.Context, c core.Comm, send, recv []uint32, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervInt64 runs gatherv on int64 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervInt64(ctx context.Context, c core.Comm, send, recv []int64, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// GathervUint64 runs gatherv on uint64 elements. Gatherv places every rank's
+// send buffer, of recvCounts[rank] elements, as block rank of the root's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds
+// recvCounts[rank] elements on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element displs[j] (displs nil: packed in rank
+// order, and the buffer exactly their sum; else it may be longer) on the root
+// (the other ranks may pass nil: it is not used there). Counts are checked
+// across ranks (every rank passes the same recvCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func GathervUint64(ctx context.Context, c core.Comm, send, recv []uint64, recvCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindGatherv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: displs,
+		Root:       root,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ScattervFloat32 runs scatterv on float32 elements. Scatterv sends block rank
+// of the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervFloat32(ctx context.Context, c core.Comm, send, recv []float32, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervFloat64 runs scatterv on float64 elements. Scatterv sends block rank
+// of the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervFloat64(ctx context.Context, c core.Comm, send, recv []float64, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervBFloat16 runs scatterv on bfloat16 elements. Scatterv sends block
+// rank of the root's send buffer, of sendCounts[rank] elements, to each rank's
+// recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervFloat16 runs scatterv on float16 elements. Scatterv sends block rank
+// of the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervFloat16(ctx context.Context, c core.Comm, send, recv []Float16, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervInt8 runs scatterv on int8 elements. Scatterv sends block rank of
+// the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervInt8(ctx context.Context, c core.Comm, send, recv []int8, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervUint8 runs scatterv on uint8 elements. Scatterv sends block rank of
+// the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervUint8(ctx context.Context, c core.Comm, send, recv []uint8, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervInt32 runs scatterv on int32 elements. Scatterv sends block rank of
+// the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervInt32(ctx context.Context, c core.Comm, send, recv []int32, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervUint32 runs scatterv on uint32 elements. Scatterv sends block rank
+// of the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervUint32(ctx context.Context, c core.Comm, send, recv []uint32, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervInt64 runs scatterv on int64 elements. Scatterv sends block rank of
+// the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervInt64(ctx context.Context, c core.Comm, send, recv []int64, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// ScattervUint64 runs scatterv on uint64 elements. Scatterv sends block rank
+// of the root's send buffer, of sendCounts[rank] elements, to each rank's recv
+// buffer.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element displs[j] (displs nil:
+// packed in rank order, and the buffer exactly their sum; else it may be
+// longer) on the root (the other ranks may pass nil: it is not used there);
+// recv holds sendCounts[rank] elements on every rank. Counts are checked
+// across ranks (every rank passes the same sendCounts): a rank whose counts
+// disagree makes the call fail with a *core.MismatchError on every rank.
+// Blocks of one buffer must not overlap, and no buffer runs in place. root is
+// the rank the data comes from or goes to; every rank passes the same root.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, a rank out of
+// range one wrapping core.ErrInvalid, counts or displacements that are not one
+// per rank, are negative or make blocks overlap one wrapping core.ErrInvalid;
+// the peers of a rank that fails the check fail too instead of waiting.
+func ScattervUint64(ctx context.Context, c core.Comm, send, recv []uint64, sendCounts, displs []int, root int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindScatterv,
+		Recv:       core.Bytes(recv),
+		Root:       root,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: displs,
+	})
+}
+
+// AlltoallvFloat32 runs alltoallv on float32 elements. Alltoallv sends block j
+// of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvFloat32(ctx context.Context, c core.Comm, send, recv []float32, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvFloat64 runs alltoallv on float64 elements. Alltoallv sends block j
+// of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvFloat64(ctx context.Context, c core.Comm, send, recv []float64, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvBFloat16 runs alltoallv on bfloat16 elements. Alltoallv sends block
+// j of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvFloat16 runs alltoallv on float16 elements. Alltoallv sends block j
+// of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvFloat16(ctx context.Context, c core.Comm, send, recv []Float16, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvInt8 runs alltoallv on int8 elements. Alltoallv sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvInt8(ctx context.Context, c core.Comm, send, recv []int8, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvUint8 runs alltoallv on uint8 elements. Alltoallv sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvUint8(ctx context.Context, c core.Comm, send, recv []uint8, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvInt32 runs alltoallv on int32 elements. Alltoallv sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvInt32(ctx context.Context, c core.Comm, send, recv []int32, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvUint32 runs alltoallv on uint32 elements. Alltoallv sends block j
+// of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvUint32(ctx context.Context, c core.Comm, send, recv []uint32, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvInt64 runs alltoallv on int64 elements. Alltoallv sends block j of
+// each rank's send buffer to rank j, which stores it as block rank of its recv
+// buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvInt64(ctx context.Context, c core.Comm, send, recv []int64, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// AlltoallvUint64 runs alltoallv on uint64 elements. Alltoallv sends block j
+// of each rank's send buffer to rank j, which stores it as block rank of its
+// recv buffer; sendCounts[j] of rank i must equal recvCounts[i] of rank j.
+//
+// With size the number of ranks and one count per rank: send holds block j of
+// sendCounts[j] elements for every rank j, at element sendDispls[j]
+// (sendDispls nil: packed in rank order, and the buffer exactly their sum;
+// else it may be longer) on every rank; recv holds block j of recvCounts[j]
+// elements for every rank j, at element recvDispls[j] (recvDispls nil: packed
+// in rank order, and the buffer exactly their sum; else it may be longer) on
+// every rank. Counts are checked across ranks (sendCounts[j] of rank i must
+// equal recvCounts[i] of rank j): a rank whose counts disagree makes the call
+// fail with a *core.MismatchError on every rank. Blocks of one buffer must not
+// overlap, and no buffer runs in place.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, counts or
+// displacements that are not one per rank, are negative or make blocks overlap
+// one wrapping core.ErrInvalid; the peers of a rank that fails the check fail
+// too instead of waiting.
+func AlltoallvUint64(ctx context.Context, c core.Comm, send, recv []uint64, sendCounts, sendDispls, recvCounts, recvDispls []int) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindAlltoallv,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		RecvDispls: recvDispls,
+		Send:       core.Bytes(send),
+		SendCounts: sendCounts,
+		SendDispls: sendDispls,
+	})
+}
+
+// ReduceScatterVFloat32 runs reduce_scatter_v on float32 elements.
+// ReduceScatterV combines every rank's send buffer, recvCounts packed in rank
+// order, with op and leaves block rank of the result, recvCounts[rank]
+// elements, in each rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops float32 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float32
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVFloat32(ctx context.Context, c core.Comm, send, recv []float32, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat32,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVFloat64 runs reduce_scatter_v on float64 elements.
+// ReduceScatterV combines every rank's send buffer, recvCounts packed in rank
+// order, with op and leaves block rank of the result, recvCounts[rank]
+// elements, in each rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops float64 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float64
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVFloat64(ctx context.Context, c core.Comm, send, recv []float64, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat64,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVBFloat16 runs reduce_scatter_v on bfloat16 elements.
+// ReduceScatterV combines every rank's send buffer, recvCounts packed in rank
+// order, with op and leaves block rank of the result, recvCounts[rank]
+// elements, in each rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops bfloat16 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op
+// bfloat16 lacks one wrapping core.ErrUnsupported, counts or displacements
+// that are not one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVBFloat16(ctx context.Context, c core.Comm, send, recv []BFloat16, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeBFloat16,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVFloat16 runs reduce_scatter_v on float16 elements.
+// ReduceScatterV combines every rank's send buffer, recvCounts packed in rank
+// order, with op and leaves block rank of the result, recvCounts[rank]
+// elements, in each rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops float16 has: sum, prod, min, max, avg.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op float16
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVFloat16(ctx context.Context, c core.Comm, send, recv []Float16, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeFloat16,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVInt8 runs reduce_scatter_v on int8 elements. ReduceScatterV
+// combines every rank's send buffer, recvCounts packed in rank order, with op
+// and leaves block rank of the result, recvCounts[rank] elements, in each
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops int8 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int8
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVInt8(ctx context.Context, c core.Comm, send, recv []int8, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt8,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVUint8 runs reduce_scatter_v on uint8 elements. ReduceScatterV
+// combines every rank's send buffer, recvCounts packed in rank order, with op
+// and leaves block rank of the result, recvCounts[rank] elements, in each
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops uint8 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint8
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVUint8(ctx context.Context, c core.Comm, send, recv []uint8, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint8,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVInt32 runs reduce_scatter_v on int32 elements. ReduceScatterV
+// combines every rank's send buffer, recvCounts packed in rank order, with op
+// and leaves block rank of the result, recvCounts[rank] elements, in each
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops int32 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int32
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVInt32(ctx context.Context, c core.Comm, send, recv []int32, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt32,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVUint32 runs reduce_scatter_v on uint32 elements.
+// ReduceScatterV combines every rank's send buffer, recvCounts packed in rank
+// order, with op and leaves block rank of the result, recvCounts[rank]
+// elements, in each rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops uint32 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint32
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVUint32(ctx context.Context, c core.Comm, send, recv []uint32, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint32,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVInt64 runs reduce_scatter_v on int64 elements. ReduceScatterV
+// combines every rank's send buffer, recvCounts packed in rank order, with op
+// and leaves block rank of the result, recvCounts[rank] elements, in each
+// rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops int64 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op int64
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVInt64(ctx context.Context, c core.Comm, send, recv []int64, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeInt64,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}
+
+// ReduceScatterVUint64 runs reduce_scatter_v on uint64 elements.
+// ReduceScatterV combines every rank's send buffer, recvCounts packed in rank
+// order, with op and leaves block rank of the result, recvCounts[rank]
+// elements, in each rank's recv buffer.
+//
+// With size the number of ranks and one count per rank: send holds the sum of
+// recvCounts elements, block j (recvCounts[j] elements) after block j-1 on
+// every rank; recv holds recvCounts[rank] elements on every rank. Counts are
+// checked across ranks (every rank passes the same recvCounts): a rank whose
+// counts disagree makes the call fail with a *core.MismatchError on every
+// rank. Blocks of one buffer must not overlap, and no buffer runs in place. op
+// is one of the ops uint64 has: sum, prod, min, max, band, bor, bxor.
+//
+// The communicator checks the call before any data moves: a buffer whose
+// length does not fit returns an error wrapping ErrBufferLength, an op uint64
+// lacks one wrapping core.ErrUnsupported, counts or displacements that are not
+// one per rank, are negative or make blocks overlap one wrapping
+// core.ErrInvalid; the peers of a rank that fails the check fail too instead
+// of waiting.
+func ReduceScatterVUint64(ctx context.Context, c core.Comm, send, recv []uint64, recvCounts []int, op core.Op) error {
+	return core.Call(ctx, c, core.Request{
+		DType:      DTypeUint64,
+		Kind:       KindReduceScatterV,
+		Op:         op,
+		Recv:       core.Bytes(recv),
+		RecvCounts: recvCounts,
+		Send:       core.Bytes(send),
+	})
+}

@@ -112,6 +112,56 @@ var funcs = []apitest.Func{
 	{Name: "RecvUint32", Kind: KindRecv, DType: DTypeUint32, Bind: bindRecv(RecvUint32)},
 	{Name: "RecvInt64", Kind: KindRecv, DType: DTypeInt64, Bind: bindRecv(RecvInt64)},
 	{Name: "RecvUint64", Kind: KindRecv, DType: DTypeUint64, Bind: bindRecv(RecvUint64)},
+	{Name: "AllgathervFloat32", Kind: KindAllgatherv, DType: DTypeFloat32, Bind: bindAllgatherv(AllgathervFloat32)},
+	{Name: "AllgathervFloat64", Kind: KindAllgatherv, DType: DTypeFloat64, Bind: bindAllgatherv(AllgathervFloat64)},
+	{Name: "AllgathervBFloat16", Kind: KindAllgatherv, DType: DTypeBFloat16, Bind: bindAllgatherv(AllgathervBFloat16)},
+	{Name: "AllgathervFloat16", Kind: KindAllgatherv, DType: DTypeFloat16, Bind: bindAllgatherv(AllgathervFloat16)},
+	{Name: "AllgathervInt8", Kind: KindAllgatherv, DType: DTypeInt8, Bind: bindAllgatherv(AllgathervInt8)},
+	{Name: "AllgathervUint8", Kind: KindAllgatherv, DType: DTypeUint8, Bind: bindAllgatherv(AllgathervUint8)},
+	{Name: "AllgathervInt32", Kind: KindAllgatherv, DType: DTypeInt32, Bind: bindAllgatherv(AllgathervInt32)},
+	{Name: "AllgathervUint32", Kind: KindAllgatherv, DType: DTypeUint32, Bind: bindAllgatherv(AllgathervUint32)},
+	{Name: "AllgathervInt64", Kind: KindAllgatherv, DType: DTypeInt64, Bind: bindAllgatherv(AllgathervInt64)},
+	{Name: "AllgathervUint64", Kind: KindAllgatherv, DType: DTypeUint64, Bind: bindAllgatherv(AllgathervUint64)},
+	{Name: "GathervFloat32", Kind: KindGatherv, DType: DTypeFloat32, Bind: bindGatherv(GathervFloat32)},
+	{Name: "GathervFloat64", Kind: KindGatherv, DType: DTypeFloat64, Bind: bindGatherv(GathervFloat64)},
+	{Name: "GathervBFloat16", Kind: KindGatherv, DType: DTypeBFloat16, Bind: bindGatherv(GathervBFloat16)},
+	{Name: "GathervFloat16", Kind: KindGatherv, DType: DTypeFloat16, Bind: bindGatherv(GathervFloat16)},
+	{Name: "GathervInt8", Kind: KindGatherv, DType: DTypeInt8, Bind: bindGatherv(GathervInt8)},
+	{Name: "GathervUint8", Kind: KindGatherv, DType: DTypeUint8, Bind: bindGatherv(GathervUint8)},
+	{Name: "GathervInt32", Kind: KindGatherv, DType: DTypeInt32, Bind: bindGatherv(GathervInt32)},
+	{Name: "GathervUint32", Kind: KindGatherv, DType: DTypeUint32, Bind: bindGatherv(GathervUint32)},
+	{Name: "GathervInt64", Kind: KindGatherv, DType: DTypeInt64, Bind: bindGatherv(GathervInt64)},
+	{Name: "GathervUint64", Kind: KindGatherv, DType: DTypeUint64, Bind: bindGatherv(GathervUint64)},
+	{Name: "ScattervFloat32", Kind: KindScatterv, DType: DTypeFloat32, Bind: bindScatterv(ScattervFloat32)},
+	{Name: "ScattervFloat64", Kind: KindScatterv, DType: DTypeFloat64, Bind: bindScatterv(ScattervFloat64)},
+	{Name: "ScattervBFloat16", Kind: KindScatterv, DType: DTypeBFloat16, Bind: bindScatterv(ScattervBFloat16)},
+	{Name: "ScattervFloat16", Kind: KindScatterv, DType: DTypeFloat16, Bind: bindScatterv(ScattervFloat16)},
+	{Name: "ScattervInt8", Kind: KindScatterv, DType: DTypeInt8, Bind: bindScatterv(ScattervInt8)},
+	{Name: "ScattervUint8", Kind: KindScatterv, DType: DTypeUint8, Bind: bindScatterv(ScattervUint8)},
+	{Name: "ScattervInt32", Kind: KindScatterv, DType: DTypeInt32, Bind: bindScatterv(ScattervInt32)},
+	{Name: "ScattervUint32", Kind: KindScatterv, DType: DTypeUint32, Bind: bindScatterv(ScattervUint32)},
+	{Name: "ScattervInt64", Kind: KindScatterv, DType: DTypeInt64, Bind: bindScatterv(ScattervInt64)},
+	{Name: "ScattervUint64", Kind: KindScatterv, DType: DTypeUint64, Bind: bindScatterv(ScattervUint64)},
+	{Name: "AlltoallvFloat32", Kind: KindAlltoallv, DType: DTypeFloat32, Bind: bindAlltoallv(AlltoallvFloat32)},
+	{Name: "AlltoallvFloat64", Kind: KindAlltoallv, DType: DTypeFloat64, Bind: bindAlltoallv(AlltoallvFloat64)},
+	{Name: "AlltoallvBFloat16", Kind: KindAlltoallv, DType: DTypeBFloat16, Bind: bindAlltoallv(AlltoallvBFloat16)},
+	{Name: "AlltoallvFloat16", Kind: KindAlltoallv, DType: DTypeFloat16, Bind: bindAlltoallv(AlltoallvFloat16)},
+	{Name: "AlltoallvInt8", Kind: KindAlltoallv, DType: DTypeInt8, Bind: bindAlltoallv(AlltoallvInt8)},
+	{Name: "AlltoallvUint8", Kind: KindAlltoallv, DType: DTypeUint8, Bind: bindAlltoallv(AlltoallvUint8)},
+	{Name: "AlltoallvInt32", Kind: KindAlltoallv, DType: DTypeInt32, Bind: bindAlltoallv(AlltoallvInt32)},
+	{Name: "AlltoallvUint32", Kind: KindAlltoallv, DType: DTypeUint32, Bind: bindAlltoallv(AlltoallvUint32)},
+	{Name: "AlltoallvInt64", Kind: KindAlltoallv, DType: DTypeInt64, Bind: bindAlltoallv(AlltoallvInt64)},
+	{Name: "AlltoallvUint64", Kind: KindAlltoallv, DType: DTypeUint64, Bind: bindAlltoallv(AlltoallvUint64)},
+	{Name: "ReduceScatterVFloat32", Kind: KindReduceScatterV, DType: DTypeFloat32, Bind: bindReduceScatterV(ReduceScatterVFloat32)},
+	{Name: "ReduceScatterVFloat64", Kind: KindReduceScatterV, DType: DTypeFloat64, Bind: bindReduceScatterV(ReduceScatterVFloat64)},
+	{Name: "ReduceScatterVBFloat16", Kind: KindReduceScatterV, DType: DTypeBFloat16, Bind: bindReduceScatterV(ReduceScatterVBFloat16)},
+	{Name: "ReduceScatterVFloat16", Kind: KindReduceScatterV, DType: DTypeFloat16, Bind: bindReduceScatterV(ReduceScatterVFloat16)},
+	{Name: "ReduceScatterVInt8", Kind: KindReduceScatterV, DType: DTypeInt8, Bind: bindReduceScatterV(ReduceScatterVInt8)},
+	{Name: "ReduceScatterVUint8", Kind: KindReduceScatterV, DType: DTypeUint8, Bind: bindReduceScatterV(ReduceScatterVUint8)},
+	{Name: "ReduceScatterVInt32", Kind: KindReduceScatterV, DType: DTypeInt32, Bind: bindReduceScatterV(ReduceScatterVInt32)},
+	{Name: "ReduceScatterVUint32", Kind: KindReduceScatterV, DType: DTypeUint32, Bind: bindReduceScatterV(ReduceScatterVUint32)},
+	{Name: "ReduceScatterVInt64", Kind: KindReduceScatterV, DType: DTypeInt64, Bind: bindReduceScatterV(ReduceScatterVInt64)},
+	{Name: "ReduceScatterVUint64", Kind: KindReduceScatterV, DType: DTypeUint64, Bind: bindReduceScatterV(ReduceScatterVUint64)},
 }
 
 // shapes is every collective as the spec describes it, by the spec's id.
@@ -127,6 +177,11 @@ var shapes = []apitest.Shape{
 	{Kind: 9, Shape: core.Shape{Name: "barrier"}},
 	{Kind: 10, Shape: core.Shape{Name: "send", Peer: true, Send: core.PerRank}},
 	{Kind: 11, Shape: core.Shape{Name: "recv", Peer: true, Recv: core.PerRank, Result: core.ResultPeer}},
+	{Kind: 12, Shape: core.Shape{Name: "allgatherv", Send: core.Mine, Recv: core.Blocks, RecvCounts: true, RecvDispls: true, Result: core.ResultConcat}},
+	{Kind: 13, Shape: core.Shape{Name: "gatherv", Root: true, Send: core.Mine, Recv: core.Blocks, RecvRootOnly: true, RecvCounts: true, RecvDispls: true, Result: core.ResultConcat, ResultRootOnly: true}},
+	{Kind: 14, Shape: core.Shape{Name: "scatterv", Root: true, Send: core.Blocks, SendRootOnly: true, Recv: core.Mine, SendCounts: true, SendDispls: true, Result: core.ResultRootBlock}},
+	{Kind: 15, Shape: core.Shape{Name: "alltoallv", Send: core.Blocks, Recv: core.Blocks, SendCounts: true, SendDispls: true, RecvCounts: true, RecvDispls: true, Result: core.ResultTranspose}},
+	{Kind: 16, Shape: core.Shape{Name: "reduce_scatter_v", Op: true, Send: core.Sum, Recv: core.Mine, RecvCounts: true, Result: core.ResultReduceBlock}},
 }
 
 // dtypes is every element type of the spec with its ops.
@@ -299,6 +354,66 @@ func bindRecv[T any](f func(context.Context, core.Comm, []T, int) error) apitest
 		a.SendBytes, a.RecvBytes = nil, apitest.Bytes(buf)
 		return func(ctx context.Context, c core.Comm) error {
 			return f(ctx, c, buf, a.Peer)
+		}
+	}
+}
+
+// bindAllgatherv binds the Allgatherv functions to apitest's buffers.
+func bindAllgatherv[T any](f func(context.Context, core.Comm, []T, []T, []int, []int) error) apitest.Bind {
+	return func(a *apitest.Args) func(context.Context, core.Comm) error {
+		send := make([]T, a.Send)
+		recv := make([]T, a.Recv)
+		a.SendBytes, a.RecvBytes = apitest.Bytes(send), apitest.Bytes(recv)
+		return func(ctx context.Context, c core.Comm) error {
+			return f(ctx, c, send, recv, a.RecvCounts, a.RecvDispls)
+		}
+	}
+}
+
+// bindGatherv binds the Gatherv functions to apitest's buffers.
+func bindGatherv[T any](f func(context.Context, core.Comm, []T, []T, []int, []int, int) error) apitest.Bind {
+	return func(a *apitest.Args) func(context.Context, core.Comm) error {
+		send := make([]T, a.Send)
+		recv := make([]T, a.Recv)
+		a.SendBytes, a.RecvBytes = apitest.Bytes(send), apitest.Bytes(recv)
+		return func(ctx context.Context, c core.Comm) error {
+			return f(ctx, c, send, recv, a.RecvCounts, a.RecvDispls, a.Root)
+		}
+	}
+}
+
+// bindScatterv binds the Scatterv functions to apitest's buffers.
+func bindScatterv[T any](f func(context.Context, core.Comm, []T, []T, []int, []int, int) error) apitest.Bind {
+	return func(a *apitest.Args) func(context.Context, core.Comm) error {
+		send := make([]T, a.Send)
+		recv := make([]T, a.Recv)
+		a.SendBytes, a.RecvBytes = apitest.Bytes(send), apitest.Bytes(recv)
+		return func(ctx context.Context, c core.Comm) error {
+			return f(ctx, c, send, recv, a.SendCounts, a.SendDispls, a.Root)
+		}
+	}
+}
+
+// bindAlltoallv binds the Alltoallv functions to apitest's buffers.
+func bindAlltoallv[T any](f func(context.Context, core.Comm, []T, []T, []int, []int, []int, []int) error) apitest.Bind {
+	return func(a *apitest.Args) func(context.Context, core.Comm) error {
+		send := make([]T, a.Send)
+		recv := make([]T, a.Recv)
+		a.SendBytes, a.RecvBytes = apitest.Bytes(send), apitest.Bytes(recv)
+		return func(ctx context.Context, c core.Comm) error {
+			return f(ctx, c, send, recv, a.SendCounts, a.SendDispls, a.RecvCounts, a.RecvDispls)
+		}
+	}
+}
+
+// bindReduceScatterV binds the ReduceScatterV functions to apitest's buffers.
+func bindReduceScatterV[T any](f func(context.Context, core.Comm, []T, []T, []int, core.Op) error) apitest.Bind {
+	return func(a *apitest.Args) func(context.Context, core.Comm) error {
+		send := make([]T, a.Send)
+		recv := make([]T, a.Recv)
+		a.SendBytes, a.RecvBytes = apitest.Bytes(send), apitest.Bytes(recv)
+		return func(ctx context.Context, c core.Comm) error {
+			return f(ctx, c, send, recv, a.RecvCounts, a.Op)
 		}
 	}
 }

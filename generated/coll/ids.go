@@ -97,6 +97,23 @@ const (
 	KindSend = core.KindSend
 	// KindRecv: Recv receives into buf what rank peer passed to Send.
 	KindRecv = core.KindRecv
+	// KindAllgatherv: Allgatherv places every rank's send buffer, of
+	// recvCounts[rank] elements, as block rank of every rank's recv buffer.
+	KindAllgatherv = core.KindAllgatherv
+	// KindGatherv: Gatherv places every rank's send buffer, of recvCounts[rank]
+	// elements, as block rank of the root's recv buffer.
+	KindGatherv = core.KindGatherv
+	// KindScatterv: Scatterv sends block rank of the root's send buffer, of
+	// sendCounts[rank] elements, to each rank's recv buffer.
+	KindScatterv = core.KindScatterv
+	// KindAlltoallv: Alltoallv sends block j of each rank's send buffer to rank j,
+	// which stores it as block rank of its recv buffer; sendCounts[j] of rank i
+	// must equal recvCounts[i] of rank j.
+	KindAlltoallv = core.KindAlltoallv
+	// KindReduceScatterV: ReduceScatterV combines every rank's send buffer,
+	// recvCounts packed in rank order, with op and leaves block rank of the
+	// result, recvCounts[rank] elements, in each rank's recv buffer.
+	KindReduceScatterV = core.KindReduceScatterV
 )
 
 // BFloat16 is package half's, so that the typed packages of every spec pass

@@ -52,11 +52,16 @@ func (r *runner) segments(s shape, cr *caseRun, outElems int) []segment {
 
 // check compares this rank's output with the reference.
 func (r *runner) check(cr *caseRun, s shape, g *gen, out []byte) {
+	r.checkSegs(cr, g, out, r.segments(s, cr, len(out)/g.size))
+}
+
+// checkSegs compares the output's segments with the reference.
+func (r *runner) checkSegs(cr *caseRun, g *gen, out []byte, segs []segment) {
 	elem := g.size
 	nOut := len(out) / elem
 	want := make([]byte, min(nOut, chunkElems)*elem)
 	var srcs [][]byte
-	for _, seg := range r.segments(s, cr, nOut) {
+	for _, seg := range segs {
 		for a := 0; a < seg.n; a += chunkElems {
 			n := min(chunkElems, seg.n-a)
 			w := want[:n*elem]

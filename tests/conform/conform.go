@@ -156,8 +156,8 @@ func Run(ctx context.Context, comm core.Comm, opts Options) error {
 			for ci, c := range cases {
 				count := sz.count(c.DType)
 				variants := 1
-				if !opts.NoInPlace && sh[c.Kind].inPlaceable() {
-					variants = 2
+				if !opts.NoInPlace && sh[c.Kind].inPlaceable() || sh[c.Kind].vector {
+					variants = 2 // a vector collective's: packed and displaced blocks
 				}
 				for v := range variants {
 					cr := caseRun{c: c, idx: ci, sizeIdx: si, count: count, inPlace: v == 1, pass: p}
@@ -296,6 +296,13 @@ func (r *runner) detail(cr *caseRun) string {
 	if s.peer {
 		d += fmt.Sprintf("peer %d, ", cr.peer)
 	}
+	if s.vector {
+		d += vpatterns[cr.vpattern()] + ", "
+		if cr.inPlace {
+			return d + "displaced blocks"
+		}
+		return d + "packed blocks"
+	}
 	if cr.inPlace {
 		return d + "in place"
 	}
@@ -314,6 +321,9 @@ func (r *runner) one(ctx context.Context, cr *caseRun) error {
 	s := r.shapes[cr.c.Kind]
 	if s.peer {
 		return r.peerCase(ctx, cr)
+	}
+	if s.vector {
+		return r.vectorCase(ctx, cr)
 	}
 	// Vary the root over cases and sizes so that every rank gets to be it.
 	cr.root = (cr.idx + cr.sizeIdx) % r.size

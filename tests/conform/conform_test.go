@@ -114,6 +114,9 @@ func (c *memComm) do(ctx context.Context, req *core.Request) error {
 
 // compute fills every rank's output the obvious way.
 func compute(s shape, reqs []*core.Request) error {
+	if s.vector {
+		return computeVector(reqs)
+	}
 	n := len(reqs)
 	r0 := reqs[0]
 	for _, q := range reqs[1:] {
@@ -201,7 +204,7 @@ func TestCoverage(t *testing.T) {
 			defer mu.Unlock()
 			if rank == 0 {
 				seen[Case{Kind: q.Kind, DType: q.DType, Op: q.Op}]++
-				if q.Send != nil && q.Recv != nil && len(q.Send) > 0 && &q.Send[0] == &q.Recv[0] {
+				if len(q.Send) > 0 && len(q.Recv) > 0 && &q.Send[0] == &q.Recv[0] {
 					inPlace++
 				}
 			}

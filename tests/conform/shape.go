@@ -15,6 +15,12 @@ type shape struct {
 	// resultOnRoot: only the root's output is defined.
 	resultOnRoot bool
 	inPlace      bool // Send may be exactly Recv
+	// A vector collective's extents and vectors (core.Shape's); the
+	// runner runs it apart (vector.go).
+	vector                     bool
+	sendExtent, recvExtent     core.Extent
+	sendRootOnly, recvRootOnly bool
+	sendCounts, recvCounts     bool
 }
 
 type bufShape struct {
@@ -29,7 +35,9 @@ func shapes() map[core.Kind]shape {
 	for _, k := range core.Kinds() {
 		cs := k.Shape()
 		s := shape{kind: k, op: cs.Op, root: cs.Root, peer: cs.Peer, result: cs.Result,
-			resultOnRoot: cs.ResultRootOnly, inPlace: cs.InPlace}
+			resultOnRoot: cs.ResultRootOnly, inPlace: cs.InPlace,
+			vector: cs.Vector(), sendExtent: cs.Send, recvExtent: cs.Recv, sendRootOnly: cs.SendRootOnly, recvRootOnly: cs.RecvRootOnly,
+			sendCounts: cs.SendCounts, recvCounts: cs.RecvCounts}
 		switch {
 		case cs.SendIsRecv:
 			s.bufs = append(s.bufs, bufShape{role: "inout", perRank: cs.Recv == core.AllRanks, onRoot: cs.RecvRootOnly})

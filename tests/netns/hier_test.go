@@ -46,7 +46,14 @@ func hierConformanceBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer c.Close()
-	return conform.Run(ctx, c, conform.Options{Sizes: []int{0, 1, 7, 300}, RandomSizes: []int{7}})
+	if err := conform.Run(ctx, c, conform.Options{Sizes: []int{0, 1, 7, 300}, RandomSizes: []int{7}}); err != nil {
+		return err
+	}
+	// Alltoall at 2000 elements per block: under 16 KiB per rank for
+	// one-byte dtypes at 6 ranks, which hier stages, and over it for the
+	// wider ones, which it runs on World.
+	return conform.Run(ctx, c, conform.Options{Sizes: []int{2000},
+		Filter: func(k conform.Case) bool { return k.Kind == coll.KindAlltoall }})
 }
 
 // TestHierConformanceNodes runs the conformance suite through dispatch
@@ -72,8 +79,14 @@ func TestHierConformanceNodes(t *testing.T) {
 	}
 }
 
-// hierKillBody runs 64 KiB broadcasts from rank 0 until one fails; the
-// parent kills a rank once any rank has finished one.
+// envKillKind names the collective hierKillBody runs: "broadcast",
+// "alltoall" (64 KiB per rank, which hier runs on World after the
+// ranks agree) or "alltoall-staged" (4 KiB, which it runs in stages).
+const envKillKind = "GOCOLL_NETNS_KILL_KIND"
+
+// hierKillBody runs 64 KiB broadcasts from rank 0 (or alltoalls, see
+// envKillKind) until one fails; the parent kills a rank once any rank has
+// finished one.
 func hierKillBody(ctx context.Context, r *proctest.Rank) error {
 	c, err := hierComm(ctx, r, 30*time.Second)
 	if err != nil {
@@ -81,11 +94,19 @@ func hierKillBody(ctx context.Context, r *proctest.Rank) error {
 	}
 	defer c.Close()
 	buf := make([]float32, 1<<14)
+	send, recv := make([]float32, 1<<14), make([]float32, 1<<14)
+	call := func() error { return coll.BroadcastFloat32(ctx, c, buf, 0) }
+	switch os.Getenv(envKillKind) {
+	case "alltoall":
+		call = func() error { return coll.AlltoallFloat32(ctx, c, send, recv) }
+	case "alltoall-staged":
+		call = func() error { return coll.AlltoallFloat32(ctx, c, send[:1<<10], recv[:1<<10]) }
+	}
 	for i := 0; i < 1000000; i++ {
 		if i == 1 {
 			r.Mark("running")
 		}
-		err := coll.BroadcastFloat32(ctx, c, buf, 0)
+		err := call()
 		if err == nil {
 			continue
 		}
@@ -99,27 +120,30 @@ func hierKillBody(ctx context.Context, r *proctest.Rank) error {
 }
 
 // TestHierKillAcrossNodes: kill -9 of a rank, a leader or not, on either
-// node, during staged broadcasts makes every other rank fail, naming it.
+// node, during staged broadcasts or alltoalls makes every other rank
+// fail, naming it.
 func TestHierKillAcrossNodes(t *testing.T) {
 	const np = 4 // ranks 0, 1 on node 0 and 2, 3 on node 1; 0 and 2 lead
-	for _, victim := range []int{1, 2, 3} {
-		t.Run(fmt.Sprint("victim", victim), func(t *testing.T) {
-			n := Setup(t, 2)
-			var survivors []int
-			for r := range np {
-				if r != victim {
-					survivors = append(survivors, r)
+	for _, kind := range []string{"broadcast", "alltoall", "alltoall-staged"} {
+		for _, victim := range []int{1, 2, 3} {
+			t.Run(fmt.Sprintf("%s/victim%d", kind, victim), func(t *testing.T) {
+				n := Setup(t, 2)
+				var survivors []int
+				for r := range np {
+					if r != victim {
+						survivors = append(survivors, r)
+					}
 				}
-			}
-			res := n.Run(t, "hierkill", np, proctest.Timeout(time.Minute),
-				proctest.Env(envWant+"=shm+tcp"),
-				proctest.KillOnMark(victim, "running"),
-				proctest.ExpectError("peer error naming ranks ["+strconv.Itoa(victim)+"]", survivors...))
-			for _, r := range res {
-				if r.Rank != victim {
-					t.Logf("rank %d (%v): %s", r.Rank, r.Duration.Round(time.Millisecond), r.Err)
+				res := n.Run(t, "hierkill", np, proctest.Timeout(time.Minute),
+					proctest.Env(envWant+"=shm+tcp", envKillKind+"="+kind),
+					proctest.KillOnMark(victim, "running"),
+					proctest.ExpectError("peer error naming ranks ["+strconv.Itoa(victim)+"]", survivors...))
+				for _, r := range res {
+					if r.Rank != victim {
+						t.Logf("rank %d (%v): %s", r.Rank, r.Duration.Round(time.Millisecond), r.Err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }

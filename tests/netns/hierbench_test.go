@@ -25,10 +25,36 @@ func init() {
 // and gather's receive buffer, reduce_scatter's, scatter's and alltoall's
 // send buffer, the one buffer of allreduce, reduce and broadcast. Each
 // rank's block is size/np.
+// GOCOLL_NETNS_SIZES (comma-separated bytes) replaces them.
 var benchSizes = []int{8, 8 << 20}
 
-// benchKinds are the collectives BenchmarkHierVsFlat times, in order.
+// sizesToBench is benchSizes, or the sizes GOCOLL_NETNS_SIZES lists.
+func sizesToBench() []int {
+	s := os.Getenv("GOCOLL_NETNS_SIZES")
+	if s == "" {
+		return benchSizes
+	}
+	var sizes []int
+	for _, f := range strings.Split(s, ",") {
+		if v, err := strconv.Atoi(f); err == nil && v > 0 {
+			sizes = append(sizes, v)
+		}
+	}
+	return sizes
+}
+
+// benchKinds are the collectives BenchmarkHierVsFlat times, in order;
+// GOCOLL_NETNS_KINDS (comma-separated) times only those it names.
 var benchKinds = []string{"allreduce", "broadcast", "allgather", "reduce_scatter", "reduce", "gather", "scatter", "alltoall", "barrier"}
+
+// kindsToBench is benchKinds, or the ones GOCOLL_NETNS_KINDS names.
+func kindsToBench() []string {
+	s := os.Getenv("GOCOLL_NETNS_KINDS")
+	if s == "" {
+		return benchKinds
+	}
+	return slices.DeleteFunc(slices.Clone(benchKinds), func(k string) bool { return !slices.Contains(strings.Split(s, ","), k) })
+}
 
 // benchIters is how many timed calls follow the warm-up at a size: enough
 // 8 B calls to average out wake-up jitter, few 8 MiB calls because each
@@ -106,9 +132,10 @@ func hierVsFlatBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	defer c.Close()
-	for _, size := range benchSizes {
-		for _, kind := range benchKinds {
-			if kind == "barrier" && size != benchSizes[0] {
+	sizes := sizesToBench()
+	for _, size := range sizes {
+		for _, kind := range kindsToBench() {
+			if kind == "barrier" && size != sizes[0] {
 				continue // a barrier moves no data; once is enough
 			}
 			call, err := benchCall(c, kind, size)
@@ -210,7 +237,8 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// BenchmarkHierVsFlat: 2 nodes x 2 ranks over links shaped to 1 Gbit/s
+// BenchmarkHierVsFlat: 2 nodes x 2 ranks (GOCOLL_NETNS_NP ranks in all,
+// if set) over links shaped to 1 Gbit/s
 // and 1 ms of delay each way; every collective at 8 B and 8 MiB, once
 // through dispatch's default choice (hierarchical: shm inside a node, tcp
 // between) and once with GOCOLL_BACKEND=tcp (flat), GOCOLL_NETNS_REPS
@@ -233,6 +261,14 @@ func BenchmarkHierVsFlat(b *testing.B) {
 		}
 		reps = v
 	}
+	np := 4
+	if s := os.Getenv("GOCOLL_NETNS_NP"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 2 {
+			b.Fatalf("GOCOLL_NETNS_NP=%q: want at least 2 ranks", s)
+		}
+		np = v
+	}
 	modes := []struct {
 		name string
 		env  []string
@@ -249,7 +285,7 @@ func BenchmarkHierVsFlat(b *testing.B) {
 			}
 			for _, m := range order {
 				mode := modes[m]
-				got := n.runBench(b, 4, mode.env...)
+				got := n.runBench(b, np, mode.env...)
 				for k, us := range got {
 					times[mode.name][k] = append(times[mode.name][k], us)
 				}
@@ -258,7 +294,7 @@ func BenchmarkHierVsFlat(b *testing.B) {
 		}
 		var tab strings.Builder
 		fmt.Fprintf(&tab, "\n%-15s %9s %14s %14s %10s   %s\n", "collective", "bytes", "hier_us(med)", "flat_us(med)", "hier/flat", "per-rep hier/flat")
-		for _, size := range append([]int{0}, benchSizes...) {
+		for _, size := range append([]int{0}, sizesToBench()...) {
 			for _, kind := range benchKinds {
 				k := benchKey{kind, size}
 				h, f := times["hier"][k], times["flat"][k]

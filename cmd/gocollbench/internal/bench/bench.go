@@ -143,7 +143,7 @@ func Resolve(cfg *Config) (IDs, error) {
 // HasOp reports whether a collective takes a reduce op.
 func HasOp(coll string) bool {
 	switch coll {
-	case "allreduce", "reduce", "reduce_scatter":
+	case "allreduce", "reduce", "reduce_scatter", "reduce_scatter_v":
 		return true
 	}
 	return false
@@ -152,7 +152,7 @@ func HasOp(coll string) bool {
 // HasRoot reports whether a collective takes a root rank.
 func HasRoot(coll string) bool {
 	switch coll {
-	case "reduce", "broadcast", "gather", "scatter":
+	case "reduce", "broadcast", "gather", "scatter", "gatherv", "scatterv":
 		return true
 	}
 	return false
@@ -248,6 +248,22 @@ func setup(cfg *Config, x IDs, rank, n, count int, esz int) (*buffers, error) {
 		}
 		return w
 	}
+	// The vector collectives run with uniform counts (packed blocks), so
+	// that they compare with their fixed-count forms.
+	uniform := make([]int, n)
+	for j := range uniform {
+		uniform[j] = count
+	}
+	switch cfg.Coll {
+	case "allgatherv", "gatherv":
+		b.req.Count, b.req.RecvCounts = 0, uniform
+	case "scatterv":
+		b.req.Count, b.req.SendCounts = 0, uniform
+	case "alltoallv":
+		b.req.Count, b.req.SendCounts, b.req.RecvCounts = 0, uniform, uniform
+	case "reduce_scatter_v":
+		b.req.Count, b.req.RecvCounts = 0, uniform
+	}
 	switch cfg.Coll {
 	case "allreduce":
 		b.req.Send, b.req.Recv = fill(sendBuf(count), rank), alloc(count)
@@ -266,24 +282,24 @@ func setup(cfg *Config, x IDs, rank, n, count int, esz int) (*buffers, error) {
 		b.req.Send, b.req.Recv = buf, buf
 		b.result = buf
 		b.want = want(count, func(i int) float64 { return pat.value(cfg.Root, i) })
-	case "allgather", "gather":
+	case "allgather", "gather", "allgatherv", "gatherv":
 		b.req.Send = fill(sendBuf(count), rank)
-		if cfg.Coll == "allgather" || isRoot {
+		if cfg.Coll == "allgather" || cfg.Coll == "allgatherv" || isRoot {
 			b.req.Recv = alloc(count * n)
 			b.result = b.req.Recv
 			b.want = want(count*n, func(i int) float64 { return pat.value(i/count, i%count) })
 		}
-	case "reduce_scatter":
+	case "reduce_scatter", "reduce_scatter_v":
 		b.req.Send, b.req.Recv = fill(sendBuf(count*n), rank), alloc(count)
 		b.result, b.want = b.req.Recv, want(count, func(i int) float64 { return pat.reduced(rank*count + i) })
-	case "scatter":
+	case "scatter", "scatterv":
 		if isRoot {
 			b.req.Send = fill(sendBuf(count*n), rank)
 		}
 		b.req.Recv = alloc(count)
 		b.result = b.req.Recv
 		b.want = want(count, func(i int) float64 { return pat.value(cfg.Root, rank*count+i) })
-	case "alltoall":
+	case "alltoall", "alltoallv":
 		b.req.Send, b.req.Recv = fill(sendBuf(count*n), rank), alloc(count*n)
 		b.result = b.req.Recv
 		b.want = want(count*n, func(i int) float64 { return pat.value(i/count, rank*count+i%count) })

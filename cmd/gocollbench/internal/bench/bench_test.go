@@ -64,6 +64,11 @@ func (w *world) pair(from, to int) chan []byte {
 func (c *rankComm) Do(ctx context.Context, req *core.Request) error {
 	w := c.w
 	esz := req.DType.Size()
+	v := *req // the caller's request stays as it is
+	if err := uniformVector(&v); err != nil {
+		return err
+	}
+	req = &v
 	switch req.Kind {
 	case coll.KindSend:
 		select {
@@ -320,4 +325,34 @@ func TestResolveErrors(t *testing.T) {
 	if _, err := Resolve(&cfg); err != nil || cfg.Op != "" {
 		t.Errorf("Resolve(broadcast with -o sum) = %v, op %q: the op must be dropped, not rejected", err, cfg.Op)
 	}
+}
+
+// uniformVector turns a vector collective with uniform counts and packed
+// blocks (all gocollbench runs) into its fixed-count form.
+func uniformVector(req *core.Request) error {
+	fixed := map[core.Kind]core.Kind{
+		coll.KindAllgatherv: coll.KindAllgather, coll.KindGatherv: coll.KindGather, coll.KindScatterv: coll.KindScatter,
+		coll.KindAlltoallv: coll.KindAlltoall, coll.KindReduceScatterV: coll.KindReduceScatter,
+	}
+	k, ok := fixed[req.Kind]
+	if !ok {
+		return nil
+	}
+	counts := req.RecvCounts
+	if counts == nil {
+		counts = req.SendCounts
+	}
+	for _, v := range [][]int{req.SendCounts, req.RecvCounts} {
+		for _, c := range v {
+			if c != counts[0] {
+				return fmt.Errorf("world: %v with counts %v: only uniform counts are simulated", req.Kind, v)
+			}
+		}
+	}
+	if req.SendDispls != nil || req.RecvDispls != nil {
+		return fmt.Errorf("world: %v with displacements: only packed blocks are simulated", req.Kind)
+	}
+	req.Kind, req.Count = k, counts[0]
+	req.SendCounts, req.RecvCounts = nil, nil
+	return nil
 }
