@@ -164,8 +164,12 @@ var errEvidence = errors.New("tcp: a peer's frame shows that the ranks' calls di
 // disagree (probe), and returns errEvidence if it finds one.
 func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 	got := 0
-	if len(buf) < spinMaxPayload && b.queued.Load() == 0 {
-		got = b.spinRead(p, buf)
+	if len(p.pend) > 0 {
+		got = copy(buf, p.pend)
+		p.pend = p.pend[got:]
+	}
+	if got < len(buf) && len(buf)-got < spinMaxPayload && b.queued.Load() == 0 {
+		got += b.spinRead(p, buf[got:])
 	}
 	for got < len(buf) {
 		if lowat {

@@ -109,6 +109,8 @@ type peer struct {
 	lowatFn func(fd uintptr)
 	spin    spinState // small reads spin before they park (spin.go)
 	spent   bool      // a read of the frame under way spun in vain: the rest park at once
+	stage   []byte    // a small frame read whole, header and payload (stageFrame)
+	pend    []byte    // what of stage the frames have not consumed yet; fill takes it first
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
@@ -208,6 +210,9 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		p := &peer{rank: j, data: data[j], ctl: ctl[j], jobs: make(chan sendJob, jobQueue), notify: make(chan struct{}, 1), ctlDone: make(chan struct{}), ackNote: make(chan struct{}, 1)}
 		p.initLowat()
 		p.initSpin(cfg.spin)
+		if cfg.spin > 0 {
+			p.stage = make([]byte, hdrSize+stageMax)
+		}
 		b.peers[j] = p
 		b.wg.Add(2)
 		go b.sendLoop(p)
@@ -629,6 +634,7 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 	for {
 		n := min(len(dst), maxFrame)
 		p.spent = false // a new frame: its reads may spin
+		b.stageFrame(p, n)
 		if k, err := b.fill(p, p.rhdr[:], false, scan); err != nil {
 			if err == errEvidence {
 				return b.settleInHeader(p, k)

@@ -20,13 +20,20 @@ func (p *peer) initLowat() {
 // peek copies the first len(buf) bytes waiting on the data connection into
 // buf without taking them, and reports whether that many were there. It
 // never waits.
+//
+// Bytes a staged read took from the socket ahead (p.pend) come first.
 func (p *peer) peek(buf []byte) bool {
+	k := copy(buf, p.pend)
+	if k == len(buf) {
+		return true
+	}
 	if p.raw == nil {
 		return false
 	}
+	rest := buf[k:]
 	n := 0
 	err := p.raw.Control(func(fd uintptr) {
-		n, _, _ = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, _, _ = syscall.Recvfrom(int(fd), rest, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	})
-	return err == nil && n == len(buf)
+	return err == nil && n == len(rest)
 }

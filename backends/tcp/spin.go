@@ -103,3 +103,21 @@ var epoch = time.Now()
 
 // since reads the monotonic clock alone (time.Now reads the wall clock too).
 func since() time.Duration { return time.Since(epoch) }
+
+// stageMax is the largest payload whose frame a read takes whole, header
+// and payload in one system call, copying the payload out after the
+// header is checked: below it the copy costs less than the second read.
+const stageMax = 8 << 10
+
+// stageFrame reads the next frame from p into p.stage, up to its header
+// and the n payload bytes the caller expects, spinning as spinRead does,
+// when n is small and nothing read ahead is pending. It reads no further
+// than that: a frame that turns out shorter leaves the bytes after it in
+// p.pend, where fill takes them first, so the stream stays in order.
+func (b *Backend) stageFrame(p *peer, n int) {
+	if len(p.pend) > 0 || n > stageMax || p.stage == nil || b.queued.Load() != 0 {
+		return
+	}
+	k := b.spinRead(p, p.stage[:hdrSize+n])
+	p.pend = p.stage[:k]
+}
