@@ -205,9 +205,7 @@ func broadcast(ctx context.Context, c core.Comm, data []byte, fail error, root i
 // AllgatherBytes gathers every rank's data on every rank: element r of
 // the result is rank r's data (a copy, this rank's included). Values of
 // at most InlineSize bytes move in one allgather; the rest of longer ones
-// in a second allgather, padded to the longest, or, when that padding
-// would at least double the bytes moved, in a broadcast from each rank
-// that has more.
+// in one allgatherv, each at its own length.
 func AllgatherBytes(ctx context.Context, c core.Comm, data []byte) ([][]byte, error) {
 	return allgather(ctx, c, data, nil)
 }
@@ -228,85 +226,67 @@ func allgather(ctx context.Context, c core.Comm, data []byte, fail error) ([][]b
 	if err != nil {
 		return nil, err
 	}
-	out := split(hs, lens)
-	if err := allgatherRest(ctx, c, dt, data, lens, out); err != nil {
+	out, buf := split(hs, lens)
+	if err := allgatherRest(ctx, c, dt, data, lens, buf); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// split makes the results for lens out of one allocation and fills in the
-// first bytes each header carried.
-func split(hs []byte, lens []int) [][]byte {
+// split makes the results for lens out of one allocation, buf, and fills
+// in the first bytes each header carried; out[r] starts at the sum of
+// lens[:r] in buf.
+func split(hs []byte, lens []int) (out [][]byte, buf []byte) {
 	total := 0
 	for _, n := range lens {
 		total += n
 	}
-	buf := make([]byte, total)
-	out := make([][]byte, len(lens))
+	buf = make([]byte, total)
+	out = make([][]byte, len(lens))
+	off := 0
 	for r, n := range lens {
-		out[r], buf = buf[:n:n], buf[n:]
+		out[r] = buf[off : off+n : off+n]
 		copy(out[r], hs[r*HeaderSize+preamble:(r+1)*HeaderSize])
+		off += n
 	}
-	return out
+	return out, buf
 }
 
-// allgatherRest moves what followed the headers of an allgather: each
-// rank's bytes past InlineSize, into out. With rests of similar lengths it
-// pads every rank's to the longest, as a fixed-count allgather needs; when
-// the padding would at least double the bytes moved (one long value among
-// short ones), each rank that has a rest broadcasts it instead, one
-// broadcast per such rank. This is the seam for a variable-count allgather
-// (allgatherv), which would move each rest at its own length in one call.
-func allgatherRest(ctx context.Context, c core.Comm, dt core.DType, data []byte, lens []int, out [][]byte) error {
-	width, total := 0, 0
-	for _, n := range lens {
-		width = max(width, rest(n))
-		total += rest(n)
-	}
-	if width == 0 {
-		return nil
-	}
-	np, rank := len(lens), c.Rank()
-	if 2*total <= np*width {
-		for r, n := range lens {
-			m := rest(n)
-			if m == 0 {
-				continue
-			}
-			buf := out[r][InlineSize:]
-			if r == rank {
-				copy(buf, data[InlineSize:])
-			}
-			if err := do(ctx, c, dt, core.KindBroadcast, m, r, 0, buf, buf); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	send := make([]byte, width)
-	if m := rest(len(data)); m > 0 {
-		copy(send, data[InlineSize:])
-	}
-	all := make([]byte, np*width)
-	if err := do(ctx, c, dt, core.KindAllgather, width, 0, 0, send, all); err != nil {
-		return err
-	}
+// rests gives, for values of lengths lens laid out as split lays them out,
+// the length of each one's bytes past InlineSize, where those bytes start
+// in split's buffer, and their sum.
+func rests(lens []int) (counts, displs []int, total int) {
+	counts, displs = make([]int, len(lens)), make([]int, len(lens))
+	off := 0
 	for r, n := range lens {
-		if m := rest(n); m > 0 {
-			copy(out[r][InlineSize:], all[r*width:r*width+m])
-		}
+		counts[r], displs[r] = rest(n), off+min(n, InlineSize)
+		total += counts[r]
+		off += n
 	}
-	return nil
+	return counts, displs, total
+}
+
+// allgatherRest moves what followed the headers of an allgather, each
+// rank's bytes past InlineSize, in one allgatherv straight into their
+// places in buf, split's buffer behind out.
+func allgatherRest(ctx context.Context, c core.Comm, dt core.DType, data []byte, lens []int, buf []byte) error {
+	counts, displs, total := rests(lens)
+	if total == 0 {
+		return nil
+	}
+	var send []byte
+	if counts[c.Rank()] > 0 {
+		send = data[InlineSize:]
+	}
+	return core.Call(ctx, c, core.Request{Kind: core.KindAllgatherv, DType: dt, Send: send, Recv: buf, RecvCounts: counts, RecvDispls: displs})
 }
 
 // GatherBytes gathers every rank's data on root: on the root element r of
 // the result is rank r's data (a copy, the root's included); elsewhere the
 // result is nil. The headers move with an allgather rather than a gather,
 // so that every rank learns at once when one could not encode its value;
-// the bytes past InlineSize then move from each rank that has them to the
-// root, at their own length (a variable-count gather could move them in
-// one call).
+// the bytes past InlineSize then move to the root in one gatherv, each at
+// its own length.
 func GatherBytes(ctx context.Context, c core.Comm, data []byte, root int) ([][]byte, error) {
 	return gather(ctx, c, data, nil, root)
 }
@@ -336,25 +316,23 @@ func gather(ctx context.Context, c core.Comm, data []byte, fail error, root int)
 	if err != nil {
 		return nil, err
 	}
-	if rank != root {
-		if m := rest(len(data)); m > 0 {
-			if err := do(ctx, c, dt, core.KindSend, m, 0, root, data[InlineSize:], nil); err != nil {
-				return nil, err
-			}
-		}
-		return nil, nil
+	// The bytes past InlineSize go to the root in one gatherv, straight
+	// into their places behind the results.
+	counts, displs, total := rests(lens)
+	var out [][]byte
+	var buf []byte
+	if rank == root {
+		out, buf = split(hs, lens)
+	} else {
+		displs = nil // the root's alone
 	}
-	out := split(hs, lens)
-	for r, n := range lens {
-		m := rest(n)
-		switch {
-		case m == 0:
-		case r == rank:
-			copy(out[r][InlineSize:], data[InlineSize:])
-		default:
-			if err := do(ctx, c, dt, core.KindRecv, m, 0, r, nil, out[r][InlineSize:]); err != nil {
-				return nil, err
-			}
+	if total > 0 {
+		var send []byte
+		if counts[rank] > 0 {
+			send = data[InlineSize:]
+		}
+		if err := core.Call(ctx, c, core.Request{Kind: core.KindGatherv, DType: dt, Root: root, Send: send, Recv: buf, RecvCounts: counts, RecvDispls: displs}); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
@@ -412,7 +390,8 @@ func scatter(ctx context.Context, c core.Comm, parts [][]byte, fail error, root 
 		}
 		return parts[rank], nil
 	}
-	out := split(h, lens)[0]
+	mine, _ := split(h, lens)
+	out := mine[0]
 	if m := rest(lens[0]); m > 0 {
 		if err := do(ctx, c, dt, core.KindRecv, m, 0, root, nil, out[InlineSize:]); err != nil {
 			return nil, err

@@ -19,11 +19,9 @@
 // allgather; see GatherBytes). A value that fits the header needs nothing
 // more, so small values take one exchange. The rest of longer values
 // follows in a second exchange whose sizes every rank now knows:
-// a broadcast, an allgather padded to the longest rest (or, when most of
-// that would be padding, a broadcast from each rank with more; a
-// variable-count allgather would do either in one call without padding,
-// see allgatherRest), or sends and receives between the root and each
-// rank with more to move.
+// a broadcast, an allgatherv or a gatherv (each rest at its own length,
+// straight into the result), or, for Scatter, whose ranks know only their
+// own length, sends from the root to each rank with more to move.
 //
 // # Which dtype carries the bytes
 //
