@@ -50,6 +50,7 @@ type Backend struct {
 	wakeEvery time.Duration
 	armed     atomic.Bool
 	lastTick  atomic.Uint64
+	wakes     atomic.Uint64 // reads a tick interrupted (tests)
 
 	running atomic.Uint64 // seq of the collective running or about to run
 	calls   atomic.Uint64 // Run and Refuse calls started
@@ -103,6 +104,9 @@ type peer struct {
 	raw     syscall.RawConn // data's, for SO_RCVLOWAT
 	lowat   int             // the value setLowatFn sets
 	lowatFn func(fd uintptr)
+	peekFn  func(fd uintptr) // peekHeader's, made once like lowatFn
+	peekN   int              // bytes peekFn saw
+	peekHdr [hdrSize]byte    // the header peekHeader saw (caller's goroutine)
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for
