@@ -181,6 +181,7 @@ func (b *Backend) fill(p *peer, buf []byte, lowat, scan bool) (int, error) {
 			continue
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && !b.failedNow() && time.Now().Before(b.dl) {
+			b.wakes.Add(1)
 			b.unwake()
 			// After the deadlines are restored: a failure recorded before is
 			// seen here, and the interrupt of one recorded after overrides
@@ -261,14 +262,13 @@ func (b *Backend) unwake() {
 // differs from this rank's call, or ends it: the ranks disagree. (A frame
 // of a later collective is no evidence: its sender may just be ahead.)
 func (b *Backend) probe(p *peer) bool {
-	var hb [hdrSize]byte
 	c := &b.cur
 	for _, q := range b.peers {
-		if q == nil || q == p || !q.peek(hb[:]) {
+		if q == nil || q == p || !q.peekHeader() {
 			continue
 		}
 		var h header
-		if h.get(hb[:]) != nil || h.kind == core.KindSend || h.seq != c.seq {
+		if h.get(q.peekHdr[:]) != nil || h.kind == core.KindSend || h.seq != c.seq {
 			continue
 		}
 		if h.typ == frameEnd || h.kind != c.kind || h.dtype != c.dtype || h.op != c.op ||

@@ -50,6 +50,7 @@ type Backend struct {
 	wakeEvery time.Duration
 	armed     atomic.Bool
 	lastTick  atomic.Uint64
+	wakes     atomic.Uint64 // reads a tick interrupted (tests)
 
 	running atomic.Uint64 // seq of the collective running or about to run
 	calls   atomic.Uint64 // Run and Refuse calls started
@@ -107,10 +108,14 @@ type peer struct {
 	raw     syscall.RawConn // data's, for SO_RCVLOWAT
 	lowat   int             // the value setLowatFn sets
 	lowatFn func(fd uintptr)
-	spin    spinState // small reads spin before they park (spin.go)
-	spent   bool      // a read of the frame under way spun in vain: the rest park at once
-	stage   []byte    // a small frame read whole, header and payload (stageFrame)
-	pend    []byte    // what of stage the frames have not consumed yet; fill takes it first
+	spin    spinState        // small reads spin before they park (spin.go)
+	spent   bool             // a read of the frame under way spun in vain: the rest park at once
+	stage   []byte           // a small frame read whole, header and payload (stageFrame)
+	pend    []byte           // what of stage the frames have not consumed yet; fill takes it first
+	peekFn  func(fd uintptr) // peekHeader's, made once like lowatFn
+	peekOff int              // where in peekHdr peekFn starts: after the staged bytes
+	peekN   int              // bytes peekFn saw
+	peekHdr [hdrSize]byte    // the header peekHeader saw (caller's goroutine)
 
 	stallSeq atomic.Uint64 // the collective this peer last reported a timeout in
 	stallOn  atomic.Int64  // and the rank it was waiting for

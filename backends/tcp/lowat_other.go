@@ -5,7 +5,7 @@ package tcp
 // initLowat leaves setLowat a no-op where SO_RCVLOWAT is not available.
 func (p *peer) initLowat() {}
 
-// peek reports that it cannot look ahead where MSG_PEEK is not available:
-// a disagreement that only a look ahead would find is reported at the
-// call's deadline instead.
-func (p *peer) peek(buf []byte) bool { return false }
+// peekHeader reports that it cannot look ahead where MSG_PEEK is not
+// available: a disagreement that only a look ahead would find is reported
+// at the call's deadline instead.
+func (p *peer) peekHeader() bool { return false }
