@@ -1,16 +1,14 @@
 package dispatch
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gocoll/gocoll/internal/fakeserver"
 	"github.com/gocoll/gocoll/store/c10d"
 )
 
@@ -84,50 +82,12 @@ func TestResolveTorchrun(t *testing.T) {
 	}
 }
 
-// startTorchStore runs a real torch.distributed.TCPStore server, as
-// torchrun's agent does, and returns its port; it skips without torch.
-func startTorchStore(t *testing.T) int {
-	t.Helper()
-	const python = "/usr/bin/python3" // Debian's, which has python3-torch
-	if err := exec.Command(python, "-c", "import torch.distributed").Run(); err != nil {
-		t.Skipf("%s cannot import torch.distributed (%v): apt-get install python3-torch", python, err)
-	}
-	cmd := exec.Command(python, "-c", `
-import sys, torch.distributed as d
-s = d.TCPStore("127.0.0.1", 0, 1, True, wait_for_workers=False)
-print(s.port, flush=True)
-sys.stdin.read()
-`)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.Close(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("the torch store did not print its port: %v", err)
-	}
-	port, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("the torch store printed %q", line)
-	}
-	return port
-}
-
 // TestInitThroughAgentStore: ranks meet through a real torch TCPStore as
 // torchrun's workers do, share the secret rank 0 made, keep their keys
 // under the run's and attempt's prefix, and a restarted attempt starts
 // from a clean namespace while the store keeps the old one.
 func TestInitThroughAgentStore(t *testing.T) {
-	port := startTorchStore(t)
+	port := fakeserver.TorchStore(t, t)
 	const n = 3
 	run := func(restart int) [][]byte {
 		secrets := make([][]byte, n)

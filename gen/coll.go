@@ -200,62 +200,7 @@ func collFunc(f *jen.File, c spec.Collective, d *spec.DType) {
 		}
 	}
 
-	params := []jen.Code{jen.Id("ctx").Qual("context", "Context"), jen.Id("c").Qual(CorePath, "Comm")}
-	if len(c.Buffers) > 0 {
-		var names []jen.Code
-		for _, b := range c.Buffers {
-			names = append(names, jen.Id(b.Name))
-		}
-		params = append(params, jen.List(names...).Index().Add(goType(*d)))
-	}
-	if c.Vector() {
-		var names []jen.Code
-		for _, v := range c.Vectors {
-			names = append(names, jen.Id(v.Name))
-		}
-		params = append(params, jen.List(names...).Index().Int())
-	}
-	if c.Op {
-		params = append(params, jen.Id("op").Qual(CorePath, "Op"))
-	}
-	if c.Root {
-		params = append(params, jen.Id("root").Int())
-	}
-	if c.Peer {
-		params = append(params, jen.Id("peer").Int())
-	}
-
-	dict := jen.Dict{jen.Id("Kind"): jen.Id(kindConst(c))}
-	if d != nil {
-		dict[jen.Id("DType")] = jen.Id(dtConst(*d))
-		if from := c.CountFrom(); from >= 0 {
-			count := jen.Len(jen.Id(c.Buffers[from].Name))
-			if c.Buffers[from].Count == "count*size" {
-				count = count.Op("/").Id("c").Dot("Size").Call()
-			}
-			dict[jen.Id("Count")] = count
-		}
-	}
-	for _, v := range c.Vectors {
-		dict[jen.Id(vectorField(v))] = jen.Id(v.Name)
-	}
-	if c.Op {
-		dict[jen.Id("Op")] = jen.Id("op")
-	}
-	if c.Root {
-		dict[jen.Id("Root")] = jen.Id("root")
-	}
-	if c.Peer {
-		dict[jen.Id("Peer")] = jen.Id("peer")
-	}
-	for _, b := range c.Buffers {
-		switch b.Role {
-		case "send":
-			dict[jen.Id("Send")] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
-		default: // recv, or inout: the one buffer is Recv, as core.Request says
-			dict[jen.Id("Recv")] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
-		}
-	}
+	params, dict := callParts(c, d, jen.Qual(CorePath, "Comm"))
 	f.Func().Id(name).Params(params...).Error().Block(
 		jen.Return(jen.Qual(CorePath, "Call").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict))),
 	)

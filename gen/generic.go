@@ -122,48 +122,14 @@ func genericFunc(f *jen.File, c spec.Collective, example spec.DType) {
 		bufs = append(bufs, jen.Id(b.Name))
 	}
 	params = append(params, jen.List(bufs...).Index().Id("T"))
-	vectorParts(c, &params, nil)
-	if c.Op {
-		params = append(params, jen.Id("op").Qual(CorePath, "Op"))
-	}
-	if c.Root {
-		params = append(params, jen.Id("root").Int())
-	}
-	if c.Peer {
-		params = append(params, jen.Id("peer").Int())
-	}
-
 	dict := jen.Dict{
 		jen.Id("Kind"):  jen.Id(kindConst(c)),
 		jen.Id("DType"): jen.Id(dtypeOfFunc).Index(jen.Id("T")).Call(),
 	}
-	if from := c.CountFrom(); from >= 0 {
-		count := jen.Len(jen.Id(c.Buffers[from].Name))
-		if c.Buffers[from].Count == "count*size" {
-			count = count.Op("/").Id("c").Dot("Size").Call()
-		}
+	if count := countField(c); count != nil {
 		dict[jen.Id("Count")] = count
 	}
-	for _, v := range c.Vectors {
-		dict[jen.Id(vectorField(v))] = jen.Id(v.Name)
-	}
-	if c.Op {
-		dict[jen.Id("Op")] = jen.Id("op")
-	}
-	if c.Root {
-		dict[jen.Id("Root")] = jen.Id("root")
-	}
-	if c.Peer {
-		dict[jen.Id("Peer")] = jen.Id("peer")
-	}
-	for _, b := range c.Buffers {
-		switch b.Role {
-		case "send":
-			dict[jen.Id("Send")] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
-		default: // recv, or inout: the one buffer is Recv, as core.Request says
-			dict[jen.Id("Recv")] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
-		}
-	}
+	params = argParts(c, params, dict)
 	f.Func().Id(name).Types(jen.Id("T").Id("Elem")).Params(params...).Error().Block(
 		jen.Return(jen.Qual(CorePath, "Call").Call(jen.Id("ctx"), jen.Id("c"), jen.Qual(CorePath, "Request").Values(dict))),
 	)

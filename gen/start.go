@@ -37,8 +37,10 @@ func startFile(s *spec.Spec) *jen.File {
 	return f
 }
 
-// callParts are the parameters of c's typed function for dtype d and the
-// core.Request fields built from them, as collFunc makes them.
+// callParts are the parameters of c's typed function for dtype d (nil for
+// a collective without buffers) and the core.Request fields built from
+// them; comm is the communicator's type (core.Comm for the blocking form,
+// core.Starter for the start form).
 func callParts(c spec.Collective, d *spec.DType, comm jen.Code) ([]jen.Code, jen.Dict) {
 	params := []jen.Code{jen.Id("ctx").Qual("context", "Context"), jen.Id("c").Add(comm)}
 	dict := jen.Dict{jen.Id("Kind"): jen.Id(kindConst(c))}
@@ -49,35 +51,11 @@ func callParts(c spec.Collective, d *spec.DType, comm jen.Code) ([]jen.Code, jen
 		}
 		params = append(params, jen.List(names...).Index().Add(goType(*d)))
 		dict[jen.Id("DType")] = jen.Id(dtConst(*d))
-		if from := c.CountFrom(); from >= 0 {
-			count := jen.Len(jen.Id(c.Buffers[from].Name))
-			if c.Buffers[from].Count == "count*size" {
-				count = count.Op("/").Id("c").Dot("Size").Call()
-			}
+		if count := countField(c); count != nil {
 			dict[jen.Id("Count")] = count
 		}
 	}
-	vectorParts(c, &params, dict)
-	if c.Op {
-		params = append(params, jen.Id("op").Qual(CorePath, "Op"))
-		dict[jen.Id("Op")] = jen.Id("op")
-	}
-	if c.Root {
-		params = append(params, jen.Id("root").Int())
-		dict[jen.Id("Root")] = jen.Id("root")
-	}
-	if c.Peer {
-		params = append(params, jen.Id("peer").Int())
-		dict[jen.Id("Peer")] = jen.Id("peer")
-	}
-	for _, b := range c.Buffers {
-		field := "Recv" // recv, or inout: the one buffer is Recv, as core.Request says
-		if b.Role == "send" {
-			field = "Send"
-		}
-		dict[jen.Id(field)] = jen.Qual(CorePath, "Bytes").Call(jen.Id(b.Name))
-	}
-	return params, dict
+	return argParts(c, params, dict), dict
 }
 
 // startFunc emits the start form of c's typed function for dtype d.

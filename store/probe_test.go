@@ -7,40 +7,11 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-)
 
-// fakeServer accepts connections on a fresh port and runs serve on each
-// until the test ends.
-func fakeServer(t *testing.T, serve func(nc net.Conn, hold <-chan struct{})) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hold := make(chan struct{})
-	var wg sync.WaitGroup
-	t.Cleanup(func() { close(hold); ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				serve(nc, hold)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
+	"github.com/gocoll/gocoll/internal/fakeserver"
+)
 
 // TestNotAStore: Dial to a server that is not a gocoll store fails at
 // once (well within two seconds), saying what it found, and is not
@@ -48,20 +19,12 @@ func fakeServer(t *testing.T, serve func(nc net.Conn, hold <-chan struct{})) str
 func TestNotAStore(t *testing.T) {
 	cases := []struct {
 		name  string
-		serve func(net.Conn, <-chan struct{})
+		serve fakeserver.Serve
 		want  string
 	}{
-		{"garbage", func(nc net.Conn, hold <-chan struct{}) {
-			nc.Write([]byte{0xde, 0xad, 0xbe, 0xef, 0, 1, 2})
-			<-hold
-		}, `sent "\xde\xad\xbe\xef\x00\x01\x02"`},
-		{"banner", func(nc net.Conn, hold <-chan struct{}) {
-			io.WriteString(nc, "SSH-2.0-OpenSSH_9.2\r\n")
-			<-hold
-		}, `sent "SSH-2.0-OpenSSH_9.2\r\n"`},
-		{"http", func(nc net.Conn, hold <-chan struct{}) {
-			io.WriteString(nc, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-		}, `sent "HTTP/1.1 400`},
+		{"garbage", fakeserver.Sends("\xde\xad\xbe\xef\x00\x01\x02"), `sent "\xde\xad\xbe\xef\x00\x01\x02"`},
+		{"banner", fakeserver.Sends("SSH-2.0-OpenSSH_9.2\r\n"), `sent "SSH-2.0-OpenSSH_9.2\r\n"`},
+		{"http", fakeserver.SendsAndCloses("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"), `sent "HTTP/1.1 400`},
 		{"c10d", func(nc net.Conn, hold <-chan struct{}) {
 			// torch 1.13's TCPStore: silent until asked; GETNUMKEYS (6)
 			// is answered with a count.
@@ -73,15 +36,12 @@ func TestNotAStore(t *testing.T) {
 			nc.Write(binary.LittleEndian.AppendUint64(nil, 3))
 			<-hold
 		}, "torch's c10d TCPStore"},
-		{"silent", func(nc net.Conn, hold <-chan struct{}) { <-hold }, "sent nothing in"},
-		{"partial", func(nc net.Conn, hold <-chan struct{}) {
-			io.WriteString(nc, magic[:2])
-			<-hold
-		}, `sent only "GC" in`},
+		{"silent", fakeserver.Silent, "sent nothing in"},
+		{"partial", fakeserver.Sends(magic[:2]), `sent only "GC" in`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			addr := fakeServer(t, tc.serve)
+			addr := fakeserver.Start(t, tc.serve)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			start := time.Now()
@@ -105,7 +65,7 @@ func TestNotAStore(t *testing.T) {
 // challenge on its own connection, and the client keeps waiting).
 func TestSlowChallenge(t *testing.T) {
 	delay := 3 * probeAfter
-	addr := fakeServer(t, func(nc net.Conn, hold <-chan struct{}) {
+	addr := fakeserver.Start(t, func(nc net.Conn, hold <-chan struct{}) {
 		time.Sleep(delay)
 		if serverHandshake(nc, secret) == nil {
 			<-hold

@@ -12,7 +12,7 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
-	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/checked"
 	"github.com/gocoll/gocoll/internal/proctest"
 	"github.com/gocoll/gocoll/tests/conform"
 )
@@ -428,7 +428,7 @@ func shrinkBody(ctx context.Context, r *proctest.Rank) error {
 		fmt.Printf("rank %d: closing the failed communicator: %v\n", r.Rank, err)
 	}
 	for i := range 1000 {
-		if err := shrunkAllreduce(ctx, s, i); err != nil {
+		if err := checked.Allreduce(ctx, s, i, 257); err != nil {
 			return fmt.Errorf("rank %d: allreduce #%d after shrinking: %w", r.Rank, i, err)
 		}
 	}
@@ -441,34 +441,10 @@ func shrinkBody(ctx context.Context, r *proctest.Rank) error {
 		return fmt.Errorf("rank %d: the shrunk group has world ranks %v, want %v", r.Rank, sg.Ranks(), want)
 	}
 	for i := range 100 {
-		if err := shrunkAllreduce(ctx, sg, i); err != nil {
+		if err := checked.Allreduce(ctx, sg, i, 257); err != nil {
 			return fmt.Errorf("rank %d: allreduce #%d on the shrunk group: %w", r.Rank, i, err)
 		}
 	}
 	fmt.Printf("rank %d: shrink took %v, then 1000 allreduces on %s\n", r.Rank, took.Round(time.Millisecond), s.Backend())
-	return nil
-}
-
-// shrunkAllreduce is allreduce #i on the shrunk communicator: each rank
-// contributes its world rank + i, element by element offset, and the sum
-// is checked, so that a stale or mispaired call cannot pass.
-func shrunkAllreduce(ctx context.Context, s *dispatch.Comm, i int) error {
-	const n = 257
-	send, recv := make([]int64, n), make([]int64, n)
-	for j := range send {
-		send[j] = int64(s.WorldRank() + i + j)
-	}
-	if err := coll.AllreduceInt64(ctx, s, send, recv, coll.OpSum); err != nil {
-		return err
-	}
-	var base int64
-	for _, w := range s.Ranks() {
-		base += int64(w + i)
-	}
-	for j, v := range recv {
-		if want := base + int64(s.Size()*j); v != want {
-			return fmt.Errorf("element %d = %d, want %d", j, v, want)
-		}
-	}
 	return nil
 }

@@ -495,17 +495,37 @@ func (b *Backend) allgatherRing(send, recv []byte, count int) error {
 // step reuses its region once the sends of two steps back are out. (A few
 // chunk-sized slots would be reused before the neighbour reads them, and
 // every rank would stall on full socket buffers.)
-func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
-	n, r := b.size, b.rank
-	es := b.es
+//
+// counts nil: every block has count elements. Otherwise (reduce_scatter_v)
+// block j has counts[j] elements, packed in send, and the scratch regions
+// are as large as the largest block; count is ignored.
+func (b *Backend) reduceScatterRing(send, recv []byte, count int, counts []int) error {
+	n, r, es := b.size, b.rank, b.es
+	var off []int
+	if counts != nil {
+		off = voffsets(counts, nil)
+		count = vmax(counts)
+	}
+	blockCount := func(j int) int {
+		if counts == nil {
+			return count
+		}
+		return counts[j]
+	}
+	block := func(j int) []byte {
+		if counts == nil {
+			return send[j*count*es : (j+1)*count*es]
+		}
+		return send[off[j]*es : (off[j]+counts[j])*es]
+	}
 	bs := count * es
 	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
 	ce := b.chunkElems(count)
 	scratch := b.buffer(2 * bs)
 	var regionSent [2]uint64
-	s0 := mod(r-1, n)
-	if err := chunks(0, count, ce, func(c, e int) error {
-		return b.post(right, &b.cur, send[s0*bs+c*es:s0*bs+e*es])
+	first := block(mod(r-1, n))
+	if err := chunks(0, blockCount(mod(r-1, n)), ce, func(c, e int) error {
+		return b.post(right, &b.cur, first[c*es:e*es])
 	}); err != nil {
 		return err
 	}
@@ -516,8 +536,9 @@ func (b *Backend) reduceScatterRing(send, recv []byte, count int) error {
 		if err := b.waitSent(right, regionSent[k%2]); err != nil {
 			return err
 		}
-		if err := chunks(0, count, ce, func(c, e int) error {
-			mine := send[s*bs+c*es : s*bs+e*es]
+		mineBlk := block(s)
+		if err := chunks(0, blockCount(s), ce, func(c, e int) error {
+			mine := mineBlk[c*es : e*es]
 			t := region[c*es : e*es]
 			if err := b.recv(left, &b.cur, t); err != nil {
 				return err

@@ -294,7 +294,7 @@ func (b *Backend) run(req *core.Request, algo Algorithm) error {
 	case core.KindAllgather:
 		return b.allgatherRing(req.Send, req.Recv, req.Count)
 	case core.KindReduceScatter:
-		return b.reduceScatterRing(req.Send, req.Recv, req.Count)
+		return b.reduceScatterRing(req.Send, req.Recv, req.Count, nil)
 	case core.KindGather:
 		if err := b.agree(); err != nil {
 			return err

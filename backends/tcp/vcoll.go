@@ -82,7 +82,7 @@ func (b *Backend) runVector(req *core.Request, algo Algorithm) error {
 		}
 		return b.allgathervRing(req.Send, req.Recv, req.RecvCounts, off)
 	case core.KindReduceScatterV:
-		return b.reduceScatterVRing(req.Send, req.Recv, req.RecvCounts)
+		return b.reduceScatterRing(req.Send, req.Recv, 0, req.RecvCounts)
 	case core.KindGatherv:
 		if err := b.agree(); err != nil {
 			return err
@@ -170,55 +170,6 @@ func (b *Backend) allgathervRing(send, recv []byte, counts, off []int) error {
 		}); err != nil {
 			return err
 		}
-	}
-	return b.flush(right)
-}
-
-// reduceScatterVRing is reduceScatterRing with blocks of counts[j]
-// elements, packed in send: partial sums of a block travel the ring in
-// scratch regions as large as the largest block.
-func (b *Backend) reduceScatterVRing(send, recv []byte, counts []int) error {
-	n, r, es := b.size, b.rank, b.es
-	off := voffsets(counts, nil)
-	right, left := b.peers[mod(r+1, n)], b.peers[mod(r-1, n)]
-	mx := vmax(counts)
-	bs := mx * es
-	ce := b.chunkElems(mx)
-	scratch := b.buffer(2 * bs)
-	var regionSent [2]uint64
-	block := func(j int) []byte { return send[off[j]*es : (off[j]+counts[j])*es] }
-	first := block(mod(r-1, n))
-	if err := chunks(0, counts[mod(r-1, n)], ce, func(c, e int) error {
-		return b.post(right, &b.cur, first[c*es:e*es])
-	}); err != nil {
-		return err
-	}
-	for k := 0; k < n-1; k++ {
-		s := mod(r-k-2, n)
-		last := k == n-2
-		region := scratch[(k%2)*bs : (k%2+1)*bs]
-		if err := b.waitSent(right, regionSent[k%2]); err != nil {
-			return err
-		}
-		mineBlk := block(s)
-		if err := chunks(0, counts[s], ce, func(c, e int) error {
-			mine := mineBlk[c*es : e*es]
-			t := region[c*es : e*es]
-			if err := b.recv(left, &b.cur, t); err != nil {
-				return err
-			}
-			if last {
-				dst := recv[c*es : e*es]
-				b.reduce(dst, t, mine)
-				b.finish(dst)
-				return nil
-			}
-			b.reduce(t, t, mine)
-			return b.post(right, &b.cur, t)
-		}); err != nil {
-			return err
-		}
-		regionSent[k%2] = right.posted
 	}
 	return b.flush(right)
 }

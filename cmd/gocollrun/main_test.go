@@ -24,7 +24,7 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
-	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/checked"
 	"github.com/gocoll/gocoll/store"
 )
 
@@ -174,7 +174,7 @@ func shrinkRank() error {
 			unix.Kill(os.Getpid(), unix.SIGKILL)
 			select {} // the signal is on its way
 		}
-		err := checkedAllreduce(ctx, c, i)
+		err := checked.Allreduce(ctx, c, i, 257)
 		if err == nil {
 			continue
 		}
@@ -200,35 +200,11 @@ func shrinkRank() error {
 	}
 	c.Close() // failed for good; s keeps the store connection
 	for i := range 1000 {
-		if err := checkedAllreduce(ctx, s, i); err != nil {
+		if err := checked.Allreduce(ctx, s, i, 257); err != nil {
 			return fmt.Errorf("rank %d: allreduce #%d after shrinking: %w", c.Rank(), i, err)
 		}
 	}
 	fmt.Printf("rank %d: rank %d of %v on %s after the shrink, 1000 allreduces checked\n", c.Rank(), s.Rank(), s.Ranks(), s.Backend())
-	return nil
-}
-
-// checkedAllreduce is allreduce #i on c: each rank contributes its world
-// rank + i + the element's index, and the sum is checked, so that a stale
-// or mispaired call cannot pass.
-func checkedAllreduce(ctx context.Context, c *dispatch.Comm, i int) error {
-	const n = 257
-	send, recv := make([]int64, n), make([]int64, n)
-	for j := range send {
-		send[j] = int64(c.WorldRank() + i + j)
-	}
-	if err := coll.AllreduceInt64(ctx, c, send, recv, coll.OpSum); err != nil {
-		return err
-	}
-	var base int64
-	for _, w := range c.Ranks() {
-		base += int64(w + i)
-	}
-	for j, v := range recv {
-		if want := base + int64(c.Size()*j); v != want {
-			return fmt.Errorf("allreduce #%d: element %d = %d, want %d", i, j, v, want)
-		}
-	}
 	return nil
 }
 

@@ -52,6 +52,25 @@ func (j *fakeJob) fence() {
 	<-ch
 }
 
+// put stores a put command's key and value (both wire versions name
+// them key and value).
+func (j *fakeJob) put(m *message) {
+	k, _ := m.get("key")
+	v, _ := m.get("value")
+	j.mu.Lock()
+	j.kvs[k] = v
+	j.mu.Unlock()
+}
+
+// lookup returns a get command's key and the value stored under it.
+func (j *fakeJob) lookup(m *message) (k, v string, ok bool) {
+	k, _ = m.get("key")
+	j.mu.Lock()
+	v, ok = j.kvs[k]
+	j.mu.Unlock()
+	return k, v, ok
+}
+
 // serve answers one process on conn; rank is its rank when the server
 // knows it from the connection (an inherited socket), else -1.
 func (j *fakeJob) serve(conn net.Conn, rank int) {
@@ -98,20 +117,13 @@ func (j *fakeJob) serve(conn net.Conn, rank int) {
 		case "get_my_kvsname":
 			out = "cmd=my_kvsname kvsname=kvs_fake_0\n"
 		case "put":
-			k, _ := m.get("key")
-			v, _ := m.get("value")
-			j.mu.Lock()
-			j.kvs[k] = v
-			j.mu.Unlock()
+			j.put(m)
 			out = "cmd=put_result rc=0 msg=success\n"
 		case "barrier_in":
 			j.fence()
 			out = "cmd=barrier_out\n"
 		case "get":
-			k, _ := m.get("key")
-			j.mu.Lock()
-			v, ok := j.kvs[k]
-			j.mu.Unlock()
+			k, v, ok := j.lookup(m)
 			if ok {
 				out = "cmd=get_result rc=0 msg=success value=" + v + "\n"
 			} else {
@@ -124,20 +136,13 @@ func (j *fakeJob) serve(conn net.Conn, rank int) {
 		case "job-getid":
 			out = "cmd=job-getid-response;rc=0;jobid=7.0;"
 		case "kvs-put":
-			k, _ := m.get("key")
-			v, _ := m.get("value")
-			j.mu.Lock()
-			j.kvs[k] = v
-			j.mu.Unlock()
+			j.put(m)
 			out = "cmd=kvs-put-response;rc=0;"
 		case "kvs-fence":
 			j.fence()
 			out = "cmd=kvs-fence-response;rc=0;"
 		case "kvs-get":
-			k, _ := m.get("key")
-			j.mu.Lock()
-			v, ok := j.kvs[k]
-			j.mu.Unlock()
+			_, v, ok := j.lookup(m)
 			if ok {
 				out = "cmd=kvs-get-response;rc=0;found=TRUE;value=" + v + ";"
 			} else {

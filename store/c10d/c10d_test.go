@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocoll/gocoll/internal/fakeserver"
 	"github.com/gocoll/gocoll/store"
 )
 
@@ -393,34 +393,6 @@ func TestCancelAndFailure(t *testing.T) {
 	}
 }
 
-// fakeServer accepts connections on a fresh port and runs serve on each.
-func fakeServer(t *testing.T, serve func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				serve(nc)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // TestNotC10d: a server that is not a torch 1.13 TCPStore is named as
 // such within two seconds, saying what it sent.
 func TestNotC10d(t *testing.T) {
@@ -429,18 +401,13 @@ func TestNotC10d(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gocoll.Close()
-	hold := make(chan struct{})
-	defer close(hold)
 	cases := []struct {
 		name, addr, want string
 	}{
 		{"gocoll store", gocoll.Addr(), "gocoll store's challenge"},
-		{"http", fakeServer(t, func(nc net.Conn) {
-			io.WriteString(nc, "HTTP/1.1 400 Bad Request\r\n\r\n")
-			<-hold
-		}), `"HTTP/1.1"`},
-		{"silent", fakeServer(t, func(nc net.Conn) { <-hold }), "sent nothing"},
-		{"closes", fakeServer(t, func(nc net.Conn) { io.WriteString(nc, "no") }), `closed the connection after sending "no"`},
+		{"http", fakeserver.Start(t, fakeserver.Sends("HTTP/1.1 400 Bad Request\r\n\r\n")), `"HTTP/1.1"`},
+		{"silent", fakeserver.Start(t, fakeserver.Silent), "sent nothing"},
+		{"closes", fakeserver.Start(t, fakeserver.SendsAndCloses("no")), `closed the connection after sending "no"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

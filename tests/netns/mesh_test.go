@@ -13,10 +13,14 @@ import (
 
 	"github.com/gocoll/gocoll/core"
 	"github.com/gocoll/gocoll/dispatch"
-	"github.com/gocoll/gocoll/generated/coll"
+	"github.com/gocoll/gocoll/internal/checked"
 	"github.com/gocoll/gocoll/internal/proctest"
 	"github.com/gocoll/gocoll/tests/conform"
 )
+
+// meshCount is the number of int64 elements in each checked allreduce of
+// the mesh tests (16 Ki).
+const meshCount = 1 << 14
 
 func init() { proctest.Register("mesh", meshBody) }
 
@@ -68,7 +72,7 @@ func meshBody(ctx context.Context, r *proctest.Rank) error {
 				return
 			}
 			for it := range 200 {
-				if err := meshAllreduce(ctx, g, it); err != nil {
+				if err := checked.Allreduce(ctx, g, it, meshCount); err != nil {
 					errs[i] = fmt.Errorf("rank %d: %s group %v: allreduce #%d: %w", r.Rank, g.Backend(), g.Ranks(), it, err)
 					return
 				}
@@ -81,29 +85,6 @@ func meshBody(ctx context.Context, r *proctest.Rank) error {
 		return err
 	}
 	return c.Barrier(ctx)
-}
-
-// meshAllreduce is allreduce #it of 16 Ki int64 over g: each rank adds its
-// world rank + it + the element's index, and the sum is checked.
-func meshAllreduce(ctx context.Context, g *dispatch.Comm, it int) error {
-	const n = 1 << 14
-	send, recv := make([]int64, n), make([]int64, n)
-	for j := range send {
-		send[j] = int64(g.WorldRank() + it + j)
-	}
-	if err := coll.AllreduceInt64(ctx, g, send, recv, coll.OpSum); err != nil {
-		return err
-	}
-	var base int64
-	for _, w := range g.Ranks() {
-		base += int64(w + it)
-	}
-	for j, v := range recv {
-		if want := base + int64(g.Size()*j); v != want {
-			return fmt.Errorf("element %d = %d, want %d", j, v, want)
-		}
-	}
-	return nil
 }
 
 func init() { proctest.Register("meshshrink", meshShrinkBody) }
@@ -141,7 +122,7 @@ func meshShrinkBody(ctx context.Context, r *proctest.Rank) error {
 		if r.Rank == victim && i == 10 {
 			r.Mark("running") // the parent kills this process now
 		}
-		err := meshAllreduce(ctx, c, i)
+		err := checked.Allreduce(ctx, c, i, meshCount)
 		if err == nil {
 			continue
 		}
@@ -161,7 +142,7 @@ func meshShrinkBody(ctx context.Context, r *proctest.Rank) error {
 		return fmt.Errorf("rank %d: shrunk to world ranks %v on %s; want %v on shm+tcp", r.Rank, s.Ranks(), s.Backend(), want)
 	}
 	for i := range 200 {
-		if err := meshAllreduce(ctx, s, i); err != nil {
+		if err := checked.Allreduce(ctx, s, i, meshCount); err != nil {
 			return fmt.Errorf("rank %d: allreduce #%d after shrinking: %w", r.Rank, i, err)
 		}
 	}

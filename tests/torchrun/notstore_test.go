@@ -1,13 +1,10 @@
 package torchrun
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocoll/gocoll/internal/fakeserver"
 	"github.com/gocoll/gocoll/store"
 )
 
@@ -22,73 +20,6 @@ import (
 // MASTER_PORT must fail within two seconds, saying what it found, not
 // wait out the five-minute timeout.
 const failFast = 2 * time.Second
-
-// listenFake runs serve on every connection to a fresh loopback port
-// until the test ends, and returns the port.
-func listenFake(t *testing.T, serve func(nc net.Conn, hold <-chan struct{})) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hold := make(chan struct{})
-	var wg sync.WaitGroup
-	t.Cleanup(func() { close(hold); ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				serve(nc, hold)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// torchStore starts a real torch.distributed.TCPStore server that lives
-// until owner ends, and returns its port; it skips t without torch.
-func torchStore(owner, t *testing.T) int {
-	t.Helper()
-	if err := exec.Command(torchPython, "-c", "import torch.distributed").Run(); err != nil {
-		t.Skipf("%s cannot import torch.distributed (%v): apt-get install python3-torch", torchPython, err)
-	}
-	cmd := exec.Command(torchPython, "-c", `
-import sys, torch.distributed as d
-s = d.TCPStore("127.0.0.1", 0, 1, True, wait_for_workers=False)
-print(s.port, flush=True)
-sys.stdin.read()
-`)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	owner.Cleanup(func() { in.Close(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("the torch store did not print its port: %v", err)
-	}
-	port, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("the torch store printed %q, not its port", line)
-	}
-	return port
-}
 
 func gocollStore(t *testing.T) int {
 	t.Helper()
@@ -103,14 +34,9 @@ func gocollStore(t *testing.T) int {
 }
 
 var (
-	garbage = func(nc net.Conn, hold <-chan struct{}) {
-		nc.Write([]byte{0x17, 0x03, 0x03, 0x00, 0x20, 0xff, 0xfe})
-		<-hold
-	}
-	banner = func(nc net.Conn, hold <-chan struct{}) {
-		io.WriteString(nc, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
-	}
-	silent = func(nc net.Conn, hold <-chan struct{}) { <-hold }
+	garbage = fakeserver.Sends("\x17\x03\x03\x00\x20\xff\xfe")
+	banner  = fakeserver.SendsAndCloses("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+	silent  = fakeserver.Silent
 )
 
 // TestWrongServerFailsFast starts np ranks by hand (no torchrun: the
@@ -135,7 +61,7 @@ func TestWrongServerFailsFast(t *testing.T) {
 	var torchPort int
 	sharedTorch := func(st *testing.T) int {
 		if torchPort == 0 {
-			torchPort = torchStore(t, st)
+			torchPort = fakeserver.TorchStore(t, st)
 		}
 		return torchPort
 	}
@@ -147,22 +73,22 @@ func TestWrongServerFailsFast(t *testing.T) {
 		// gocoll's store finds the port taken instead.
 		want, want0 string
 	}{
-		{"gocoll/garbage", func(t *testing.T) int { return listenFake(t, garbage) }, gocollEnv,
+		{"gocoll/garbage", func(t *testing.T) int { return fakeserver.Port(t, garbage) }, gocollEnv,
 			`sent "\x17\x03\x03\x00 \xff\xfe", not a gocoll store's challenge`, "MASTER_PORT in use"},
-		{"gocoll/http", func(t *testing.T) int { return listenFake(t, banner) }, gocollEnv,
+		{"gocoll/http", func(t *testing.T) int { return fakeserver.Port(t, banner) }, gocollEnv,
 			`sent "HTTP/1.1 400 Bad Request`, "MASTER_PORT in use"},
-		{"gocoll/silent", func(t *testing.T) int { return listenFake(t, silent) }, gocollEnv,
+		{"gocoll/silent", func(t *testing.T) int { return fakeserver.Port(t, silent) }, gocollEnv,
 			"sent nothing in", "MASTER_PORT in use"},
 		{"gocoll/torch", sharedTorch, gocollEnv, "torch's c10d TCPStore", "MASTER_PORT in use"},
 		{"launcher/torch", sharedTorch, launcherEnv, "torch's c10d TCPStore", "torch's c10d TCPStore"},
-		{"launcher/silent", func(t *testing.T) int { return listenFake(t, silent) }, launcherEnv,
+		{"launcher/silent", func(t *testing.T) int { return fakeserver.Port(t, silent) }, launcherEnv,
 			"sent nothing in", "sent nothing in"},
 		{"agent/gocoll", gocollStore, agentEnv, "gocoll store's challenge", "gocoll store's challenge"},
-		{"agent/garbage", func(t *testing.T) int { return listenFake(t, garbage) }, agentEnv,
+		{"agent/garbage", func(t *testing.T) int { return fakeserver.Port(t, garbage) }, agentEnv,
 			`with only "\x17\x03\x03\x00 \xff\xfe" in 1s, not an 8-byte key count`, `with only "\x17\x03\x03\x00 \xff\xfe" in 1s, not an 8-byte key count`},
-		{"agent/http", func(t *testing.T) int { return listenFake(t, banner) }, agentEnv,
+		{"agent/http", func(t *testing.T) int { return fakeserver.Port(t, banner) }, agentEnv,
 			`answered a GETNUMKEYS query with "HTTP/1.1", not a key count`, `answered a GETNUMKEYS query with "HTTP/1.1", not a key count`},
-		{"agent/silent", func(t *testing.T) int { return listenFake(t, silent) }, agentEnv,
+		{"agent/silent", func(t *testing.T) int { return fakeserver.Port(t, silent) }, agentEnv,
 			"sent nothing in answer", "sent nothing in answer"},
 	}
 	for _, tc := range cases {
