@@ -173,6 +173,7 @@ func (h Handle) Wait(ctx context.Context) error {
 		if (ctx.Done() == nil || ctx.Done() == c.ctx.Done()) && a.run.TryLock() {
 			a.drain(c)
 			a.run.Unlock()
+			a.handOn()
 			continue
 		}
 		done := c.doneChan()
@@ -216,6 +217,12 @@ type asyncState struct {
 	// started, unless a timer is armed already.
 	timer *time.Timer
 	armed atomic.Bool
+	// delay is the lazy wake-up's next delay, lazyKick to maxLazyKick
+	// (0: lazyKick).
+	delay atomic.Int64
+	// wanted: a wake-up found a Wait running calls; the calls queued
+	// behind its own are for the progress goroutine once it is done.
+	wanted atomic.Bool
 }
 
 // Start issues req and returns at once: the call runs after every call
@@ -323,9 +330,15 @@ func (g *Guard) issue(c *call, nilReq bool) (Handle, error) {
 // while a Wait right after Start runs the call itself; a large call is
 // worth waking for, so that it overlaps the caller's work from the start.
 // The timer fires at most once per lazyKick, however many calls start.
+// A wake-up that finds nothing to run (the callers waited for their
+// calls in time) doubles the next one's delay, up to maxLazyKick: each
+// costs the process a thread woken up, which on a node whose CPUs are all
+// busy spinning ranks takes a CPU from a rank for far longer than the
+// calls it watches over; one that runs calls sets it back to lazyKick.
 const (
-	kickBytes = 32 << 10
-	lazyKick  = 200 * time.Microsecond
+	kickBytes   = 32 << 10
+	lazyKick    = 200 * time.Microsecond
+	maxLazyKick = 8 * lazyKick
 )
 
 // bytes is the size of c's buffers.
@@ -426,26 +439,58 @@ func (a *asyncState) startProgress() {
 func (a *asyncState) later() {
 	a.once.Do(a.startProgress)
 	if !a.armed.Load() && a.armed.CompareAndSwap(false, true) {
-		a.timer.Reset(lazyKick)
+		d := time.Duration(a.delay.Load())
+		if d == 0 {
+			d = lazyKick
+		}
+		a.timer.Reset(d)
 	}
 }
 
-// fire runs on the timer's goroutine: it runs what is queued itself, or
-// wakes the progress goroutine if someone else is running calls (a Wait
-// stops at its own call).
+// fire runs on the timer's goroutine: it runs what is queued itself, or,
+// if someone else is running calls, leaves the calls behind theirs to the
+// progress goroutine once they are done (see handOn). Waking the progress
+// goroutine now instead would make it block on run and take the lock over
+// from a caller about to run its next call itself, which hands the calls
+// back and forth between goroutines and their threads.
 func (a *asyncState) fire() {
 	a.armed.Store(false)
 	if a.pending.Load() == 0 {
+		a.backOff()
 		return
 	}
-	if a.run.TryLock() {
-		a.drain(nil)
-		a.run.Unlock()
-		return
+	if !a.run.TryLock() {
+		a.wanted.Store(true)
+		if !a.run.TryLock() {
+			// The holder sees wanted once it unlocks: it stored
+			// before this TryLock failed.
+			a.backOff()
+			return
+		}
+		a.wanted.Store(false)
 	}
-	select {
-	case a.kick <- struct{}{}:
-	default:
+	if a.drain(nil) {
+		a.delay.Store(int64(lazyKick))
+	} else {
+		a.backOff()
+	}
+	a.run.Unlock()
+}
+
+// backOff doubles the next lazy wake-up's delay, up to maxLazyKick.
+func (a *asyncState) backOff() {
+	d := time.Duration(a.delay.Load())
+	if d == 0 {
+		d = lazyKick
+	}
+	a.delay.Store(int64(min(2*d, maxLazyKick)))
+}
+
+// handOn runs after a Wait unlocks run: if a wake-up found it running
+// calls meanwhile, the calls still queued go to the progress goroutine.
+func (a *asyncState) handOn() {
+	if a.wanted.Load() && a.wanted.CompareAndSwap(true, false) && a.pending.Load() != 0 {
+		a.wake()
 	}
 }
 
@@ -465,17 +510,18 @@ func (a *asyncState) progress() {
 }
 
 // drain runs queued calls in order until until has completed (nil: until
-// none is left). The caller holds run.
-func (a *asyncState) drain(until *call) {
+// none is left), and reports whether it ran any. The caller holds run.
+func (a *asyncState) drain(until *call) (ran bool) {
 	for {
 		if until != nil && until.finished() {
-			return
+			return ran
 		}
 		c := a.pop()
 		if c == nil {
-			return
+			return ran
 		}
 		c.g.runCall(c)
+		ran = true
 	}
 }
 

@@ -320,3 +320,40 @@ func TestConcurrentStart(t *testing.T) {
 		}
 	}
 }
+
+// TestProgressBehindWait: a small call queued behind one that a Wait runs
+// makes progress without its own Wait once that Wait is done, though the
+// lazy wake-up found the Wait running.
+func TestProgressBehindWait(t *testing.T) {
+	l := newLog(0, 2)
+	g := NewGuard(l)
+	defer g.Close()
+	ctx := context.Background()
+	l.gate.Lock() // call 1 blocks in Run, on its Wait's goroutine
+	h1, err := g.Start(ctx, *idReq(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- h1.Wait(ctx) }()
+	time.Sleep(5 * time.Millisecond) // the wake-up comes and goes
+	h2, err := g.Start(ctx, *idReq(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	l.gate.Unlock()
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(l.entries(), "run#2") {
+		if time.Now().After(deadline) {
+			t.Fatal("the call behind the Wait made no progress without its own Wait")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := h2.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
