@@ -90,7 +90,9 @@ func (c *call) release() {
 	clear(c.batch)
 	c.g, c.ctx, c.req, c.batch, c.multi, c.refuse, c.sum = nil, nil, Request{}, c.batch[:0], false, false, 0
 	c.next, c.done, c.err = nil, nil, nil
-	c.state.Store(0)
+	if c.state.Load() != 0 {
+		c.state.Store(0)
+	}
 	calls.Put(c)
 }
 
@@ -170,10 +172,14 @@ func (h Handle) Wait(ctx context.Context) error {
 		}
 		// Run it here unless ctx could end the wait early: a call run
 		// inline ends only when it does.
-		if (ctx.Done() == nil || ctx.Done() == c.ctx.Done()) && a.run.TryLock() {
-			a.drain(c)
+		if d := ctx.Done(); (d == nil || d == c.ctx.Done()) && a.run.TryLock() {
+			ran, err := a.drainTo(c)
 			a.run.Unlock()
 			a.handOn()
+			if ran {
+				c.release()
+				return err
+			}
 			continue
 		}
 		done := c.doneChan()
@@ -469,7 +475,7 @@ func (a *asyncState) fire() {
 		}
 		a.wanted.Store(false)
 	}
-	if a.drain(nil) {
+	if a.drain() {
 		a.delay.Store(int64(lazyKick))
 	} else {
 		a.backOff()
@@ -504,29 +510,52 @@ func (a *asyncState) progress() {
 			return
 		}
 		a.run.Lock()
-		a.drain(nil)
+		a.drain()
 		a.run.Unlock()
 	}
 }
 
-// drain runs queued calls in order until until has completed (nil: until
-// none is left), and reports whether it ran any. The caller holds run.
-func (a *asyncState) drain(until *call) (ran bool) {
-	for {
-		if until != nil && until.finished() {
-			return ran
-		}
-		c := a.pop()
-		if c == nil {
-			return ran
-		}
+// drain runs queued calls in order until none is left, and reports
+// whether it ran any. The caller holds run.
+func (a *asyncState) drain() (ran bool) {
+	for c := a.pop(); c != nil; c = a.pop() {
 		c.g.runCall(c)
 		ran = true
 	}
+	return ran
+}
+
+// drainTo runs queued calls in order up to c, for c's Wait. It runs c
+// itself without marking it complete, when nobody has made its channel
+// (only its waiter could have), and then returns its error and true: no
+// other goroutine looks at c. The caller holds run.
+func (a *asyncState) drainTo(c *call) (ran bool, err error) {
+	for !c.finished() {
+		p := a.pop()
+		if p == nil {
+			break
+		}
+		if p == c && c.state.Load() == 0 {
+			return true, c.g.execCall(c)
+		}
+		p.g.runCall(p)
+	}
+	return false, nil
 }
 
 // runCall runs a queued call on the backend and completes it.
 func (g *Guard) runCall(c *call) {
+	err := g.execCall(c)
+	if c.refuse {
+		c.release() // nobody holds a handle to it
+		return
+	}
+	c.complete(err)
+}
+
+// execCall runs a queued call on the backend and returns its error,
+// without completing it.
+func (g *Guard) execCall(c *call) error {
 	var err error
 	if c.multi {
 		for i := range c.batch {
@@ -551,11 +580,7 @@ func (g *Guard) runCall(c *call) {
 		c.batch[i].Send, c.batch[i].Recv = nil, nil
 	}
 	g.async.pending.Add(-1)
-	if c.refuse {
-		c.release() // nobody holds a handle to it
-		return
-	}
-	c.complete(err)
+	return err
 }
 
 // exec runs one checked request on the backend, or refuses one that failed
@@ -604,7 +629,7 @@ func (g *Guard) doQueued(ctx context.Context, req *Request) error {
 // returns ErrClosed at once) and ends the progress goroutine.
 func (a *asyncState) closeAsync() {
 	a.run.Lock()
-	a.drain(nil)
+	a.drain()
 	a.run.Unlock()
 	a.once.Do(func() {}) // no progress goroutine after Close
 	if a.quit != nil {
