@@ -95,3 +95,23 @@ type Backend interface {
 	// Close releases the backend's resources. It does not wait for peers.
 	Close() error
 }
+
+// Offsets returns where each of counts' blocks starts, in elements, for a
+// vector collective's buffer: displs as the caller passed them or, when
+// displs is nil, the offsets of blocks packed in rank order, written into
+// scratch (a new slice when scratch is shorter than counts).
+func Offsets(counts, displs, scratch []int) []int {
+	if displs != nil {
+		return displs
+	}
+	if len(scratch) < len(counts) {
+		scratch = make([]int, len(counts))
+	}
+	off := scratch[:len(counts)]
+	at := 0
+	for j, c := range counts {
+		off[j] = at
+		at += c
+	}
+	return off
+}

@@ -47,21 +47,6 @@ func vectorMismatch(seq uint64, me int, hs []*header) *core.MismatchError {
 	return core.PairCountsMismatch(seq, me, send, recv)
 }
 
-// offsetsOf returns the element offsets of counts' blocks: displs, or
-// packed.
-func offsetsOf(counts, displs []int) []int {
-	if displs != nil {
-		return displs
-	}
-	off := make([]int, len(counts))
-	at := 0
-	for j, c := range counts {
-		off[j] = at
-		at += c
-	}
-	return off
-}
-
 // vpublish returns what rank me writes for a vector collective: only what
 // some other rank reads.
 func vpublish(req *core.Request, me, n int) (names []string, vals [][]byte) {
@@ -85,12 +70,12 @@ func vpublish(req *core.Request, me, n int) (names []string, vals [][]byte) {
 		}
 	case core.KindScatterv:
 		if me == req.Root {
-			blocks(req.SendCounts, offsetsOf(req.SendCounts, req.SendDispls))
+			blocks(req.SendCounts, core.Offsets(req.SendCounts, req.SendDispls, nil))
 		}
 	case core.KindAlltoallv:
-		blocks(req.SendCounts, offsetsOf(req.SendCounts, req.SendDispls))
+		blocks(req.SendCounts, core.Offsets(req.SendCounts, req.SendDispls, nil))
 	case core.KindReduceScatterV:
-		blocks(req.RecvCounts, offsetsOf(req.RecvCounts, nil))
+		blocks(req.RecvCounts, core.Offsets(req.RecvCounts, nil, nil))
 	}
 	return names, vals
 }
@@ -112,7 +97,7 @@ func vcomplete(req *core.Request, me, n int, get func(names []string, size int) 
 			return nil
 		}
 		counts := req.RecvCounts
-		off := offsetsOf(counts, req.RecvDispls)
+		off := core.Offsets(counts, req.RecvDispls, nil)
 		for r := 0; r < n; r++ {
 			dst := req.Recv[off[r]*es : (off[r]+counts[r])*es]
 			if r == me {
@@ -127,7 +112,7 @@ func vcomplete(req *core.Request, me, n int, get func(names []string, size int) 
 		}
 	case core.KindScatterv:
 		if me == req.Root {
-			off := offsetsOf(req.SendCounts, req.SendDispls)
+			off := core.Offsets(req.SendCounts, req.SendDispls, nil)
 			copy(req.Recv, req.Send[off[me]*es:])
 			return nil
 		}
@@ -138,11 +123,11 @@ func vcomplete(req *core.Request, me, n int, get func(names []string, size int) 
 		copy(req.Recv, v)
 	case core.KindAlltoallv:
 		counts := req.RecvCounts
-		off := offsetsOf(counts, req.RecvDispls)
+		off := core.Offsets(counts, req.RecvDispls, nil)
 		for r := 0; r < n; r++ {
 			dst := req.Recv[off[r]*es : (off[r]+counts[r])*es]
 			if r == me {
-				so := offsetsOf(req.SendCounts, req.SendDispls)
+				so := core.Offsets(req.SendCounts, req.SendDispls, nil)
 				copy(dst, req.Send[so[me]*es:])
 				continue
 			}
@@ -153,7 +138,7 @@ func vcomplete(req *core.Request, me, n int, get func(names []string, size int) 
 			copy(dst, v)
 		}
 	case core.KindReduceScatterV:
-		off := offsetsOf(req.RecvCounts, nil)
+		off := core.Offsets(req.RecvCounts, nil, nil)
 		srcs := make([][]byte, n)
 		for r := 0; r < n; r++ {
 			if r == me {

@@ -38,20 +38,6 @@ type vplan struct {
 	stride int
 }
 
-// offsets returns the element offsets of counts' blocks: displs, or the
-// packed offsets in scratch.
-func offsets(counts, displs, scratch []int) []int {
-	if displs != nil {
-		return displs
-	}
-	at := 0
-	for j, c := range counts {
-		scratch[j] = at
-		at += c
-	}
-	return scratch
-}
-
 // clampChunk is round k's part [lo, hi) of a block of count elements
 // moved cb at a time.
 func clampChunk(count, k, cb int) (lo, hi int) {
@@ -81,20 +67,20 @@ func (b *Backend) vector(o *op, d desc, req *core.Request, es int) error {
 		pl.one = true
 		pl.sendCounts = req.RecvCounts
 		if req.Kind == core.KindAllgatherv || isRoot {
-			pl.recvCounts, pl.recvOff = req.RecvCounts, offsets(req.RecvCounts, req.RecvDispls, ro)
+			pl.recvCounts, pl.recvOff = req.RecvCounts, core.Offsets(req.RecvCounts, req.RecvDispls, ro)
 		}
 		maxc = maxOf(req.RecvCounts)
 	case core.KindScatterv:
 		if isRoot {
-			pl.sendCounts, pl.sendOff = req.SendCounts, offsets(req.SendCounts, req.SendDispls, so)
+			pl.sendCounts, pl.sendOff = req.SendCounts, core.Offsets(req.SendCounts, req.SendDispls, so)
 		}
 		maxc = maxOf(req.SendCounts)
 	case core.KindAlltoallv:
-		pl.sendCounts, pl.sendOff = req.SendCounts, offsets(req.SendCounts, req.SendDispls, so)
-		pl.recvCounts, pl.recvOff = req.RecvCounts, offsets(req.RecvCounts, req.RecvDispls, ro)
+		pl.sendCounts, pl.sendOff = req.SendCounts, core.Offsets(req.SendCounts, req.SendDispls, so)
+		pl.recvCounts, pl.recvOff = req.RecvCounts, core.Offsets(req.RecvCounts, req.RecvDispls, ro)
 		maxc = maxOf(req.SendCounts) // the largest of all ranks' after the first round
 	case core.KindReduceScatterV:
-		pl.sendCounts, pl.sendOff = req.RecvCounts, offsets(req.RecvCounts, nil, so)
+		pl.sendCounts, pl.sendOff = req.RecvCounts, core.Offsets(req.RecvCounts, nil, so)
 		maxc = maxOf(req.RecvCounts)
 	}
 	blocks := n

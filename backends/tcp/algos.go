@@ -11,6 +11,8 @@ package tcp
 // (ring, halving, trees), the others receive its bytes. So every rank ends
 // with identical bits, NaN payloads included.
 
+import "github.com/gocoll/gocoll/core"
+
 // maxChunksPerSegment keeps the jobs a pipelined algorithm posts ahead of
 // its receives well below jobQueue: the ring cannot deadlock on full queues.
 const maxChunksPerSegment = jobQueue / 4
@@ -503,7 +505,7 @@ func (b *Backend) reduceScatterRing(send, recv []byte, count int, counts []int) 
 	n, r, es := b.size, b.rank, b.es
 	var off []int
 	if counts != nil {
-		off = voffsets(counts, nil)
+		off = core.Offsets(counts, nil, nil)
 		count = vmax(counts)
 	}
 	blockCount := func(j int) int {

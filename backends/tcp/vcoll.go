@@ -22,21 +22,6 @@ type vcall struct {
 	send, recv []int // alltoallv's
 }
 
-// voffsets returns the element offsets of counts' blocks: displs, or the
-// packed offsets (allocated: a few words per call).
-func voffsets(counts, displs []int) []int {
-	if displs != nil {
-		return displs
-	}
-	off := make([]int, len(counts))
-	at := 0
-	for j, c := range counts {
-		off[j] = at
-		at += c
-	}
-	return off
-}
-
 func vmax(v []int) int {
 	m := 0
 	for _, c := range v {
@@ -76,7 +61,7 @@ func (b *Backend) runVector(req *core.Request, algo Algorithm) error {
 	}
 	switch req.Kind {
 	case core.KindAllgatherv:
-		off := voffsets(req.RecvCounts, req.RecvDispls)
+		off := core.Offsets(req.RecvCounts, req.RecvDispls, nil)
 		if algo == Direct {
 			return b.allgathervDirect(req.Send, req.Recv, req.RecvCounts, off)
 		}
@@ -105,14 +90,14 @@ func (b *Backend) vlocal(req *core.Request) error {
 	es := b.es
 	switch req.Kind {
 	case core.KindAllgatherv, core.KindGatherv:
-		at := voffsets(req.RecvCounts, req.RecvDispls)[0]
+		at := core.Offsets(req.RecvCounts, req.RecvDispls, nil)[0]
 		copy(req.Recv[at*es:], req.Send)
 	case core.KindScatterv:
-		at := voffsets(req.SendCounts, req.SendDispls)[0]
+		at := core.Offsets(req.SendCounts, req.SendDispls, nil)[0]
 		copy(req.Recv, req.Send[at*es:])
 	case core.KindAlltoallv:
-		from := voffsets(req.SendCounts, req.SendDispls)[0]
-		at := voffsets(req.RecvCounts, req.RecvDispls)[0]
+		from := core.Offsets(req.SendCounts, req.SendDispls, nil)[0]
+		at := core.Offsets(req.RecvCounts, req.RecvDispls, nil)[0]
 		copy(req.Recv[at*es:at*es+req.RecvCounts[0]*es], req.Send[from*es:])
 	case core.KindReduceScatterV:
 		copy(req.Recv, req.Send)
@@ -181,7 +166,7 @@ func (b *Backend) gatherv(req *core.Request) error {
 		return b.send(b.peers[root], &b.cur, req.Send)
 	}
 	counts := req.RecvCounts
-	off := voffsets(counts, req.RecvDispls)
+	off := core.Offsets(counts, req.RecvDispls, nil)
 	copy(req.Recv[off[r]*es:], req.Send)
 	for i, p := range b.peers {
 		if p != nil {
@@ -200,7 +185,7 @@ func (b *Backend) scatterv(req *core.Request) error {
 		return b.recv(b.peers[root], &b.cur, req.Recv)
 	}
 	counts := req.SendCounts
-	off := voffsets(counts, req.SendDispls)
+	off := core.Offsets(counts, req.SendDispls, nil)
 	for i, p := range b.peers {
 		if p != nil {
 			if err := b.post(p, &b.cur, req.Send[off[i]*es:(off[i]+counts[i])*es]); err != nil {
@@ -250,7 +235,7 @@ func (b *Backend) vagree(send, recv []int) error {
 func (b *Backend) alltoallv(req *core.Request) error {
 	n, r, es := b.size, b.rank, b.es
 	sc, rc := req.SendCounts, req.RecvCounts
-	so, ro := voffsets(sc, req.SendDispls), voffsets(rc, req.RecvDispls)
+	so, ro := core.Offsets(sc, req.SendDispls, nil), core.Offsets(rc, req.RecvDispls, nil)
 	copy(req.Recv[ro[r]*es:(ro[r]+rc[r])*es], req.Send[so[r]*es:(so[r]+sc[r])*es])
 	for k := 1; k < n; k++ {
 		j := mod(r+k, n)

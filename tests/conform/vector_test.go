@@ -17,18 +17,6 @@ func computeVector(reqs []*core.Request) error {
 		}
 	}
 	es := r0.DType.Size()
-	offs := func(counts, displs []int) []int {
-		if displs != nil {
-			return displs
-		}
-		o := make([]int, len(counts))
-		at := 0
-		for j, c := range counts {
-			o[j] = at
-			at += c
-		}
-		return o
-	}
 	part := func(b []byte, at, n int) []byte { return b[at*es : (at+n)*es] }
 	for me, q := range reqs {
 		if q.Recv == nil {
@@ -36,22 +24,22 @@ func computeVector(reqs []*core.Request) error {
 		}
 		switch q.Kind {
 		case core.KindAllgatherv, core.KindGatherv:
-			ro := offs(q.RecvCounts, q.RecvDispls)
+			ro := core.Offsets(q.RecvCounts, q.RecvDispls, nil)
 			for j, c := range q.RecvCounts {
 				copy(part(q.Recv, ro[j], c), reqs[j].Send)
 			}
 		case core.KindScatterv:
 			root := reqs[q.Root]
-			so := offs(root.SendCounts, root.SendDispls)
+			so := core.Offsets(root.SendCounts, root.SendDispls, nil)
 			copy(q.Recv, part(root.Send, so[me], q.SendCounts[me]))
 		case core.KindAlltoallv:
-			ro := offs(q.RecvCounts, q.RecvDispls)
+			ro := core.Offsets(q.RecvCounts, q.RecvDispls, nil)
 			for j, c := range q.RecvCounts {
-				so := offs(reqs[j].SendCounts, reqs[j].SendDispls)
+				so := core.Offsets(reqs[j].SendCounts, reqs[j].SendDispls, nil)
 				copy(part(q.Recv, ro[j], c), part(reqs[j].Send, so[me], reqs[j].SendCounts[me]))
 			}
 		case core.KindReduceScatterV:
-			po := offs(q.RecvCounts, nil)
+			po := core.Offsets(q.RecvCounts, nil, nil)
 			srcs := make([][]byte, len(reqs))
 			for j, p := range reqs {
 				srcs[j] = append([]byte(nil), part(p.Send, po[me], q.RecvCounts[me])...)
