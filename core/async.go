@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // ErrAborted is the cause of the failure Guard.Abort records when it is
@@ -56,6 +57,7 @@ type call struct {
 	req    Request
 	batch  []Request // a batch of sends and recvs, in the order they run
 	multi  bool      // batch holds the call, not req
+	own    bool      // the Guard's own call (asyncState.own)
 	refuse bool      // the call failed Check: take this rank's part as a refusal
 	sum    uint64    // checksum of the send buffers at Start (race builds)
 
@@ -83,17 +85,54 @@ func newCall(g *Guard, ctx context.Context) *call {
 	return c
 }
 
-// release returns c to the pool: every handle to it is stale from now on.
-// Only the one who saw it complete may release it.
+// release makes c reusable: every handle to it is stale from now on. Only
+// the one who saw it complete may release it. It keeps c.req's scalars,
+// which the next Start overwrites; execCall has already dropped the
+// references to the caller's memory (see drop).
 func (c *call) release() {
 	c.gen.Add(1)
-	clear(c.batch)
-	c.g, c.ctx, c.req, c.batch, c.multi, c.refuse, c.sum = nil, nil, Request{}, c.batch[:0], false, false, 0
+	if c.own {
+		c.ctx, c.sum, c.done, c.err = nil, 0, nil, nil
+		if c.state.Load() != 0 {
+			c.state.Store(0)
+		}
+		a := &c.g.async
+		a.ownSt.Store(ownIdle) // last: the next Start may take it now
+		return
+	}
+	if c.multi {
+		clear(c.batch)
+		c.batch, c.multi = c.batch[:0], false
+	}
+	c.g, c.ctx, c.refuse, c.sum = nil, nil, false, 0
 	c.next, c.done, c.err = nil, nil, nil
 	if c.state.Load() != 0 {
 		c.state.Store(0)
 	}
 	calls.Put(c)
+}
+
+// discard releases a call that was never queued: unlike a run one, it
+// still refers to the caller's buffers.
+func (c *call) discard() {
+	c.drop()
+	c.release()
+}
+
+// drop clears c's references to the caller's memory, so that a released
+// call, or a stale Handle, keeps none of it alive.
+func (c *call) drop() {
+	dropReq(&c.req)
+	for i := range c.batch {
+		dropReq(&c.batch[i])
+	}
+}
+
+func dropReq(r *Request) {
+	r.Send, r.Recv = nil, nil
+	if r.SendCounts != nil || r.SendDispls != nil || r.RecvCounts != nil || r.RecvDispls != nil {
+		r.SendCounts, r.SendDispls, r.RecvCounts, r.RecvDispls = nil, nil, nil, nil
+	}
 }
 
 // closed is the Done channel of a handle that completed and was released.
@@ -160,6 +199,12 @@ func (h Handle) Wait(ctx context.Context) error {
 	}
 	c := h.c
 	a := &c.g.async
+	if c.own && (sameCtx(ctx, c.ctx) || inlineOK(ctx, c.ctx)) && a.ownSt.CompareAndSwap(ownIssued, ownWaiter) {
+		err := c.g.execCall(c)
+		c.release()
+		a.handOn()
+		return err
+	}
 	for {
 		st := c.state.Load()
 		if st&callDone != 0 {
@@ -172,7 +217,7 @@ func (h Handle) Wait(ctx context.Context) error {
 		}
 		// Run it here unless ctx could end the wait early: a call run
 		// inline ends only when it does.
-		if d := ctx.Done(); (d == nil || d == c.ctx.Done()) && a.run.TryLock() {
+		if (sameCtx(ctx, c.ctx) || inlineOK(ctx, c.ctx)) && a.run.TryLock() {
 			ran, err := a.drainTo(c)
 			a.run.Unlock()
 			a.handOn()
@@ -192,6 +237,21 @@ func (h Handle) Wait(ctx context.Context) error {
 	}
 }
 
+// sameCtx reports whether a and b are one interface value, word for word:
+// the common Wait(ctx) after Start(ctx) then skips two Done calls. Unlike
+// ==, it cannot panic on a context type that is not comparable.
+func sameCtx(a, b context.Context) bool {
+	x, y := (*[2]unsafe.Pointer)(unsafe.Pointer(&a)), (*[2]unsafe.Pointer)(unsafe.Pointer(&b))
+	return x[0] == y[0] && x[1] == y[1]
+}
+
+// inlineOK reports whether a Wait with ctx may run a call started with
+// start itself: only if ctx cannot end the wait before the call ends.
+func inlineOK(ctx, start context.Context) bool {
+	d := ctx.Done()
+	return d == nil || d == start.Done()
+}
+
 func (c *call) describe() string {
 	if c.multi {
 		return fmt.Sprintf("a batch of %d sends and recvs", len(c.batch))
@@ -202,13 +262,23 @@ func (c *call) describe() string {
 // asyncState is a Guard's queue of started calls. Calls run one at a
 // time, in the order they were issued, by whoever holds run: the caller
 // in Wait, the caller of a blocking call issued behind them, or the
-// progress goroutine, which the first Start starts and Close ends.
+// progress goroutine, which the first Start starts and Close ends. The
+// one exception is the own call, issued only when nothing else is in
+// flight: its Wait runs it without run, and holders of run leave the
+// queue alone meanwhile (pop).
 type asyncState struct {
 	// pending counts calls issued and not completed. A blocking call
 	// that finds it 0 goes straight to the backend: nothing can be
 	// ahead of it. First, so that it shares a cache line with the
 	// Guard's own state.
-	pending    atomic.Int64
+	pending atomic.Int64
+	// own is the call a small Start uses when nothing else is in
+	// flight, and ownSt its phase (own*). Being first in line, it may
+	// be run by its Wait without the run lock, the queue's lock or the
+	// pool: a call started and soon waited for, the common case, then
+	// costs only a few atomic operations more than its blocking form.
+	own        call
+	ownSt      atomic.Uint32
 	mu         sync.Mutex
 	head, tail *call
 	// issuing is held while a call is being issued, to catch two
@@ -246,9 +316,42 @@ type asyncState struct {
 // order on every rank: two goroutines issuing at once fail with
 // ErrConcurrentUse, as two blocking calls would.
 func (g *Guard) Start(ctx context.Context, req Request) (Handle, error) {
+	a := &g.async
+	if a.pending.Load() == 0 && a.ownSt.Load() == ownIdle && len(req.Send)+len(req.Recv) < kickBytes {
+		if h, ok := g.startOwn(ctx, &req); ok {
+			return h, nil
+		}
+	}
 	c := newCall(g, ctx)
 	c.req = req
 	return g.issue(c, false)
+}
+
+// startOwn issues req as the own call, when nothing else is in flight
+// (the caller checked): it is then first in line, so its Wait may run it
+// at once, without the run lock or the queue (see pop). It returns false,
+// having issued nothing, when req must take issue's path: a refusal, or
+// the communicator closed or failed, or another goroutine issuing.
+func (g *Guard) startOwn(ctx context.Context, req *Request) (Handle, bool) {
+	a := &g.async
+	if !a.issuing.CompareAndSwap(false, true) {
+		return Handle{}, false
+	}
+	if g.closed.Load() || g.failed.Load() != nil || Check(req, g.rank, g.size) != nil {
+		a.issuing.Store(false)
+		return Handle{}, false
+	}
+	c := &a.own
+	c.ctx, c.req = ctx, *req
+	if raceEnabled {
+		c.sum = c.sendSum()
+	}
+	h := Handle{c: c, gen: c.gen.Load()}
+	a.pending.Add(1)
+	a.ownSt.Store(ownIssued)
+	a.later()
+	a.issuing.Store(false)
+	return h, true
 }
 
 // StartBatch issues a batch of sends and recvs (every request's Kind is
@@ -283,17 +386,19 @@ func (g *Guard) StartBatch(ctx context.Context, reqs []*Request) (Handle, error)
 func (g *Guard) issue(c *call, nilReq bool) (Handle, error) {
 	a := &g.async
 	if !a.issuing.CompareAndSwap(false, true) {
-		c.release()
+		c.discard()
 		g.Abort(ErrConcurrentUse)
 		return Handle{}, ErrConcurrentUse
 	}
-	defer a.issuing.Store(false)
+	// Not deferred: the store is on the path of every started call.
 	if g.closed.Load() {
-		c.release()
+		c.discard()
+		a.issuing.Store(false)
 		return Handle{}, ErrClosed
 	}
 	if f := g.failed.Load(); f != nil {
-		c.release()
+		c.discard()
+		a.issuing.Store(false)
 		return Handle{}, fmt.Errorf("gocoll: the communicator failed earlier and its ranks are out of step; build a new one: %w", *f)
 	}
 	var err error
@@ -313,6 +418,7 @@ func (g *Guard) issue(c *call, nilReq bool) (Handle, error) {
 		c.refuse = true
 		a.push(c)
 		a.later()
+		a.issuing.Store(false)
 		return Handle{}, err
 	}
 	if raceEnabled {
@@ -326,6 +432,7 @@ func (g *Guard) issue(c *call, nilReq bool) (Handle, error) {
 	} else {
 		a.later()
 	}
+	a.issuing.Store(false)
 	return h, nil
 }
 
@@ -406,10 +513,34 @@ func (a *asyncState) push(c *call) {
 	a.mu.Unlock()
 }
 
-// pop takes the oldest queued call, or nil.
+// pop takes the oldest call not run yet, or nil. The caller holds run.
+// The own call, when issued, is older than every queued one (startOwn):
+// pop takes it first; while its Wait runs it, pop takes nothing, and the
+// Wait hands the queue on (handOn) when it is done.
 func (a *asyncState) pop() *call {
+	for !a.ownAside() {
+		switch a.ownSt.Load() {
+		case ownIssued:
+			if a.ownSt.CompareAndSwap(ownIssued, ownRunner) {
+				return &a.own
+			}
+		case ownWaiter:
+			a.wanted.Store(true)
+			if a.ownSt.Load() == ownWaiter {
+				// Its Wait sees wanted once done: it stores the
+				// phase after this load.
+				return nil
+			}
+		}
+	}
 	a.mu.Lock()
 	c := a.head
+	if c != nil && !a.ownAside() {
+		// The own call was issued before c, after the check above
+		// (only an empty queue lets it be): go round again.
+		a.mu.Unlock()
+		return a.pop()
+	}
 	if c != nil {
 		a.head = c.next
 		if a.head == nil {
@@ -419,6 +550,22 @@ func (a *asyncState) pop() *call {
 	}
 	a.mu.Unlock()
 	return c
+}
+
+// Phases of the own call. ownRunner: someone holding run took it, and it
+// completes as a queued call does, through complete.
+const (
+	ownIdle uint32 = iota
+	ownIssued
+	ownWaiter // its Wait runs it, without the run lock
+	ownRunner
+)
+
+// ownAside reports whether the own call is out of the queue's way: not
+// issued, or taken already by a holder of run.
+func (a *asyncState) ownAside() bool {
+	st := a.ownSt.Load()
+	return st == ownIdle || st == ownRunner
 }
 
 // wake makes the progress goroutine run the queued calls, starting it the
@@ -574,11 +721,7 @@ func (g *Guard) execCall(c *call) error {
 	if raceEnabled && err == nil && !c.refuse && c.sum != c.sendSum() {
 		err = fmt.Errorf("gocoll: %s: a send buffer changed while the call was in flight; it belongs to the call until Wait returns: %w", c.describe(), ErrInvalid)
 	}
-	// Keep no buffers alive from a call a stale Handle refers to.
-	c.req.Send, c.req.Recv = nil, nil
-	for i := range c.batch {
-		c.batch[i].Send, c.batch[i].Recv = nil, nil
-	}
+	c.drop()
 	g.async.pending.Add(-1)
 	return err
 }
@@ -615,6 +758,7 @@ func (g *Guard) exec(ctx context.Context, req *Request, refuse bool) error {
 // behind them, as if started and waited for.
 func (g *Guard) doQueued(ctx context.Context, req *Request) error {
 	c := newCall(g, ctx)
+	c.req = Request{} // refused as an unknown call, for a nil req
 	if req != nil {
 		c.req = *req
 	}

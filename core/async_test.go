@@ -357,3 +357,108 @@ func TestProgressBehindWait(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOwnCall: the call a Start issues with nothing in flight (the
+// Guard's own call, run by its Wait without the queue) keeps its place in
+// line: a later call waited for first runs it first; it is reused once
+// released, and a stale handle to it neither runs nor waits for the call
+// that reuses it.
+func TestOwnCall(t *testing.T) {
+	l := newLog(0, 2)
+	g := NewGuard(l)
+	defer g.Close()
+	ctx := context.Background()
+	start := func(id int) Handle {
+		t.Helper()
+		h, err := g.Start(ctx, *idReq(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	h1, h2, h3 := start(1), start(2), start(3)
+	if !h1.c.own || h2.c.own || h3.c.own {
+		t.Fatalf("own call: %v %v %v, want only the first", h1.c.own, h2.c.own, h3.c.own)
+	}
+	if err := h3.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []Handle{h1, h2} {
+		if err := h.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h4 := start(4)
+	if h4.c != h1.c {
+		t.Fatal("the own call was not reused after its release")
+	}
+	if err := h1.Wait(ctx); err != nil { // stale: returns at once
+		t.Fatal(err)
+	}
+	select {
+	case <-h1.Done():
+	default:
+		t.Fatal("a stale handle's Done is not closed")
+	}
+	// A Wait whose context can end early leaves the call to the
+	// progress goroutine.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := h4.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := start(5).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"run#1", "run#2", "run#3", "run#4", "run#5"}
+	if got := l.entries(); !slices.Equal(got, want) {
+		t.Fatalf("ran %v, want %v", got, want)
+	}
+}
+
+// TestOwnCallMixed: started calls waited for in every order, some left to
+// the lazy wake-up, others to Done or to a blocking call behind them, run
+// in the order issued, the own call included, whoever runs each.
+func TestOwnCallMixed(t *testing.T) {
+	l := newLog(0, 2)
+	g := NewGuard(l)
+	defer g.Close()
+	ctx := context.Background()
+	id := 0
+	var want []string
+	for round := range 300 {
+		var hs []Handle
+		for range 1 + round%3 {
+			id++
+			h, err := g.Start(ctx, *idReq(id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, fmt.Sprintf("run#%d", id))
+			hs = append(hs, h)
+		}
+		switch round % 5 {
+		case 1:
+			time.Sleep(500 * time.Microsecond) // the lazy wake-up may run them
+		case 2:
+			<-hs[len(hs)-1].Done()
+		case 3:
+			id++
+			if err := g.Do(ctx, idReq(id)); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, fmt.Sprintf("run#%d", id))
+		}
+		if round%2 == 0 {
+			slices.Reverse(hs)
+		}
+		for _, h := range hs {
+			if err := h.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := l.entries(); !slices.Equal(got, want) {
+		t.Fatalf("ran out of order:\n got %v\nwant %v", got, want)
+	}
+}

@@ -64,7 +64,9 @@ var _ Comm = (*Guard)(nil)
 
 // NewGuard puts b behind the communicator boundary.
 func NewGuard(b Backend) *Guard {
-	return &Guard{b: b, rank: b.Rank(), size: b.Size()}
+	g := &Guard{b: b, rank: b.Rank(), size: b.Size()}
+	g.async.own.g, g.async.own.own = g, true
+	return g
 }
 
 // Rank is this process's rank in [0, Size).

@@ -15,8 +15,9 @@ import (
 
 func init() { proctest.Register("startbench", startBenchBody) }
 
-// startBenchBody times an 8-byte allreduce issued blocking (Do) and
-// started and waited for at once (Start, Wait), in alternating blocks so
+// startBenchBody times an 8-byte allreduce issued blocking
+// (coll.AllreduceFloat32) and started and waited for at once
+// (coll.StartAllreduceFloat32, Wait), in alternating blocks so
 // that load on the machine hits both alike, and prints the medians of the
 // blocks' per-call times (rank 0).
 func startBenchBody(ctx context.Context, r *proctest.Rank) error {
@@ -27,9 +28,9 @@ func startBenchBody(ctx context.Context, r *proctest.Rank) error {
 	g := core.NewGuard(b)
 	defer g.Close()
 	send, recv := make([]float32, 2), make([]float32, 2)
-	req := &core.Request{Kind: core.KindAllreduce, DType: coll.DTypeFloat32, Op: coll.OpSum, Count: 2,
-		Send: core.Bytes(send), Recv: core.Bytes(recv)}
-	blocking := func() error { return g.Do(ctx, req) }
+	// Both through the typed API, as a user calls them: each builds its
+	// Request from the arguments.
+	blocking := func() error { return coll.AllreduceFloat32(ctx, g, send, recv, coll.OpSum) }
 	started := func() error {
 		h, err := coll.StartAllreduceFloat32(ctx, g, send, recv, coll.OpSum)
 		if err != nil {
