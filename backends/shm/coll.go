@@ -348,11 +348,9 @@ func (b *Backend) direct(o *op, d desc, req *core.Request, es int, send, recv []
 		nchunks = chunks(req.Count, chunk)
 	}
 	// A small payload is fetched by the waiters while they spin on the
-	// round's number (touch). Measured on a 2-vCPU AMD EPYC, that beat
-	// carrying up to 16 bytes in the hot line itself (0.55 against 0.58 us
-	// median for 8 bytes at np 2, and without its slow outliers): a waiter
-	// that spins on the very line its peer is writing takes it away
-	// between the peer's stores.
+	// round's number (touch), rather than carried in the hot line itself:
+	// a waiter that spins on the very line its peer is writing takes it
+	// away between the peer's stores.
 	if d.zc == 0 && len(send) <= touchMax && !raceEnabled {
 		o.touch = len(send)
 	}
