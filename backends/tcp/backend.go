@@ -64,6 +64,7 @@ type Backend struct {
 	logf      func(string, ...any)
 	lowat     bool // raise SO_RCVLOWAT for large payloads
 	crowded   bool // more ranks on this host than CPUs: spinning reads yield
+	spinCall  bool // the call in flight may spin (see Run)
 	// queued counts the send jobs the sender goroutines hold: while they
 	// have work, reads park instead of spinning on the CPU they need.
 	queued atomic.Int64
@@ -224,6 +225,7 @@ func New(ctx context.Context, g core.Group, opts ...Option) (*Backend, error) {
 		go b.ctlLoop(p)
 	}
 	b.crowded = crowdedHost(b.peers)
+	b.spinCall = true
 	return b, nil
 }
 
@@ -638,7 +640,11 @@ func (b *Backend) recv(p *peer, h *header, dst []byte) error {
 	total := len(dst)
 	for {
 		n := min(len(dst), maxFrame)
-		p.spent = false // a new frame: its reads may spin
+		// A new frame: its reads may spin, unless its payload is one
+		// that spinning cannot pay for (spinMaxPayload): then not even
+		// its header's, which would hold the CPU the sender needs for
+		// the payload.
+		p.spent = n >= spinMaxPayload
 		b.stageFrame(p, n)
 		if k, err := b.fill(p, p.rhdr[:], false, scan); err != nil {
 			if err == errEvidence {

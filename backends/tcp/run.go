@@ -28,6 +28,9 @@ func (b *Backend) Run(ctx context.Context, req *core.Request) error {
 		return b.failureError(f, fmt.Sprintf("%v #%d", req.Kind, next))
 	}
 	b.kern, b.es = req.Kernel, 0
+	// On a crowded host a spinning rank holds a CPU that a peer's sender
+	// or reducer needs: only calls small enough to be latency-bound spin.
+	b.spinCall = !b.crowded || max(len(req.Send), len(req.Recv)) <= spinMaxPayload
 	if req.Type != nil {
 		b.es = req.Type.Size
 	}
@@ -142,6 +145,7 @@ func (b *Backend) Refuse(ctx context.Context, req *core.Request) error {
 	if req == nil {
 		req = &core.Request{}
 	}
+	b.spinCall = true // a refusal's frames are headers
 	next := b.seq + 1
 	if f := b.failure.Load(); f != nil && f.seq <= next {
 		return b.failureError(f, fmt.Sprintf("refused %v #%d", req.Kind, next))

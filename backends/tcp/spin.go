@@ -26,7 +26,10 @@ import (
 // adaptive mutexes do, drifted into parking under load even where
 // spinning paid.)
 // When this host runs more ranks than it has CPUs, a spinning rank may
-// hold the CPU its peer needs, so it yields between polls. (Yielding on
+// hold the CPU its peer needs, so it yields between polls, and only calls
+// of up to spinMaxPayload bytes spin at all: in a larger one the peers'
+// senders and reducers need every CPU, and a yielding spinner still takes
+// its share. (Yielding on
 // an uncrowded host too, after a short spin, in case the kernel put the
 // peer on this CPU, cost more than it saved on a loaded machine.) A read
 // does not spin at all while this rank's sender goroutines hold queued

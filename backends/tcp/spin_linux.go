@@ -40,7 +40,7 @@ func (p *peer) initSpin(max time.Duration) {
 // caller's blocking read then reports.
 func (b *Backend) spinRead(p *peer, buf []byte) int {
 	s := &p.spin
-	if s.fn == nil || p.spent {
+	if s.fn == nil || p.spent || !b.spinCall {
 		return 0
 	}
 	if s.skip > 0 {
