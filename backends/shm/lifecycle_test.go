@@ -69,6 +69,7 @@ func checkAbortInFlight(ctx context.Context, g *core.Guard, st core.Store) error
 			return err
 		}
 	}
+	told := make(chan error, 1)
 	if me == culprit {
 		go func() {
 			// Once the call sleeps waiting for rank 2.
@@ -76,12 +77,17 @@ func checkAbortInFlight(ctx context.Context, g *core.Guard, st core.Store) error
 				time.Sleep(time.Millisecond)
 			}
 			g.Abort(errTestAbort)
-			st.Set(ctx, "aborted", nil)
+			told <- st.Set(ctx, "aborted", nil)
 		}()
 	}
 	out := make([]byte, 4)
 	err := allreduceI32(ctx, g, i32s(int32(me)), out)
 	if me == culprit {
+		// The abort ends the call before rank 2 is told to come: return
+		// (and end this rank's process) only once it has been.
+		if serr := <-told; serr != nil {
+			return fmt.Errorf("telling rank 2 of the abort: %w", serr)
+		}
 		if !errors.Is(err, errTestAbort) {
 			return fmt.Errorf("the aborted call returned %v, want one wrapping the cause", err)
 		}
