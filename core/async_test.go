@@ -39,6 +39,14 @@ func (l *logBackend) entries() []string {
 	defer l.mu.Unlock()
 	return slices.Clone(l.log)
 }
+// expect fails t unless l ran exactly want, in that order.
+func (l *logBackend) expect(t *testing.T, want []string) {
+	t.Helper()
+	if got := l.entries(); !slices.Equal(got, want) {
+		t.Fatalf("ran out of order:\n got %v\nwant %v", got, want)
+	}
+}
+
 func (l *logBackend) Run(ctx context.Context, req *Request) error {
 	l.gate.RLock()
 	defer l.gate.RUnlock()
@@ -109,9 +117,7 @@ func TestStartInOrder(t *testing.T) {
 		}
 	}
 	want := []string{"run#1", "run#2", "run#3", "run#4", "run#5", "refuse#6", "run#7", "run#8"}
-	if got := l.entries(); !slices.Equal(got, want) {
-		t.Fatalf("ran %v, want %v", got, want)
-	}
+	l.expect(t, want)
 }
 
 // TestBlockingBehindStarted: a blocking call issued while started ones are
@@ -269,9 +275,7 @@ func TestBatchOrder(t *testing.T) {
 	}
 	// Rank 1 is the higher of (0, 1): recvs first; the lower of (1, 2).
 	want := []string{"recv0#5", "send0#3", "send0#4", "send2#1", "recv2#2"}
-	if got := l.entries(); !slices.Equal(got, want) {
-		t.Fatalf("ran %v, want %v", got, want)
-	}
+	l.expect(t, want)
 	bad := b(KindRecv, 0, 6)
 	bad.Recv = nil
 	if _, err := g.StartBatch(context.Background(), []*Request{b(KindSend, 0, 7), bad}); !errors.Is(err, ErrBufferLength) {
@@ -281,9 +285,7 @@ func TestBatchOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = append(want, "refuse#6", "refuse#7", "run#0")
-	if got := l.entries(); !slices.Equal(got, want) {
-		t.Fatalf("ran %v, want %v", got, want)
-	}
+	l.expect(t, want)
 }
 
 // TestConcurrentStart: two goroutines issuing at once fail.
@@ -411,9 +413,7 @@ func TestOwnCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"run#1", "run#2", "run#3", "run#4", "run#5"}
-	if got := l.entries(); !slices.Equal(got, want) {
-		t.Fatalf("ran %v, want %v", got, want)
-	}
+	l.expect(t, want)
 }
 
 // TestOwnCallMixed: started calls waited for in every order, some left to
@@ -458,7 +458,5 @@ func TestOwnCallMixed(t *testing.T) {
 			}
 		}
 	}
-	if got := l.entries(); !slices.Equal(got, want) {
-		t.Fatalf("ran out of order:\n got %v\nwant %v", got, want)
-	}
+	l.expect(t, want)
 }
