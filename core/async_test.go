@@ -39,6 +39,7 @@ func (l *logBackend) entries() []string {
 	defer l.mu.Unlock()
 	return slices.Clone(l.log)
 }
+
 // expect fails t unless l ran exactly want, in that order.
 func (l *logBackend) expect(t *testing.T, want []string) {
 	t.Helper()
