@@ -317,7 +317,7 @@ type asyncState struct {
 // ErrConcurrentUse, as two blocking calls would.
 func (g *Guard) Start(ctx context.Context, req Request) (Handle, error) {
 	a := &g.async
-	if a.pending.Load() == 0 && a.ownSt.Load() == ownIdle && len(req.Send)+len(req.Recv) < kickBytes {
+	if a.pending.Load() == 0 && a.ownSt.Load() == ownIdle && reqBytes(&req) < kickBytes {
 		if h, ok := g.startOwn(ctx, &req); ok {
 			return h, nil
 		}
@@ -457,14 +457,18 @@ const (
 // bytes is the size of c's buffers.
 func (c *call) bytes() int {
 	if !c.multi {
-		return len(c.req.Send) + len(c.req.Recv)
+		return reqBytes(&c.req)
 	}
 	n := 0
 	for i := range c.batch {
-		n += len(c.batch[i].Send) + len(c.batch[i].Recv)
+		n += reqBytes(&c.batch[i])
 	}
 	return n
 }
+
+// reqBytes is the size of r's buffers, which decides how soon a started
+// call wakes the progress goroutine (kickBytes).
+func reqBytes(r *Request) int { return len(r.Send) + len(r.Recv) }
 
 // checkBatch checks every request of c's batch and puts them in the order
 // they run (see StartBatch).
