@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/bits"
 
 	"github.com/gocoll/gocoll/core"
 )
@@ -229,50 +230,71 @@ func decodeFloat(u uint64, exp, mant uint) float64 {
 	return sign * math.Ldexp(1+m/math.Ldexp(1, int(mant)), e-bias)
 }
 
-// draw turns a hash into the bits of one part (in the low lane*8 bits).
-func (g *gen) draw(h uint64) uint64 {
-	switch g.mode {
-	case modeTable:
-		return g.table[h%uint64(len(g.table))]
-	case modeRandFloat:
-		// sign, a random mantissa and an exponent in [-8, 8]: far from
-		// overflow, but sums and products round.
-		sign := h >> 63 << (g.l.lane*8 - 1)
-		exp := uint64(1)<<(g.l.exp-1) - 1 + (h>>1)&15 - 8
-		return sign | exp<<g.l.mant | (h>>12)&(1<<g.l.mant-1)
-	case modeNoNaN:
-		mant := uint64(1)<<g.l.mant - 1
-		exp := (uint64(1)<<g.l.exp - 1) << g.l.mant
-		if h&exp == exp && h&mant != 0 {
-			h &^= mant // NaN becomes an infinity of the same sign
-		}
-	}
-	return h
-}
+// fillBatch is how many parts fill hashes before it draws and stores
+// them: each step is then a tight loop the compiler keeps in registers.
+const fillBatch = 256
 
 // fill writes elements [first, first+len(dst)/size) of the input seeded by
-// seed into dst, part by part.
+// seed into dst, part by part. Part i's bits depend only on (seed, i).
 func (g *gen) fill(dst []byte, seed uint64, first int) {
 	lane := g.l.lane
 	n := len(dst) / lane
-	base := first * (g.size / lane)
-	key := func(i int) uint64 { return mix(seed ^ uint64(base+i)*0xd6e8feb86659fd93) }
-	switch lane {
-	case 1:
-		for i := range n {
-			dst[i] = byte(g.draw(key(i)))
+	base := uint64(first * (g.size / lane))
+	var buf [fillBatch]uint64
+	for off := 0; off < n; off += fillBatch {
+		h := buf[:min(fillBatch, n-off)]
+		for i := range h {
+			h[i] = partHash(seed, base+uint64(off+i))
 		}
-	case 2:
-		for i := range n {
-			binary.LittleEndian.PutUint16(dst[2*i:], uint16(g.draw(key(i))))
+		g.draw(h)
+		d := dst[off*lane : (off+len(h))*lane]
+		switch lane {
+		case 1:
+			for i, v := range h {
+				d[i] = byte(v)
+			}
+		case 2:
+			for i, v := range h {
+				binary.LittleEndian.PutUint16(d[2*i:], uint16(v))
+			}
+		case 4:
+			for i, v := range h {
+				binary.LittleEndian.PutUint32(d[4*i:], uint32(v))
+			}
+		case 8:
+			for i, v := range h {
+				binary.LittleEndian.PutUint64(d[8*i:], v)
+			}
 		}
-	case 4:
-		for i := range n {
-			binary.LittleEndian.PutUint32(dst[4*i:], uint32(g.draw(key(i))))
+	}
+}
+
+// draw turns each hash in h into the bits of one part (in the low lane*8
+// bits), in place.
+func (g *gen) draw(h []uint64) {
+	switch g.mode {
+	case modeTable:
+		t, n := g.table, uint64(len(g.table))
+		for i, v := range h {
+			j, _ := bits.Mul64(v, n) // v scaled onto [0, n): no division
+			h[i] = t[j]
 		}
-	case 8:
-		for i := range n {
-			binary.LittleEndian.PutUint64(dst[8*i:], g.draw(key(i)))
+	case modeRandFloat:
+		// sign, a random mantissa and an exponent in [-8, 8]: far from
+		// overflow, but sums and products round.
+		signAt, mant := uint(g.l.lane*8-1), g.l.mant
+		bias := uint64(1)<<(g.l.exp-1) - 1 - 8
+		mask := uint64(1)<<mant - 1
+		for i, v := range h {
+			h[i] = v>>63<<signAt | (bias+(v>>1)&15)<<mant | (v>>12)&mask
+		}
+	case modeNoNaN:
+		mant := uint64(1)<<g.l.mant - 1
+		exp := (uint64(1)<<g.l.exp - 1) << g.l.mant
+		for i, v := range h {
+			if v&exp == exp && v&mant != 0 {
+				h[i] = v &^ mant // NaN becomes an infinity of the same sign
+			}
 		}
 	}
 }
@@ -314,6 +336,14 @@ func seedFor(p pass, caseIdx, sizeIdx, variant, rank int) uint64 {
 		h = mix(h ^ uint64(v))
 	}
 	return h
+}
+
+// partHash hashes part i of the input seeded by seed. It is on the hot path
+// of every check (each rank recomputes every rank's input), so it is one
+// 64x64->128-bit multiply folded to 64 bits (wyhash's mum), not mix.
+func partHash(seed, i uint64) uint64 {
+	hi, lo := bits.Mul64(seed^i*0xd6e8feb86659fd93, 0xe7037ed1a0b428db)
+	return hi ^ lo
 }
 
 // mix is splitmix64's finalizer: a cheap, well-spread hash.
