@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +37,13 @@ func goRanksTimeout(t testing.TB, n int, timeout time.Duration, opts []Option, b
 	st := memstore.New()
 	jobSeq++
 	job := fmt.Sprintf("gotest-%d-%d", os.Getpid(), jobSeq)
+	// A spinning rank keeps its P (its yields are raw system calls the Go
+	// scheduler does not see), so ranks that outnumber the Ps would wait
+	// out whole spins for a P instead of for their peers: give each rank
+	// one, as each process of a real job has its own.
+	if runtime.GOMAXPROCS(0) < n+1 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n + 1))
+	}
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for r := 0; r < n; r++ {
