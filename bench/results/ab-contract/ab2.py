@@ -3,7 +3,9 @@
 pairs of one-size runs, OLD and NEW back to back (order alternating), and
 the median over pairs of NEW/OLD. Pairs a fraction of a second apart cancel
 the machine's drift, which moves over seconds.
-usage: ab2.py OLD NEW REPS backend:dtype:np ...   env: ITERS (100), BUDGET (0.3s)"""
+usage: ab2.py OLD NEW REPS backend:dtype:np[:size] ...
+A config without a size runs every size from 8 B to 64 MiB.
+env: ITERS (100), BUDGET (0.3s), NOSYNC=1 (back to back; default -sync)"""
 import json, os, subprocess, sys, statistics
 old, new, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 iters = os.environ.get("ITERS", "100"); budget = os.environ.get("BUDGET", "0.3s")
@@ -18,8 +20,8 @@ def run(binp, be, dt, np_, s):
 print("| backend | dtype | np | size | old us | new us | new/old, median of %d pairs | p25..p75 |" % reps)
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", flush=True)
 for cfg in sys.argv[4:]:
-    be, dt, np_ = cfg.split(":")
-    for s in sizes:
+    be, dt, np_, *size = cfg.split(":")
+    for s in ([int(size[0])] if size else sizes):
         O, N, R = [], [], []
         for rep in range(reps):
             if rep % 2 == 0:
